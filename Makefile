@@ -1,0 +1,37 @@
+# kubeling — see README.md. `make test` is the test command CI runs.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: install proto lint test unit integration bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+proto: install
+	$(PY) setup.py -q build_protos
+
+lint: install proto
+	$(VENV)/bin/ruff check services tests bench setup.py
+	$(VENV)/bin/ruff format --check services tests bench setup.py
+	$(VENV)/bin/mypy
+
+unit: install proto
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: install proto
+	$(VENV)/bin/pytest -q tests/integration
+
+test: lint
+	$(VENV)/bin/pytest -q tests
+
+bench: install proto
+	$(PY) bench/api.py
+
+clean:
+	rm -rf build dist services/*.egg-info services/kubeling/v1 .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,163 @@
+"""The kinds the API serves: names, message types and gRPC service of each.
+
+One table that the master, the client and the CLI all read, so adding a kind is
+adding a row here and its messages in protos/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2
+
+FieldsOf = Callable[[Message], dict[str, str]]
+
+
+def _meta_fields(obj: Message) -> dict[str, str]:
+    meta = obj.metadata  # type: ignore[attr-defined]
+    return {"metadata.name": meta.name, "metadata.namespace": meta.namespace}
+
+
+def _pod_fields(obj: Message) -> dict[str, str]:
+    pod: core_pb2.Pod = obj  # type: ignore[assignment]
+    return {
+        **_meta_fields(pod),
+        "spec.nodeName": pod.spec.node_name,
+        "spec.restartPolicy": pod.spec.restart_policy,
+        "status.phase": pod.status.phase,
+        "status.podIP": pod.status.pod_ip,
+    }
+
+
+def _node_fields(obj: Message) -> dict[str, str]:
+    node: core_pb2.Node = obj  # type: ignore[assignment]
+    return {**_meta_fields(node), "spec.unschedulable": str(node.spec.unschedulable).lower()}
+
+
+def _event_fields(obj: Message) -> dict[str, str]:
+    event: core_pb2.Event = obj  # type: ignore[assignment]
+    ref = event.involved_object
+    return {
+        **_meta_fields(event),
+        "involvedObject.kind": ref.kind,
+        "involvedObject.name": ref.name,
+        "involvedObject.namespace": ref.namespace,
+        "involvedObject.uid": ref.uid,
+        "reason": event.reason,
+        "type": event.type,
+    }
+
+
+def _service_fields(obj: Message) -> dict[str, str]:
+    svc: core_pb2.Service = obj  # type: ignore[assignment]
+    return {**_meta_fields(svc), "spec.type": svc.spec.type, "spec.clusterIP": svc.spec.cluster_ip}
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # "Pod"
+    plural: str  # "pods"
+    api_version: str  # "v1", "apps/v1"
+    message: type[Message]
+    list_message: type[Message]
+    watch_event: type[Message]
+    create_request: type[Message]
+    update_request: type[Message]
+    request_field: str  # the object's field in Create/Update requests: "pod"
+    namespaced: bool
+    has_status: bool
+    short_names: tuple[str, ...] = ()
+    fields_of: FieldsOf = _meta_fields
+
+    @property
+    def service(self) -> str:
+        """The gRPC service name, e.g. kubeling.v1.Pods."""
+        return f"kubeling.v1.{self.name}s"
+
+    @property
+    def field_names(self) -> frozenset[str]:
+        return frozenset(self.fields_of(self.message()))
+
+    def key(self, namespace: str, name: str) -> str:
+        return f"/{self.plural}/{namespace}/{name}" if self.namespaced else f"/{self.plural}/{name}"
+
+    def prefix(self, namespace: str = "") -> str:
+        if self.namespaced and namespace:
+            return f"/{self.plural}/{namespace}/"
+        return f"/{self.plural}/"
+
+
+def _kind(
+    module: object, name: str, plural: str, api_version: str, request_field: str, **kw: object
+) -> Kind:
+    return Kind(
+        name=name,
+        plural=plural,
+        api_version=api_version,
+        message=getattr(module, name),
+        list_message=getattr(module, f"{name}List"),
+        watch_event=getattr(module, f"{name}WatchEvent"),
+        create_request=getattr(module, f"Create{name}Request"),
+        update_request=getattr(module, f"Update{name}Request"),
+        request_field=request_field,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+NAMESPACE = _kind(
+    core_pb2, "Namespace", "namespaces", "v1", "namespace",
+    namespaced=False, has_status=True, short_names=("ns",),
+)  # fmt: skip
+NODE = _kind(
+    core_pb2, "Node", "nodes", "v1", "node",
+    namespaced=False, has_status=True, short_names=("no",), fields_of=_node_fields,
+)  # fmt: skip
+POD = _kind(
+    core_pb2, "Pod", "pods", "v1", "pod",
+    namespaced=True, has_status=True, short_names=("po",), fields_of=_pod_fields,
+)  # fmt: skip
+SERVICE = _kind(
+    core_pb2, "Service", "services", "v1", "service",
+    namespaced=True, has_status=True, short_names=("svc",), fields_of=_service_fields,
+)  # fmt: skip
+EVENT = _kind(
+    core_pb2, "Event", "events", "v1", "event",
+    namespaced=True, has_status=False, short_names=("ev",), fields_of=_event_fields,
+)  # fmt: skip
+ENDPOINT_SLICE = _kind(
+    discovery_pb2, "EndpointSlice", "endpointslices", "discovery.k8s.io/v1", "endpoint_slice",
+    namespaced=True, has_status=False,
+)  # fmt: skip
+REPLICA_SET = _kind(
+    apps_pb2, "ReplicaSet", "replicasets", "apps/v1", "replica_set",
+    namespaced=True, has_status=True, short_names=("rs",),
+)  # fmt: skip
+DEPLOYMENT = _kind(
+    apps_pb2, "Deployment", "deployments", "apps/v1", "deployment",
+    namespaced=True, has_status=True, short_names=("deploy",),
+)  # fmt: skip
+DAEMON_SET = _kind(
+    apps_pb2, "DaemonSet", "daemonsets", "apps/v1", "daemon_set",
+    namespaced=True, has_status=True, short_names=("ds",),
+)  # fmt: skip
+LEASE = _kind(
+    coordination_pb2, "Lease", "leases", "coordination.k8s.io/v1", "lease",
+    namespaced=True, has_status=False,
+)  # fmt: skip
+
+ALL_KINDS: tuple[Kind, ...] = (
+    NAMESPACE, NODE, POD, SERVICE, EVENT, ENDPOINT_SLICE, REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE,
+)  # fmt: skip
+
+
+def find_kind(text: str) -> Kind | None:
+    """Look a kind up as kubectl does: by kind name, plural, singular or short name."""
+    wanted = text.lower()
+    for kind in ALL_KINDS:
+        names = {kind.name.lower(), kind.plural, *kind.short_names}
+        if wanted in names:
+            return kind
+    return None

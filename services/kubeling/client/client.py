@@ -1,0 +1,219 @@
+"""A typed asyncio client: one `ResourceClient` per kind over one channel.
+
+    async with Client("localhost:6443") as api:
+        pod = await api.pods.get("web", namespace="default")
+        async for event in api.pods.watch(namespace="default"):
+            print(event.type, event.object.metadata.name)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+
+from kubeling.api import kinds
+from kubeling.api.kinds import Kind
+from kubeling.common.rpc import channel as make_channel
+from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+
+T = TypeVar("T", bound=Message)
+
+
+@dataclass(frozen=True)
+class WatchEvent(Generic[T]):
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: T
+
+    @property
+    def resource_version(self) -> str:
+        return cast(str, self.object.metadata.resource_version)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ListResult(Generic[T]):
+    items: list[T]
+    resource_version: str
+    continue_token: str
+
+
+class ResourceClient(Generic[T]):
+    """Create/Get/List/Update/UpdateStatus/Delete/Watch for one kind."""
+
+    def __init__(self, kind: Kind, channel: grpc.aio.Channel, timeout: float | None) -> None:
+        self.kind = kind
+        self._timeout = timeout
+        base = f"/{kind.service}/"
+
+        def unary(method: str, response: type[Message]) -> Any:
+            return channel.unary_unary(
+                base + method,
+                request_serializer=_serialize,
+                response_deserializer=response.FromString,
+            )
+
+        self._create = unary("Create", kind.message)
+        self._get = unary("Get", kind.message)
+        self._list = unary("List", kind.list_message)
+        self._update = unary("Update", kind.message)
+        self._update_status = unary("UpdateStatus", kind.message)
+        self._delete = unary("Delete", kind.message)
+        self._watch = channel.unary_stream(
+            base + "Watch",
+            request_serializer=_serialize,
+            response_deserializer=kind.watch_event.FromString,
+        )
+
+    def _wrap(self, obj: T) -> Message:
+        return self.kind.create_request(**{self.kind.request_field: obj})
+
+    async def create(self, obj: T) -> T:
+        return cast(T, await self._create(self._wrap(obj), timeout=self._timeout))
+
+    async def get(self, name: str, namespace: str = "") -> T:
+        request = meta_pb2.GetRequest(namespace=namespace, name=name)
+        return cast(T, await self._get(request, timeout=self._timeout))
+
+    async def list_page(
+        self,
+        namespace: str = "",
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ListResult[T]:
+        request = meta_pb2.ListRequest(
+            namespace=namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            limit=limit,
+            continue_token=continue_token,
+        )
+        result: Any = await self._list(request, timeout=self._timeout)
+        return ListResult(
+            list(result.items), result.metadata.resource_version, result.metadata.continue_token
+        )
+
+    async def list(
+        self,
+        namespace: str = "",
+        label_selector: str = "",
+        field_selector: str = "",
+        page_size: int = 0,
+    ) -> ListResult[T]:
+        """Every matching object (following continue tokens when paging)."""
+        page = await self.list_page(namespace, label_selector, field_selector, page_size)
+        items = list(page.items)
+        while page.continue_token:
+            page = await self.list_page(
+                namespace, label_selector, field_selector, page_size, page.continue_token
+            )
+            items += page.items
+        return ListResult(items, page.resource_version, "")
+
+    async def update(self, obj: T) -> T:
+        request = self.kind.update_request(**{self.kind.request_field: obj})
+        return cast(T, await self._update(request, timeout=self._timeout))
+
+    async def update_status(self, obj: T) -> T:
+        request = self.kind.update_request(**{self.kind.request_field: obj})
+        return cast(T, await self._update_status(request, timeout=self._timeout))
+
+    async def delete(
+        self,
+        name: str,
+        namespace: str = "",
+        grace_period_seconds: int | None = None,
+        uid: str = "",
+        resource_version: str = "",
+        propagation_policy: str = "",
+    ) -> T:
+        request = meta_pb2.DeleteRequest(
+            namespace=namespace,
+            name=name,
+            preconditions=meta_pb2.Preconditions(uid=uid, resource_version=resource_version),
+            propagation_policy=propagation_policy,
+        )
+        if grace_period_seconds is not None:
+            request.grace_period_seconds = grace_period_seconds
+        return cast(T, await self._delete(request, timeout=self._timeout))
+
+    async def watch(
+        self,
+        namespace: str = "",
+        label_selector: str = "",
+        field_selector: str = "",
+        resource_version: str = "",
+    ) -> AsyncIterator[WatchEvent[T]]:
+        """Changes after resource_version; with none, the current objects as ADDED,
+        then a BOOKMARK, then changes. Raises grpc.aio.AioRpcError with OUT_OF_RANGE
+        when the version is too old (list again)."""
+        request = meta_pb2.WatchRequest(
+            namespace=namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            resource_version=resource_version,
+        )
+        call = self._watch(request)
+        try:
+            async for event in call:
+                type_name = meta_pb2.WatchEventType.Name(event.type)
+                yield WatchEvent(type_name, cast(T, event.object))
+        finally:
+            call.cancel()
+
+
+class Client:
+    def __init__(self, target: str, timeout: float | None = 30.0) -> None:
+        self.target = target
+        self.channel = make_channel(target)
+        self.namespaces: ResourceClient[core_pb2.Namespace] = self._make(kinds.NAMESPACE, timeout)
+        self.nodes: ResourceClient[core_pb2.Node] = self._make(kinds.NODE, timeout)
+        self.pods: ResourceClient[core_pb2.Pod] = self._make(kinds.POD, timeout)
+        self.services: ResourceClient[core_pb2.Service] = self._make(kinds.SERVICE, timeout)
+        self.events: ResourceClient[core_pb2.Event] = self._make(kinds.EVENT, timeout)
+        self.endpoint_slices: ResourceClient[discovery_pb2.EndpointSlice] = self._make(
+            kinds.ENDPOINT_SLICE, timeout
+        )
+        self.replica_sets: ResourceClient[apps_pb2.ReplicaSet] = self._make(
+            kinds.REPLICA_SET, timeout
+        )
+        self.deployments: ResourceClient[apps_pb2.Deployment] = self._make(
+            kinds.DEPLOYMENT, timeout
+        )
+        self.daemon_sets: ResourceClient[apps_pb2.DaemonSet] = self._make(
+            kinds.DAEMON_SET, timeout
+        )
+        self.leases: ResourceClient[coordination_pb2.Lease] = self._make(kinds.LEASE, timeout)
+
+    def _make(self, kind: Kind, timeout: float | None) -> Any:
+        client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)
+        return client
+
+    def resource(self, kind: Kind) -> ResourceClient[Any]:
+        for value in vars(self).values():
+            if isinstance(value, ResourceClient) and value.kind is kind:
+                return value
+        raise KeyError(kind.name)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()

@@ -1,0 +1,63 @@
+"""`kubeling-master`: the API server (with its in-process controllers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from kubeling.common.logging import setup_logging
+from kubeling.common.proctitle import set_process_name
+from kubeling.master.server import Master, MasterConfig
+from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/kubeling/master")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kubeling" / "master"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kubeling-master", description=__doc__)
+    parser.add_argument("--listen", default="0.0.0.0:6443", help="HOST:PORT to serve on")
+    parser.add_argument("--data-dir", type=Path, default=None, help="where the store lives")
+    parser.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
+    parser.add_argument(
+        "--history", type=int, default=10_000, help="revisions kept for watches to resume from"
+    )
+    parser.add_argument("--bookmark-interval", type=float, default=10.0, help="seconds")
+    parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+async def serve(config: MasterConfig) -> None:
+    master = Master(config)
+    await master.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await master.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    set_process_name("kubeling-master")
+    setup_logging(args.log_level)
+    config = MasterConfig(
+        listen=args.listen,
+        data_dir=args.data_dir or default_data_dir(),
+        service_cidr=args.service_cidr,
+        history=args.history,
+        bookmark_interval=args.bookmark_interval,
+    )
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The master process: store, registries, the API server and in-process loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from kubeling.api.errors import ApiError
+from kubeling.api.kinds import ALL_KINDS, NAMESPACE, SERVICE
+from kubeling.common.rpc import Server
+from kubeling.master.api_service import ResourceService
+from kubeling.master.codec import ProtoCodec
+from kubeling.master.namespace_controller import NamespaceController
+from kubeling.master.registry import Registry, namespace_checker
+from kubeling.master.store.sqlite import SqliteStore
+from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
+from kubeling.v1 import core_pb2
+
+log = structlog.get_logger(__name__)
+
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-node-lease")
+
+
+@dataclass
+class MasterConfig:
+    listen: str = "0.0.0.0:6443"
+    data_dir: Path = field(default_factory=lambda: Path("/var/lib/kubeling/master"))
+    service_cidr: str = DEFAULT_SERVICE_CIDR
+    history: int = 10_000
+    bookmark_interval: float = 10.0
+
+
+class Master:
+    def __init__(self, config: MasterConfig) -> None:
+        self.config = config
+        self.store = SqliteStore(config.data_dir / "state.db", ProtoCodec(), config.history)
+        check = namespace_checker(self.store)
+        self.registries: dict[str, Registry] = {
+            kind.name: Registry(
+                kind,
+                self.store,
+                strategy_for(kind, config.service_cidr),
+                namespace_check=check,
+                bookmark_interval=config.bookmark_interval,
+            )
+            for kind in ALL_KINDS
+        }
+        self.server: Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> int:
+        await self.store.open()
+        services = self.registries[SERVICE.name]
+        assert isinstance(services.strategy, ServiceStrategy)
+        services.strategy.load(services.list("")[0])
+        await self._ensure_namespaces()
+        self.server = Server(
+            self.config.listen,
+            [ResourceService(r).handler() for r in self.registries.values()],
+            [kind.service for kind in ALL_KINDS],
+        )
+        await self.server.start()
+        controller = NamespaceController(self.registries)
+        self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
+        log.info("master serving", listen=self.config.listen, port=self.server.port)
+        return self.server.port
+
+    async def _ensure_namespaces(self) -> None:
+        namespaces = self.registries[NAMESPACE.name]
+        for name in SYSTEM_NAMESPACES:
+            if self.store.get(NAMESPACE.key("", name)) is None:
+                with contextlib.suppress(ApiError):
+                    ns = core_pb2.Namespace()
+                    ns.metadata.name = name
+                    await namespaces.create(ns)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server is not None:
+            await self.server.stop()
+        await self.store.close()

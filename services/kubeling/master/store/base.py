@@ -1,0 +1,102 @@
+"""The store interface: a revisioned key-value map with watch, as etcd offers.
+
+Keys are strings ("/pods/default/web"), values are decoded API objects. Every write
+gets the next value of one global revision; the revision is also stamped into the
+value (metadata.resourceVersion) by the codec. Backends (SQLite now, etcd later)
+implement `Store`; the in-memory `WatchCache` serves reads, watches and the history
+window for all of them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the API layer maps each to a gRPC status."""
+
+
+class KeyExistsError(StoreError):
+    pass
+
+
+class KeyNotFoundError(StoreError):
+    pass
+
+
+class ConflictError(StoreError):
+    """The caller's expected revision is not the stored one (optimistic concurrency)."""
+
+
+class TooOldError(StoreError):
+    """The asked revision is older than the kept history window (clients relist)."""
+
+
+class WatchClosedError(StoreError):
+    """The watch was closed by the store (too slow a reader, or shutdown)."""
+
+
+class EventType(enum.IntEnum):
+    ADDED = 1
+    MODIFIED = 2
+    DELETED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: Any  # shared with other readers: never mutate, copy first
+    mod_rev: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    key: str
+    rev: int
+    value: Any  # the new value; for DELETED the last value the object had
+    prev: Any | None  # the value before this event (None for ADDED)
+
+
+class Codec(Protocol):
+    """How a backend turns values into bytes and back."""
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, key: str, data: bytes) -> Any: ...
+
+    def stamp(self, value: Any, rev: int) -> None:
+        """Record the revision a write got inside the value (takes ownership)."""
+
+    def revision_of(self, value: Any) -> int: ...
+
+
+class Watch(Protocol):
+    """A stream of events after a revision; ends with WatchClosedError."""
+
+    async def next_batch(self) -> list[Event]: ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    @property
+    def revision(self) -> int: ...
+
+    async def create(self, key: str, value: Any) -> int: ...
+
+    async def update(self, key: str, value: Any, expected_rev: int | None = None) -> int: ...
+
+    async def delete(self, key: str, expected_rev: int | None = None) -> tuple[int, Any]: ...
+
+    def get(self, key: str) -> Entry | None: ...
+
+    def list(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]: ...
+
+    def watch(self, prefix: str, after_rev: int) -> Watch: ...
+
+    def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, Watch]: ...
+
+    async def close(self) -> None: ...

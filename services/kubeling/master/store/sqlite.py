@@ -1,0 +1,276 @@
+"""SQLite backend: the embedded default store.
+
+One writer owns the database connection on its own thread. Writes queue up and are
+committed in groups (one transaction, one fsync for everything that arrived while
+the previous group was being written), which is what lets many concurrent clients
+write quickly while every acknowledged write is durable (WAL, synchronous=FULL).
+
+On disk: `objects` holds the current value of each key, `log` the last `history`
+changes (compacted as it grows) so that watches can resume across a restart, and
+`meta` the global revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from kubeling.master.store.base import (
+    Codec,
+    ConflictError,
+    Entry,
+    Event,
+    EventType,
+    KeyExistsError,
+    KeyNotFoundError,
+    StoreError,
+)
+from kubeling.master.store.cache import CacheWatch, WatchCache
+
+log = structlog.get_logger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY, mod_rev INTEGER NOT NULL, value BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER PRIMARY KEY, type INTEGER NOT NULL, key TEXT NOT NULL,
+    value BLOB NOT NULL, prev BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_MAX_BATCH = 512
+
+
+@dataclass(slots=True)
+class _Op:
+    type: EventType
+    key: str
+    value: Any
+    expected_rev: int | None
+    future: asyncio.Future[Event] = field(repr=False)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, codec: Codec, history: int = 10_000) -> None:
+        self._path = path
+        self._codec = codec
+        self._history = history
+        self._cache = WatchCache(history, codec.revision_of)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._writes_since_compaction = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        entries, revision, history = await loop.run_in_executor(self._thread, self._open_sync)
+        self._cache.load(entries, revision, history)
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-store-writer")
+        log.info("store opened", path=str(self._path), revision=revision, objects=len(entries))
+
+    def _open_sync(self) -> tuple[list[Entry], int, list[Event]]:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA journal_size_limit=67108864")
+        db.executescript(_SCHEMA)
+        self._db = db
+        row = db.execute("SELECT value FROM meta WHERE name='rev'").fetchone()
+        revision = int(row[0]) if row else 0
+        decode = self._codec.decode
+        entries = [
+            Entry(key, decode(key, value), mod_rev)
+            for key, mod_rev, value in db.execute("SELECT key, mod_rev, value FROM objects")
+        ]
+        history = [
+            Event(
+                EventType(type_),
+                key,
+                rev,
+                decode(key, value),
+                decode(key, prev) if prev is not None else None,
+            )
+            for rev, type_, key, value, prev in db.execute(
+                "SELECT rev, type, key, value, prev FROM log WHERE rev > ? ORDER BY rev",
+                (revision - self._history,),
+            )
+        ]
+        return entries, revision, history
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+        self._cache.close_all("server shutting down")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close_sync)
+        self._thread.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------ reads
+
+    @property
+    def revision(self) -> int:
+        return self._cache.revision
+
+    @property
+    def cache(self) -> WatchCache:
+        return self._cache
+
+    def get(self, key: str) -> Entry | None:
+        return self._cache.get(key)
+
+    def list(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
+        return self._cache.list(prefix, at_rev)
+
+    def watch(self, prefix: str, after_rev: int) -> CacheWatch:
+        return self._cache.watch(prefix, after_rev)
+
+    def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, CacheWatch]:
+        return self._cache.list_and_watch(prefix)
+
+    # ------------------------------------------------------------ writes
+
+    async def create(self, key: str, value: Any) -> int:
+        return (await self._submit(EventType.ADDED, key, value, None)).rev
+
+    async def update(self, key: str, value: Any, expected_rev: int | None = None) -> int:
+        return (await self._submit(EventType.MODIFIED, key, value, expected_rev)).rev
+
+    async def delete(self, key: str, expected_rev: int | None = None) -> tuple[int, Any]:
+        event = await self._submit(EventType.DELETED, key, None, expected_rev)
+        return event.rev, event.value
+
+    async def _submit(
+        self, type_: EventType, key: str, value: Any, expected_rev: int | None
+    ) -> Event:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(type_, key, value, expected_rev, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            ops = [await self._queue.get()]
+            while len(ops) < _MAX_BATCH and not self._queue.empty():
+                ops.append(self._queue.get_nowait())
+            accepted, rows = self._plan(ops)
+            if not accepted:
+                continue
+            try:
+                await loop.run_in_executor(self._thread, self._commit_sync, rows)
+            except Exception as exc:  # disk full, I/O error: nothing was applied
+                log.error("store commit failed", error=str(exc))
+                for op, _ in accepted:
+                    if not op.future.done():
+                        op.future.set_exception(StoreError(f"store write failed: {exc}"))
+                continue
+            events = [event for _, event in accepted]
+            self._cache.apply(events)
+            for op, event in accepted:
+                if not op.future.done():
+                    op.future.set_result(event)
+            self._writes_since_compaction += len(events)
+            if self._writes_since_compaction >= max(self._history // 10, 1):
+                self._writes_since_compaction = 0
+                await loop.run_in_executor(self._thread, self._compact_sync, self.revision)
+
+    def _plan(
+        self, ops: list[_Op]
+    ) -> tuple[list[tuple[_Op, Event]], list[tuple[Event, bytes | None, bytes | None]]]:
+        """Check each op against the state (and the ops before it in this group)."""
+        staged: dict[str, Entry | None] = {}
+        rev = self._cache.revision
+        accepted: list[tuple[_Op, Event]] = []
+        rows: list[tuple[Event, bytes | None, bytes | None]] = []
+        for op in ops:
+            current = staged[op.key] if op.key in staged else self._cache.get(op.key)
+            error = _check(op, current)
+            if error is not None:
+                op.future.set_exception(error)
+                continue
+            rev += 1
+            if op.type is EventType.DELETED:
+                assert current is not None
+                event = Event(EventType.DELETED, op.key, rev, current.value, current.value)
+                staged[op.key] = None
+                value_bytes = None
+            else:
+                self._codec.stamp(op.value, rev)
+                prev = current.value if current is not None else None
+                event = Event(op.type, op.key, rev, op.value, prev)
+                staged[op.key] = Entry(op.key, op.value, rev)
+                value_bytes = self._codec.encode(op.value)
+            prev_bytes = self._codec.encode(current.value) if current is not None else None
+            accepted.append((op, event))
+            rows.append((event, value_bytes, prev_bytes))
+        return accepted, rows
+
+    def _commit_sync(self, rows: list[tuple[Event, bytes | None, bytes | None]]) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for event, value, prev in rows:
+                if event.type is EventType.DELETED:
+                    db.execute("DELETE FROM objects WHERE key = ?", (event.key,))
+                    db.execute(
+                        "INSERT INTO log (rev, type, key, value, prev) VALUES (?, ?, ?, ?, ?)",
+                        (event.rev, int(event.type), event.key, prev, prev),
+                    )
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO objects (key, mod_rev, value) VALUES (?, ?, ?)",
+                        (event.key, event.rev, value),
+                    )
+                    db.execute(
+                        "INSERT INTO log (rev, type, key, value, prev) VALUES (?, ?, ?, ?, ?)",
+                        (event.rev, int(event.type), event.key, value, prev),
+                    )
+            db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('rev', ?)", (rows[-1][0].rev,)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _compact_sync(self, revision: int) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("DELETE FROM log WHERE rev <= ?", (revision - self._history,))
+
+
+def _check(op: _Op, current: Entry | None) -> StoreError | None:
+    if op.type is EventType.ADDED:
+        return KeyExistsError(op.key) if current is not None else None
+    if current is None:
+        return KeyNotFoundError(op.key)
+    if op.expected_rev is not None and op.expected_rev != current.mod_rev:
+        return ConflictError(
+            f"{op.key}: the object has been modified (resourceVersion {op.expected_rev} "
+            f"is not the current {current.mod_rev})"
+        )
+    return None

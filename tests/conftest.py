@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from kubeling.client import Client
+from tests.support.processes import MasterProcess
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
+    """A real master process for the tests of one module."""
+    proc = MasterProcess(tmp_path_factory.mktemp("master"), None, "--bookmark-interval", "1")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def api(master: MasterProcess) -> AsyncIterator[Client]:
+    client = Client(master.address, timeout=10)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def bin_path() -> Path:
+    """The virtualenv's bin folder (kubeling, kubeling-master, grpcurl)."""
+    import sys
+
+    return Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CLI must not read the developer's ~/.kubeling/config in tests.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBELING_SERVER", raising=False)
+    assert os.environ["HOME"] == str(tmp_path)
