@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from kubeling.api import naming
 
 DNS_LABEL_MSG = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+
 from kubeling.api.quantity import (
     MAX_BINARY_QUANTITY,
     QuantityError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import pytest
+
 from kubeling.api.selectors import (
     FieldSelector,
     FieldTerm,

@@ -97,7 +97,7 @@ async def test_state_and_history_survive_reopen(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     try:
         assert store.revision == 6
-        items, rev = store.list("/pods/")
+        items, rev = store.list_prefix("/pods/")
         assert rev == 6
         assert [e.key for e in items] == [key(f"p{i}") for i in (0, 2, 3, 4)]
         # A watcher that saw revision 3 before the restart resumes without a gap.
@@ -121,7 +121,7 @@ async def test_revisions_older_than_the_window_are_too_old(tmp_path: Path) -> No
         with pytest.raises(TooOldError):
             store.watch("/pods/", 5)
         with pytest.raises(TooOldError):
-            store.list("/pods/", at_rev=5)
+            store.list_prefix("/pods/", at_rev=5)
         watch = store.watch("/pods/", 25)
         batch = await asyncio.wait_for(watch.next_batch(), 1)
         assert [e.rev for e in batch] == [26, 27, 28, 29, 30]
@@ -154,7 +154,7 @@ async def test_list_at_an_old_revision_is_a_consistent_snapshot(tmp_path: Path) 
         await store.update(key("a"), pod("a", "changed"))
         await store.delete(key("b"))
         await store.create(key("c"), pod("c"))
-        items, rev = store.list("/pods/", at_rev=snapshot_rev)
+        items, rev = store.list_prefix("/pods/", at_rev=snapshot_rev)
         assert rev == snapshot_rev
         assert [(e.key, e.value.spec.containers[0].image) for e in items] == [
             (key("a"), "busybox"),

@@ -12,6 +12,18 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+_MAX_MESSAGE = 2000
+_MAX_VIOLATIONS = 20
+_MAX_FIELD = 200
+_MAX_DESCRIPTION = 300
+
+
+def shorten(text: str, limit: int) -> str:
+    """Cut text that would be too long to show, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}... ({len(text) - limit + 30} more characters)"
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -32,14 +44,20 @@ class ApiError(Exception):
         return self.message
 
     def to_status(self) -> grpc.Status:
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        # Statuses travel in HTTP/2 trailers, which clients cap (16 KiB by default):
+        # hostile input (a 100 kB name) must not turn a clear error into a broken call.
+        status = status_pb2.Status(
+            code=self.code.value[0], message=shorten(self.message, _MAX_MESSAGE)
+        )
         if self.violations:
+            shown = self.violations[:_MAX_VIOLATIONS]
             detail = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=shorten(v.field, _MAX_FIELD),
+                        description=shorten(v.description, _MAX_DESCRIPTION),
                     )
-                    for v in self.violations
+                    for v in shown
                 ]
             )
             status.details.add().Pack(detail)
@@ -47,9 +65,15 @@ class ApiError(Exception):
 
 
 def invalid(kind: str, name: str, violations: list[FieldViolation]) -> ApiError:
-    shown = "; ".join(str(v) for v in violations)
+    shown = "; ".join(
+        f"{shorten(v.field, 100)}: {shorten(v.description, 200)}" for v in violations[:10]
+    )
+    if len(violations) > 10:
+        shown += f"; and {len(violations) - 10} more"
     return ApiError(
-        grpc.StatusCode.INVALID_ARGUMENT, f'{kind} "{name}" is invalid: {shown}', violations
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f'{kind} "{shorten(name, 80)}" is invalid: {shown}',
+        violations,
     )
 
 
@@ -96,4 +120,4 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
     return f"{code.name}: {details}"
 
 
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

@@ -1,9 +1,9 @@
 """A typed asyncio client: one `ResourceClient` per kind over one channel.
 
-    async with Client("localhost:6443") as api:
-        pod = await api.pods.get("web", namespace="default")
-        async for event in api.pods.watch(namespace="default"):
-            print(event.type, event.object.metadata.name)
+async with Client("localhost:6443") as api:
+    pod = await api.pods.get("web", namespace="default")
+    async for event in api.pods.watch(namespace="default"):
+        print(event.type, event.object.metadata.name)
 """
 
 from __future__ import annotations
@@ -185,9 +185,7 @@ class Client:
         self.deployments: ResourceClient[apps_pb2.Deployment] = self._make(
             kinds.DEPLOYMENT, timeout
         )
-        self.daemon_sets: ResourceClient[apps_pb2.DaemonSet] = self._make(
-            kinds.DAEMON_SET, timeout
-        )
+        self.daemon_sets: ResourceClient[apps_pb2.DaemonSet] = self._make(kinds.DAEMON_SET, timeout)
         self.leases: ResourceClient[coordination_pb2.Lease] = self._make(kinds.LEASE, timeout)
 
     def _make(self, kind: Kind, timeout: float | None) -> Any:

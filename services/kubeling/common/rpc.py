@@ -38,7 +38,9 @@ _SERVER_OPTIONS: list[tuple[str, int]] = [
 class Server:
     """A grpc.aio server with reflection and health for the given services."""
 
-    def __init__(self, listen: str, handlers: Iterable[grpc.GenericRpcHandler], services: Iterable[str]) -> None:
+    def __init__(
+        self, listen: str, handlers: Iterable[grpc.GenericRpcHandler], services: Iterable[str]
+    ) -> None:
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)
         self._server.add_generic_rpc_handlers(tuple(handlers))
         self.health = health.aio.HealthServicer()

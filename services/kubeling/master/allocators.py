@@ -6,6 +6,7 @@ start) and are only touched from the event loop, so reserve/release need no lock
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 
@@ -46,10 +47,8 @@ class IPAllocator:
         raise AllocationError(f"range is full: no free IP in {self.network}")
 
     def release(self, address: str) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._used.discard(int(ipaddress.IPv4Address(address)))
-        except ValueError:
-            pass
 
     def __contains__(self, address: str) -> bool:
         try:

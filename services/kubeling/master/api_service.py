@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from kubeling.api.errors import ApiError
 from kubeling.master.registry import Registry, WatchItem
@@ -23,7 +24,32 @@ from kubeling.v1 import meta_pb2
 
 log = structlog.get_logger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc ships no type information: the servicer context is typed loosely.
+Context = Any
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """A request whose bytes did not parse; answered with INVALID_ARGUMENT."""
+
+    message_name: str
+    error: str
+
+    def to_error(self) -> ApiError:
+        return ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is not a valid {self.message_name}: {self.error}",
+        )
+
+
+def _deserializer(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(message.DESCRIPTOR.full_name, str(exc))
+
+    return parse
 
 
 def _unary(
@@ -32,6 +58,8 @@ def _unary(
     @functools.wraps(fn)
     async def handler(request: Any, context: Context) -> Message:
         try:
+            if isinstance(request, _Malformed):
+                raise request.to_error()
             return await fn(request, context)
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
@@ -52,7 +80,7 @@ class ResourceService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         kind = self.kind
-        unary = {
+        unary: dict[str, tuple[Callable[[Any, Context], Awaitable[Message]], type[Message]]] = {
             "Create": (self.create, kind.create_request),
             "Get": (self.get, meta_pb2.GetRequest),
             "List": (self.list, meta_pb2.ListRequest),
@@ -64,14 +92,14 @@ class ResourceService:
         methods: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(
                 _unary(fn),
-                request_deserializer=request.FromString,
+                request_deserializer=_deserializer(request),
                 response_serializer=_serialize,
             )
             for name, (fn, request) in unary.items()
         }
         methods["Watch"] = grpc.unary_stream_rpc_method_handler(
             self.watch,
-            request_deserializer=meta_pb2.WatchRequest.FromString,
+            request_deserializer=_deserializer(meta_pb2.WatchRequest),
             response_serializer=_serialize,
         )
         return grpc.method_handlers_generic_handler(kind.service, methods)
@@ -92,7 +120,7 @@ class ResourceService:
         return self.registry.get(request.namespace, request.name)
 
     async def list(self, request: meta_pb2.ListRequest, context: Context) -> Message:
-        items, rev, token = self.registry.list(
+        items, rev, token = self.registry.list_objects(
             request.namespace,
             request.label_selector,
             request.field_selector,
@@ -122,9 +150,11 @@ class ResourceService:
         )
 
     async def watch(
-        self, request: meta_pb2.WatchRequest, context: Context
+        self, request: meta_pb2.WatchRequest | _Malformed, context: Context
     ) -> AsyncIterator[bytes | Message]:
         try:
+            if isinstance(request, _Malformed):
+                raise request.to_error()
             stream = await self.registry.watch(
                 request.namespace,
                 request.label_selector,

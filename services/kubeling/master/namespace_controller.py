@@ -51,7 +51,7 @@ class NamespaceController:
                 await asyncio.sleep(self._interval)
 
     async def sync_all(self) -> None:
-        items, _, _ = self._namespaces.list("")
+        items, _, _ = self._namespaces.list_objects("")
         for obj in items:
             namespace = cast(core_pb2.Namespace, obj)
             if namespace.metadata.HasField("deletion_timestamp"):
@@ -61,7 +61,7 @@ class NamespaceController:
         name = namespace.metadata.name
         remaining = 0
         for registry in self._content:
-            items, _, _ = registry.list(name)
+            items, _, _ = registry.list_objects(name)
             remaining += len(items)
             for obj in items:
                 meta = obj.metadata  # type: ignore[attr-defined]

@@ -193,7 +193,7 @@ class Registry:
 
         return matches
 
-    def list(
+    def list_objects(
         self,
         namespace: str,
         label_selector: str = "",
@@ -211,7 +211,7 @@ class Registry:
             at_rev, start_after = _decode_continue(continue_token)
         prefix = self.kind.prefix(namespace)
         try:
-            entries, rev = self.store.list(prefix, at_rev)
+            entries, rev = self.store.list_prefix(prefix, at_rev)
         except TooOldError:
             raise ApiError(
                 grpc.StatusCode.OUT_OF_RANGE,
@@ -568,7 +568,7 @@ def namespace_checker(store: Store) -> Callable[[str], Awaitable[None]]:
         if entry.value.status.phase == "Terminating":
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f'unable to create new content in namespace {namespace} because it is '
+                f"unable to create new content in namespace {namespace} because it is "
                 "being terminated",
             )
 

@@ -56,7 +56,7 @@ class Master:
         await self.store.open()
         services = self.registries[SERVICE.name]
         assert isinstance(services.strategy, ServiceStrategy)
-        services.strategy.load(services.list("")[0])
+        services.strategy.load(services.list_objects("")[0])
         await self._ensure_namespaces()
         self.server = Server(
             self.config.listen,
@@ -67,7 +67,7 @@ class Master:
         controller = NamespaceController(self.registries)
         self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
         log.info("master serving", listen=self.config.listen, port=self.server.port)
-        return self.server.port
+        return int(self.server.port)
 
     async def _ensure_namespaces(self) -> None:
         namespaces = self.registries[NAMESPACE.name]

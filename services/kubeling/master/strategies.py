@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import cast
 
@@ -70,16 +71,13 @@ class ServiceStrategy(Strategy):
         for obj in services:
             svc = cast(core_pb2.Service, obj)
             if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-                try:
+                # Outside a changed service CIDR: keep serving it.
+                with contextlib.suppress(AllocationError):
                     self.ips.reserve(svc.spec.cluster_ip)
-                except AllocationError:
-                    pass  # outside a changed service CIDR: keep serving it
             for port in svc.spec.ports:
                 if port.node_port and port.node_port not in self.node_ports:
-                    try:
+                    with contextlib.suppress(AllocationError):
                         self.node_ports.reserve(port.node_port)
-                    except AllocationError:
-                        pass
 
     async def before_create(self, obj: Message) -> Callable[[], None]:
         svc = cast(core_pb2.Service, obj)

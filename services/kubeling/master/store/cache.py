@@ -114,7 +114,7 @@ class WatchCache:
     def get(self, key: str) -> Entry | None:
         return self.state.get(key)
 
-    def list(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
+    def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
         """Entries under prefix, sorted by key, as they were at `at_rev` (default now)."""
         if at_rev is None or at_rev >= self.revision:
             items = [e for k, e in self.state.items() if k.startswith(prefix)]
@@ -157,7 +157,7 @@ class WatchCache:
         return watcher
 
     def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, CacheWatch]:
-        items, rev = self.list(prefix)
+        items, rev = self.list_prefix(prefix)
         watcher = CacheWatch(self, prefix, self._max_pending)
         self._watchers.add(watcher)
         return items, rev, watcher

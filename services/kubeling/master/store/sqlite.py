@@ -13,6 +13,7 @@ changes (compacted as it grows) so that watches can resume across a restart, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,10 +113,8 @@ class SqliteStore:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-            except asyncio.CancelledError:
-                pass
             self._writer = None
         self._cache.close_all("server shutting down")
         loop = asyncio.get_running_loop()
@@ -140,8 +139,8 @@ class SqliteStore:
     def get(self, key: str) -> Entry | None:
         return self._cache.get(key)
 
-    def list(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
-        return self._cache.list(prefix, at_rev)
+    def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
+        return self._cache.list_prefix(prefix, at_rev)
 
     def watch(self, prefix: str, after_rev: int) -> CacheWatch:
         return self._cache.watch(prefix, after_rev)
