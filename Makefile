@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: install proto lint test unit integration bench clean
+.PHONY: install proto lint test unit integration bench up down clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
 	python3 -m venv $(VENV)
@@ -32,6 +32,12 @@ test: lint
 
 bench: install proto
 	$(PY) bench/api.py
+
+up:
+	bash deploy/local/up.sh
+
+down:
+	bash deploy/local/down.sh
 
 clean:
 	rm -rf build dist services/*.egg-info services/kubeling/v1 .mypy_cache .ruff_cache .pytest_cache

@@ -32,7 +32,10 @@ def compile_protos() -> None:
         f"--grpc_python_out={OUT_DIR}",
     ]
     # Typed stubs are a development aid: made when mypy-protobuf is installed.
-    for plugin, flag in (("protoc-gen-mypy", "mypy_out"), ("protoc-gen-mypy_grpc", "mypy_grpc_out")):
+    for plugin, flag in (
+        ("protoc-gen-mypy", "mypy_out"),
+        ("protoc-gen-mypy_grpc", "mypy_grpc_out"),
+    ):
         path = shutil.which(plugin) or shutil.which(plugin, path=str(Path(sys.executable).parent))
         if path:
             args += [f"--plugin={plugin}={path}", f"--{flag}={OUT_DIR}"]

@@ -7,7 +7,7 @@ reflection (grpcurl needs it) and grpc.health.v1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 # Big enough for a list of thousands of pods; keepalives so dead peers are noticed
 # and long-lived watch streams survive idle periods behind middleboxes.
 _MAX_MESSAGE = 256 * 1024 * 1024
-_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
     ("grpc.max_send_message_length", _MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 30_000),
@@ -72,6 +72,9 @@ class Server:
         await self._server.wait_for_termination()
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    """An asyncio channel to a kubeling server (master, kubelet or proxy)."""
-    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+def channel(target: str, options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
+    """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
+    local runtime socket (unix://...); `options` override the defaults."""
+    merged = dict(_CHANNEL_OPTIONS)
+    merged.update(dict(options))
+    return grpc.aio.insecure_channel(target, options=list(merged.items()))

@@ -75,8 +75,14 @@ class Strategy:
 
     def prepare_update(self, new: Message, old: Message) -> None:
         """A spec update keeps the stored status."""
-        if self.kind.has_status:
+        if not self.kind.has_status:
+            return
+        # Copying an absent status would mark it present and make an unchanged
+        # object look changed (a write and an event for nothing).
+        if old.HasField("status"):
             new.status.CopyFrom(old.status)  # type: ignore[attr-defined]
+        else:
+            new.ClearField("status")
 
     def default(self, obj: Message) -> None:
         defaults.apply_defaults(self.kind, obj)
@@ -317,7 +323,10 @@ class Registry:
         self._check_type(obj)
         key, old, rev = self._current_for_write(obj)
         new = clone(old)
-        new.status.CopyFrom(obj.status)  # type: ignore[attr-defined]
+        if obj.HasField("status"):
+            new.status.CopyFrom(obj.status)  # type: ignore[attr-defined]
+        else:
+            new.ClearField("status")
         self._finish_validation(new, self.strategy.validate(new))
         return await self._write_update(key, new, old, rev)
 

@@ -1,0 +1,1 @@
+"""The `kubeling` command line: a small kubectl for the kubeling API."""

@@ -1,0 +1,21 @@
+"""The subcommands, in the order `kubeling --help` lists them.
+
+Each module defines `register(subparsers)`, which adds its parser and sets `run`
+(an `async (args, ctx) -> exit status`). To add a subcommand (logs, exec, scale,
+rollout, lab, ...), write a module with `register` and list it here.
+"""
+
+from __future__ import annotations
+
+from kubeling.cli.commands import apply as apply
+from kubeling.cli.commands import delete as delete
+from kubeling.cli.commands import describe as describe
+from kubeling.cli.commands import get as get
+from kubeling.cli.commands.base import SubParsers
+
+COMMANDS = (get, describe, apply, delete)
+
+
+def register_all(subparsers: SubParsers) -> None:
+    for module in COMMANDS:
+        module.register(subparsers)

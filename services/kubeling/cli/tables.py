@@ -1,0 +1,368 @@
+"""The columns `kubeling get` shows for each kind, following kubectl's printers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from google.protobuf.message import Message
+
+from kubeling.api import kinds
+from kubeling.api.kinds import Kind
+from kubeling.cli.timefmt import age, is_set
+from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+
+Row = list[str]
+RowOf = Callable[[Any], Row]
+NONE = "<none>"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Headers and cell values; the wide ones are appended with `-o wide`."""
+
+    headers: tuple[str, ...]
+    row: RowOf
+    wide_headers: tuple[str, ...] = ()
+    wide_row: RowOf | None = None
+
+    def header(self, wide: bool) -> Row:
+        return [*self.headers, *(self.wide_headers if wide else ())]
+
+    def cells(self, obj: Message, wide: bool) -> Row:
+        row = self.row(obj)
+        if wide and self.wide_row is not None:
+            row += self.wide_row(obj)
+        return row
+
+
+def _name(obj: Any) -> str:
+    return str(obj.metadata.name)
+
+
+def _age(obj: Any) -> str:
+    return age(obj.metadata.creation_timestamp)
+
+
+def _join(values: Iterable[str], empty: str = NONE) -> str:
+    text = ",".join(v for v in values if v)
+    return text or empty
+
+
+def label_text(labels: Any) -> str:
+    return _join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def selector_text(selector: meta_pb2.LabelSelector) -> str:
+    """A LabelSelector in its string form: "app=web,tier in (a,b)"."""
+    terms = [f"{k}={v}" for k, v in sorted(selector.match_labels.items())]
+    for expr in selector.match_expressions:
+        op = expr.operator
+        if op in ("In", "NotIn"):
+            terms.append(f"{expr.key} {op.lower()} ({','.join(expr.values)})")
+        elif op == "Exists":
+            terms.append(expr.key)
+        elif op == "DoesNotExist":
+            terms.append(f"!{expr.key}")
+    return _join(terms)
+
+
+# ------------------------------------------------------------------------- pods
+
+
+def pod_status(pod: core_pb2.Pod) -> str:
+    """kubectl's STATUS column: the most telling reason, not just the phase."""
+    reason = pod.status.reason or pod.status.phase or "Unknown"
+    initializing = False
+    init_total = len(pod.spec.init_containers)
+    for index, status in enumerate(pod.status.init_container_statuses):
+        state = status.state
+        if state.HasField("terminated") and state.terminated.exit_code == 0:
+            continue
+        initializing = True
+        if state.HasField("terminated"):
+            term = state.terminated
+            if term.reason:
+                reason = f"Init:{term.reason}"
+            elif term.signal:
+                reason = f"Init:Signal:{term.signal}"
+            else:
+                reason = f"Init:ExitCode:{term.exit_code}"
+        elif state.waiting.reason and state.waiting.reason != "PodInitializing":
+            reason = f"Init:{state.waiting.reason}"
+        else:
+            reason = f"Init:{index}/{init_total}"
+        break
+    if not initializing:
+        has_running = False
+        for status in reversed(pod.status.container_statuses):
+            state = status.state
+            if state.HasField("waiting") and state.waiting.reason:
+                reason = state.waiting.reason
+            elif state.HasField("terminated") and state.terminated.reason:
+                reason = state.terminated.reason
+            elif state.HasField("terminated"):
+                term = state.terminated
+                reason = f"Signal:{term.signal}" if term.signal else f"ExitCode:{term.exit_code}"
+            elif state.HasField("running") and status.ready:
+                has_running = True
+        if reason == "Completed" and has_running:
+            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+            reason = "Running" if ready else "NotReady"
+    if pod.metadata.HasField("deletion_timestamp"):
+        reason = "Unknown" if pod.status.reason == "NodeLost" else "Terminating"
+    return reason
+
+
+def pod_ready(pod: core_pb2.Pod) -> str:
+    ready = sum(1 for s in pod.status.container_statuses if s.ready)
+    return f"{ready}/{len(pod.spec.containers)}"
+
+
+def pod_restarts(pod: core_pb2.Pod) -> str:
+    statuses = list(pod.status.container_statuses)
+    restarts = sum(s.restart_count for s in statuses)
+    finished = [
+        s.last_state.terminated.finished_at
+        for s in statuses
+        if s.last_state.HasField("terminated") and is_set(s.last_state.terminated.finished_at)
+    ]
+    if restarts and finished:
+        latest = max(finished, key=lambda t: (t.seconds, t.nanos))
+        return f"{restarts} ({age(latest)} ago)"
+    return str(restarts)
+
+
+def _pod_row(obj: Any) -> Row:
+    pod = cast(core_pb2.Pod, obj)
+    return [_name(pod), pod_ready(pod), pod_status(pod), pod_restarts(pod), _age(pod)]
+
+
+def _pod_wide(obj: Any) -> Row:
+    pod = cast(core_pb2.Pod, obj)
+    return [pod.status.pod_ip or NONE, pod.spec.node_name or NONE]
+
+
+# ------------------------------------------------------------------------ nodes
+
+
+def node_status(node: core_pb2.Node) -> str:
+    ready = next((c for c in node.status.conditions if c.type == "Ready"), None)
+    status = "Unknown" if ready is None else ("Ready" if ready.status == "True" else "NotReady")
+    if node.spec.unschedulable:
+        status += ",SchedulingDisabled"
+    return status
+
+
+def node_roles(node: core_pb2.Node) -> str:
+    prefix = "node-role.kubernetes.io/"
+    roles = sorted(k.removeprefix(prefix) for k in node.metadata.labels if k.startswith(prefix))
+    legacy = node.metadata.labels.get("kubernetes.io/role")
+    if legacy:
+        roles.append(legacy)
+    return _join(roles)
+
+
+def node_address(node: core_pb2.Node, kind: str) -> str:
+    return _join(a.address for a in node.status.addresses if a.type == kind)
+
+
+def _node_row(obj: Any) -> Row:
+    node = cast(core_pb2.Node, obj)
+    version = node.status.node_info.kubelet_version or NONE
+    return [_name(node), node_status(node), node_roles(node), _age(node), version]
+
+
+def _node_wide(obj: Any) -> Row:
+    node = cast(core_pb2.Node, obj)
+    info = node.status.node_info
+    return [
+        node_address(node, "InternalIP"),
+        node_address(node, "ExternalIP"),
+        info.os_image or NONE,
+        info.kernel_version or NONE,
+        info.container_runtime_version or NONE,
+    ]
+
+
+# --------------------------------------------------------------------- services
+
+
+def service_ports(svc: core_pb2.Service) -> str:
+    parts = []
+    for port in svc.spec.ports:
+        protocol = port.protocol or "TCP"
+        node = f":{port.node_port}" if port.node_port else ""
+        parts.append(f"{port.port}{node}/{protocol}")
+    return _join(parts)
+
+
+def _service_row(obj: Any) -> Row:
+    svc = cast(core_pb2.Service, obj)
+    return [
+        _name(svc),
+        svc.spec.type or "ClusterIP",
+        svc.spec.cluster_ip or NONE,
+        service_ports(svc),
+        _age(svc),
+    ]
+
+
+def _service_wide(obj: Any) -> Row:
+    return [label_text(cast(core_pb2.Service, obj).spec.selector)]
+
+
+# -------------------------------------------------------------------- workloads
+
+
+def containers_and_images(template: core_pb2.PodTemplateSpec) -> Row:
+    containers = template.spec.containers
+    return [_join(c.name for c in containers), _join(c.image for c in containers)]
+
+
+def _deployment_row(obj: Any) -> Row:
+    deploy = cast(apps_pb2.Deployment, obj)
+    desired = deploy.spec.replicas if deploy.spec.HasField("replicas") else 1
+    status = deploy.status
+    return [
+        _name(deploy),
+        f"{status.ready_replicas}/{desired}",
+        str(status.updated_replicas),
+        str(status.available_replicas),
+        _age(deploy),
+    ]
+
+
+def _deployment_wide(obj: Any) -> Row:
+    deploy = cast(apps_pb2.Deployment, obj)
+    return [*containers_and_images(deploy.spec.template), selector_text(deploy.spec.selector)]
+
+
+def _replica_set_row(obj: Any) -> Row:
+    rs = cast(apps_pb2.ReplicaSet, obj)
+    desired = rs.spec.replicas if rs.spec.HasField("replicas") else 1
+    return [
+        _name(rs),
+        str(desired),
+        str(rs.status.replicas),
+        str(rs.status.ready_replicas),
+        _age(rs),
+    ]
+
+
+def _replica_set_wide(obj: Any) -> Row:
+    rs = cast(apps_pb2.ReplicaSet, obj)
+    return [*containers_and_images(rs.spec.template), selector_text(rs.spec.selector)]
+
+
+def _daemon_set_row(obj: Any) -> Row:
+    ds = cast(apps_pb2.DaemonSet, obj)
+    status = ds.status
+    return [
+        _name(ds),
+        str(status.desired_number_scheduled),
+        str(status.current_number_scheduled),
+        str(status.number_ready),
+        str(status.updated_number_scheduled),
+        str(status.number_available),
+        _age(ds),
+    ]
+
+
+def _daemon_set_wide(obj: Any) -> Row:
+    ds = cast(apps_pb2.DaemonSet, obj)
+    return [*containers_and_images(ds.spec.template), selector_text(ds.spec.selector)]
+
+
+# ------------------------------------------------------------------- the others
+
+
+def _endpoint_slice_row(obj: Any) -> Row:
+    es = cast(discovery_pb2.EndpointSlice, obj)
+    ports = _join((str(p.port) for p in es.ports if p.HasField("port")), "<unset>")
+    addresses = [a for e in es.endpoints for a in e.addresses]
+    shown = ",".join(addresses[:3])
+    if len(addresses) > 3:
+        shown += f" + {len(addresses) - 3} more..."
+    return [_name(es), es.address_type or "IPv4", ports, shown or NONE, _age(es)]
+
+
+def _namespace_row(obj: Any) -> Row:
+    ns = cast(core_pb2.Namespace, obj)
+    return [_name(ns), ns.status.phase or "Active", _age(ns)]
+
+
+def event_last_seen(event: core_pb2.Event) -> str:
+    if is_set(event.last_timestamp):
+        return age(event.last_timestamp)
+    if is_set(event.first_timestamp):
+        return age(event.first_timestamp)
+    return _age(event)
+
+
+def event_object(event: core_pb2.Event) -> str:
+    ref = event.involved_object
+    return f"{ref.kind.lower()}/{ref.name}" if ref.kind else ref.name
+
+
+def _event_row(obj: Any) -> Row:
+    event = cast(core_pb2.Event, obj)
+    return [
+        event_last_seen(event),
+        event.type or "Normal",
+        event.reason,
+        event_object(event),
+        event.message,
+    ]
+
+
+def _lease_row(obj: Any) -> Row:
+    lease = cast(coordination_pb2.Lease, obj)
+    return [_name(lease), lease.spec.holder_identity or NONE, _age(lease)]
+
+
+COLUMNS: dict[str, Columns] = {
+    kinds.POD.name: Columns(
+        ("NAME", "READY", "STATUS", "RESTARTS", "AGE"), _pod_row, ("IP", "NODE"), _pod_wide
+    ),
+    kinds.NODE.name: Columns(
+        ("NAME", "STATUS", "ROLES", "AGE", "VERSION"),
+        _node_row,
+        ("INTERNAL-IP", "EXTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"),
+        _node_wide,
+    ),
+    kinds.SERVICE.name: Columns(
+        ("NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"), _service_row, ("SELECTOR",), _service_wide
+    ),
+    kinds.DEPLOYMENT.name: Columns(
+        ("NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"),
+        _deployment_row,
+        ("CONTAINERS", "IMAGES", "SELECTOR"),
+        _deployment_wide,
+    ),
+    kinds.REPLICA_SET.name: Columns(
+        ("NAME", "DESIRED", "CURRENT", "READY", "AGE"),
+        _replica_set_row,
+        ("CONTAINERS", "IMAGES", "SELECTOR"),
+        _replica_set_wide,
+    ),
+    kinds.DAEMON_SET.name: Columns(
+        ("NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"),
+        _daemon_set_row,
+        ("CONTAINERS", "IMAGES", "SELECTOR"),
+        _daemon_set_wide,
+    ),
+    kinds.ENDPOINT_SLICE.name: Columns(
+        ("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"), _endpoint_slice_row
+    ),
+    kinds.NAMESPACE.name: Columns(("NAME", "STATUS", "AGE"), _namespace_row),
+    kinds.EVENT.name: Columns(("LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"), _event_row),
+    kinds.LEASE.name: Columns(("NAME", "HOLDER", "AGE"), _lease_row),
+}
+
+_DEFAULT = Columns(("NAME", "AGE"), lambda obj: [_name(obj), _age(obj)])
+
+
+def columns_for(kind: Kind) -> Columns:
+    return COLUMNS.get(kind.name, _DEFAULT)

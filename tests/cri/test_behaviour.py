@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from kubeling.cri.api import pb
+from kubeling.cri.errors import CRIError
+from kubeling.cri.runtime import Runtime
+from tests.cri.helpers import container_config, start_pod
+
+
+async def test_run_for_then_exit_code(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_RUN_FOR": "200ms", "FAKE_EXIT_CODE": "3"})
+    _, container_id = await start_pod(runtime, container=config)
+    assert (await runtime.container_status(container_id)).status.state == pb.CONTAINER_RUNNING
+    await asyncio.sleep(0.3)
+    status = (await runtime.container_status(container_id)).status
+    assert status.state == pb.CONTAINER_EXITED
+    assert (status.exit_code, status.reason) == (3, "Error")
+    # finished_at is when it exited, not when we looked.
+    assert status.finished_at - status.started_at == pytest.approx(0.2e9, abs=1e6)
+
+
+async def test_run_for_via_args_completes(runtime: Runtime) -> None:
+    config = container_config(args=["FAKE_RUN_FOR=0"])
+    _, container_id = await start_pod(runtime, container=config)
+    status = (await runtime.container_status(container_id)).status
+    assert (status.state, status.exit_code, status.reason) == (pb.CONTAINER_EXITED, 0, "Completed")
+
+
+async def test_start_error(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_START_ERROR": 'exec: "nginx": not found'})
+    with pytest.raises(CRIError) as err:
+        await start_pod(runtime, container=config)
+    assert err.value.code == grpc.StatusCode.UNKNOWN
+    assert "not found" in err.value.details
+    (container,) = await runtime.list_containers()
+    status = (await runtime.container_status(container.id)).status
+    assert (status.state, status.exit_code, status.reason) == (
+        pb.CONTAINER_EXITED,
+        128,
+        "StartError",
+    )
+    assert status.message == 'exec: "nginx": not found'
+
+
+async def test_oom_over_memory_limit(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_MEMORY": "64Mi"}, memory_limit=32 * 1024 * 1024)
+    _, container_id = await start_pod(runtime, container=config)
+    status = (await runtime.container_status(container_id)).status
+    assert (status.state, status.exit_code, status.reason) == (
+        pb.CONTAINER_EXITED,
+        137,
+        "OOMKilled",
+    )
+
+
+async def test_stop_respects_stop_delay(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_STOP_DELAY": "150ms", "FAKE_STOP_EXIT_CODE": "0"})
+    _, container_id = await start_pod(runtime, container=config)
+    began = time.monotonic()
+    await runtime.stop_container(container_id, 5)
+    assert 0.14 < time.monotonic() - began < 1.0
+    status = (await runtime.container_status(container_id)).status
+    assert (status.exit_code, status.reason) == (0, "Completed")
+
+
+async def test_stop_zero_grace_is_sigkill(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_STOP_DELAY": "10s"})
+    _, container_id = await start_pod(runtime, container=config)
+    began = time.monotonic()
+    await runtime.stop_container(container_id, 0)
+    assert time.monotonic() - began < 0.5
+    assert (await runtime.container_status(container_id)).status.exit_code == 137
+    await runtime.stop_container(container_id, 0)  # stopping an exited container is a no-op
+
+
+async def test_exec_configured_results(runtime: Runtime) -> None:
+    env = {"FAKE_EXEC_STDOUT": "ok", "FAKE_EXEC_STDERR": "warn", "FAKE_EXEC_EXIT_CODE": "2"}
+    _, container_id = await start_pod(runtime, container=container_config(env=env))
+    assert await runtime.exec_sync(container_id, ["cat", "/tmp/healthy"]) == (b"ok", b"warn", 2)
+
+
+async def test_exec_builtins_and_fail_after(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_EXEC_FAIL_AFTER": "100ms"})
+    _, container_id = await start_pod(runtime, container=config)
+    assert (await runtime.exec_sync(container_id, ["/bin/false"])).exit_code == 1
+    assert (await runtime.exec_sync(container_id, ["true"])).exit_code == 0
+    await asyncio.sleep(0.12)
+    result = await runtime.exec_sync(container_id, ["true"])
+    assert (result.exit_code, result.stderr) == (1, b"unhealthy\n")
+
+
+async def test_exec_in_exited_container_fails(runtime: Runtime) -> None:
+    _, container_id = await start_pod(runtime)
+    await runtime.stop_container(container_id, 0)
+    with pytest.raises(CRIError, match="CONTAINER_EXITED"):
+        await runtime.exec_sync(container_id, ["true"])
