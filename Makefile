@@ -27,8 +27,9 @@ unit: install proto
 integration: install proto
 	$(VENV)/bin/pytest -q tests/integration
 
+# `timeout` guards CI against a run that hangs at exit (grpc threads).
 test: lint
-	$(VENV)/bin/pytest -q tests
+	timeout --kill-after=30 3000 $(VENV)/bin/pytest -q tests
 
 bench: install proto
 	$(PY) bench/api.py

@@ -10,7 +10,7 @@ mkdir -p "$STATE"
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 step "Python environment ($VENV)"
-make --no-print-directory install proto >/dev/null
+make --no-print-directory install proto >"$STATE/install.log" 2>&1 || { tail -20 "$STATE/install.log"; exit 1; }
 
 if [[ -f $STATE/master.pid ]] && kill -0 "$(cat "$STATE/master.pid")" 2>/dev/null; then
   step "master already running (pid $(cat "$STATE/master.pid"))"

@@ -78,7 +78,9 @@ class ResourceService:
         self.registry = registry
         self.kind = registry.kind
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self, extra: dict[str, Any] | None = None) -> grpc.GenericRpcHandler:
+        """The kind's service; `extra` adds methods beyond CRUD and Watch (e.g. the
+        Pods service's Logs and Exec, which go to a kubelet)."""
         kind = self.kind
         unary: dict[str, tuple[Callable[[Any, Context], Awaitable[Message]], type[Message]]] = {
             "Create": (self.create, kind.create_request),
@@ -102,6 +104,7 @@ class ResourceService:
             request_deserializer=_deserializer(meta_pb2.WatchRequest),
             response_serializer=_serialize,
         )
+        methods.update(extra or {})
         return grpc.method_handlers_generic_handler(kind.service, methods)
 
     def _object(self, request: Any) -> Message:

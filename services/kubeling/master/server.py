@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from kubeling.api.errors import ApiError
-from kubeling.api.kinds import ALL_KINDS, NAMESPACE, SERVICE
+from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
 from kubeling.common.rpc import Server
 from kubeling.master.api_service import ResourceService
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.namespace_controller import NamespaceController
+from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
@@ -49,6 +51,10 @@ class Master:
             )
             for kind in ALL_KINDS
         }
+        # Methods beyond CRUD/Watch, by kind name (the Pods service's Logs and Exec).
+        self.extra_methods: dict[str, dict[str, Any]] = {}
+        self.pod_proxy = PodProxy(self.registries[POD.name], self.registries[NODE.name])
+        self.extra_methods[POD.name] = self.pod_proxy.methods()
         self.server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -60,7 +66,10 @@ class Master:
         await self._ensure_namespaces()
         self.server = Server(
             self.config.listen,
-            [ResourceService(r).handler() for r in self.registries.values()],
+            [
+                ResourceService(r).handler(self.extra_methods.get(r.kind.name))
+                for r in self.registries.values()
+            ],
             [kind.service for kind in ALL_KINDS],
         )
         await self.server.start()
@@ -86,4 +95,5 @@ class Master:
                 await task
         if self.server is not None:
             await self.server.stop()
+        await self.pod_proxy.close()
         await self.store.close()

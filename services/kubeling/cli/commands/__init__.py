@@ -10,10 +10,12 @@ from __future__ import annotations
 from kubeling.cli.commands import apply as apply
 from kubeling.cli.commands import delete as delete
 from kubeling.cli.commands import describe as describe
+from kubeling.cli.commands import exec as exec
 from kubeling.cli.commands import get as get
+from kubeling.cli.commands import logs as logs
 from kubeling.cli.commands.base import SubParsers
 
-COMMANDS = (get, describe, apply, delete)
+COMMANDS = (get, describe, apply, delete, logs, exec)
 
 
 def register_all(subparsers: SubParsers) -> None:

@@ -1,0 +1,352 @@
+"""The kubelet: watches the pods bound to its node and runs them through CRI.
+
+Pieces (each testable alone):
+- `NodeAgent` (node.py): Node registration, Lease renewal, conditions.
+- `Relister` (runtime_state.py): what the runtime runs, found by labels.
+- `PodWorkers` (workers.py): one worker per pod acting on the latest state.
+- `PodSyncer` (sync.py): the steps that bring one pod to its desired state.
+- `compute_status` (status.py): pod status posted to the master on change.
+- `ProbeManager` (probes.py), `Backoff` (backoff.py).
+- `KubeletService` (server.py): the kubelet's gRPC API (logs, exec, stats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from kubeling.api.objects import clone
+from kubeling.client import Client
+from kubeling.client.events import EventRecorder
+from kubeling.common.rpc import Server
+from kubeling.cri.errors import CRIError
+from kubeling.cri.runtime import Runtime
+from kubeling.kubelet.backoff import Backoff
+from kubeling.kubelet.directory import ContainerRef
+from kubeling.kubelet.node import NodeAgent, NodeSettings
+from kubeling.kubelet.probes import ProbeManager
+from kubeling.kubelet.runtime_state import Relister, RuntimePod
+from kubeling.kubelet.server import KubeletService
+from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
+from kubeling.kubelet.sync import PodSyncer, SyncResult
+from kubeling.kubelet.workers import PodWorkers
+from kubeling.master.registry import INITIAL_EVENTS_END
+from kubeling.node.cni import write_bridge_cni_config
+from kubeling.v1 import core_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class KubeletConfig:
+    master: str
+    node_name: str
+    runtime_endpoint: str = "unix:///run/containerd/containerd.sock"
+    listen: str = "0.0.0.0:10250"
+    node_ip: str = ""
+    pod_cidr: str = ""
+    pod_log_dir: Path = field(default_factory=lambda: Path("/var/log/pods"))
+    relist_period: float = 1.0
+    status_interval: float = 10.0
+    lease_duration: int = 40
+    lease_renew_interval: float = 10.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 300.0
+    backoff_reset: float = 600.0
+    max_pods: int = 110
+    # Where to write this node's bridge CNI config once its pod CIDR is known
+    # (from --pod-cidr or the Node's spec.podCIDR); None: managed elsewhere.
+    cni_conf_dir: Path | None = None
+    cluster_cidr: str = "10.244.0.0/16"
+
+
+class Kubelet:
+    def __init__(self, config: KubeletConfig, runtime: Runtime, api: Client) -> None:
+        self.config = config
+        self.node_name = config.node_name
+        self.runtime = runtime
+        self.api = api
+        self.recorder = EventRecorder(api, "kubelet", config.node_name)
+        self.desired: dict[str, core_pb2.Pod] = {}
+        self.runtime_pods: dict[str, RuntimePod] = {}
+        self.posted: dict[str, core_pb2.PodStatus] = {}
+        self.relister = Relister(runtime)
+        # Wall-clock: the syncer compares with CRI timestamps (finishedAt).
+        self.backoff = Backoff(
+            config.backoff_initial, config.backoff_max, config.backoff_reset, clock=time.time
+        )
+        self.image_backoff = Backoff(
+            config.backoff_initial, config.backoff_max, config.backoff_reset, clock=time.time
+        )
+        self.probes = ProbeManager(runtime, on_change=self._probe_changed)
+        self.syncer = PodSyncer(
+            runtime=runtime,
+            log_root=config.pod_log_dir,
+            host_ip=config.node_ip,
+            backoff=self.backoff,
+            image_backoff=self.image_backoff,
+            recorder=self.recorder,
+            probes=self.probes,
+        )
+        self.workers = PodWorkers(self._sync)
+        self.synced = asyncio.Event()  # the first full list of our pods arrived
+        self.server: Server | None = None
+        self.agent: NodeAgent | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        service = KubeletService(self, self.runtime)
+        self.server = Server(self.config.listen, [service.handler()], [service.service_name])
+        await self.server.start()
+        settings = NodeSettings(
+            name=self.node_name,
+            node_ip=self.config.node_ip,
+            kubelet_port=int(self.server.port),
+            pod_cidr=self.config.pod_cidr,
+            lease_duration=self.config.lease_duration,
+            lease_renew_interval=self.config.lease_renew_interval,
+            status_interval=self.config.status_interval,
+            max_pods=self.config.max_pods,
+        )
+        self.agent = NodeAgent(self.api, self.runtime, settings)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(grpc.aio.AioRpcError),
+            wait=wait_exponential(multiplier=0.2, max=5),
+        ):
+            with attempt:
+                await self.agent.register()
+        self._write_cni_config()
+        agent = self.agent
+        for name, coro in (
+            ("node-status", agent.status_loop()),
+            ("lease", agent.lease_loop()),
+            ("pod-watch", self._watch_pods()),
+            ("relist", self._relist_loop()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"kubelet-{name}"))
+        log.info("kubelet started", node=self.node_name, port=self.server.port)
+
+    def _write_cni_config(self) -> None:
+        node = self.agent.node if self.agent else None
+        pod_cidr = (node.spec.pod_cidr if node else "") or self.config.pod_cidr
+        if self.config.cni_conf_dir is None or not pod_cidr:
+            return
+        write_bridge_cni_config(
+            self.config.cni_conf_dir, pod_cidr=pod_cidr, routes=[self.config.cluster_cidr]
+        )
+        log.info("CNI config written", pod_cidr=pod_cidr, dir=str(self.config.cni_conf_dir))
+
+    async def stop(self) -> None:
+        """Stop the kubelet's loops; the pods keep running (a restarted kubelet
+        adopts them)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.workers.close()
+        await self.probes.close()
+        await self.recorder.flush()
+        if self.server is not None:
+            await self.server.stop(0.5)
+
+    # ------------------------------------------------------------ watching
+
+    async def _watch_pods(self) -> None:
+        """Keep `desired` equal to the master's pods bound to this node."""
+        selector = f"spec.nodeName={self.node_name}"
+        resource_version = ""
+        delay = 0.2
+        while True:
+            seen: set[str] | None = set() if not resource_version else None
+            try:
+                async for event in self.api.pods.watch(
+                    "", field_selector=selector, resource_version=resource_version
+                ):
+                    delay = 0.2
+                    resource_version = event.resource_version
+                    pod = event.object
+                    if event.type == "BOOKMARK":
+                        if seen is not None and pod.metadata.annotations.get(INITIAL_EVENTS_END):
+                            for uid in set(self.desired) - seen:
+                                # Deleted while we were not watching.
+                                del self.desired[uid]
+                                self.workers.update(uid)
+                            seen = None
+                            self.synced.set()
+                        continue
+                    uid = pod.metadata.uid
+                    if event.type == "DELETED":
+                        self.desired.pop(uid, None)
+                    else:
+                        self.desired[uid] = pod
+                        if seen is not None:
+                            seen.add(uid)
+                    self.workers.update(uid)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    resource_version = ""  # too old: list again
+                else:
+                    log.warning("pod watch ended; re-watching", error=exc.details())
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    async def _relist_loop(self) -> None:
+        while True:
+            try:
+                pods = await self.relister.relist()
+                changed = {
+                    uid
+                    for uid in set(pods) | set(self.runtime_pods)
+                    if uid not in pods
+                    or uid not in self.runtime_pods
+                    or pods[uid].key() != self.runtime_pods[uid].key()
+                }
+                self.runtime_pods = pods
+                if self.synced.is_set():
+                    # Pods whose runtime state changed, and sandboxes of pods that
+                    # are no longer bound here (removed by their worker).
+                    for uid in changed | (set(pods) - set(self.desired)):
+                        self.workers.update(uid)
+            except CRIError as exc:
+                log.warning("relist failed", error=exc.details)
+            await asyncio.sleep(self.config.relist_period)
+
+    def _probe_changed(self, pod_uid: str, container: str, kind: str, value: bool) -> None:
+        self.workers.update(pod_uid)
+
+    # ------------------------------------------------------------ syncing
+
+    async def _sync(self, uid: str) -> SyncResult:
+        pod = self.desired.get(uid)
+        if pod is None and not self.synced.is_set():
+            return SyncResult(retry_after=1.0)  # not sure yet whether it is ours
+        if pod is not None and pod.metadata.HasField("deletion_timestamp"):
+            self.probes.remove_pod(uid)  # a pod being deleted is not restarted
+        current = (await self.relister.relist(uid)).get(uid)
+        result = await self.syncer.sync(pod, current)
+        if pod is None:
+            self.probes.remove_pod(uid)
+            self.posted.pop(uid, None)
+            self.runtime_pods.pop(uid, None)
+            return result
+        if result.done:
+            self.probes.remove_pod(uid)
+            await self._finalize(pod)
+            return result
+        fresh = (await self.relister.relist(uid)).get(uid)
+        if fresh is not None:
+            self.runtime_pods[uid] = fresh
+        self._update_probes(pod, fresh)
+        await self._post_status(pod, fresh)
+        return result
+
+    def _update_probes(self, pod: core_pb2.Pod, current: RuntimePod | None) -> None:
+        sandbox = current.sandbox if current else None
+        if current is None or sandbox is None:
+            return
+        containers: dict[str, str] = {}
+        for spec in pod.spec.containers:
+            latest = current.latest(spec.name, sandbox.id)
+            if latest is not None and latest.running:
+                containers[spec.name] = latest.id
+        self.probes.add_pod(pod, containers, sandbox.ip)
+
+    async def _finalize(self, pod: core_pb2.Pod) -> None:
+        """Containers are stopped: remove the pod object (grace 0) on the master."""
+        try:
+            await self.api.pods.delete(
+                pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0,
+                uid=pod.metadata.uid,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED):
+                raise
+        self.posted.pop(pod.metadata.uid, None)
+
+    def status_of(self, pod: core_pb2.Pod, current: RuntimePod | None) -> core_pb2.PodStatus:
+        uid = pod.metadata.uid
+        with_previous = clone(pod)
+        previous = self.posted.get(uid)
+        if previous is not None:
+            with_previous.status.CopyFrom(previous)
+        waiting = self.syncer.waiting.get(uid, {})
+
+        def waiting_of(name: str) -> Waiting | None:
+            return waiting.get(name)
+
+        def ready(name: str) -> bool:
+            return bool(self.probes.readiness(uid, name))
+
+        def started(name: str) -> bool:
+            return self.probes.startup_done(uid, name)
+
+        return compute_status(
+            StatusInputs(with_previous, current, self.config.node_ip, ready, started, waiting_of)
+        )
+
+    async def _post_status(self, pod: core_pb2.Pod, current: RuntimePod | None) -> None:
+        uid = pod.metadata.uid
+        status = self.status_of(pod, current)
+        if self.posted.get(uid) == status:
+            return
+        update = core_pb2.Pod()
+        update.metadata.name = pod.metadata.name
+        update.metadata.namespace = pod.metadata.namespace
+        update.metadata.uid = uid
+        update.status.CopyFrom(status)
+        try:
+            await self.api.pods.update_status(update)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED):
+                return  # gone or replaced: its DELETED event is on the way
+            raise
+        self.posted[uid] = status
+
+    # ------------------------------------------------------------ PodDirectory
+
+    def pods(self) -> list[core_pb2.Pod]:
+        result = []
+        for uid, pod in self.desired.items():
+            copy = clone(pod)
+            if uid in self.posted:
+                copy.status.CopyFrom(self.posted[uid])
+            result.append(copy)
+        return sorted(result, key=lambda p: (p.metadata.namespace, p.metadata.name))
+
+    def find_pod(self, namespace: str, name: str) -> core_pb2.Pod | None:
+        for pod in self.desired.values():
+            if pod.metadata.namespace == namespace and pod.metadata.name == name:
+                return pod
+        return None
+
+    def find_container(
+        self, namespace: str, name: str, container: str, previous: bool = False
+    ) -> ContainerRef | None:
+        pod = self.find_pod(namespace, name)
+        if pod is None:
+            return None
+        if not container:
+            if len(pod.spec.containers) != 1:
+                return None
+            container = pod.spec.containers[0].name
+        current = self.runtime_pods.get(pod.metadata.uid)
+        if current is None:
+            return None
+        instances = current.instances(container)
+        if previous:
+            instances = [i for i in instances[1:] if i.exited] if instances else []
+        if not instances:
+            return None
+        chosen = instances[0]
+        return ContainerRef(chosen.id, chosen.name, chosen.log_path, chosen.running)

@@ -1,0 +1,100 @@
+"""`kubeling-kubelet`: the node agent that runs pods through CRI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import structlog
+
+from kubeling.client import Client
+from kubeling.common.logging import setup_logging
+from kubeling.common.proctitle import set_process_name
+from kubeling.cri.client import RuntimeClient
+from kubeling.kubelet import machine
+from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
+
+log = structlog.get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kubeling-kubelet", description=__doc__)
+    p.add_argument("--master", default=os.environ.get("KUBELING_SERVER", "localhost:6443"))
+    p.add_argument("--node-name", default=machine.hostname())
+    p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")
+    p.add_argument("--listen", default="0.0.0.0:10250", help="the kubelet API (logs, exec)")
+    p.add_argument("--node-ip", default="", help="the node's InternalIP (default: detected)")
+    p.add_argument("--pod-cidr", default="", help="pod CIDR when the master assigns none")
+    p.add_argument(
+        "--cni-conf-dir",
+        default="",
+        help="write this node's bridge CNI config here once the pod CIDR is known",
+    )
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="all nodes' pod CIDRs")
+    p.add_argument("--image-dir", default="", help="import the image tarballs found here")
+    p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
+    p.add_argument("--relist-period", type=float, default=1.0)
+    p.add_argument("--status-interval", type=float, default=10.0)
+    p.add_argument("--lease-duration", type=int, default=40)
+    p.add_argument("--lease-renew-interval", type=float, default=10.0)
+    p.add_argument("--backoff-initial", type=float, default=10.0)
+    p.add_argument("--backoff-max", type=float, default=300.0)
+    p.add_argument("--backoff-reset", type=float, default=600.0)
+    p.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
+    return p.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> KubeletConfig:
+    return KubeletConfig(
+        master=args.master,
+        node_name=args.node_name,
+        runtime_endpoint=args.runtime_endpoint,
+        listen=args.listen,
+        node_ip=args.node_ip or machine.node_ip(),
+        pod_cidr=args.pod_cidr,
+        pod_log_dir=args.pod_log_dir,
+        cni_conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
+        cluster_cidr=args.cluster_cidr,
+        relist_period=args.relist_period,
+        status_interval=args.status_interval,
+        lease_duration=args.lease_duration,
+        lease_renew_interval=args.lease_renew_interval,
+        backoff_initial=args.backoff_initial,
+        backoff_max=args.backoff_max,
+        backoff_reset=args.backoff_reset,
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = config_from(args)
+    if args.image_dir:
+        from kubeling.node.images import import_images
+
+        address = config.runtime_endpoint.removeprefix("unix://")
+        await asyncio.to_thread(import_images, Path(args.image_dir), address)
+    runtime = RuntimeClient(config.runtime_endpoint)
+    api = Client(config.master)
+    kubelet = Kubelet(config, runtime, api)
+    await kubelet.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await kubelet.stop()
+    await api.close()
+    await runtime.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    set_process_name("kubeling-kubelet")
+    setup_logging(args.log_level)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

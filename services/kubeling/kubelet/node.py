@@ -1,0 +1,233 @@
+"""Register this node with the master, renew its Lease, post its conditions.
+
+Ready follows the runtime: False with a reason while CRI Status fails or reports
+the runtime or network not ready. Conditions are posted every status interval or
+at once when they change; the Lease is renewed every renew interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from kubeling import __version__
+from kubeling.api.objects import clone, now
+from kubeling.client import Client
+from kubeling.cri.errors import CRIError
+from kubeling.cri.runtime import Runtime
+from kubeling.kubelet import machine
+from kubeling.v1 import coordination_pb2, core_pb2, meta_pb2
+
+log = structlog.get_logger(__name__)
+
+LEASE_NAMESPACE = "kube-node-lease"
+
+
+@dataclass
+class NodeSettings:
+    name: str
+    node_ip: str
+    kubelet_port: int
+    pod_cidr: str = ""
+    lease_duration: int = 40
+    lease_renew_interval: float = 10.0
+    status_interval: float = 10.0
+    max_pods: int = 110
+
+
+class NodeAgent:
+    def __init__(self, api: Client, runtime: Runtime, settings: NodeSettings) -> None:
+        self.api = api
+        self.runtime = runtime
+        self.settings = settings
+        self._last_conditions: dict[str, tuple[str, str]] = {}
+        self._runtime_version = ""
+        self.ready = False
+        self.node: core_pb2.Node | None = None
+
+    # ------------------------------------------------------------- conditions
+
+    async def runtime_health(self) -> tuple[bool, str, str]:
+        """(ready, reason, message) from CRI Status."""
+        try:
+            if not self._runtime_version:
+                version = await self.runtime.version()
+                self._runtime_version = f"{version.runtime_name}://{version.runtime_version}"
+            status = await self.runtime.status()
+        except CRIError as exc:
+            return False, "KubeletNotReady", f"container runtime is down: {exc.details}"
+        for condition in status.status.conditions:
+            if not condition.status:
+                what = "network" if condition.type == "NetworkReady" else "runtime"
+                detail = condition.message or condition.reason
+                return False, "KubeletNotReady", f"container {what} is not ready: {detail}"
+        return True, "KubeletReady", "kubelet is posting ready status"
+
+    async def conditions(self, previous: core_pb2.Node | None) -> list[meta_pb2.Condition]:
+        ready, reason, message = await self.runtime_health()
+        self.ready = ready
+        wanted = [
+            ("Ready", "True" if ready else "False", reason, message),
+            (
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            (
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+        ]
+        old = {c.type: c for c in previous.status.conditions} if previous else {}
+        stamp = now()
+        result = []
+        for kind, status, why, text in wanted:
+            condition = meta_pb2.Condition(type=kind, status=status, reason=why, message=text)
+            condition.last_heartbeat_time.CopyFrom(stamp)
+            before = old.get(kind)
+            if before is not None and before.status == status:
+                condition.last_transition_time.CopyFrom(before.last_transition_time)
+            else:
+                condition.last_transition_time.CopyFrom(stamp)
+            result.append(condition)
+        return result
+
+    def _status(self) -> core_pb2.NodeStatus:
+        s = self.settings
+        status = core_pb2.NodeStatus()
+        status.capacity.update(machine.capacity(s.max_pods))
+        status.allocatable.update(machine.capacity(s.max_pods))
+        status.addresses.add(type="InternalIP", address=s.node_ip)
+        status.addresses.add(type="Hostname", address=s.name)
+        status.daemon_endpoints.kubelet_endpoint.port = s.kubelet_port
+        status.node_info.CopyFrom(
+            machine.system_info(self._runtime_version, f"kubeling/v{__version__}")
+        )
+        return status
+
+    # ------------------------------------------------------------- register
+
+    async def register(self) -> core_pb2.Node:
+        """Create the Node, or take over the existing one with fresh status."""
+        s = self.settings
+        while True:
+            await self.runtime_health()  # learns the runtime's version for nodeInfo
+            status = self._status()
+            try:
+                existing = await self.api.nodes.get(s.name)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                node = core_pb2.Node()
+                node.metadata.name = s.name
+                node.metadata.labels.update(
+                    {
+                        "kubernetes.io/hostname": s.name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": status.node_info.architecture,
+                    }
+                )
+                node.spec.pod_cidr = s.pod_cidr
+                if s.pod_cidr:
+                    node.spec.pod_cidrs.append(s.pod_cidr)
+                status.conditions.extend(await self.conditions(None))
+                node.status.CopyFrom(status)
+                try:
+                    self.node = await self.api.nodes.create(node)
+                except grpc.aio.AioRpcError as create_error:
+                    if create_error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                        continue
+                    raise
+                log.info("node registered", node=s.name)
+                return self.node
+            if s.pod_cidr and not existing.spec.pod_cidr:
+                updated = clone(existing)
+                updated.spec.pod_cidr = s.pod_cidr
+                updated.spec.pod_cidrs.append(s.pod_cidr)
+                existing = await self.api.nodes.update(updated)
+            status.conditions.extend(await self.conditions(existing))
+            fresh = clone(existing)
+            fresh.status.CopyFrom(status)
+            try:
+                self.node = await self.api.nodes.update_status(fresh)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.ABORTED:
+                    continue
+                raise
+            log.info("node re-registered", node=s.name)
+            return self.node
+
+    async def post_status(self) -> None:
+        s = self.settings
+        for _ in range(5):
+            current = await self.api.nodes.get(s.name)
+            fresh = clone(current)
+            del fresh.status.conditions[:]
+            fresh.status.conditions.extend(await self.conditions(current))
+            try:
+                self.node = await self.api.nodes.update_status(fresh)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:
+                    raise
+
+    async def status_loop(self) -> None:
+        """Conditions every status interval, and at once when readiness changes
+        (the runtime is checked every second)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.post_status()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("node status not posted", error=exc.details())
+            posted_ready = self.ready
+            deadline = loop.time() + self.settings.status_interval
+            while loop.time() < deadline:
+                await asyncio.sleep(min(1.0, self.settings.status_interval))
+                ready, _, _ = await self.runtime_health()
+                if ready != posted_ready:
+                    break
+
+    # ------------------------------------------------------------- lease
+
+    async def lease_loop(self) -> None:
+        s = self.settings
+        while True:
+            try:
+                await self.renew_lease()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("lease not renewed", error=exc.details())
+            await asyncio.sleep(s.lease_renew_interval)
+
+    async def renew_lease(self) -> coordination_pb2.Lease:
+        s = self.settings
+        try:
+            lease = await self.api.leases.get(s.name, LEASE_NAMESPACE)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            lease = coordination_pb2.Lease()
+            lease.metadata.name = s.name
+            lease.metadata.namespace = LEASE_NAMESPACE
+            lease.spec.holder_identity = s.name
+            lease.spec.lease_duration_seconds = s.lease_duration
+            lease.spec.renew_time.CopyFrom(now())
+            if self.node is not None:
+                lease.metadata.owner_references.add(
+                    api_version="v1", kind="Node", name=s.name, uid=self.node.metadata.uid
+                )
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                return await self.api.leases.create(lease)
+            lease = await self.api.leases.get(s.name, LEASE_NAMESPACE)
+        lease.spec.holder_identity = s.name
+        lease.spec.lease_duration_seconds = s.lease_duration
+        lease.spec.renew_time.CopyFrom(now())
+        return await self.api.leases.update(lease)

@@ -1,0 +1,293 @@
+"""The kubelet's own API (kubeling.v1.Kubelet, port 10250): pods, logs, exec, stats.
+
+It knows pods only through a `PodDirectory` and containers only through the CRI
+`Runtime`, so it can be served by the real kubelet or, in tests, over a fake.
+Errors read like the ones kubectl shows for the same mistakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+
+from kubeling.api.errors import ApiError
+from kubeling.common import rpc
+from kubeling.cri.errors import CRIError
+from kubeling.cri.runtime import Runtime
+from kubeling.kubelet.directory import ContainerRef, PodDirectory
+from kubeling.kubelet.logs import LogOptions, read_log
+from kubeling.v1 import core_pb2, kubelet_pb2
+
+__all__ = [
+    "CONTAINER_NAME_LABEL",
+    "DEFAULT_PORT",
+    "POD_NAMESPACE_LABEL",
+    "POD_NAME_LABEL",
+    "SERVICE_NAME",
+    "KubeletService",
+    "serve_kubelet_api",
+]
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME: str = kubelet_pb2.DESCRIPTOR.services_by_name["Kubelet"].full_name
+DEFAULT_PORT = 10250
+# The labels the kubelet puts on every container it creates (as Kubernetes does).
+POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+POD_NAME_LABEL = "io.kubernetes.pod.name"
+CONTAINER_NAME_LABEL = "io.kubernetes.container.name"
+
+# grpc ships no type information: the servicer context is typed loosely.
+Context = Any
+_CODE = grpc.StatusCode
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """A request whose bytes did not parse; answered with INVALID_ARGUMENT."""
+
+    error: ApiError
+
+
+def _parser(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            name = message.DESCRIPTOR.full_name
+            return _Malformed(ApiError(_CODE.INVALID_ARGUMENT, f"request is not a {name}: {exc}"))
+
+    return parse
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _unary(
+    fn: Callable[[Any, Context], Awaitable[Message]], request: type[Message]
+) -> grpc.RpcMethodHandler:
+    async def handle(req: Message | _Malformed, context: Context) -> Message:
+        try:
+            if isinstance(req, _Malformed):
+                raise req.error
+            return await fn(req, context)
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+        except Exception:
+            log.exception("kubelet API request failed", method=fn.__name__)
+            await context.abort(_CODE.INTERNAL, "internal error; see the kubelet log")
+        raise AssertionError("unreachable")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=_parser(request), response_serializer=_serialize
+    )
+
+
+def _runtime_error(exc: CRIError, doing: str) -> ApiError:
+    # The runtime's code says what went wrong (NOT_FOUND, DEADLINE_EXCEEDED, ...).
+    return ApiError(exc.code, f"{doing}: {exc.details}")
+
+
+class KubeletService:
+    """Serves `directory` and `runtime` as kubeling.v1.Kubelet."""
+
+    service_name = SERVICE_NAME
+
+    def __init__(
+        self, directory: PodDirectory, runtime: Runtime, poll_interval: float = 0.15
+    ) -> None:
+        self.directory = directory
+        self.runtime = runtime
+        self.poll_interval = poll_interval
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "ListPods": _unary(self.list_pods, kubelet_pb2.KubeletListPodsRequest),
+                "Exec": _unary(self.exec, core_pb2.PodExecRequest),
+                "Stats": _unary(self.stats, kubelet_pb2.StatsRequest),
+                "Logs": grpc.unary_stream_rpc_method_handler(
+                    self.logs,
+                    request_deserializer=_parser(core_pb2.PodLogsRequest),
+                    response_serializer=_serialize,
+                ),
+            },
+        )
+
+    # -- lookups ---------------------------------------------------------------
+
+    def _container(
+        self, namespace: str, name: str, container: str, previous: bool = False
+    ) -> tuple[str, ContainerRef]:
+        """The container's name and instance, or the error kubectl would show."""
+        pod = self.directory.find_pod(namespace, name)
+        if pod is None:
+            raise ApiError(_CODE.NOT_FOUND, f'pods "{name}" not found')
+        names = [c.name for c in pod.spec.containers]
+        if not container:
+            if len(names) != 1:
+                raise ApiError(
+                    _CODE.INVALID_ARGUMENT,
+                    f"a container name must be specified for pod {name}, "
+                    f"choose one of: [{' '.join(names)}]",
+                )
+            container = names[0]
+        elif container not in names and container not in {c.name for c in pod.spec.init_containers}:
+            raise ApiError(_CODE.NOT_FOUND, f'container "{container}" not found in pod "{name}"')
+        ref = self.directory.find_container(namespace, name, container, previous)
+        if ref is not None:
+            return container, ref
+        if previous:
+            raise ApiError(
+                _CODE.NOT_FOUND,
+                f'previous terminated container "{container}" in pod "{name}" not found',
+            )
+        reason = _waiting_reason(pod, container)
+        raise ApiError(
+            _CODE.FAILED_PRECONDITION,
+            f'container "{container}" in pod "{name}" is waiting to start'
+            + (f": {reason}" if reason else ""),
+        )
+
+    # -- methods ---------------------------------------------------------------
+
+    async def list_pods(
+        self, request: kubelet_pb2.KubeletListPodsRequest, context: Context
+    ) -> core_pb2.PodList:
+        return core_pb2.PodList(items=self.directory.pods())
+
+    async def logs(
+        self, request: core_pb2.PodLogsRequest | _Malformed, context: Context
+    ) -> AsyncIterator[core_pb2.LogChunk]:
+        try:
+            if isinstance(request, _Malformed):
+                raise request.error
+            if request.HasField("tail_lines") and request.tail_lines < 0:
+                raise ApiError(_CODE.INVALID_ARGUMENT, "tailLines: must be 0 or more")
+            if request.HasField("since_seconds") and request.since_seconds < 1:
+                raise ApiError(_CODE.INVALID_ARGUMENT, "sinceSeconds: must be greater than 0")
+            namespace = request.namespace or "default"
+            container, ref = self._container(
+                namespace, request.name, request.container, request.previous
+            )
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            return
+        options = LogOptions(
+            tail_lines=request.tail_lines if request.HasField("tail_lines") else None,
+            since_seconds=request.since_seconds if request.HasField("since_seconds") else None,
+            timestamps=request.timestamps,
+            follow=request.follow,
+            poll_interval=self.poll_interval,
+        )
+
+        def running() -> bool:
+            # Following ends when this instance stops (a restart starts a new log).
+            now = self.directory.find_container(namespace, request.name, container)
+            return now is not None and now.container_id == ref.container_id and now.running
+
+        try:
+            async for text in read_log(ref.log_path, options, running):
+                yield core_pb2.LogChunk(text=text)
+        except OSError as exc:
+            log.warning("cannot read container log", path=ref.log_path, error=str(exc))
+            await context.abort(_CODE.INTERNAL, f"cannot read the log of {container}: {exc}")
+
+    async def exec(
+        self, request: core_pb2.PodExecRequest, context: Context
+    ) -> core_pb2.ExecResponse:
+        if not request.command:
+            raise ApiError(
+                _CODE.INVALID_ARGUMENT, "you must specify at least one command for the container"
+            )
+        if request.timeout_seconds < 0:
+            raise ApiError(_CODE.INVALID_ARGUMENT, "timeoutSeconds: must be 0 or more")
+        namespace = request.namespace or "default"
+        container, ref = self._container(namespace, request.name, request.container)
+        not_running = ApiError(
+            _CODE.FAILED_PRECONDITION,
+            f'unable to exec in container "{container}" of pod "{request.name}": '
+            "container is not running",
+        )
+        if not ref.running:
+            raise not_running
+        try:
+            result = await self.runtime.exec_sync(
+                ref.container_id, list(request.command), request.timeout_seconds
+            )
+        except CRIError as exc:
+            if exc.code == _CODE.DEADLINE_EXCEEDED:
+                raise ApiError(
+                    exc.code, f"command timed out after {request.timeout_seconds}s"
+                ) from None
+            if exc.code in (_CODE.NOT_FOUND, _CODE.UNKNOWN):
+                # The container stopped (or went away) between the lookup and the exec.
+                raise not_running from None
+            raise _runtime_error(exc, "exec failed") from None
+        return core_pb2.ExecResponse(
+            stdout=result.stdout.decode("utf-8", "replace"),
+            stderr=result.stderr.decode("utf-8", "replace"),
+            exit_code=result.exit_code,
+        )
+
+    async def stats(
+        self, request: kubelet_pb2.StatsRequest, context: Context
+    ) -> kubelet_pb2.StatsResponse:
+        selector: dict[str, str] = {}
+        if request.namespace:
+            selector[POD_NAMESPACE_LABEL] = request.namespace
+            if request.name:
+                selector[POD_NAME_LABEL] = request.name
+        try:
+            found = await self.runtime.list_container_stats(labels=selector or None)
+        except CRIError as exc:
+            raise _runtime_error(exc, "cannot list container stats") from None
+        # Only pods this node runs: leftovers of deleted pods are not reported.
+        pods = {(p.metadata.namespace, p.metadata.name) for p in self.directory.pods()}
+        entries = []
+        for stats in found:
+            labels = stats.attributes.labels
+            namespace = labels.get(POD_NAMESPACE_LABEL, "")
+            pod = labels.get(POD_NAME_LABEL, "")
+            if (namespace, pod) not in pods:
+                continue
+            timestamp = stats.cpu.timestamp or stats.memory.timestamp
+            if not timestamp:
+                continue  # a stopped container: no usage to report
+            entry = kubelet_pb2.ContainerStatsEntry(
+                namespace=namespace,
+                pod=pod,
+                container=labels.get(CONTAINER_NAME_LABEL) or stats.attributes.metadata.name,
+                container_id=stats.attributes.id,
+                cpu_usage_core_nano_seconds=stats.cpu.usage_core_nano_seconds.value,
+                memory_working_set_bytes=stats.memory.working_set_bytes.value,
+            )
+            entry.timestamp.FromNanoseconds(timestamp)
+            entries.append(entry)
+        entries.sort(key=lambda e: (e.namespace, e.pod, e.container))
+        return kubelet_pb2.StatsResponse(node_name=self.directory.node_name, containers=entries)
+
+
+def _waiting_reason(pod: core_pb2.Pod, container: str) -> str:
+    for status in [*pod.status.container_statuses, *pod.status.init_container_statuses]:
+        if status.name == container:
+            return str(status.state.waiting.reason)
+    return ""
+
+
+async def serve_kubelet_api(
+    listen: str, directory: PodDirectory, runtime: Runtime, poll_interval: float = 0.15
+) -> rpc.Server:
+    """Start serving the kubelet API on `listen` ("0.0.0.0:10250", "127.0.0.1:0");
+    the caller stops the returned server. Its `port` is the one actually bound."""
+    service = KubeletService(directory, runtime, poll_interval)
+    server = rpc.Server(listen, [service.handler()], [SERVICE_NAME])
+    await server.start()
+    return server

@@ -1,0 +1,169 @@
+"""The Pods service's Logs and Exec: found on the master, answered by the kubelet.
+
+The master looks up the pod and its node, then forwards the call to that node's
+kubeling.v1.Kubelet API (as the Kubernetes API server proxies to port 10250).
+Messages pass through as bytes; the kubelet's errors reach the caller unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+
+from kubeling.api.errors import ApiError
+from kubeling.common import rpc
+from kubeling.master.registry import Registry
+from kubeling.v1 import core_pb2, kubelet_pb2
+
+__all__ = ["DEFAULT_KUBELET_PORT", "PodProxy", "kubelet_address"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_KUBELET_PORT = 10250
+_KUBELET = "/" + kubelet_pb2.DESCRIPTOR.services_by_name["Kubelet"].full_name + "/"
+_CODE = grpc.StatusCode
+_NO_DEADLINE = 365 * 24 * 3600.0
+# Carries the rich status (e.g. BadRequest field violations) of a kubelet error.
+_STATUS_DETAILS = "grpc-status-details-bin"
+# grpc ships no type information: the servicer context is typed loosely.
+Context = Any
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _parser(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(f"request is not a {message.DESCRIPTOR.full_name}: {exc}")
+
+    return parse
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def kubelet_address(node: core_pb2.Node) -> str:
+    """HOST:PORT of a node's kubelet API, from the addresses its kubelet reported."""
+    by_type = {a.type: a.address for a in node.status.addresses if a.address}
+    host = by_type.get("InternalIP") or by_type.get("Hostname")
+    if not host:
+        raise ApiError(
+            _CODE.UNAVAILABLE,
+            f'node "{node.metadata.name}" reports no InternalIP or Hostname address '
+            "for its kubelet",
+        )
+    port = node.status.daemon_endpoints.kubelet_endpoint.port or DEFAULT_KUBELET_PORT
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class PodProxy:
+    """`methods()` are added to the Pods service (Master.extra_methods["Pod"])."""
+
+    def __init__(self, pods: Registry, nodes: Registry) -> None:
+        self.pods = pods
+        self.nodes = nodes
+        # One channel per kubelet, reused by every call to it.
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {
+            "Logs": grpc.unary_stream_rpc_method_handler(
+                self.logs,
+                request_deserializer=_parser(core_pb2.PodLogsRequest),
+                response_serializer=None,  # the kubelet's bytes, passed on as they are
+            ),
+            "Exec": grpc.unary_unary_rpc_method_handler(
+                self.exec,
+                request_deserializer=_parser(core_pb2.PodExecRequest),
+                response_serializer=None,
+            ),
+        }
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+    def _target(self, namespace: str, name: str) -> tuple[str, str]:
+        """(node name, kubelet address) of the pod, or the error to answer with."""
+        pod = cast(core_pb2.Pod, self.pods.get(namespace, name))
+        node_name = pod.spec.node_name
+        if not node_name:
+            raise ApiError(
+                _CODE.FAILED_PRECONDITION, f'pod "{name}" is not scheduled yet (no node assigned)'
+            )
+        node = cast(core_pb2.Node, self.nodes.get("", node_name))
+        return node_name, kubelet_address(node)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = rpc.channel(address)
+        return channel
+
+    async def logs(
+        self, request: core_pb2.PodLogsRequest | _Malformed, context: Context
+    ) -> AsyncIterator[bytes]:
+        try:
+            if isinstance(request, _Malformed):
+                raise ApiError(_CODE.INVALID_ARGUMENT, str(request))
+            request.namespace = request.namespace or "default"
+            node, address = self._target(request.namespace, request.name)
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            return
+        call = self._channel(address).unary_stream(
+            _KUBELET + "Logs", request_serializer=_serialize, response_deserializer=None
+        )(request)
+        try:
+            async for data in call:
+                yield data
+        except grpc.aio.AioRpcError as exc:
+            await self._abort(context, exc, node, address)
+        finally:
+            # The caller went away (or we are done): stop the kubelet's stream too.
+            call.cancel()
+
+    async def exec(self, request: core_pb2.PodExecRequest | _Malformed, context: Context) -> bytes:
+        try:
+            if isinstance(request, _Malformed):
+                raise ApiError(_CODE.INVALID_ARGUMENT, str(request))
+            request.namespace = request.namespace or "default"
+            node, address = self._target(request.namespace, request.name)
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from None
+        call = self._channel(address).unary_unary(
+            _KUBELET + "Exec", request_serializer=_serialize, response_deserializer=None
+        )
+        remaining = context.time_remaining()
+        # The caller's deadline, if any, bounds the kubelet call too (no deadline
+        # shows as None or as a practically infinite time).
+        timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else None
+        try:
+            return cast(bytes, await call(request, timeout=timeout))
+        except grpc.aio.AioRpcError as exc:
+            await self._abort(context, exc, node, address)
+            raise AssertionError("unreachable") from None
+
+    async def _abort(
+        self, context: Context, exc: grpc.aio.AioRpcError, node: str, address: str
+    ) -> None:
+        if exc.code() == _CODE.UNAVAILABLE:
+            log.warning("kubelet unreachable", node=node, address=address, error=exc.details())
+            await context.abort(
+                _CODE.UNAVAILABLE,
+                f'cannot reach the kubelet of node "{node}" at {address}: {exc.details()}',
+            )
+        # Anything the kubelet said (NOT_FOUND, INVALID_ARGUMENT, ...) goes back as is.
+        details = tuple((k, v) for k, v in exc.trailing_metadata() or () if k == _STATUS_DETAILS)
+        await context.abort(exc.code(), exc.details() or "", details)
