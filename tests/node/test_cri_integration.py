@@ -9,146 +9,31 @@ host. Nothing here sends a packet.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from kubeling.node.cni import write_bridge_cni_config
-from kubeling.node.containerd import (
-    ContainerdProcess,
-    mounts_under,
-    remove_leftovers,
-    shim_pids,
-    write_containerd_config,
-)
-from kubeling.node.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images, import_images
+from kubeling.node.containerd import mounts_under, remove_leftovers, shim_pids
+from kubeling.node.images import BUSYBOX_IMAGE, PAUSE_IMAGE, import_images
+from tests.support.containerd import PrivateContainerd, private_containerd, skip_reason
 
 pytestmark = pytest.mark.slow
 
-TOOLS = ("containerd", "ctr", "runc", "nsenter", "unshare", "ip", "umount")
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (containerd, mounts, network namespaces)"
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"not installed: {', '.join(missing)} (deploy/containerd/install-deps.sh)"
-    if not Path("/usr/lib/cni/bridge").exists():
-        return "containernetworking-plugins is not installed"
-    try:
-        import cri_api.v1.api_pb2  # noqa: F401
-    except ImportError:
-        return "the container-runtime-interface-api package is not installed"
-    return None
-
-
-@dataclass
-class Node:
-    base: Path
-    address: str
-    cgroup_parent: str
-    proc: ContainerdProcess
-    timings: dict[str, float]
-
-
-def _cri_teardown(address: str) -> None:
-    """Stop and remove every sandbox through CRI: the first step of the tear-down order."""
-    import grpc
-    from cri_api.v1 import api_pb2 as cri
-    from cri_api.v1 import api_pb2_grpc as cri_grpc
-
-    with grpc.insecure_channel(f"unix://{address}") as channel:
-        runtime = cri_grpc.RuntimeServiceStub(channel)
-        for sandbox in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items:
-            runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=30)
-            runtime.RemovePodSandbox(
-                cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=30
-            )
-
-
-def _remove_cgroups(parent: str) -> None:
-    # runc removes each container's cgroup, not the parent the test chose.
-    for hierarchy in CGROUP_ROOT.iterdir():
-        path = hierarchy / parent.lstrip("/")
-        if path.is_dir():
-            for sub in sorted(path.rglob("*"), key=lambda p: -len(p.parts)):
-                if sub.is_dir():
-                    with contextlib.suppress(OSError):
-                        sub.rmdir()
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    reason = _skip_reason()
+def node() -> Iterator[PrivateContainerd]:
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    # A short base path: unix socket paths are limited to 108 bytes.
-    base = Path(tempfile.mkdtemp(prefix="klnode-", dir="/tmp"))
-    address = str(base / "containerd.sock")
-    netns = base / "netns"
-    cgroup_parent = f"/kubeling-test-{secrets.token_hex(4)}"
-    proc = ContainerdProcess(
-        base / "config.toml", address=address, netns=str(netns), log_path=base / "containerd.log"
-    )
-    timings: dict[str, float] = {}
-    try:
-        # A private network namespace pinned by a bind mount on a file of ours, so
-        # /run/netns (other containerds' pods) is not touched.
-        netns.touch()
-        subprocess.run(["unshare", f"--net={netns}", "true"], check=True)
-        subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "set", "lo", "up"], check=True)
-
-        t0 = time.monotonic()
-        build_images(base / "images")
-        timings["build images"] = time.monotonic() - t0
-
-        write_bridge_cni_config(
-            base / "net.d",
-            pod_cidr="10.244.7.0/24",
-            bridge="kltest0",
-            routes=["10.244.0.0/16"],
-            ipam_data_dir=str(base / "ipam"),
-        )
-        write_containerd_config(
-            base / "config.toml",
-            root=str(base / "root"),
-            state=str(base / "state"),
-            grpc_address=address,
-            cni_conf_dir=str(base / "net.d"),
-            sandbox_image=PAUSE_IMAGE,
-        )
-        t0 = time.monotonic()
-        proc.start()
-        timings["containerd start"] = time.monotonic() - t0
-        yield Node(base, address, cgroup_parent, proc, timings)
-    finally:
-        # Tear-down order: sandboxes via CRI, then containerd, then leftovers.
-        if proc.running():
-            with contextlib.suppress(Exception):
-                _cri_teardown(address)
-        proc.stop()
-        remove_leftovers(address, root=str(base / "root"), state=str(base / "state"))
-        _remove_cgroups(cgroup_parent)
-        for point in mounts_under(str(base)):
-            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-        print("timings:", {k: round(v, 3) for k, v in timings.items()})
+    with private_containerd(import_now=False) as started:
+        yield started
+        print("timings:", {k: round(v, 3) for k, v in started.timings.items()})
 
 
-def test_import_is_idempotent(node: Node) -> None:
+def test_import_is_idempotent(node: PrivateContainerd) -> None:
     t0 = time.monotonic()
     imported = import_images(node.base / "images", node.address)
     node.timings["import images"] = time.monotonic() - t0
@@ -158,7 +43,7 @@ def test_import_is_idempotent(node: Node) -> None:
     assert import_images(node.base / "images", node.address) == []
 
 
-def test_pod_sandbox_and_busybox_container(node: Node) -> None:
+def test_pod_sandbox_and_busybox_container(node: PrivateContainerd) -> None:
     import grpc
     from cri_api.v1 import api_pb2 as cri
     from cri_api.v1 import api_pb2_grpc as cri_grpc
@@ -236,7 +121,7 @@ def test_pod_sandbox_and_busybox_container(node: Node) -> None:
         assert not runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items
 
 
-def test_leftovers_after_containerd_stops_first(node: Node) -> None:
+def test_leftovers_after_containerd_stops_first(node: PrivateContainerd) -> None:
     """The wrong tear-down order (containerd stopped with a pod running) is recoverable:
     remove_leftovers kills the pod's processes and shims and unmounts what remains,
     and a restarted containerd can still remove the stale sandbox."""

@@ -308,6 +308,14 @@ class PodSyncer:
             ref = await self.runtime.pull_image(spec.image, sandbox)
         except CRIError as exc:
             message = f'Failed to pull image "{spec.image}": {exc.details}'
+            if present is not None:
+                # Air-gapped nodes (images imported at start, as k3s does): a
+                # manifest saying `image: busybox` (pull policy Always) still runs
+                # with the image the node has.
+                self.recorder.record(
+                    pod, "Warning", "Failed", f"{message}; using the image present on the node"
+                )
+                return present.id or spec.image
             waiting[spec.name] = Waiting("ErrImagePull", message)
             self.recorder.record(pod, "Warning", "Failed", message)
             return None
@@ -320,9 +328,10 @@ class PodSyncer:
         return ref
 
     async def _prune(self, current: RuntimePod, sandbox_id: str) -> None:
-        """Keep the newest exited instance of each container (for `logs --previous`)."""
+        """Keep the two newest instances of each container: the current one and the
+        one before it (for `logs --previous`)."""
         for name in {c.name for c in current.containers}:
-            old = [c for c in current.instances(name) if c.exited][1:]
+            old = [c for c in current.instances(name)[2:] if c.exited]
             old += [c for c in current.instances(name) if c.sandbox_id != sandbox_id]
             for instance in {c.id: c for c in old}.values():
                 if instance.running:
