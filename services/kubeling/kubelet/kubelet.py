@@ -312,6 +312,8 @@ class Kubelet:
                 return  # gone or replaced: its DELETED event is on the way
             raise
         self.posted[uid] = status
+        if status.phase == "Running":
+            self.syncer.mark(uid, "running_posted")
 
     # ------------------------------------------------------------ PodDirectory
 
