@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -248,3 +249,48 @@ async def test_kubelet_restart_keeps_pods_running(node: RealNode) -> None:
         status = got.status.container_statuses[0]
         assert (status.container_id, status.restart_count) == (container_id, 0)
     assert len(await node.runtime.list_pod_sandbox()) == sandboxes
+
+
+def test_kubelet_process_registers_and_shows_its_name(
+    master: MasterProcess, containerd: PrivateContainerd, tmp_path: Path
+) -> None:
+    """`kubeling-kubelet` as users start it: its own process, named in `ps`."""
+    import subprocess
+    import sys
+
+    binary = Path(sys.executable).parent / "kubeling-kubelet"
+    log = (tmp_path / "kubelet.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(binary), "--master", master.address, "--node-name", "node-process",
+            "--runtime-endpoint", containerd.endpoint, "--listen", "127.0.0.1:0",
+            "--node-ip", "127.0.0.1", "--pod-log-dir", str(tmp_path / "pods"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(
+                [str(Path(sys.executable).parent / "kubeling"), "--server", master.address,
+                 "get", "node", "node-process", "-o", "name"],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode == 0:
+                break
+            assert process.poll() is None, (tmp_path / "kubelet.log").read_text()
+            assert time.monotonic() < deadline, "node did not register"
+            time.sleep(0.2)
+        args = subprocess.run(
+            ["ps", "-o", "args=", "-p", str(process.pid)], capture_output=True, text=True
+        ).stdout
+        assert args.startswith("kubeling-kubelet --master"), args
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
