@@ -349,3 +349,19 @@ async def test_endpoint_slices_round_trip(api: Client) -> None:
     assert created.ports[0].protocol == "TCP"
     listed = await api.endpoint_slices.list("default", "kubernetes.io/service-name=web")
     assert [e.metadata.name for e in listed.items] == ["web-abc"]
+
+
+async def test_bind_sets_node_name_once(api: Client) -> None:
+    from kubeling.client.pods import pod_bind
+
+    node = core_pb2.Node()
+    node.metadata.name = "bind-node"
+    await api.nodes.create(node)
+    await api.pods.create(make_pod("to-bind"))
+    bound = await pod_bind(api, "to-bind", "bind-node")
+    assert bound.spec.node_name == "bind-node"
+    scheduled = {c.type: c.status for c in bound.status.conditions}
+    assert scheduled["PodScheduled"] == "True"
+    await expect_code(grpc.StatusCode.FAILED_PRECONDITION, pod_bind(api, "to-bind", "bind-node"))
+    await api.pods.create(make_pod("nowhere-to-go"))
+    await expect_code(grpc.StatusCode.NOT_FOUND, pod_bind(api, "nowhere-to-go", "no-such-node"))

@@ -16,7 +16,7 @@ from kubeling.api import kinds
 from kubeling.client.client import Client
 from kubeling.v1 import core_pb2
 
-__all__ = ["pod_exec", "pod_logs"]
+__all__ = ["pod_bind", "pod_exec", "pod_logs"]
 
 _BASE = f"/{kinds.POD.service}/"
 # An exec with a time limit gets this much longer for the round trips around it.
@@ -91,3 +91,18 @@ async def pod_exec(
     deadline = timeout_seconds + _EXEC_MARGIN if timeout_seconds > 0 else None
     response: core_pb2.ExecResponse = await exec_call(request, timeout=deadline)
     return response
+
+
+async def pod_bind(
+    client: Client, name: str, node_name: str, namespace: str = "default", uid: str = ""
+) -> core_pb2.Pod:
+    """Assign a pending pod to a node (what the scheduler does); fails with
+    FAILED_PRECONDITION when the pod is already bound."""
+    bind_call = client.channel.unary_unary(
+        _BASE + "Bind",
+        request_serializer=_serialize,
+        response_deserializer=core_pb2.Pod.FromString,
+    )
+    request = core_pb2.BindRequest(namespace=namespace, name=name, node_name=node_name, uid=uid)
+    pod: core_pb2.Pod = await bind_call(request, timeout=30)
+    return pod

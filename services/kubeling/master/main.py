@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
+from kubeling.controllers.manager import ControllerSettings
 from kubeling.master.server import Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
@@ -30,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history", type=int, default=10_000, help="revisions kept for watches to resume from"
     )
     parser.add_argument("--bookmark-interval", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--controllers",
+        default="*",
+        help='controllers to run in the master: "*" (all), a comma list, or "" for none',
+    )
+    parser.add_argument("--node-monitor-grace-period", type=float, default=50.0)
+    parser.add_argument("--pod-eviction-timeout", type=float, default=300.0)
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -55,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         service_cidr=args.service_cidr,
         history=args.history,
         bookmark_interval=args.bookmark_interval,
+        controllers={name.strip() for name in args.controllers.split(",") if name.strip()},
+        controller_settings=ControllerSettings(
+            node_monitor_grace_period=args.node_monitor_grace_period,
+            pod_eviction_timeout=args.pod_eviction_timeout,
+        ),
     )
     asyncio.run(serve(config))
 

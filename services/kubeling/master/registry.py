@@ -330,6 +330,13 @@ class Registry:
         self._finish_validation(new, self.strategy.validate(new))
         return await self._write_update(key, new, old, rev)
 
+    async def write_as_is(self, new: Message, old: Message) -> Message:
+        """Write a server-made change (spec and status together, e.g. a binding)
+        if `old` is still the stored version; ABORTED otherwise."""
+        key = self.kind.key(old.metadata.namespace, old.metadata.name)  # type: ignore[attr-defined]
+        rev = int(old.metadata.resource_version)  # type: ignore[attr-defined]
+        return await self._write_update(key, new, old, rev)
+
     def _keep_system_metadata(self, new: Message, old: Message) -> None:
         """Fields only the server sets are carried over from the stored object."""
         meta, old_meta = new.metadata, old.metadata  # type: ignore[attr-defined]

@@ -13,7 +13,9 @@ import structlog
 from kubeling.api.errors import ApiError
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
 from kubeling.common.rpc import Server
+from kubeling.controllers.manager import ControllerSettings, run_controllers
 from kubeling.master.api_service import ResourceService
+from kubeling.master.binding import PodBinder
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
@@ -34,6 +36,10 @@ class MasterConfig:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     history: int = 10_000
     bookmark_interval: float = 10.0
+    # Controllers (and the scheduler) run in the master by default: "*" for all,
+    # names to pick some, empty for none (then they can run as their own process).
+    controllers: set[str] = field(default_factory=lambda: {"*"})
+    controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
 
 
 class Master:
@@ -54,7 +60,8 @@ class Master:
         # Methods beyond CRUD/Watch, by kind name (the Pods service's Logs and Exec).
         self.extra_methods: dict[str, dict[str, Any]] = {}
         self.pod_proxy = PodProxy(self.registries[POD.name], self.registries[NODE.name])
-        self.extra_methods[POD.name] = self.pod_proxy.methods()
+        binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
+        self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
         self.server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -75,6 +82,10 @@ class Master:
         await self.server.start()
         controller = NamespaceController(self.registries)
         self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
+        if self.config.controllers:
+            own = f"127.0.0.1:{self.server.port}"
+            runner = run_controllers(own, self.config.controllers, self.config.controller_settings)
+            self._tasks.append(asyncio.create_task(runner, name="controllers"))
         log.info("master serving", listen=self.config.listen, port=self.server.port)
         return int(self.server.port)
 
