@@ -109,7 +109,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
-        master = MasterProcess(Path(data)).start()
+        master = MasterProcess(Path(data), None, "--controllers=").start()
         try:
             one = await creates_per_second(master.address, 1, args.creates // 2, "bench-1")
             eight = await creates_per_second(master.address, 8, args.creates, "bench-8")

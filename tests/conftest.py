@@ -13,7 +13,10 @@ from tests.support.processes import MasterProcess
 @pytest.fixture(scope="module")
 def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     """A real master process for the tests of one module."""
-    proc = MasterProcess(tmp_path_factory.mktemp("master"), None, "--bookmark-interval", "1")
+    # No controllers or scheduler: API tests see exactly what they wrote.
+    proc = MasterProcess(
+        tmp_path_factory.mktemp("master"), None, "--bookmark-interval", "1", "--controllers="
+    )
     proc.start()
     try:
         yield proc
