@@ -365,3 +365,14 @@ async def test_bind_sets_node_name_once(api: Client) -> None:
     await expect_code(grpc.StatusCode.FAILED_PRECONDITION, pod_bind(api, "to-bind", "bind-node"))
     await api.pods.create(make_pod("nowhere-to-go"))
     await expect_code(grpc.StatusCode.NOT_FOUND, pod_bind(api, "nowhere-to-go", "no-such-node"))
+
+
+async def test_orphan_and_foreground_deletion_leave_it_to_the_collector(api: Client) -> None:
+    await api.pods.create(make_pod("orphaning"))
+    marked = await api.pods.delete("orphaning", "default", propagation_policy="Orphan")
+    assert list(marked.metadata.finalizers) == ["orphan"]
+    assert marked.metadata.HasField("deletion_timestamp")
+    await expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        api.pods.delete("orphaning", "default", propagation_policy="Sometimes"),
+    )

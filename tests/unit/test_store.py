@@ -183,3 +183,38 @@ async def test_a_slow_watcher_is_closed_and_does_not_block_writers(tmp_path: Pat
         fast.close()
     finally:
         await store.close()
+
+
+async def test_indexed_watchers_only_hear_their_values(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    store.add_index("pods:spec.nodeName", "/pods/", lambda p: p.spec.node_name)
+    try:
+        on_a = store.watch("/pods/", 0, ("pods:spec.nodeName", "a"))
+        on_b = store.watch("/pods/", 0, ("pods:spec.nodeName", "b"))
+        everything = store.watch("/pods/", 0)
+        first = pod("p1")
+        await store.create(key("p1"), first)
+        bound = pod("p1")
+        bound.spec.node_name = "a"
+        await store.update(key("p1"), bound)
+        moved = pod("p1")
+        moved.spec.node_name = "b"
+        await store.update(key("p1"), moved)
+        got_a = await asyncio.wait_for(on_a.next_batch(), 1)
+        got_a += await asyncio.wait_for(on_a.next_batch(), 1)
+        assert [e.rev for e in got_a] == [2, 3]  # bound to a, then moved away from a
+        got_b = await asyncio.wait_for(on_b.next_batch(), 1)
+        assert [e.rev for e in got_b] == [3]
+        all_events = []
+        while len(all_events) < 3:
+            all_events += await asyncio.wait_for(everything.next_batch(), 1)
+        assert [e.rev for e in all_events] == [1, 2, 3]
+        assert store.cache.watcher_count == 3
+        # Other kinds under other prefixes are not run through the pod index.
+        node = core_pb2.Node()
+        node.metadata.name = "n1"
+        await store.create("/nodes/n1", node)
+        on_a.close()
+        assert store.cache.watcher_count == 2
+    finally:
+        await store.close()

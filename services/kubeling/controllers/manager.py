@@ -52,12 +52,12 @@ def register(
     name: str,
 ) -> Callable[
     [Callable[[ControllerContext], Controller]], Callable[[ControllerContext], Controller]
-]:  # noqa: E501
+]:
     """Class decorator adding a controller to the registry under `name`."""
 
     def add(
         factory: Callable[[ControllerContext], Controller],
-    ) -> Callable[[ControllerContext], Controller]:  # noqa: E501
+    ) -> Callable[[ControllerContext], Controller]:
         REGISTRY[name] = factory
         return factory
 

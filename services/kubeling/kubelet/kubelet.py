@@ -104,13 +104,16 @@ class Kubelet:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        service = KubeletService(self, self.runtime)
-        self.server = Server(self.config.listen, [service.handler()], [service.service_name])
-        await self.server.start()
+        port = 10250
+        if self.config.listen:  # hollow nodes run without the kubelet API
+            service = KubeletService(self, self.runtime)
+            self.server = Server(self.config.listen, [service.handler()], [service.service_name])
+            await self.server.start()
+            port = int(self.server.port)
         settings = NodeSettings(
             name=self.node_name,
             node_ip=self.config.node_ip,
-            kubelet_port=int(self.server.port),
+            kubelet_port=port,
             pod_cidr=self.config.pod_cidr,
             lease_duration=self.config.lease_duration,
             lease_renew_interval=self.config.lease_renew_interval,
@@ -133,7 +136,7 @@ class Kubelet:
             ("relist", self._relist_loop()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"kubelet-{name}"))
-        log.info("kubelet started", node=self.node_name, port=self.server.port)
+        log.info("kubelet started", node=self.node_name, port=port)
 
     def _write_cni_config(self) -> None:
         node = self.agent.node if self.agent else None

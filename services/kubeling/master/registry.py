@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 
 from kubeling.api import errors
 from kubeling.api.errors import ApiError, FieldViolation
-from kubeling.api.kinds import NAMESPACE, Kind
+from kubeling.api.kinds import ALL_KINDS, NAMESPACE, Kind
 from kubeling.api.objects import clone, now
 from kubeling.api.selectors import (
     FieldSelector,
@@ -46,6 +46,22 @@ from kubeling.master.store.base import (
 )
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_PROPAGATION_FINALIZERS = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}
+
+# Fields whose exact-value watches are indexed (kind name -> field -> getter).
+INDEXED_FIELDS: dict[str, dict[str, Callable[[Any], str]]] = {
+    "Pod": {"spec.nodeName": lambda pod: str(pod.spec.node_name)},
+}
+
+
+def register_indexes(store: Store) -> None:
+    """Tell the store's watch cache about the indexed fields."""
+    for kind_name, fields in INDEXED_FIELDS.items():
+        kind = next(k for k in ALL_KINDS if k.name == kind_name)
+        for field, getter in fields.items():
+            store.add_index(f"{kind.plural}:{field}", kind.prefix(), getter)
+
+
 _MAX_LIST_LIMIT = 100_000
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as Kubernetes: no vowels, no 0/1/3
 
@@ -432,20 +448,32 @@ class Registry:
                     f"ResourceVersion in object meta: {old.metadata.resource_version}"
                 )
             try:
-                return await self._delete_once(key, old, entry.mod_rev, grace_period_seconds)
+                return await self._delete_once(
+                    key, old, entry.mod_rev, grace_period_seconds, propagation_policy
+                )
             except ApiError as exc:
                 if exc.code != grpc.StatusCode.ABORTED or precondition_rv:
                     raise
         raise errors.conflict(f"{self._what(namespace, name)} keeps changing; try again")
 
     async def _delete_once(
-        self, key: str, old: Message, rev: int, grace_period_seconds: int | None
+        self,
+        key: str,
+        old: Message,
+        rev: int,
+        grace_period_seconds: int | None,
+        propagation_policy: str = "",
     ) -> Message:
         grace = self.strategy.deletion_grace(old, grace_period_seconds)
         new = clone(old)
         meta = new.metadata  # type: ignore[attr-defined]
+        # Orphan/Foreground: the garbage collector finishes the deletion (it
+        # unlinks or deletes the dependents, then drops the finalizer).
+        finalizer = _PROPAGATION_FINALIZERS.get(propagation_policy)
+        if finalizer and finalizer not in meta.finalizers:
+            meta.finalizers.append(finalizer)
         marked = meta.HasField("deletion_timestamp")
-        if marked and meta.deletion_grace_period_seconds <= grace:
+        if marked and meta.deletion_grace_period_seconds <= grace and new == old:
             return old  # already being deleted; only a shorter grace changes anything
         if not marked or meta.deletion_grace_period_seconds > grace:
             deadline = now()
@@ -477,10 +505,11 @@ class Registry:
         labels, fields = self.selectors(label_selector, field_selector)
         matches = self._matcher(labels, fields)
         prefix = self.kind.prefix(namespace)
+        trigger = self._trigger(fields)
         watch: Watch
         initial: list[Message] = []
         if resource_version in ("", "0"):
-            entries, start_rev, watch = self.store.list_and_watch(prefix)
+            entries, start_rev, watch = self.store.list_and_watch(prefix, trigger)
             initial = [e.value for e in entries if matches(e.value)]
         else:
             try:
@@ -492,10 +521,19 @@ class Registry:
             if start_rev < 0:
                 raise errors.bad_request("resource_version", "must not be negative")
             try:
-                watch = self.store.watch(prefix, start_rev)
+                watch = self.store.watch(prefix, start_rev, trigger)
             except TooOldError as exc:
                 raise ApiError(grpc.StatusCode.OUT_OF_RANGE, str(exc)) from None
         return self._stream(watch, matches, initial, start_rev, bool(resource_version in ("", "0")))
+
+    def _trigger(self, fields: FieldSelector) -> tuple[str, str] | None:
+        """A watch pinned to one value of an indexed field (a kubelet's
+        spec.nodeName=NODE) only hears about objects with that value."""
+        for field in INDEXED_FIELDS.get(self.kind.name, {}):
+            value = fields.exact_value(field)
+            if value is not None:
+                return (f"{self.kind.plural}:{field}", value)
+        return None
 
     async def _stream(
         self,

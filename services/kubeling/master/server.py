@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,14 +14,16 @@ import structlog
 
 from kubeling.api.errors import ApiError
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
+from kubeling.client import Client
 from kubeling.common.rpc import Server
+from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
 from kubeling.master.api_service import ResourceService
 from kubeling.master.binding import PodBinder
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
-from kubeling.master.registry import Registry, namespace_checker
+from kubeling.master.registry import Registry, namespace_checker, register_indexes
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
 from kubeling.v1 import core_pb2
@@ -46,6 +50,7 @@ class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
         self.store = SqliteStore(config.data_dir / "state.db", ProtoCodec(), config.history)
+        register_indexes(self.store)
         check = namespace_checker(self.store)
         self.registries: dict[str, Registry] = {
             kind.name: Registry(
@@ -84,10 +89,23 @@ class Master:
         self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
         if self.config.controllers:
             own = f"127.0.0.1:{self.server.port}"
-            runner = run_controllers(own, self.config.controllers, self.config.controller_settings)
+            runner = self._elected_controllers(own)
             self._tasks.append(asyncio.create_task(runner, name="controllers"))
         log.info("master serving", listen=self.config.listen, port=self.server.port)
         return int(self.server.port)
+
+    async def _elected_controllers(self, own: str) -> None:
+        """Controllers and scheduler run only while this master holds the
+        kube-system/kubeling-controller-manager Lease, so several masters can run
+        with one active set."""
+        async with Client(own) as api:
+            identity = f"{socket.gethostname()}_{own}_{os.getpid()}"
+            elector = LeaderElector(api, identity=identity)
+            await elector.run(
+                lambda: run_controllers(
+                    own, self.config.controllers, self.config.controller_settings
+                )
+            )
 
     async def _ensure_namespaces(self) -> None:
         namespaces = self.registries[NAMESPACE.name]

@@ -10,6 +10,7 @@ window for all of them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,8 +96,16 @@ class Store(Protocol):
 
     def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]: ...
 
-    def watch(self, prefix: str, after_rev: int) -> Watch: ...
+    def watch(
+        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
+    ) -> Watch: ...
 
-    def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, Watch]: ...
+    def list_and_watch(
+        self, prefix: str, trigger: tuple[str, str] | None = None
+    ) -> tuple[list[Entry], int, Watch]: ...
+
+    def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
+        """Let watchers with trigger (name, value) receive only the events under
+        `prefix` whose old or new value has that index value."""
 
     async def close(self) -> None: ...

@@ -28,9 +28,18 @@ from kubeling.master.store.base import (
 class CacheWatch:
     """One watcher: a queue of event batches with a bound on pending events."""
 
-    def __init__(self, cache: WatchCache, prefix: str, max_pending: int) -> None:
+    def __init__(
+        self,
+        cache: WatchCache,
+        prefix: str,
+        max_pending: int,
+        trigger: tuple[str, str] | None = None,
+    ) -> None:
         self._cache = cache
         self.prefix = prefix
+        # (index name, value): this watcher only wants events whose old or new
+        # value has this index value (e.g. pods of one node).
+        self.trigger = trigger
         self._max_pending = max_pending
         self._pending = 0
         self._batches: deque[list[Event]] = deque()
@@ -40,7 +49,7 @@ class CacheWatch:
     def offer(self, events: list[Event]) -> None:
         if self._closed_reason is not None:
             return
-        mine = [e for e in events if e.key.startswith(self.prefix)]
+        mine = [e for e in events if e.key.startswith(self.prefix) and self._wants(e)]
         if not mine:
             return
         self._pending += len(mine)
@@ -49,6 +58,18 @@ class CacheWatch:
             return
         self._batches.append(mine)
         self._wakeup.set()
+
+    def _wants(self, event: Event) -> bool:
+        if self.trigger is None:
+            return True
+        found = self._cache.indexes.get(self.trigger[0])
+        if found is None or not event.key.startswith(found[0]):
+            return True
+        index = found[1]
+        wanted = self.trigger[1]
+        return index(event.value) == wanted or (
+            event.prev is not None and index(event.prev) == wanted
+        )
 
     async def next_batch(self) -> list[Event]:
         while not self._batches:
@@ -83,6 +104,12 @@ class WatchCache:
         # Every event with rev > _window_start is in _history.
         self._window_start = 0
         self._watchers: set[CacheWatch] = set()
+        # Watchers with a trigger, by (index name, value): an event reaches only the
+        # watchers of its values (thousands of kubelets each watching their own
+        # node's pods cost nothing per event), as the Kubernetes watch cache does.
+        # name -> (key prefix it applies to, value getter)
+        self.indexes: dict[str, tuple[str, Callable[[Any], str]]] = {}
+        self._triggered: dict[tuple[str, str], set[CacheWatch]] = {}
         self._max_pending = max_pending
 
     # -------------------------------------------------------------- loading
@@ -108,6 +135,9 @@ class WatchCache:
             self.revision = event.rev
         for watcher in list(self._watchers):
             watcher.offer(events)
+        if self._triggered:
+            for watcher in self._triggered_for(events):
+                watcher.offer(events)
 
     # -------------------------------------------------------------- reads
 
@@ -148,25 +178,52 @@ class WatchCache:
 
     # -------------------------------------------------------------- watches
 
-    def watch(self, prefix: str, after_rev: int) -> CacheWatch:
+    def _triggered_for(self, events: list[Event]) -> set[CacheWatch]:
+        found: set[CacheWatch] = set()
+        for name, (prefix, index) in self.indexes.items():
+            for event in events:
+                if not event.key.startswith(prefix):
+                    continue
+                for value in (event.value, event.prev):
+                    if value is not None:
+                        found |= self._triggered.get((name, index(value)), set())
+        return found
+
+    def _register(self, watcher: CacheWatch) -> None:
+        if watcher.trigger is not None and watcher.trigger[0] in self.indexes:
+            self._triggered.setdefault(watcher.trigger, set()).add(watcher)
+        else:
+            self._watchers.add(watcher)
+
+    def watch(
+        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
+    ) -> CacheWatch:
         backlog = self.events_after(prefix, after_rev)
-        watcher = CacheWatch(self, prefix, self._max_pending)
-        self._watchers.add(watcher)
+        watcher = CacheWatch(self, prefix, self._max_pending, trigger)
+        self._register(watcher)
         if backlog:
             watcher.offer(backlog)
         return watcher
 
-    def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, CacheWatch]:
+    def list_and_watch(
+        self, prefix: str, trigger: tuple[str, str] | None = None
+    ) -> tuple[list[Entry], int, CacheWatch]:
         items, rev = self.list_prefix(prefix)
-        watcher = CacheWatch(self, prefix, self._max_pending)
-        self._watchers.add(watcher)
+        watcher = CacheWatch(self, prefix, self._max_pending, trigger)
+        self._register(watcher)
         return items, rev, watcher
 
     def unregister(self, watcher: CacheWatch) -> None:
         self._watchers.discard(watcher)
+        if watcher.trigger is not None:
+            bucket = self._triggered.get(watcher.trigger)
+            if bucket is not None:
+                bucket.discard(watcher)
+                if not bucket:
+                    del self._triggered[watcher.trigger]
 
     def close_all(self, reason: str) -> None:
-        for watcher in list(self._watchers):
+        for watcher in [*self._watchers, *(w for b in self._triggered.values() for w in b)]:
             watcher._close(reason)
 
     @property
@@ -175,4 +232,4 @@ class WatchCache:
 
     @property
     def watcher_count(self) -> int:
-        return len(self._watchers)
+        return len(self._watchers) + sum(len(b) for b in self._triggered.values())

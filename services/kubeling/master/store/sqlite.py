@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +143,18 @@ class SqliteStore:
     def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
         return self._cache.list_prefix(prefix, at_rev)
 
-    def watch(self, prefix: str, after_rev: int) -> CacheWatch:
-        return self._cache.watch(prefix, after_rev)
+    def watch(
+        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
+    ) -> CacheWatch:
+        return self._cache.watch(prefix, after_rev, trigger)
 
-    def list_and_watch(self, prefix: str) -> tuple[list[Entry], int, CacheWatch]:
-        return self._cache.list_and_watch(prefix)
+    def list_and_watch(
+        self, prefix: str, trigger: tuple[str, str] | None = None
+    ) -> tuple[list[Entry], int, CacheWatch]:
+        return self._cache.list_and_watch(prefix, trigger)
+
+    def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
+        self._cache.indexes[name] = (prefix, index)
 
     # ------------------------------------------------------------ writes
 
@@ -187,7 +195,12 @@ class SqliteStore:
                         op.future.set_exception(StoreError(f"store write failed: {exc}"))
                 continue
             events = [event for _, event in accepted]
-            self._cache.apply(events)
+            try:
+                self._cache.apply(events)
+            except Exception:
+                # Committed but not shown to watchers: a bug, not a reason to stop
+                # writing (every later write would hang).
+                log.exception("watch cache update failed")
             for op, event in accepted:
                 if not op.future.done():
                     op.future.set_result(event)

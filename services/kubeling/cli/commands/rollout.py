@@ -1,0 +1,178 @@
+"""`kubeling rollout status|history|undo deployment/NAME`, as kubectl's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+
+import grpc
+
+from kubeling.api.kinds import DEPLOYMENT
+from kubeling.cli.commands.base import SubParsers, add_command
+from kubeling.cli.context import Context
+from kubeling.cli.errors import CliError
+from kubeling.cli.options import add_namespace, namespace_for
+from kubeling.cli.resources import object_name, parse_targets
+from kubeling.client import Client
+from kubeling.controllers import podutil
+from kubeling.controllers.deployment import CHANGE_CAUSE, REVISION, revision_of, strip_hash
+from kubeling.v1 import apps_pb2
+
+_POLL = 0.25
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = add_command(subparsers, "rollout", _usage, "Manage the rollout of a deployment.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    status = add_command(actions, "status", run_status, "Wait for a rollout to finish.")
+    status.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    status.add_argument("--timeout", default="0s", help="give up after this long (0: never)")
+    add_namespace(status)
+    history = add_command(actions, "history", run_history, "List a deployment's revisions.")
+    history.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    add_namespace(history)
+    undo = add_command(actions, "undo", run_undo, "Roll back to a previous revision.")
+    undo.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    undo.add_argument("--to-revision", type=int, default=0, help="0: the previous revision")
+    add_namespace(undo)
+
+
+async def _usage(args: argparse.Namespace, ctx: Context) -> int:
+    raise CliError("error: give an action: rollout status|history|undo deployment/NAME")
+
+
+def _name(args: argparse.Namespace) -> str:
+    kinds, targets = parse_targets(args.resources)
+    if kinds or len(targets) != 1 or targets[0].kind is not DEPLOYMENT:
+        raise CliError("error: give one deployment: deployment/NAME or deployment NAME")
+    return targets[0].name
+
+
+def parse_duration(text: str) -> float:
+    """kubectl-style durations: "90", "60s", "2m", "1h30m"."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise CliError(f'error: invalid duration "{text}"')
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def rollout_message(deployment: apps_pb2.Deployment) -> tuple[str, bool]:
+    """kubectl's status line for a deployment and whether the rollout is done."""
+    name, spec, status = deployment.metadata.name, deployment.spec, deployment.status
+    if status.observed_generation < deployment.metadata.generation:
+        return "Waiting for deployment spec update to be observed...", False
+    for condition in status.conditions:
+        if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+            raise CliError(f'error: deployment "{name}" exceeded its progress deadline')
+    prefix = f'Waiting for deployment "{name}" rollout to finish: '
+    if status.updated_replicas < spec.replicas:
+        return (
+            f"{prefix}{status.updated_replicas} out of {spec.replicas} new replicas "
+            "have been updated...",
+            False,
+        )
+    if status.replicas > status.updated_replicas:
+        old = status.replicas - status.updated_replicas
+        return f"{prefix}{old} old replicas are pending termination...", False
+    if status.available_replicas < status.updated_replicas:
+        return (
+            f"{prefix}{status.available_replicas} of {status.updated_replicas} updated "
+            "replicas are available...",
+            False,
+        )
+    return f'deployment "{name}" successfully rolled out', True
+
+
+async def run_status(args: argparse.Namespace, ctx: Context) -> int:
+    name = _name(args)
+    timeout = parse_duration(args.timeout)
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    namespace = namespace_for(DEPLOYMENT, args)
+    last = ""
+    async with ctx.client() as api:
+        while True:
+            deployment = await api.deployments.get(name, namespace)
+            message, done = rollout_message(deployment)
+            if message != last:
+                ctx.out(message)
+                last = message
+            if done:
+                return 0
+            if deadline is not None and time.monotonic() > deadline:
+                raise CliError("error: timed out waiting for the condition")
+            await asyncio.sleep(_POLL)
+
+
+async def _owned(api: Client, deployment: apps_pb2.Deployment) -> list[apps_pb2.ReplicaSet]:
+    namespace = deployment.metadata.namespace
+    result = await api.replica_sets.list(namespace)
+    owned = [rs for rs in result.items if podutil.is_controlled_by(rs, deployment)]
+    return sorted(owned, key=revision_of)
+
+
+async def run_history(args: argparse.Namespace, ctx: Context) -> int:
+    name = _name(args)
+    async with ctx.client() as api:
+        deployment = await api.deployments.get(name, namespace_for(DEPLOYMENT, args))
+        owned = await _owned(api, deployment)
+    ctx.out(object_name(DEPLOYMENT, name))
+    rows = [("REVISION", "CHANGE-CAUSE")]
+    rows += [
+        (str(revision_of(rs)), rs.metadata.annotations.get(CHANGE_CAUSE, "<none>"))
+        for rs in owned
+        if revision_of(rs) > 0
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    for revision, cause in rows:
+        ctx.out(f"{revision:<{width}}{cause}")
+    return 0
+
+
+async def run_undo(args: argparse.Namespace, ctx: Context) -> int:
+    name = _name(args)
+    namespace = namespace_for(DEPLOYMENT, args)
+    async with ctx.client() as api:
+        for attempt in range(5):
+            deployment = await api.deployments.get(name, namespace)
+            owned = await _owned(api, deployment)
+            target = _target(owned, args.to_revision)
+            template = strip_hash(target.spec.template)
+            if template == deployment.spec.template:
+                ctx.out(
+                    f"{object_name(DEPLOYMENT, name)} skipped rollback (current template "
+                    f"already matches revision {revision_of(target)})"
+                )
+                return 0
+            # As kubectl: the old template, and the change-cause that came with it.
+            deployment.spec.template.CopyFrom(template)
+            cause = target.metadata.annotations.get(CHANGE_CAUSE)
+            if cause is None:
+                deployment.metadata.annotations.pop(CHANGE_CAUSE, None)
+            else:
+                deployment.metadata.annotations[CHANGE_CAUSE] = cause
+            try:
+                await api.deployments.update(deployment)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED or attempt == 4:
+                    raise
+    ctx.out(f"{object_name(DEPLOYMENT, name)} rolled back")
+    return 0
+
+
+def _target(owned: list[apps_pb2.ReplicaSet], to_revision: int) -> apps_pb2.ReplicaSet:
+    with_revision = [rs for rs in owned if rs.metadata.annotations.get(REVISION)]
+    if to_revision > 0:
+        for rs in with_revision:
+            if revision_of(rs) == to_revision:
+                return rs
+        raise CliError(f"error: unable to find specified revision {to_revision} in history")
+    if len(with_revision) < 2:
+        raise CliError("error: no rollout history found for the previous revision")
+    return with_revision[-2]  # sorted by revision: the one before the current

@@ -1,0 +1,115 @@
+"""Hollow nodes: many kubelets in one process on the fake CRI runtime.
+
+For testing and benchmarking the control plane at scale on one machine (as
+Kubernetes' kubemark does): each hollow node is a real `Kubelet` — it registers,
+keeps its Lease and conditions, watches its pods and runs them — but its runtime
+is an in-memory `FakeRuntime` and it serves no kubelet API.
+
+    python -m kubeling.kubelet.hollow --master 127.0.0.1:6443 --nodes 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from kubeling.client import Client
+from kubeling.common.logging import setup_logging
+from kubeling.cri.fake import FakeRuntime
+from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
+
+log = structlog.get_logger(__name__)
+
+BUSYBOX = "docker.io/library/busybox:latest"
+
+
+@dataclass
+class HollowSettings:
+    prefix: str = "hollow"
+    # Slower loops than a real kubelet: thousands of nodes share one process.
+    relist_period: float = 5.0
+    status_interval: float = 60.0
+    lease_renew_interval: float = 10.0
+    cluster_cidr: str = "10.128.0.0/9"
+    log_dir: Path = field(default_factory=lambda: Path("/tmp/kubeling-hollow"))
+
+
+class HollowCluster:
+    def __init__(self, master: str, count: int, settings: HollowSettings | None = None) -> None:
+        self.master = master
+        self.count = count
+        self.settings = settings or HollowSettings()
+        self.kubelets: list[Kubelet] = []
+        self._clients: list[Client] = []
+
+    def node_names(self) -> list[str]:
+        return [f"{self.settings.prefix}-{i:05d}" for i in range(self.count)]
+
+    async def start(self, parallel: int = 64) -> None:
+        s = self.settings
+        subnets = ipaddress.IPv4Network(s.cluster_cidr).subnets(new_prefix=24)
+        # A few channels shared by all nodes: one per node would mean thousands of
+        # TCP connections for no gain.
+        self._clients = [Client(self.master) for _ in range(8)]
+        for i, name in enumerate(self.node_names()):
+            cidr = str(next(subnets))
+            config = KubeletConfig(
+                master=self.master,
+                node_name=name,
+                listen="",
+                node_ip=f"127.0.{(i >> 8) & 255}.{i & 255}",
+                pod_cidr=cidr,
+                pod_log_dir=s.log_dir / name,
+                relist_period=s.relist_period,
+                status_interval=s.status_interval,
+                lease_renew_interval=s.lease_renew_interval,
+            )
+            runtime = FakeRuntime(pod_cidr=cidr, images=[BUSYBOX])
+            self.kubelets.append(Kubelet(config, runtime, self._clients[i % len(self._clients)]))
+        slots = asyncio.Semaphore(parallel)
+
+        async def start_one(kubelet: Kubelet) -> None:
+            async with slots:
+                await kubelet.start()
+
+        await asyncio.gather(*(start_one(k) for k in self.kubelets))
+        log.info("hollow nodes running", count=self.count)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(k.stop() for k in self.kubelets), return_exceptions=True)
+        for client in self._clients:
+            await client.close()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    cluster = HollowCluster(args.master, args.nodes, HollowSettings(prefix=args.prefix))
+    await cluster.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    await cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="kubeling-hollow-nodes", description=__doc__)
+    parser.add_argument("--master", default="localhost:6443")
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--prefix", default="hollow")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args()
+    setup_logging(args.log_level)
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The default scheduler: assigns pending pods to nodes (see `scheduler.Scheduler`)."""

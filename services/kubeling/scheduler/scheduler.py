@@ -1,0 +1,246 @@
+"""The scheduler controller: watch pods and nodes, decide one pod at a time, bind
+many at once.
+
+Decisions are sequential, so each sees every earlier one: a chosen node is
+accounted in the cache at once ("assumed") and the bind call runs in the
+background, up to `parallelBinds` at a time. One watch of all pods feeds both
+the queue (pods without a node) and the cache (pods with one); a second
+field-selected watch would deliver every pending pod twice for no extra
+information.
+
+A pod that fits nowhere gets PodScheduled=False/Unschedulable and a
+FailedScheduling event, and waits in the unschedulable set until something that
+could make room happens (a node added or changed in a way that matters, a bound
+pod deleted or finished) or the periodic retry comes round.
+
+Settings (ControllerSettings.extra): scheduler.percentageOfNodesToScore (5; 0 for
+Kubernetes' adaptive value), scheduler.parallelBinds (32),
+scheduler.retryInterval (seconds, 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import grpc
+import structlog
+
+from kubeling.api.objects import clone, now
+from kubeling.client.events import EventRecorder
+from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.pods import pod_bind
+from kubeling.controllers.manager import ControllerContext
+from kubeling.scheduler.algorithm import DEFAULT_PERCENTAGE, Algorithm
+from kubeling.scheduler.cache import NodeCache
+from kubeling.scheduler.framework import DEFAULT_SCHEDULER, PodInfo
+from kubeling.v1 import core_pb2
+
+log = structlog.get_logger(__name__)
+
+# Node events come in bursts (a rack joining): wake unschedulable pods once per burst.
+_WAKE_DELAY = 0.05
+
+
+def _setting(context: ControllerContext, name: str, default: float) -> float:
+    value = context.settings.extra.get(f"scheduler.{name}")
+    return float(value) if value else default
+
+
+def _scheduled_condition(pod: core_pb2.Pod) -> tuple[str, str, str] | None:
+    for c in pod.status.conditions:
+        if c.type == "PodScheduled":
+            return c.status, c.reason, c.message
+    return None
+
+
+class Scheduler:
+    def __init__(self, context: ControllerContext) -> None:
+        self.api = context.api
+        # Its own recorder so events show "default-scheduler" as their source.
+        self.recorder = EventRecorder(context.api, DEFAULT_SCHEDULER)
+        self.cache = NodeCache()
+        percentage = int(_setting(context, "percentageOfNodesToScore", DEFAULT_PERCENTAGE))
+        self.algorithm = Algorithm(self.cache, percentage)
+        self.retry_interval = _setting(context, "retryInterval", 5.0)
+        self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 32)))
+        self.nodes: Informer[core_pb2.Node] = Informer(context.api.nodes)
+        self.pods: Informer[core_pb2.Pod] = Informer(context.api.pods)
+        self.queue = WorkQueue()
+        self.unschedulable: set[str] = set()
+        self._binding: set[str] = set()  # keys with a bind call in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self.scheduled = 0  # successful binds, for benchmarks and tests
+
+    async def run(self) -> None:
+        self.nodes.add_handler(self._on_node)
+        self.pods.add_handler(self._on_pod)
+        informers = [
+            asyncio.create_task(self.nodes.run(), name="scheduler-nodes"),
+            asyncio.create_task(self.pods.run(), name="scheduler-pods"),
+        ]
+        try:
+            # Deciding before both are synced would ignore nodes or their pods.
+            await self.nodes.synced.wait()
+            await self.pods.synced.wait()
+            informers.append(asyncio.create_task(self._retry_periodically()))
+            log.info("scheduler running", nodes=self.cache.node_count, pending=len(self.queue))
+            await run_workers(self.queue, self._schedule_one, 1, "scheduler")
+        finally:
+            if self._wake_handle is not None:
+                self._wake_handle.cancel()
+            for task in [*informers, *self._tasks]:
+                task.cancel()
+            for task in [*informers, *self._tasks]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.recorder.flush()
+
+    # ----------------------------------------------------------------- events
+
+    @staticmethod
+    def _wanted(pod: core_pb2.Pod) -> bool:
+        return (
+            not pod.spec.node_name
+            and not pod.metadata.HasField("deletion_timestamp")
+            and pod.spec.scheduler_name in ("", DEFAULT_SCHEDULER)
+        )
+
+    def _on_node(self, kind: str, old: Any, new: Any) -> None:
+        if kind == "DELETED":
+            self.cache.remove_node(new.metadata.name)
+        elif self.cache.upsert_node(new):
+            self._wake()
+
+    def _on_pod(self, kind: str, old: Any, new: Any) -> None:
+        key = key_of(new)
+        if kind == "DELETED":
+            self.unschedulable.discard(key)
+            if self.cache.remove_pod(key):
+                self._wake()
+            return
+        if new.spec.node_name:
+            self.unschedulable.discard(key)
+            if self.cache.observe_pod(new):
+                self._wake()
+            return
+        if key in self.unschedulable:
+            if old is not None and old.spec == new.spec:
+                return  # only its status changed (our own condition): nothing new to try
+            self.unschedulable.discard(key)
+        if self._wanted(new):
+            self.queue.add(key)
+
+    def _wake(self) -> None:
+        if self._wake_handle is None and self.unschedulable:
+            loop = asyncio.get_running_loop()
+            self._wake_handle = loop.call_later(_WAKE_DELAY, self._retry_unschedulable)
+
+    def _retry_unschedulable(self) -> None:
+        self._wake_handle = None
+        for key in self.unschedulable:
+            self.queue.add(key)
+        self.unschedulable.clear()
+
+    async def _retry_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            self._retry_unschedulable()
+
+    # --------------------------------------------------------------- decisions
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _schedule_one(self, key: str) -> None:
+        if key in self._binding:
+            return
+        # Wait for a bind slot first, so the decision uses the freshest cache.
+        await self._binds.acquire()
+        handed_off = False
+        try:
+            namespace, _, name = key.rpartition("/")
+            pod = self.pods.get(namespace, name)
+            if pod is None or not self._wanted(pod) or key in self._binding:
+                return
+            info = PodInfo.of(pod)
+            result = self.algorithm.schedule(info)
+            if isinstance(result, str):
+                self.cache.assume(info, result)
+                self._binding.add(key)
+                self._spawn(self._bind(pod, info, result))
+                handed_off = True
+            else:
+                self.unschedulable.add(key)
+                self._spawn(self._report_unschedulable(pod, result[1]))
+        finally:
+            if not handed_off:
+                self._binds.release()
+
+    async def _bind(self, pod: core_pb2.Pod, info: PodInfo, node: str) -> None:
+        meta = pod.metadata
+        try:
+            bound = await pod_bind(self.api, meta.name, node, meta.namespace, meta.uid)
+        except grpc.aio.AioRpcError as exc:
+            self.cache.forget(info.key, info.uid)
+            code = exc.code()
+            if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+                # Bound by someone else, being deleted, or replaced (uid): not ours now.
+                log.info("bind dropped", pod=info.key, node=node, error=exc.details())
+            else:
+                # NOT_FOUND: the pod is gone (the retry finds nothing) or the node is
+                # (the retry picks another); anything else is transient.
+                log.info("bind failed; retrying", pod=info.key, node=node, error=exc.details())
+                self.queue.retry(info.key)
+            return
+        except Exception:
+            self.cache.forget(info.key, info.uid)
+            log.exception("bind failed; retrying", pod=info.key, node=node)
+            self.queue.retry(info.key)
+            return
+        finally:
+            self._binding.discard(info.key)
+            self._binds.release()
+        self.scheduled += 1
+        self.recorder.record(
+            bound, "Normal", "Scheduled", f"Successfully assigned {info.key} to {node}"
+        )
+
+    async def _report_unschedulable(self, pod: core_pb2.Pod, message: str) -> None:
+        self.recorder.record(pod, "Warning", "FailedScheduling", message)
+        log.info("pod unschedulable", pod=key_of(pod), message=message)
+        for _ in range(2):
+            if _scheduled_condition(pod) == ("False", "Unschedulable", message):
+                return  # already says so: no write, no watch event
+            updated = clone(pod)
+            condition = next(
+                (c for c in updated.status.conditions if c.type == "PodScheduled"), None
+            )
+            if condition is None:
+                condition = updated.status.conditions.add(type="PodScheduled")
+            if condition.status != "False":
+                condition.last_transition_time.CopyFrom(now())
+            condition.status = "False"
+            condition.reason = "Unschedulable"
+            condition.message = message
+            try:
+                # With the pod's resourceVersion: the rest of the status stays as read.
+                await self.api.pods.update_status(updated)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:
+                    log.info("unschedulable status not written", pod=key_of(pod),
+                             error=exc.details())  # fmt: skip
+                    return
+            # Changed meanwhile: read it again and retry once if still pending.
+            try:
+                pod = await self.api.pods.get(pod.metadata.name, pod.metadata.namespace)
+            except grpc.aio.AioRpcError:
+                return
+            if not self._wanted(pod):
+                return
