@@ -24,7 +24,7 @@ from tests.kubelet.test_kubelet_fake import eventually, phase_of
 from tests.support.containerd import POD_CIDR, PrivateContainerd, private_containerd, skip_reason
 from tests.support.processes import MasterProcess
 
-pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+pytestmark = pytest.mark.slow  # asyncio tests run on the session loop (pyproject)
 
 NODE = "node-real"
 
