@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -203,6 +203,24 @@ async def run_workers(
     tasks = [asyncio.create_task(worker(), name=f"{name}-worker-{i}") for i in range(workers)]
     try:
         await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def informers_running(informers: Iterable[Informer[Any]], name: str) -> AsyncIterator[None]:
+    """Run the informers in the background; the block starts once every cache is
+    filled (a controller must not judge from a half-filled cache) and the informers
+    stop when it ends."""
+    started = list(informers)
+    tasks = [asyncio.create_task(i.run(), name=f"{name}-informer") for i in started]
+    try:
+        await asyncio.gather(*(i.synced.wait() for i in started))
+        yield
     finally:
         for task in tasks:
             task.cancel()

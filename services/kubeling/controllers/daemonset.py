@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2
 
 from kubeling.api.objects import clone
 from kubeling.api.selectors import SelectorError
-from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.controllers.nodelifecycle import TAINT_NOT_READY, TAINT_UNREACHABLE, tolerates
@@ -192,16 +192,8 @@ class DaemonSetController:
 
     async def run(self) -> None:
         informers: list[Informer[Any]] = [self.daemon_sets, self.nodes, self.pods]
-        tasks = [asyncio.create_task(i.run(), name="daemonset-informer") for i in informers]
-        try:
-            await asyncio.gather(*(i.synced.wait() for i in informers))
+        async with informers_running(informers, "daemonset"):
             await run_workers(self.queue, self.sync, self.workers, "daemonset")
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     # ------------------------------------------------------------ sync
 

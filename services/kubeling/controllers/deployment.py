@@ -10,8 +10,6 @@ Recreate empties the old ones first. The newest RS holds the highest
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import math
 import time
@@ -23,7 +21,7 @@ from google.protobuf import struct_pb2
 
 from kubeling.api.objects import clone, now
 from kubeling.api.selectors import SelectorError
-from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.v1 import apps_pb2, core_pb2, meta_pb2
@@ -120,21 +118,9 @@ class DeploymentController:
         self.pods.add_handler(self._on_pod)
 
     async def run(self) -> None:
-        informers = [
-            asyncio.create_task(self.deployments.run(), name="deployment-informer"),
-            asyncio.create_task(self.replica_sets.run(), name="deployment-rs-informer"),
-            asyncio.create_task(self.pods.run(), name="deployment-pod-informer"),
-        ]
-        try:
-            for informer in (self.deployments, self.replica_sets, self.pods):
-                await informer.synced.wait()
+        informers: list[Informer[Any]] = [self.deployments, self.replica_sets, self.pods]
+        async with informers_running(informers, "deployment"):
             await run_workers(self.queue, self.sync, self.workers, "deployment")
-        finally:
-            for task in informers:
-                task.cancel()
-            for task in informers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     # ------------------------------------------------------------ event handlers
 

@@ -14,7 +14,6 @@ changes, and deleted with their Service (the garbage collector would too).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ import grpc
 import structlog
 
 from kubeling.api.objects import clone
-from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.v1 import core_pb2, discovery_pb2, meta_pb2
@@ -174,16 +173,8 @@ class EndpointSliceController:
 
     async def run(self) -> None:
         informers: list[Informer[Any]] = [self.services, self.pods, self.slices]
-        tasks = [asyncio.create_task(i.run(), name="endpointslice-informer") for i in informers]
-        try:
-            await asyncio.gather(*(i.synced.wait() for i in informers))
+        async with informers_running(informers, "endpointslice"):
             await run_workers(self.queue, self.sync, self.workers, "endpointslice")
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     async def sync(self, key: str) -> None:
         namespace, name = key.split("/", 1)

@@ -23,7 +23,6 @@ lifecycle controller handles).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -33,7 +32,7 @@ import structlog
 from kubeling.api.kinds import ALL_KINDS, EVENT, LEASE, Kind
 from kubeling.api.objects import clone
 from kubeling.client.client import ResourceClient
-from kubeling.client.informer import Informer, WorkQueue, run_workers
+from kubeling.client.informer import Informer, WorkQueue, informers_running, run_workers
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.v1 import meta_pb2
 
@@ -126,19 +125,10 @@ class GarbageCollector:
     # ------------------------------------------------------------ run
 
     async def run(self) -> None:
-        informers = list(self.informers.values())
-        tasks = [asyncio.create_task(i.run(), name="gc-informer") for i in informers]
-        try:
-            # Judge nothing before every cache is filled: an owner not yet seen
-            # would look deleted.
-            await asyncio.gather(*(i.synced.wait() for i in informers))
+        # Nothing is judged before every cache is filled: an owner not yet seen
+        # would look deleted.
+        async with informers_running(self.informers.values(), "garbagecollector"):
             await run_workers(self.queue, self.sync, self.workers, "garbagecollector")
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     async def sync(self, item: str) -> None:
         role, kind_name, namespace, name = item.split("|", 3)

@@ -25,7 +25,6 @@ right after start every node gets a full grace period.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kubeling.api.objects import clone, now
-from kubeling.client.informer import Informer
+from kubeling.client.informer import Informer, informers_running
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.v1 import core_pb2, meta_pb2
 
@@ -120,9 +119,7 @@ class NodeLifecycleController:
 
     async def run(self) -> None:
         informers: list[Informer[Any]] = [self.nodes, self.leases, self.pods]
-        tasks = [asyncio.create_task(i.run(), name="nodelifecycle-informer") for i in informers]
-        try:
-            await asyncio.gather(*(i.synced.wait() for i in informers))
+        async with informers_running(informers, "nodelifecycle"):
             while True:
                 try:
                     await self.monitor()
@@ -133,12 +130,6 @@ class NodeLifecycleController:
                 except Exception:
                     log.exception("node monitor pass failed")
                 await asyncio.sleep(self.settings.node_monitor_period)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     async def monitor(self) -> None:
         """One pass over every node (public so tests can drive it)."""

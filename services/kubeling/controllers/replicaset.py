@@ -10,14 +10,13 @@ not yet seen its previous creations and deletions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import structlog
 
 from kubeling.api.objects import clone
 from kubeling.api.selectors import SelectorError
-from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
 from kubeling.v1 import apps_pb2, core_pb2
@@ -42,20 +41,9 @@ class ReplicaSetController:
         self.pods.add_handler(self._on_pod)
 
     async def run(self) -> None:
-        informers = [
-            asyncio.create_task(self.replica_sets.run(), name="replicaset-informer"),
-            asyncio.create_task(self.pods.run(), name="replicaset-pod-informer"),
-        ]
-        try:
-            await self.replica_sets.synced.wait()
-            await self.pods.synced.wait()
+        informers: list[Informer[Any]] = [self.replica_sets, self.pods]
+        async with informers_running(informers, "replicaset"):
             await run_workers(self.queue, self.sync, self.workers, "replicaset")
-        finally:
-            for task in informers:
-                task.cancel()
-            for task in informers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
     # ------------------------------------------------------------ event handlers
 
