@@ -69,8 +69,17 @@ async def hollow_main(master: str, nodes: int, log_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await cluster.start()
-    await stop.wait()
+    # A stop during registration must not wait for thousands of nodes to start.
+    starting = asyncio.create_task(cluster.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        await cluster.stop()
+        raise SystemExit(f"hollow nodes failed to start: {starting.exception()!r}")
+    await stopping
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
     await cluster.stop()
 
 
