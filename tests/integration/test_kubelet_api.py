@@ -16,13 +16,10 @@ from kubeling.common import rpc
 from kubeling.cri.api import pb
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.directory import ContainerRef
-from kubeling.kubelet.server import (
-    CONTAINER_NAME_LABEL,
-    POD_NAME_LABEL,
-    POD_NAMESPACE_LABEL,
-    SERVICE_NAME,
-    serve_kubelet_api,
-)
+from kubeling.kubelet.labels import CONTAINER_NAME as CONTAINER_NAME_LABEL
+from kubeling.kubelet.labels import POD_NAME as POD_NAME_LABEL
+from kubeling.kubelet.labels import POD_NAMESPACE as POD_NAMESPACE_LABEL
+from kubeling.kubelet.server import SERVICE_NAME, serve_kubelet_api
 from kubeling.v1 import core_pb2, kubelet_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -67,8 +67,11 @@ class NodeAgent:
                 return False, "KubeletNotReady", f"container {what} is not ready: {detail}"
         return True, "KubeletReady", "kubelet is posting ready status"
 
-    async def conditions(self, previous: core_pb2.Node | None) -> list[meta_pb2.Condition]:
-        ready, reason, message = await self.runtime_health()
+    async def conditions(
+        self, previous: core_pb2.Node | None, health: tuple[bool, str, str] | None = None
+    ) -> list[meta_pb2.Condition]:
+        """The node's conditions; `health` is a runtime check the caller just made."""
+        ready, reason, message = health or await self.runtime_health()
         self.ready = ready
         wanted = [
             ("Ready", "True" if ready else "False", reason, message),
@@ -119,7 +122,8 @@ class NodeAgent:
         """Create the Node, or take over the existing one with fresh status."""
         s = self.settings
         while True:
-            await self.runtime_health()  # learns the runtime's version for nodeInfo
+            # Learns the runtime's version for nodeInfo before the status is built.
+            health = await self.runtime_health()
             status = self._status()
             try:
                 existing = await self.api.nodes.get(s.name)
@@ -138,7 +142,7 @@ class NodeAgent:
                 node.spec.pod_cidr = s.pod_cidr
                 if s.pod_cidr:
                     node.spec.pod_cidrs.append(s.pod_cidr)
-                status.conditions.extend(await self.conditions(None))
+                status.conditions.extend(await self.conditions(None, health))
                 node.status.CopyFrom(status)
                 try:
                     self.node = await self.api.nodes.create(node)
@@ -153,7 +157,7 @@ class NodeAgent:
                 updated.spec.pod_cidr = s.pod_cidr
                 updated.spec.pod_cidrs.append(s.pod_cidr)
                 existing = await self.api.nodes.update(updated)
-            status.conditions.extend(await self.conditions(existing))
+            status.conditions.extend(await self.conditions(existing, health))
             fresh = clone(existing)
             fresh.status.CopyFrom(status)
             try:

@@ -7,27 +7,23 @@ Errors read like the ones kubectl shows for the same mistakes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError, Message
 
 from kubeling.api.errors import ApiError
-from kubeling.common import rpc
+from kubeling.common import handlers, rpc
+from kubeling.common.handlers import Context
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
+from kubeling.kubelet import labels as pod_labels
 from kubeling.kubelet.directory import ContainerRef, PodDirectory
 from kubeling.kubelet.logs import LogOptions, read_log
 from kubeling.v1 import core_pb2, kubelet_pb2
 
 __all__ = [
-    "CONTAINER_NAME_LABEL",
     "DEFAULT_PORT",
-    "POD_NAMESPACE_LABEL",
-    "POD_NAME_LABEL",
     "SERVICE_NAME",
     "KubeletService",
     "serve_kubelet_api",
@@ -37,56 +33,7 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = kubelet_pb2.DESCRIPTOR.services_by_name["Kubelet"].full_name
 DEFAULT_PORT = 10250
-# The labels the kubelet puts on every container it creates (as Kubernetes does).
-POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
-POD_NAME_LABEL = "io.kubernetes.pod.name"
-CONTAINER_NAME_LABEL = "io.kubernetes.container.name"
-
-# grpc ships no type information: the servicer context is typed loosely.
-Context = Any
 _CODE = grpc.StatusCode
-
-
-@dataclass(frozen=True)
-class _Malformed:
-    """A request whose bytes did not parse; answered with INVALID_ARGUMENT."""
-
-    error: ApiError
-
-
-def _parser(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
-    def parse(data: bytes) -> Message | _Malformed:
-        try:
-            return message.FromString(data)
-        except DecodeError as exc:
-            name = message.DESCRIPTOR.full_name
-            return _Malformed(ApiError(_CODE.INVALID_ARGUMENT, f"request is not a {name}: {exc}"))
-
-    return parse
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
-def _unary(
-    fn: Callable[[Any, Context], Awaitable[Message]], request: type[Message]
-) -> grpc.RpcMethodHandler:
-    async def handle(req: Message | _Malformed, context: Context) -> Message:
-        try:
-            if isinstance(req, _Malformed):
-                raise req.error
-            return await fn(req, context)
-        except ApiError as exc:
-            await context.abort_with_status(exc.to_status())
-        except Exception:
-            log.exception("kubelet API request failed", method=fn.__name__)
-            await context.abort(_CODE.INTERNAL, "internal error; see the kubelet log")
-        raise AssertionError("unreachable")
-
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=_parser(request), response_serializer=_serialize
-    )
 
 
 def _runtime_error(exc: CRIError, doing: str) -> ApiError:
@@ -110,13 +57,15 @@ class KubeletService:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
-                "ListPods": _unary(self.list_pods, kubelet_pb2.KubeletListPodsRequest),
-                "Exec": _unary(self.exec, core_pb2.PodExecRequest),
-                "Stats": _unary(self.stats, kubelet_pb2.StatsRequest),
+                "ListPods": handlers.unary(
+                    self.list_pods, kubelet_pb2.KubeletListPodsRequest, "kubelet"
+                ),
+                "Exec": handlers.unary(self.exec, core_pb2.PodExecRequest, "kubelet"),
+                "Stats": handlers.unary(self.stats, kubelet_pb2.StatsRequest, "kubelet"),
                 "Logs": grpc.unary_stream_rpc_method_handler(
                     self.logs,
-                    request_deserializer=_parser(core_pb2.PodLogsRequest),
-                    response_serializer=_serialize,
+                    request_deserializer=handlers.parser(core_pb2.PodLogsRequest),
+                    response_serializer=handlers.serialize,
                 ),
             },
         )
@@ -164,11 +113,11 @@ class KubeletService:
         return core_pb2.PodList(items=self.directory.pods())
 
     async def logs(
-        self, request: core_pb2.PodLogsRequest | _Malformed, context: Context
+        self, request: core_pb2.PodLogsRequest | handlers.Malformed, context: Context
     ) -> AsyncIterator[core_pb2.LogChunk]:
         try:
-            if isinstance(request, _Malformed):
-                raise request.error
+            if isinstance(request, handlers.Malformed):
+                raise request.to_error()
             if request.HasField("tail_lines") and request.tail_lines < 0:
                 raise ApiError(_CODE.INVALID_ARGUMENT, "tailLines: must be 0 or more")
             if request.HasField("since_seconds") and request.since_seconds < 1:
@@ -242,9 +191,9 @@ class KubeletService:
     ) -> kubelet_pb2.StatsResponse:
         selector: dict[str, str] = {}
         if request.namespace:
-            selector[POD_NAMESPACE_LABEL] = request.namespace
+            selector[pod_labels.POD_NAMESPACE] = request.namespace
             if request.name:
-                selector[POD_NAME_LABEL] = request.name
+                selector[pod_labels.POD_NAME] = request.name
         try:
             found = await self.runtime.list_container_stats(labels=selector or None)
         except CRIError as exc:
@@ -254,8 +203,8 @@ class KubeletService:
         entries = []
         for stats in found:
             labels = stats.attributes.labels
-            namespace = labels.get(POD_NAMESPACE_LABEL, "")
-            pod = labels.get(POD_NAME_LABEL, "")
+            namespace = labels.get(pod_labels.POD_NAMESPACE, "")
+            pod = labels.get(pod_labels.POD_NAME, "")
             if (namespace, pod) not in pods:
                 continue
             timestamp = stats.cpu.timestamp or stats.memory.timestamp
@@ -264,7 +213,7 @@ class KubeletService:
             entry = kubelet_pb2.ContainerStatsEntry(
                 namespace=namespace,
                 pod=pod,
-                container=labels.get(CONTAINER_NAME_LABEL) or stats.attributes.metadata.name,
+                container=labels.get(pod_labels.CONTAINER_NAME) or stats.attributes.metadata.name,
                 container_id=stats.attributes.id,
                 cpu_usage_core_nano_seconds=stats.cpu.usage_core_nano_seconds.value,
                 memory_working_set_bytes=stats.memory.working_set_bytes.value,

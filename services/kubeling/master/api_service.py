@@ -8,67 +8,22 @@ server carries on.
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from kubeling.api.errors import ApiError
+from kubeling.common import handlers
+from kubeling.common.handlers import Context
 from kubeling.master.registry import Registry, WatchItem
 from kubeling.master.store.base import WatchClosedError
 from kubeling.v1 import meta_pb2
 
 log = structlog.get_logger(__name__)
-
-# grpc ships no type information: the servicer context is typed loosely.
-Context = Any
-
-
-@dataclass(frozen=True)
-class _Malformed:
-    """A request whose bytes did not parse; answered with INVALID_ARGUMENT."""
-
-    message_name: str
-    error: str
-
-    def to_error(self) -> ApiError:
-        return ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"request is not a valid {self.message_name}: {self.error}",
-        )
-
-
-def _deserializer(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
-    def parse(data: bytes) -> Message | _Malformed:
-        try:
-            return message.FromString(data)
-        except DecodeError as exc:
-            return _Malformed(message.DESCRIPTOR.full_name, str(exc))
-
-    return parse
-
-
-def _unary(
-    fn: Callable[[Any, Context], Awaitable[Message]],
-) -> Callable[[Any, Context], Awaitable[Message]]:
-    @functools.wraps(fn)
-    async def handler(request: Any, context: Context) -> Message:
-        try:
-            if isinstance(request, _Malformed):
-                raise request.to_error()
-            return await fn(request, context)
-        except ApiError as exc:
-            await context.abort_with_status(exc.to_status())
-        except Exception:
-            log.exception("request failed", method=fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the master log")
-        raise AssertionError("unreachable")
-
-    return handler
 
 
 class ResourceService:
@@ -92,17 +47,12 @@ class ResourceService:
         if kind.has_status:
             unary["UpdateStatus"] = (self.update_status, kind.update_request)
         methods: dict[str, grpc.RpcMethodHandler] = {
-            name: grpc.unary_unary_rpc_method_handler(
-                _unary(fn),
-                request_deserializer=_deserializer(request),
-                response_serializer=_serialize,
-            )
-            for name, (fn, request) in unary.items()
+            name: handlers.unary(fn, request, "master") for name, (fn, request) in unary.items()
         }
         methods["Watch"] = grpc.unary_stream_rpc_method_handler(
             self.watch,
-            request_deserializer=_deserializer(meta_pb2.WatchRequest),
-            response_serializer=_serialize,
+            request_deserializer=handlers.parser(meta_pb2.WatchRequest),
+            response_serializer=handlers.serialize,
         )
         methods.update(extra or {})
         return grpc.method_handlers_generic_handler(kind.service, methods)
@@ -153,10 +103,10 @@ class ResourceService:
         )
 
     async def watch(
-        self, request: meta_pb2.WatchRequest | _Malformed, context: Context
+        self, request: meta_pb2.WatchRequest | handlers.Malformed, context: Context
     ) -> AsyncIterator[bytes | Message]:
         try:
-            if isinstance(request, _Malformed):
+            if isinstance(request, handlers.Malformed):
                 raise request.to_error()
             stream = await self.registry.watch(
                 request.namespace,
@@ -179,36 +129,23 @@ class _EventEncoder:
     """Serialises watch events once per object and type, shared by all watchers
     (the same stored object is sent to every watcher that selects it)."""
 
-    _cache: dict[tuple[type[Message], str, int], bytes] = {}
-    _order: list[tuple[type[Message], str, int]] = []
+    # (event type, watch event kind, id(object)) -> (object, bytes). The object is
+    # kept so its id() is not reused while the entry lives; oldest entries go first.
+    _cache: OrderedDict[tuple[type[Message], str, int], tuple[Message, bytes]] = OrderedDict()
     _LIMIT = 4096
 
     def __init__(self, event_type: type[Message]) -> None:
         self._event_type = event_type
 
     def __call__(self, item: WatchItem) -> bytes:
+        if item.type == "BOOKMARK":  # made per watcher, never shared
+            return self._event_type(type=item.type, object=item.object).SerializeToString()
         key = (self._event_type, item.type, id(item.object))
-        data = self._cache.get(key) if item.type != "BOOKMARK" else None
-        if data is None:
-            event = self._event_type(type=item.type, object=item.object)
-            data = event.SerializeToString()
-            if item.type != "BOOKMARK":
-                self._remember(key, data, item.object)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached[1]
+        data = self._event_type(type=item.type, object=item.object).SerializeToString()
+        self._cache[key] = (item.object, data)
+        if len(self._cache) > self._LIMIT:
+            self._cache.popitem(last=False)
         return data
-
-    def _remember(self, key: tuple[type[Message], str, int], data: bytes, obj: Message) -> None:
-        # id() is only unique while the object lives: keep a reference with it.
-        self._cache[key] = data
-        _alive[key] = obj
-        self._order.append(key)
-        if len(self._order) > self._LIMIT:
-            old = self._order.pop(0)
-            self._cache.pop(old, None)
-            _alive.pop(old, None)
-
-
-_alive: dict[tuple[type[Message], str, int], Message] = {}
-
-
-def _serialize(message: bytes | Message) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()

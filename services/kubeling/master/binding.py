@@ -8,7 +8,7 @@ import grpc
 
 from kubeling.api import errors
 from kubeling.api.objects import clone, now
-from kubeling.master.api_service import _deserializer, _unary
+from kubeling.common import handlers
 from kubeling.master.registry import Registry
 from kubeling.v1 import core_pb2
 
@@ -19,13 +19,7 @@ class PodBinder:
         self._nodes = nodes
 
     def methods(self) -> dict[str, Any]:
-        return {
-            "Bind": grpc.unary_unary_rpc_method_handler(
-                _unary(self.bind),
-                request_deserializer=_deserializer(core_pb2.BindRequest),
-                response_serializer=lambda m: m.SerializeToString(),
-            )
-        }
+        return {"Bind": handlers.unary(self.bind, core_pb2.BindRequest, "master")}
 
     async def bind(self, request: core_pb2.BindRequest, context: Any) -> core_pb2.Pod:
         if not request.node_name:

@@ -7,15 +7,15 @@ Messages pass through as bytes; the kubelet's errors reach the caller unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError, Message
 
 from kubeling.api.errors import ApiError
-from kubeling.common import rpc
+from kubeling.common import handlers, rpc
+from kubeling.common.handlers import Context
 from kubeling.master.registry import Registry
 from kubeling.v1 import core_pb2, kubelet_pb2
 
@@ -29,26 +29,6 @@ _CODE = grpc.StatusCode
 _NO_DEADLINE = 365 * 24 * 3600.0
 # Carries the rich status (e.g. BadRequest field violations) of a kubelet error.
 _STATUS_DETAILS = "grpc-status-details-bin"
-# grpc ships no type information: the servicer context is typed loosely.
-Context = Any
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _parser(message: type[Message]) -> Callable[[bytes], Message | _Malformed]:
-    def parse(data: bytes) -> Message | _Malformed:
-        try:
-            return message.FromString(data)
-        except DecodeError as exc:
-            return _Malformed(f"request is not a {message.DESCRIPTOR.full_name}: {exc}")
-
-    return parse
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
 
 
 def kubelet_address(node: core_pb2.Node) -> str:
@@ -78,12 +58,12 @@ class PodProxy:
         return {
             "Logs": grpc.unary_stream_rpc_method_handler(
                 self.logs,
-                request_deserializer=_parser(core_pb2.PodLogsRequest),
+                request_deserializer=handlers.parser(core_pb2.PodLogsRequest),
                 response_serializer=None,  # the kubelet's bytes, passed on as they are
             ),
             "Exec": grpc.unary_unary_rpc_method_handler(
                 self.exec,
-                request_deserializer=_parser(core_pb2.PodExecRequest),
+                request_deserializer=handlers.parser(core_pb2.PodExecRequest),
                 response_serializer=None,
             ),
         }
@@ -111,18 +91,18 @@ class PodProxy:
         return channel
 
     async def logs(
-        self, request: core_pb2.PodLogsRequest | _Malformed, context: Context
+        self, request: core_pb2.PodLogsRequest | handlers.Malformed, context: Context
     ) -> AsyncIterator[bytes]:
         try:
-            if isinstance(request, _Malformed):
-                raise ApiError(_CODE.INVALID_ARGUMENT, str(request))
+            if isinstance(request, handlers.Malformed):
+                raise request.to_error()
             request.namespace = request.namespace or "default"
             node, address = self._target(request.namespace, request.name)
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
         call = self._channel(address).unary_stream(
-            _KUBELET + "Logs", request_serializer=_serialize, response_deserializer=None
+            _KUBELET + "Logs", request_serializer=handlers.serialize, response_deserializer=None
         )(request)
         try:
             async for data in call:
@@ -133,17 +113,19 @@ class PodProxy:
             # The caller went away (or we are done): stop the kubelet's stream too.
             call.cancel()
 
-    async def exec(self, request: core_pb2.PodExecRequest | _Malformed, context: Context) -> bytes:
+    async def exec(
+        self, request: core_pb2.PodExecRequest | handlers.Malformed, context: Context
+    ) -> bytes:
         try:
-            if isinstance(request, _Malformed):
-                raise ApiError(_CODE.INVALID_ARGUMENT, str(request))
+            if isinstance(request, handlers.Malformed):
+                raise request.to_error()
             request.namespace = request.namespace or "default"
             node, address = self._target(request.namespace, request.name)
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from None
         call = self._channel(address).unary_unary(
-            _KUBELET + "Exec", request_serializer=_serialize, response_deserializer=None
+            _KUBELET + "Exec", request_serializer=handlers.serialize, response_deserializer=None
         )
         remaining = context.time_remaining()
         # The caller's deadline, if any, bounds the kubelet call too (no deadline
