@@ -1,0 +1,355 @@
+"""nftables transactions, the real backend (libnftables) and a fake one for unit tests.
+
+A `Transaction` is a list of operations on the proxy's one table; a backend applies
+it all or nothing (nft runs a whole script as one kernel transaction). Operations
+are objects, not strings, so the fake can apply them to an in-memory model and print
+it as sorted nft text: unit tests of rule generation read like the ruleset.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+FAMILY = "ip"
+TABLE = "kubeling"
+
+
+class NftError(Exception):
+    """nft refused a transaction; nothing of it was applied."""
+
+
+@dataclass(frozen=True)
+class Op:
+    verb: str  # add | delete | flush
+    kind: str  # table | chain | rule | set | map | element
+    name: str = ""  # chain or set name ("" for the table)
+    spec: str = ""  # chain hook, set declaration, rule text or element key
+    value: str = ""  # map element value
+
+
+@dataclass
+class Transaction:
+    ops: list[Op] = field(default_factory=list)
+
+    def add_table(self) -> None:
+        self.ops.append(Op("add", "table"))
+
+    def delete_table(self) -> None:
+        self.ops.append(Op("delete", "table"))
+
+    def add_chain(self, name: str, hook: str = "") -> None:
+        """`hook`, for base chains: e.g. "type nat hook output priority -100"."""
+        self.ops.append(Op("add", "chain", name, hook))
+
+    def flush_chain(self, name: str) -> None:
+        self.ops.append(Op("flush", "chain", name))
+
+    def delete_chain(self, name: str) -> None:
+        self.ops.append(Op("delete", "chain", name))
+
+    def add_rule(self, chain: str, rule: str) -> None:
+        self.ops.append(Op("add", "rule", chain, rule))
+
+    def add_set(self, name: str, declaration: str) -> None:
+        """`declaration`: e.g. "type ipv4_addr ; flags dynamic,timeout ; timeout 3h"."""
+        self.ops.append(Op("add", "set", name, declaration))
+
+    def add_map(self, name: str, declaration: str) -> None:
+        self.ops.append(Op("add", "map", name, declaration))
+
+    def delete_set(self, name: str) -> None:
+        self.ops.append(Op("delete", "set", name))
+
+    def flush_set(self, name: str) -> None:
+        self.ops.append(Op("flush", "set", name))
+
+    def flush_map(self, name: str) -> None:
+        self.ops.append(Op("flush", "map", name))
+
+    def add_element(self, set_name: str, key: str, value: str = "") -> None:
+        self.ops.append(Op("add", "element", set_name, key, value))
+
+    def delete_element(self, set_name: str, key: str) -> None:
+        self.ops.append(Op("delete", "element", set_name, key))
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def script(self) -> str:
+        """The transaction as an nft script (one command per line)."""
+        return "\n".join(_render(op) for op in self.ops) + "\n"
+
+
+def _render(op: Op) -> str:
+    table = f"{FAMILY} {TABLE}"
+    if op.kind == "table":
+        return f"{op.verb} table {table}"
+    if op.kind == "chain":
+        if op.spec:
+            return f"add chain {table} {op.name} {{ {op.spec} ; policy accept ; }}"
+        return f"{op.verb} chain {table} {op.name}"
+    if op.kind == "rule":
+        return f"add rule {table} {op.name} {op.spec}"
+    if op.kind in ("set", "map"):
+        if op.verb == "add":
+            return f"add {op.kind} {table} {op.name} {{ {op.spec} ; }}"
+        return f"{op.verb} {op.kind} {table} {op.name}"
+    element = f"{op.spec} : {op.value}" if op.value else op.spec
+    return f"{op.verb} element {table} {op.name} {{ {element} }}"
+
+
+class NftBackend(Protocol):
+    """What the proxier needs of nftables: atomic transactions, and reads of what
+    is installed (for Explain, which must not trust the proxier's memory)."""
+
+    def apply(self, tx: Transaction) -> None: ...
+
+    def map_value(self, map_name: str, key: str) -> str | None:
+        """The value of one element of a map in the installed table, or None."""
+        ...
+
+    def chain_rules(self, chain: str) -> list[str] | None:
+        """The installed rules of one chain, as nft prints them, or None."""
+        ...
+
+    def dump(self) -> str: ...
+
+
+# -- the real thing ----------------------------------------------------------------
+
+
+_ELEMENT = re.compile(r"elements = \{ (.*?) \}", re.S)
+
+
+class LibNftables:
+    """nftables through libnftables (ctypes): a script is one kernel transaction."""
+
+    def __init__(self) -> None:
+        import nftables  # the Debian libnftables1 binding, from pip-nftables
+
+        self._nft = nftables.Nftables()
+        self._nft.set_stateless_output(True)
+        self._lock = threading.Lock()  # one libnftables context is not thread-safe
+
+    def _cmd(self, script: str) -> str:
+        with self._lock:
+            rc, output, error = self._nft.cmd(script)
+        if rc != 0:
+            raise NftError(str(error).strip() or f"nft failed with code {rc}")
+        return str(output)
+
+    def apply(self, tx: Transaction) -> None:
+        if tx.ops:
+            self._cmd(tx.script())
+
+    def map_value(self, map_name: str, key: str) -> str | None:
+        try:
+            text = self._cmd(f"get element {FAMILY} {TABLE} {map_name} {{ {key} }}")
+        except NftError:
+            return None  # nft says "No such file or directory" for a missing element
+        match = _ELEMENT.search(text)
+        if not match or " : " not in match.group(1):
+            return None
+        return match.group(1).split(" : ", 1)[1].strip()
+
+    def chain_rules(self, chain: str) -> list[str] | None:
+        try:
+            text = self._cmd(f"list chain {FAMILY} {TABLE} {chain}")
+        except NftError:
+            return None
+        lines = [line.strip() for line in text.splitlines()]
+        start = next((i for i, line in enumerate(lines) if line.startswith("chain ")), None)
+        if start is None:
+            return None
+        rules = []
+        for line in lines[start + 1 :]:
+            if line == "}":
+                break
+            if line and not line.startswith(("type ", "policy ")):
+                rules.append(line)
+        return rules
+
+    def dump(self) -> str:
+        try:
+            return self._cmd(f"list table {FAMILY} {TABLE}")
+        except NftError:
+            return ""
+
+    def delete_table(self) -> None:
+        """Remove the table if present (`kubeling-proxy --cleanup`)."""
+        self._cmd(f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+
+
+# -- the fake ----------------------------------------------------------------------
+
+
+@dataclass
+class _Chain:
+    hook: str = ""
+    rules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Set:
+    kind: str  # set | map
+    declaration: str
+    elements: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Table:
+    chains: dict[str, _Chain] = field(default_factory=dict)
+    sets: dict[str, _Set] = field(default_factory=dict)
+
+
+_REFERENCE = re.compile(r"(?:goto|jump) (\S+)")
+_SET_REFERENCE = re.compile(r"@(\S+)")
+
+
+class FakeNftables:
+    """An in-memory nftables table with nft's rules for what may be added and deleted
+    (a missing object or one still referenced is an error, and the whole transaction
+    is rolled back). `dump()` prints it as sorted nft text."""
+
+    def __init__(self) -> None:
+        self.table: _Table | None = None
+        self.transactions = 0
+        self.fail_next: str = ""  # set by tests: the next apply fails with this error
+
+    def apply(self, tx: Transaction) -> None:
+        if self.fail_next:
+            error, self.fail_next = self.fail_next, ""
+            raise NftError(error)
+        table = copy.deepcopy(self.table)
+        for op in tx.ops:
+            table = _apply_op(table, op)
+        self.table = table
+        self.transactions += 1
+
+    def map_value(self, map_name: str, key: str) -> str | None:
+        if self.table is None or map_name not in self.table.sets:
+            return None
+        return self.table.sets[map_name].elements.get(key) or None
+
+    def chain_rules(self, chain: str) -> list[str] | None:
+        if self.table is None or chain not in self.table.chains:
+            return None
+        return list(self.table.chains[chain].rules)
+
+    def dump(self) -> str:
+        if self.table is None:
+            return ""
+        out = [f"table {FAMILY} {TABLE} {{"]
+        for name in sorted(self.table.sets):
+            s = self.table.sets[name]
+            out.append(f"\t{s.kind} {name} {{")
+            out.extend(f"\t\t{part.strip()}" for part in s.declaration.split(";"))
+            if s.elements:
+                items = sorted(f"{k} : {v}" if v else k for k, v in s.elements.items())
+                out.append(f"\t\telements = {{ {', '.join(items)} }}")
+            out.append("\t}")
+        for name in sorted(self.table.chains):
+            chain = self.table.chains[name]
+            out.append(f"\tchain {name} {{")
+            if chain.hook:
+                out.append(f"\t\t{chain.hook}; policy accept;")
+            out.extend(f"\t\t{rule}" for rule in chain.rules)
+            out.append("\t}")
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+
+def _references(table: _Table) -> tuple[set[str], set[str]]:
+    """Chains and sets referenced by rules or by map values."""
+    chains: set[str] = set()
+    sets: set[str] = set()
+    for chain in table.chains.values():
+        for rule in chain.rules:
+            chains.update(_REFERENCE.findall(rule))
+            sets.update(_SET_REFERENCE.findall(rule))
+    for s in table.sets.values():
+        for value in s.elements.values():
+            chains.update(_REFERENCE.findall(value))
+    return chains, sets
+
+
+def _apply_op(table: _Table | None, op: Op) -> _Table | None:
+    if op.kind == "table":
+        if op.verb == "add":
+            return table or _Table()
+        if table is None:
+            raise NftError("delete table: No such file or directory")
+        return None
+    if table is None:
+        raise NftError(f"{op.verb} {op.kind} {op.name}: table does not exist")
+    if op.kind == "chain":
+        _chain_op(table, op)
+    elif op.kind == "rule":
+        if op.name not in table.chains:
+            raise NftError(f"add rule {op.name}: No such file or directory")
+        for target in _REFERENCE.findall(op.spec):
+            if target not in table.chains:
+                raise NftError(f"rule jumps to missing chain {target}")
+        for target in _SET_REFERENCE.findall(op.spec):
+            if target not in table.sets:
+                raise NftError(f"rule uses missing set {target}")
+        table.chains[op.name].rules.append(op.spec)
+    elif op.kind in ("set", "map"):
+        _set_op(table, op)
+    else:
+        _element_op(table, op)
+    return table
+
+
+def _chain_op(table: _Table, op: Op) -> None:
+    if op.verb == "add":
+        table.chains.setdefault(op.name, _Chain(hook=op.spec))
+        return
+    if op.name not in table.chains:
+        raise NftError(f"{op.verb} chain {op.name}: No such file or directory")
+    if op.verb == "flush":
+        table.chains[op.name].rules.clear()
+        return
+    if table.chains[op.name].rules:
+        raise NftError(f"delete chain {op.name}: Device or resource busy (not empty)")
+    if op.name in _references(table)[0]:
+        raise NftError(f"delete chain {op.name}: Device or resource busy (referenced)")
+    del table.chains[op.name]
+
+
+def _set_op(table: _Table, op: Op) -> None:
+    if op.verb == "add":
+        table.sets.setdefault(op.name, _Set(op.kind, op.spec))
+        return
+    if op.name not in table.sets:
+        raise NftError(f"{op.verb} set {op.name}: No such file or directory")
+    if op.verb == "flush":
+        table.sets[op.name].elements.clear()
+        return
+    if op.name in _references(table)[1]:
+        raise NftError(f"delete set {op.name}: Device or resource busy")
+    del table.sets[op.name]
+
+
+def _element_op(table: _Table, op: Op) -> None:
+    s = table.sets.get(op.name)
+    if s is None:
+        raise NftError(f"{op.verb} element {op.name}: No such file or directory")
+    if op.verb == "delete":
+        if op.spec not in s.elements:
+            raise NftError(f"delete element {op.name} {op.spec}: No such file or directory")
+        del s.elements[op.spec]
+        return
+    if s.kind == "map" and not op.value:
+        raise NftError(f"add element {op.name}: a map element needs a value")
+    for target in _REFERENCE.findall(op.value):
+        if target not in table.chains:
+            raise NftError(f"map element jumps to missing chain {target}")
+    old = s.elements.get(op.spec)
+    if old is not None and old != op.value:
+        raise NftError(f"add element {op.name} {op.spec}: File exists")
+    s.elements[op.spec] = op.value

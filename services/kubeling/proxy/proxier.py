@@ -1,0 +1,263 @@
+"""The proxier: turns desired service ports into nftables transactions.
+
+It remembers what it last applied (chains, map elements, sets, per service), so a
+partial sync sends only the difference for the services that changed, without
+listing the table. A full sync rewrites everything in one transaction; the first one
+also replaces whatever table an earlier proxy left (`add; delete; add` in the same
+transaction), so a restart never leaves a window without rules.
+
+Synchronous and I/O-free but for the backend; `service.py` runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kubeling.proxy import rules as r
+from kubeling.proxy.nft import NftBackend, Transaction
+from kubeling.proxy.servicemap import Endpoint, ServicePort
+
+
+@dataclass
+class _Applied:
+    """One service's share of the table, as last applied."""
+
+    ports: list[ServicePort]
+    rules: r.ServiceRules
+
+
+@dataclass(frozen=True)
+class StaleFlow:
+    """UDP conntrack entries to clear: flows to `address:port` (a ClusterIP, or any
+    node address when `node_port`) that were DNATed to `endpoint` (or, when
+    `endpoint` is None, any flow: the service had no endpoints before)."""
+
+    protocol: str
+    address: str
+    port: int
+    endpoint: str | None
+    node_port: bool = False
+
+
+@dataclass
+class SyncResult:
+    full: bool
+    seconds: float
+    operations: int
+    services: list[str] = field(default_factory=list)  # service keys applied
+    stale_flows: list[StaleFlow] = field(default_factory=list)
+
+
+def _merge(ports: Iterable[ServicePort], cluster_cidr: str) -> r.ServiceRules:
+    merged = r.ServiceRules(elements={name: {} for name in r.MAPS})
+    hairpin: set[str] = set()
+    for sp in ports:
+        part = r.service_rules(sp, cluster_cidr)
+        merged.chains.update(part.chains)
+        for name, elements in part.elements.items():
+            merged.elements[name].update(elements)
+        merged.affinity_sets.update(part.affinity_sets)
+        hairpin |= part.hairpin
+    merged.hairpin = frozenset(hairpin)
+    return merged
+
+
+def _stale_flows(old: list[ServicePort], new: list[ServicePort]) -> list[StaleFlow]:
+    """UDP flows that would keep going to endpoints that are gone (Kubernetes clears
+    these; UDP has no connection to reset), or that were rejected while the
+    service had no endpoints."""
+    now = {(sp.protocol, sp.port_name): sp for sp in new}
+    flows: list[StaleFlow] = []
+    for before in old:
+        if before.protocol != "udp":
+            continue
+        after = now.get((before.protocol, before.port_name))
+        kept: set[Endpoint] = set(after.endpoints) if after else set()
+        for ep in set(before.endpoints) - kept:
+            flows.append(StaleFlow("udp", before.cluster_ip, before.port, ep.ip))
+            if before.node_port:
+                flows.append(StaleFlow("udp", "", before.node_port, ep.ip, node_port=True))
+    was = {(sp.protocol, sp.port_name): sp for sp in old}
+    for after in new:
+        before_port = was.get((after.protocol, after.port_name))
+        had = before_port.endpoints if before_port else ()
+        if after.protocol == "udp" and after.endpoints and not had:
+            flows.append(StaleFlow("udp", after.cluster_ip, after.port, None))
+    return flows
+
+
+class Proxier:
+    def __init__(self, backend: NftBackend, cluster_cidr: str = "") -> None:
+        self.backend = backend
+        self.cluster_cidr = cluster_cidr
+        self._applied: dict[str, _Applied] = {}
+        self._hairpin: Counter[str] = Counter()
+        self._table_replaced = False  # the first full sync replaces the table
+
+    # -- what is programmed ------------------------------------------------------
+
+    @property
+    def service_ports(self) -> int:
+        return sum(len(a.ports) for a in self._applied.values())
+
+    @property
+    def endpoints(self) -> int:
+        return sum(len(sp.endpoints) for a in self._applied.values() for sp in a.ports)
+
+    @property
+    def chains(self) -> int:
+        return len(r.fixed_chains()) + sum(len(a.rules.chains) for a in self._applied.values())
+
+    @property
+    def rules(self) -> int:
+        fixed = sum(len(c.rules) for c in r.fixed_chains())
+        return fixed + sum(a.rules.rule_count for a in self._applied.values())
+
+    def applied_ports(self, key: str) -> list[ServicePort]:
+        applied = self._applied.get(key)
+        return list(applied.ports) if applied else []
+
+    # -- syncing -----------------------------------------------------------------
+
+    def sync_full(self, desired: Mapping[str, list[ServicePort]]) -> SyncResult:
+        """Rewrite the whole table for `desired` (every service)."""
+        start = time.perf_counter()
+        new = {key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in desired.items()}
+        tx = Transaction()
+        if not self._table_replaced:
+            tx.add_table()
+            tx.delete_table()
+        r.add_skeleton(tx)
+        for name in r.MAPS:
+            tx.flush_map(name)
+        tx.flush_set(r.HAIRPIN)
+        hairpin: Counter[str] = Counter()
+        for applied in new.values():
+            hairpin.update(applied.rules.hairpin)
+            for name, timeout in applied.rules.affinity_sets.items():
+                tx.add_set(name, r.affinity_declaration(timeout))
+        chains = [(name, rules) for a in new.values() for name, rules in a.rules.chains.items()]
+        # Service chains before the external chains that go to them.
+        chains.sort(key=lambda item: not item[0].startswith("svc-"))
+        for name, _ in chains:
+            tx.add_chain(name)
+            if self._table_replaced:
+                tx.flush_chain(name)
+        for name, chain_rules in chains:
+            for rule in chain_rules:
+                tx.add_rule(name, rule)
+        for applied in new.values():
+            for map_name, elements in applied.rules.elements.items():
+                for key, value in elements.items():
+                    tx.add_element(map_name, key, value)
+        for ip in hairpin:
+            tx.add_element(r.HAIRPIN, r.hairpin_key(ip))
+        if self._table_replaced:
+            wanted = {name for name, _ in chains}
+            stale = [
+                name
+                for a in self._applied.values()
+                for name in a.rules.chains
+                if name not in wanted
+            ]
+            self._remove_chains(tx, stale)
+            wanted_sets = {n for a in new.values() for n in a.rules.affinity_sets}
+            for a in self._applied.values():
+                for name in a.rules.affinity_sets:
+                    if name not in wanted_sets:
+                        tx.delete_set(name)
+        self.backend.apply(tx)
+        stale_flows = [
+            flow
+            for key in set(self._applied) | set(new)
+            for flow in _stale_flows(self.applied_ports(key), desired.get(key, []))
+        ]
+        self._applied = new
+        self._hairpin = hairpin
+        self._table_replaced = True
+        return SyncResult(
+            True, time.perf_counter() - start, len(tx), sorted(desired), stale_flows
+        )
+
+    def sync_partial(self, changed: Mapping[str, list[ServicePort]]) -> SyncResult:
+        """Apply only what changed for the services in `changed` (an empty list:
+        the service is gone)."""
+        start = time.perf_counter()
+        new = {key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in changed.items()}
+        empty = r.ServiceRules(elements={name: {} for name in r.MAPS})
+        tx = Transaction()
+        hairpin = Counter(self._hairpin)
+        add_elements: list[tuple[str, str, str]] = []
+        add_sets: dict[str, int] = {}
+        new_chains: list[tuple[str, tuple[str, ...]]] = []
+        changed_chains: list[tuple[str, tuple[str, ...]]] = []
+        removed_chains: list[str] = []
+        removed_sets: list[str] = []
+        for key, applied in new.items():
+            before = self._applied[key].rules if key in self._applied else empty
+            after = applied.rules
+            for map_name in r.MAPS:
+                old, now = before.elements.get(map_name, {}), after.elements[map_name]
+                for element, value in old.items():
+                    if now.get(element) != value:
+                        tx.delete_element(map_name, element)
+                for element, value in now.items():
+                    if old.get(element) != value:
+                        add_elements.append((map_name, element, value))
+            hairpin.subtract(before.hairpin)
+            hairpin.update(after.hairpin)
+            for name, timeout in after.affinity_sets.items():
+                if name not in before.affinity_sets:
+                    add_sets[name] = timeout
+            removed_sets.extend(n for n in before.affinity_sets if n not in after.affinity_sets)
+            for name, chain_rules in after.chains.items():
+                if name not in before.chains:
+                    new_chains.append((name, chain_rules))
+                elif before.chains[name] != chain_rules:
+                    changed_chains.append((name, chain_rules))
+            removed_chains.extend(n for n in before.chains if n not in after.chains)
+        for ip, count in self._hairpin.items():
+            if count > 0 and hairpin[ip] <= 0:
+                tx.delete_element(r.HAIRPIN, r.hairpin_key(ip))
+        for name, timeout in add_sets.items():
+            tx.add_set(name, r.affinity_declaration(timeout))
+        new_chains.sort(key=lambda item: not item[0].startswith("svc-"))
+        for name, _ in new_chains:
+            tx.add_chain(name)
+        for name, _ in changed_chains:
+            tx.flush_chain(name)
+        for name, chain_rules in [*new_chains, *changed_chains]:
+            for rule in chain_rules:
+                tx.add_rule(name, rule)
+        for map_name, element, value in add_elements:
+            tx.add_element(map_name, element, value)
+        for ip, count in hairpin.items():
+            if count > 0 and self._hairpin[ip] <= 0:
+                tx.add_element(r.HAIRPIN, r.hairpin_key(ip))
+        self._remove_chains(tx, removed_chains)
+        for name in removed_sets:
+            tx.delete_set(name)
+        self.backend.apply(tx)
+        stale_flows = [
+            flow for key in new for flow in _stale_flows(self.applied_ports(key), new[key].ports)
+        ]
+        for key, applied in new.items():
+            if applied.ports:
+                self._applied[key] = applied
+            else:
+                self._applied.pop(key, None)
+        self._hairpin = +hairpin  # keeps positive counts only
+        return SyncResult(
+            False, time.perf_counter() - start, len(tx), sorted(changed), stale_flows
+        )
+
+    @staticmethod
+    def _remove_chains(tx: Transaction, names: list[str]) -> None:
+        # Empty them all first: an external chain's rule refers to its service chain.
+        for name in names:
+            tx.flush_chain(name)
+        for name in names:
+            tx.delete_chain(name)

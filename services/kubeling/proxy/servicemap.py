@@ -1,0 +1,112 @@
+"""From Services and EndpointSlices to what the proxy programs: one `ServicePort` per
+port of a service, with the ready endpoints behind it. Pure functions over the API
+objects, so the rule generation can be tested without a master or a kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kubeling.v1 import core_pb2, discovery_pb2
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity (3 h)
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str  # tcp | udp | sctp (nft spelling)
+    cluster_ip: str
+    port: int
+    node_port: int = 0
+    affinity_timeout: int = 0  # seconds of ClientIP affinity; 0 = none
+    endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted
+
+    @property
+    def service(self) -> str:
+        """namespace/name:port-name, as Explain and logs say it."""
+        return f"{self.namespace}/{self.name}:{self.port_name}"
+
+
+def service_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def slice_service(endpoint_slice: discovery_pb2.EndpointSlice) -> str | None:
+    """The key of the service a slice belongs to (by its service-name label)."""
+    name = endpoint_slice.metadata.labels.get(SERVICE_NAME_LABEL)
+    return service_key(endpoint_slice.metadata.namespace, name) if name else None
+
+
+def _ipv4(address: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
+def _ready(endpoint: discovery_pb2.Endpoint) -> bool:
+    # Kubernetes: an unset ready condition means ready.
+    conditions = endpoint.conditions
+    return not conditions.HasField("ready") or conditions.ready
+
+
+def service_ports(
+    service: core_pb2.Service, slices: Iterable[discovery_pb2.EndpointSlice]
+) -> list[ServicePort]:
+    """The ports of a service the proxy handles, each with its ready endpoints.
+    Headless services (no cluster IP) and non-IPv4 addresses are not proxied."""
+    spec = service.spec
+    if not _ipv4(spec.cluster_ip):
+        return []
+    affinity = 0
+    if spec.session_affinity == "ClientIP":
+        config = spec.session_affinity_config.client_ip
+        affinity = (
+            config.timeout_seconds if config.HasField("timeout_seconds") else 0
+        ) or DEFAULT_AFFINITY_TIMEOUT
+    slices = [s for s in slices if (s.address_type or "IPv4") == "IPv4"]
+    result = []
+    for port in spec.ports:
+        protocol = (port.protocol or "TCP").lower()
+        endpoints: set[Endpoint] = set()
+        for endpoint_slice in slices:
+            for slice_port in endpoint_slice.ports:
+                if slice_port.name != port.name or (slice_port.protocol or "TCP").lower() != (
+                    protocol
+                ):
+                    continue
+                if not slice_port.HasField("port") or not 0 < slice_port.port < 65536:
+                    continue
+                for endpoint in endpoint_slice.endpoints:
+                    if not _ready(endpoint):
+                        continue
+                    for address in endpoint.addresses[:1]:  # the first is the one used
+                        if _ipv4(address):
+                            endpoints.add(Endpoint(address, slice_port.port))
+        node_port = port.node_port if spec.type in ("NodePort", "LoadBalancer") else 0
+        result.append(
+            ServicePort(
+                namespace=service.metadata.namespace,
+                name=service.metadata.name,
+                port_name=port.name,
+                protocol=protocol,
+                cluster_ip=spec.cluster_ip,
+                port=port.port,
+                node_port=node_port,
+                affinity_timeout=affinity,
+                endpoints=tuple(sorted(endpoints)),
+            )
+        )
+    return result
