@@ -58,8 +58,11 @@ def save_config(server: str, path: Path | None = None) -> Path:
 
 
 def normalize_server(server: str) -> str:
-    """HOST:PORT, adding the default port when only a host is given."""
+    """HOST:PORT, adding the default port when only a host is given; or a local
+    socket, unix:PATH (a master on one machine, or reached from a lab's namespaces)."""
     text = server.strip()
+    if text.startswith("unix:"):
+        return text
     for scheme in ("grpc://", "http://"):
         text = text.removeprefix(scheme)
     if not text:

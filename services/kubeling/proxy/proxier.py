@@ -125,7 +125,9 @@ class Proxier:
     def sync_full(self, desired: Mapping[str, list[ServicePort]]) -> SyncResult:
         """Rewrite the whole table for `desired` (every service)."""
         start = time.perf_counter()
-        new = {key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in desired.items()}
+        new = {
+            key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in desired.items()
+        }
         tx = Transaction()
         if not self._table_replaced:
             tx.add_table()
@@ -178,15 +180,15 @@ class Proxier:
         self._applied = new
         self._hairpin = hairpin
         self._table_replaced = True
-        return SyncResult(
-            True, time.perf_counter() - start, len(tx), sorted(desired), stale_flows
-        )
+        return SyncResult(True, time.perf_counter() - start, len(tx), sorted(desired), stale_flows)
 
     def sync_partial(self, changed: Mapping[str, list[ServicePort]]) -> SyncResult:
         """Apply only what changed for the services in `changed` (an empty list:
         the service is gone)."""
         start = time.perf_counter()
-        new = {key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in changed.items()}
+        new = {
+            key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in changed.items()
+        }
         empty = r.ServiceRules(elements={name: {} for name in r.MAPS})
         tx = Transaction()
         hairpin = Counter(self._hairpin)
@@ -250,9 +252,10 @@ class Proxier:
             else:
                 self._applied.pop(key, None)
         self._hairpin = +hairpin  # keeps positive counts only
-        return SyncResult(
-            False, time.perf_counter() - start, len(tx), sorted(changed), stale_flows
-        )
+        return SyncResult(False, time.perf_counter() - start, len(tx), sorted(changed), stale_flows)
+
+    def _plan(self, ports: Mapping[str, list[ServicePort]]) -> dict[str, _Applied]:
+        return {key: _Applied(p, _merge(p, self.cluster_cidr)) for key, p in ports.items()}
 
     @staticmethod
     def _remove_chains(tx: Transaction, names: list[str]) -> None:

@@ -195,9 +195,7 @@ def service_rules(sp: ServicePort, cluster_cidr: str = "") -> ServiceRules:
     for index, ep in enumerate(sp.endpoints):
         remaining = count - index
         pick = f"numgen random mod {remaining} 0 " if remaining > 1 else ""
-        remember = (
-            f"update @{affinity_set(sp, ep)} {{ ip saddr }} " if sp.affinity_timeout else ""
-        )
+        remember = f"update @{affinity_set(sp, ep)} {{ ip saddr }} " if sp.affinity_timeout else ""
         rules.append(f"{pick}{remember}{nat} {ep.ip}:{ep.port}")
     out.chains[svc] = tuple(rules)
     out.elements[SERVICE_IPS][service_key(sp)] = f"goto {svc}"

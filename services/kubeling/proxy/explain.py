@@ -1,0 +1,109 @@
+"""Explain: where a new connection to address:port/protocol goes, read from the rules
+installed in the kernel (through the backend), not from the proxier's memory, so it
+shows what packets actually meet."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kubeling.proxy import rules as r
+from kubeling.proxy.nft import NftBackend
+
+_DNAT = re.compile(r"dnat to (\d+\.\d+\.\d+\.\d+):(\d+)")
+_GOTO = re.compile(r"^goto (\S+)$")
+_CHAIN_NAME = re.compile(r"^(?:svc|ext)-[0-9a-f]{8}-([^/]+)/([^/]+)/[^/]+/(.+)$")
+
+
+@dataclass
+class Explanation:
+    verdict: str  # cluster-ip | node-port | no-endpoints | none
+    service: str = ""
+    chain: str = ""
+    endpoints: list[tuple[str, int]] = field(default_factory=list)
+    session_affinity: bool = False
+    masquerade: bool = False
+    rules: list[str] = field(default_factory=list)
+
+
+def is_local_address(address: str) -> bool:
+    """Whether `address` is one of this network namespace's own addresses: only
+    those can be bound without IP_FREEBIND."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def _service_name(chain: str, port: int) -> str:
+    match = _CHAIN_NAME.match(chain)
+    if not match:
+        return ""
+    namespace, name, port_name = match.groups()
+    return f"{namespace}/{name}:{'' if port_name == str(port) else port_name}"
+
+
+def _target(value: str | None) -> str | None:
+    match = _GOTO.match(value or "")
+    return match.group(1) if match else None
+
+
+def explain(
+    backend: NftBackend,
+    address: str,
+    port: int,
+    protocol: str,
+    is_local: Callable[[str], bool] = is_local_address,
+) -> Explanation:
+    """`address` must be an IPv4 address (ValueError otherwise)."""
+    ipaddress.IPv4Address(address)
+    proto = protocol.lower() or "tcp"
+    service_key = f"{address} . {proto} . {port}"
+    nodeport_key = f"{proto} . {port}"
+    out = Explanation("none")
+    chain = _target(backend.map_value(r.SERVICE_IPS, service_key))
+    if chain:
+        out.verdict = "cluster-ip"
+        out.rules.append(f"{r.SERVICE_IPS}: {service_key} : goto {chain}")
+    elif backend.map_value(r.NO_ENDPOINT_SERVICES, service_key):
+        out.verdict = "no-endpoints"
+        out.rules.append(f"{r.NO_ENDPOINT_SERVICES}: {service_key} : goto {r.REJECT_CHAIN}")
+        return out
+    elif is_local(address) and not address.startswith("127."):
+        external = _target(backend.map_value(r.SERVICE_NODEPORTS, nodeport_key))
+        if external:
+            out.verdict = "node-port"
+            out.rules.append(f"{r.SERVICE_NODEPORTS}: {nodeport_key} : goto {external}")
+            ext_rules = backend.chain_rules(external) or []
+            out.rules.extend(f"{external}: {rule}" for rule in ext_rules)
+            out.masquerade = f"jump {r.MARK_FOR_MASQUERADE}" in ext_rules
+            chain = next((t for t in map(_target, ext_rules) if t), None)
+            out.service = _service_name(external, port)
+        elif backend.map_value(r.NO_ENDPOINT_NODEPORTS, nodeport_key):
+            out.verdict = "no-endpoints"
+            out.rules.append(f"{r.NO_ENDPOINT_NODEPORTS}: {nodeport_key} : goto {r.REJECT_CHAIN}")
+            return out
+    if not chain:
+        return out
+    out.chain = chain
+    svc_rules = backend.chain_rules(chain) or []
+    out.rules.extend(f"{chain}: {rule}" for rule in svc_rules)
+    out.service = out.service or _service_name(chain, port)
+    seen: set[tuple[str, int]] = set()
+    for rule in svc_rules:
+        match = _DNAT.search(rule)
+        if match:
+            endpoint = (match.group(1), int(match.group(2)))
+            if endpoint not in seen:
+                seen.add(endpoint)
+                out.endpoints.append(endpoint)
+        if rule.startswith("ip saddr @") or "update @" in rule:
+            out.session_affinity = True
+        if rule == f"jump {r.MARK_FOR_MASQUERADE}":
+            out.masquerade = True
+    return out
