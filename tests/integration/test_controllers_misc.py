@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from kubeling.api.objects import clone, now
+from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION
 from kubeling.client import Client
 from kubeling.controllers.manager import ControllerSettings
 from kubeling.master.server import Master, MasterConfig
@@ -321,13 +323,21 @@ async def test_endpointslice_lists_ready_pods_and_follows_changes(tmp_path: Path
         assert piece.endpoints[0].target_ref.kind == "Pod"
         version = piece.metadata.resource_version
 
+        first_trigger = piece.metadata.annotations[TRIGGER_TIME_ANNOTATION]
+
         # Readiness flips are reflected.
+        flipped = datetime.now(UTC)
         await set_pod_status(api, "web-2", True, "10.244.0.12")
         await eventually(
             lambda: view_is(
                 {"web-1": ("10.244.0.11", True, False), "web-2": ("10.244.0.12", True, False)}
             )
         )
+        # The slice says when the change was seen, for proxies' programming latency.
+        (piece,) = await service_slices(api, "web")
+        trigger = datetime.fromisoformat(piece.metadata.annotations[TRIGGER_TIME_ANNOTATION])
+        assert trigger != datetime.fromisoformat(first_trigger)
+        assert flipped - timedelta(seconds=1) <= trigger <= datetime.now(UTC)
         # Unrelated changes do not rewrite the slice.
         await set_pod_status(api, "other", False, "10.244.0.13")
         await asyncio.sleep(0.5)

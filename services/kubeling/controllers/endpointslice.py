@@ -14,13 +14,16 @@ changes, and deleted with their Service (the garbage collector would too).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import structlog
 
 from kubeling.api.objects import clone
+from kubeling.api.wellknown import SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION
 from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
@@ -28,7 +31,6 @@ from kubeling.v1 import core_pb2, discovery_pb2, meta_pb2
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.k8s.io"
 MAX_ENDPOINTS_PER_SLICE = 100
@@ -149,12 +151,19 @@ class EndpointSliceController:
             self.api.endpoint_slices, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}"
         )
         self.queue = WorkQueue()
+        # When the oldest unsynced change to a service's endpoints was seen: written to
+        # the slices so proxies can measure network programming latency.
+        self._triggered: dict[str, float] = {}
         self.services.add_handler(self._on_service)
         self.pods.add_handler(self._on_pod)
         self.slices.add_handler(self._on_slice)
 
+    def _enqueue(self, key: str) -> None:
+        self._triggered.setdefault(key, time.time())
+        self.queue.add(key)
+
     def _on_service(self, kind: str, old: Any, new: Any) -> None:
-        self.queue.add(key_of(new if new is not None else old))
+        self._enqueue(key_of(new if new is not None else old))
 
     def _on_pod(self, kind: str, old: Any, new: Any) -> None:
         pod = new if new is not None else old
@@ -162,7 +171,7 @@ class EndpointSliceController:
         for svc in self.services.list(pod.metadata.namespace):
             selector = svc.spec.selector
             if selector and any(_selects(selector, labels) for labels in label_sets):
-                self.queue.add(key_of(svc))
+                self._enqueue(key_of(svc))
 
     def _on_slice(self, kind: str, old: Any, new: Any) -> None:
         # Someone else changed or deleted one of ours: put it right.
@@ -178,6 +187,7 @@ class EndpointSliceController:
 
     async def sync(self, key: str) -> None:
         namespace, name = key.split("/", 1)
+        triggered = self._triggered.pop(key, None)
         # Live: slices created by the previous sync may not be cached yet.
         listed = await self.api.endpoint_slices.list(
             namespace,
@@ -207,6 +217,10 @@ class EndpointSliceController:
             else:
                 todo.append(piece)
         jobs: list[Any] = []
+        if triggered is not None:
+            stamp = datetime.fromtimestamp(triggered, UTC).isoformat().replace("+00:00", "Z")
+            for piece in todo:
+                piece.metadata.annotations[TRIGGER_TIME_ANNOTATION] = stamp
         for piece in todo:
             if unmatched:
                 old = unmatched.pop(0)
@@ -232,6 +246,7 @@ class EndpointSliceController:
         updated.ports.extend(piece.ports)
         updated.metadata.labels.clear()
         updated.metadata.labels.update(piece.metadata.labels)
+        updated.metadata.annotations.update(piece.metadata.annotations)
         del updated.metadata.owner_references[:]
         updated.metadata.owner_references.extend(piece.metadata.owner_references)
         if updated.address_type != old.address_type:

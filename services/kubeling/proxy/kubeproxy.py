@@ -17,13 +17,13 @@ from datetime import datetime
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION
 from kubeling.client import Client
 from kubeling.client.informer import Informer, informers_running
 from kubeling.proxy.conntrack import Conntrack
 from kubeling.proxy.nft import NftBackend
 from kubeling.proxy.proxier import Proxier, SyncResult
 from kubeling.proxy.servicemap import (
-    TRIGGER_TIME_ANNOTATION,
     ServicePort,
     service_key,
     service_ports,

@@ -8,10 +8,9 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kubeling.api.wellknown import SERVICE_NAME_LABEL
 from kubeling.v1 import core_pb2, discovery_pb2
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity (3 h)
 
 
