@@ -96,6 +96,7 @@ class Proxier:
         self._applied: dict[str, _Applied] = {}
         self._hairpin: Counter[str] = Counter()
         self._table_replaced = False  # the first full sync replaces the table
+        self._applied_cidr = cluster_cidr  # the cluster CIDR the applied rules use
 
     # -- what is programmed ------------------------------------------------------
 
@@ -125,11 +126,10 @@ class Proxier:
     def sync_full(self, desired: Mapping[str, list[ServicePort]]) -> SyncResult:
         """Rewrite the whole table for `desired` (every service)."""
         start = time.perf_counter()
-        new = {
-            key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in desired.items()
-        }
+        new = self._plan(desired, reuse=True)
+        replacing = not self._table_replaced
         tx = Transaction()
-        if not self._table_replaced:
+        if replacing:
             tx.add_table()
             tx.delete_table()
         r.add_skeleton(tx)
@@ -146,18 +146,17 @@ class Proxier:
         chains.sort(key=lambda item: not item[0].startswith("svc-"))
         for name, _ in chains:
             tx.add_chain(name)
-            if self._table_replaced:
+            if not replacing:
                 tx.flush_chain(name)
         for name, chain_rules in chains:
-            for rule in chain_rules:
-                tx.add_rule(name, rule)
-        for applied in new.values():
-            for map_name, elements in applied.rules.elements.items():
-                for key, value in elements.items():
-                    tx.add_element(map_name, key, value)
-        for ip in hairpin:
-            tx.add_element(r.HAIRPIN, r.hairpin_key(ip))
-        if self._table_replaced:
+            tx.add_rules(name, chain_rules)
+        for map_name in r.MAPS:
+            tx.add_elements(
+                map_name,
+                (item for a in new.values() for item in a.rules.elements[map_name].items()),
+            )
+        tx.add_elements(r.HAIRPIN, ((r.hairpin_key(ip), "") for ip in hairpin))
+        if not replacing:
             wanted = {name for name, _ in chains}
             stale = [
                 name
@@ -177,22 +176,23 @@ class Proxier:
             for key in set(self._applied) | set(new)
             for flow in _stale_flows(self.applied_ports(key), desired.get(key, []))
         ]
-        self._applied = new
+        self._applied = {key: a for key, a in new.items() if a.ports}
         self._hairpin = hairpin
         self._table_replaced = True
+        self._applied_cidr = self.cluster_cidr
         return SyncResult(True, time.perf_counter() - start, len(tx), sorted(desired), stale_flows)
 
     def sync_partial(self, changed: Mapping[str, list[ServicePort]]) -> SyncResult:
         """Apply only what changed for the services in `changed` (an empty list:
-        the service is gone)."""
+        the service is gone). Work is proportional to those services, not to the
+        table."""
         start = time.perf_counter()
-        new = {
-            key: _Applied(ports, _merge(ports, self.cluster_cidr)) for key, ports in changed.items()
-        }
+        new = self._plan(changed)
         empty = r.ServiceRules(elements={name: {} for name in r.MAPS})
         tx = Transaction()
-        hairpin = Counter(self._hairpin)
-        add_elements: list[tuple[str, str, str]] = []
+        hairpin_delta: Counter[str] = Counter()
+        add_elements: dict[str, list[tuple[str, str]]] = {name: [] for name in r.MAPS}
+        delete_elements: dict[str, list[str]] = {name: [] for name in r.MAPS}
         add_sets: dict[str, int] = {}
         new_chains: list[tuple[str, tuple[str, ...]]] = []
         changed_chains: list[tuple[str, tuple[str, ...]]] = []
@@ -203,14 +203,14 @@ class Proxier:
             after = applied.rules
             for map_name in r.MAPS:
                 old, now = before.elements.get(map_name, {}), after.elements[map_name]
-                for element, value in old.items():
-                    if now.get(element) != value:
-                        tx.delete_element(map_name, element)
-                for element, value in now.items():
-                    if old.get(element) != value:
-                        add_elements.append((map_name, element, value))
-            hairpin.subtract(before.hairpin)
-            hairpin.update(after.hairpin)
+                delete_elements[map_name].extend(
+                    element for element, value in old.items() if now.get(element) != value
+                )
+                add_elements[map_name].extend(
+                    (element, value) for element, value in now.items() if old.get(element) != value
+                )
+            hairpin_delta.subtract(before.hairpin)
+            hairpin_delta.update(after.hairpin)
             for name, timeout in after.affinity_sets.items():
                 if name not in before.affinity_sets:
                     add_sets[name] = timeout
@@ -221,9 +221,13 @@ class Proxier:
                 elif before.chains[name] != chain_rules:
                     changed_chains.append((name, chain_rules))
             removed_chains.extend(n for n in before.chains if n not in after.chains)
-        for ip, count in self._hairpin.items():
-            if count > 0 and hairpin[ip] <= 0:
-                tx.delete_element(r.HAIRPIN, r.hairpin_key(ip))
+        hairpin = {ip: self._hairpin[ip] + delta for ip, delta in hairpin_delta.items() if delta}
+        for map_name, keys in delete_elements.items():
+            tx.delete_elements(map_name, keys)
+        tx.delete_elements(
+            r.HAIRPIN,
+            (r.hairpin_key(ip) for ip, n in hairpin.items() if n <= 0 < self._hairpin[ip]),
+        )
         for name, timeout in add_sets.items():
             tx.add_set(name, r.affinity_declaration(timeout))
         new_chains.sort(key=lambda item: not item[0].startswith("svc-"))
@@ -232,13 +236,13 @@ class Proxier:
         for name, _ in changed_chains:
             tx.flush_chain(name)
         for name, chain_rules in [*new_chains, *changed_chains]:
-            for rule in chain_rules:
-                tx.add_rule(name, rule)
-        for map_name, element, value in add_elements:
-            tx.add_element(map_name, element, value)
-        for ip, count in hairpin.items():
-            if count > 0 and self._hairpin[ip] <= 0:
-                tx.add_element(r.HAIRPIN, r.hairpin_key(ip))
+            tx.add_rules(name, chain_rules)
+        for map_name, items in add_elements.items():
+            tx.add_elements(map_name, items)
+        tx.add_elements(
+            r.HAIRPIN,
+            ((r.hairpin_key(ip), "") for ip, n in hairpin.items() if n > 0 >= self._hairpin[ip]),
+        )
         self._remove_chains(tx, removed_chains)
         for name in removed_sets:
             tx.delete_set(name)
@@ -251,11 +255,27 @@ class Proxier:
                 self._applied[key] = applied
             else:
                 self._applied.pop(key, None)
-        self._hairpin = +hairpin  # keeps positive counts only
+        for ip, count in hairpin.items():
+            if count > 0:
+                self._hairpin[ip] = count
+            else:
+                self._hairpin.pop(ip, None)
         return SyncResult(False, time.perf_counter() - start, len(tx), sorted(changed), stale_flows)
 
-    def _plan(self, ports: Mapping[str, list[ServicePort]]) -> dict[str, _Applied]:
-        return {key: _Applied(p, _merge(p, self.cluster_cidr)) for key, p in ports.items()}
+    def _plan(
+        self, ports: Mapping[str, list[ServicePort]], reuse: bool = False
+    ) -> dict[str, _Applied]:
+        """Each service's rules; with `reuse`, those of unchanged services are taken
+        from what was applied (a periodic resync mostly rewrites the same)."""
+        out = {}
+        for key, wanted in ports.items():
+            reusable = reuse and self._applied_cidr == self.cluster_cidr
+            before = self._applied.get(key) if reusable else None
+            if before is not None and before.ports == wanted:
+                out[key] = before
+            else:
+                out[key] = _Applied(wanted, _merge(wanted, self.cluster_cidr))
+        return out
 
     @staticmethod
     def _remove_chains(tx: Transaction, names: list[str]) -> None:

@@ -227,5 +227,4 @@ def add_skeleton(tx: Transaction) -> None:
     for chain in fixed_chains():
         tx.add_chain(chain.name, chain.hook)
         tx.flush_chain(chain.name)
-        for rule in chain.rules:
-            tx.add_rule(chain.name, rule)
+        tx.add_rules(chain.name, chain.rules)
