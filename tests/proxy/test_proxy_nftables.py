@@ -340,3 +340,26 @@ async def test_cli_explain_reads_the_kernel(
         capture_output=True, text=True, check=True,
     )).stdout  # fmt: skip
     assert f"dnat to {Lab.pod_ip(1)}:8080" in listing
+
+
+async def test_grpcurl_sees_the_proxy_api(proxy: ProxyProcess, bin_path: Path) -> None:
+    def grpcurl(*args: str) -> str:
+        done = subprocess.run(
+            [str(bin_path / "grpcurl"), "-plaintext", "-unix", str(proxy.socket), *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = await asyncio.to_thread(grpcurl, "list")
+    assert "kubeling.v1.Proxy" in listed and "grpc.health.v1.Health" in listed
+    status = json.loads(await asyncio.to_thread(grpcurl, "kubeling.v1.Proxy/Status"))
+    # (grpcurl prints the proto field names)
+    assert status["node_name"] == NODE and status["mode"] == "nftables"
+    assert status["healthy"] is True and int(status["syncs"]) >= 1
+    explained = json.loads(
+        await asyncio.to_thread(
+            grpcurl, "-d", '{"address":"10.0.0.1","port":99}', "kubeling.v1.Proxy/Explain"
+        )
+    )
+    assert explained == {"verdict": "none"}
