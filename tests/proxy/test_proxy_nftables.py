@@ -344,8 +344,9 @@ async def test_cli_explain_reads_the_kernel(
 
 async def test_grpcurl_sees_the_proxy_api(proxy: ProxyProcess, bin_path: Path) -> None:
     def grpcurl(*args: str) -> str:
+        *flags, method = args
         done = subprocess.run(
-            [str(bin_path / "grpcurl"), "-plaintext", "-unix", str(proxy.socket), *args],
+            [str(bin_path / "grpcurl"), "-plaintext", "-unix", *flags, str(proxy.socket), method],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
