@@ -40,12 +40,14 @@ def is_local_address(address: str) -> bool:
     return True
 
 
-def _service_name(chain: str, port: int) -> str:
+def _service_name(chain: str) -> str:
     match = _CHAIN_NAME.match(chain)
     if not match:
         return ""
     namespace, name, port_name = match.groups()
-    return f"{namespace}/{name}:{'' if port_name == str(port) else port_name}"
+    # An unnamed port shows as its number in the chain name; port names always
+    # contain a letter (IANA_SVC_NAME).
+    return f"{namespace}/{name}:{'' if port_name.isdigit() else port_name}"
 
 
 def _target(value: str | None) -> str | None:
@@ -83,7 +85,7 @@ def explain(
             out.rules.extend(f"{external}: {rule}" for rule in ext_rules)
             out.masquerade = f"jump {r.MARK_FOR_MASQUERADE}" in ext_rules
             chain = next((t for t in map(_target, ext_rules) if t), None)
-            out.service = _service_name(external, port)
+            out.service = _service_name(external)
         elif backend.map_value(r.NO_ENDPOINT_NODEPORTS, nodeport_key):
             out.verdict = "no-endpoints"
             out.rules.append(f"{r.NO_ENDPOINT_NODEPORTS}: {nodeport_key} : goto {r.REJECT_CHAIN}")
@@ -93,7 +95,7 @@ def explain(
     out.chain = chain
     svc_rules = backend.chain_rules(chain) or []
     out.rules.extend(f"{chain}: {rule}" for rule in svc_rules)
-    out.service = out.service or _service_name(chain, port)
+    out.service = out.service or _service_name(chain)
     seen: set[tuple[str, int]] = set()
     for rule in svc_rules:
         match = _DNAT.search(rule)

@@ -243,7 +243,9 @@ class KubeProxy:
             log.error("sync failed; a full sync follows", error=str(exc), full=full)
             for key, when in dirty.items():
                 self._dirty[key] = min(self._dirty.get(key, when), when)
-            self.state.queued_since = queued_since
+            # The oldest of what was taken and what was queued during the sync.
+            stamps = [t for t in (queued_since, self.state.queued_since) if t is not None]
+            self.state.queued_since = min(stamps) if stamps else None
             self._needs_full = True
             return False
         self._needs_full = False

@@ -86,6 +86,8 @@ def _stale_flows(old: list[ServicePort], new: list[ServicePort]) -> list[StaleFl
         had = before_port.endpoints if before_port else ()
         if after.protocol == "udp" and after.endpoints and not had:
             flows.append(StaleFlow("udp", after.cluster_ip, after.port, None))
+            if after.node_port:
+                flows.append(StaleFlow("udp", "", after.node_port, None, node_port=True))
     return flows
 
 

@@ -157,8 +157,10 @@ def external_chain(sp: ServicePort) -> str:
 
 
 def affinity_set(sp: ServicePort, endpoint: Endpoint) -> str:
-    digest = hashlib.sha256(f"{_suffix(sp)}/{endpoint.ip}/{endpoint.port}".encode()).hexdigest()
-    return f"affinity-{digest[:16]}"
+    # The timeout is part of the name: a set's declaration cannot be changed, so a new
+    # timeout means a new set (and the old one is deleted).
+    key = f"{_suffix(sp)}/{endpoint.ip}/{endpoint.port}/{sp.affinity_timeout}"
+    return f"affinity-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def service_key(sp: ServicePort) -> str:

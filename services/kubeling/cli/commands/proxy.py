@@ -68,7 +68,8 @@ async def _call(address: str, method: str, request: Message, response: type[Mess
             response_deserializer=response.FromString,
         )
         try:
-            return await call(request, timeout=30)
+            reply: Message = await call(request, timeout=30)
+            return reply
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise CliError(

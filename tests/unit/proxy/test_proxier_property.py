@@ -1,0 +1,156 @@
+"""The proxier's strong property: after any sequence of partial (and full) syncs, the
+table equals the one a brand-new proxier writes for the same desired state."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from kubeling.proxy.nft import FakeNftables
+from kubeling.proxy.proxier import Proxier
+from kubeling.proxy.servicemap import Endpoint, ServicePort
+from tests.unit.proxy.builders import CapturingNftables, full_dump, sp
+
+ENDPOINT_POOL = [f"10.244.{i // 4}.{i % 4 + 2}" for i in range(10)]  # small: IPs are shared
+
+
+class World:
+    """A random desired state: services with ports, endpoints, node ports, affinity."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.desired: dict[str, list[ServicePort]] = {}
+        self.next_ip = 10
+        self.next_node_port = 30000
+
+    def _node_port(self) -> int:
+        self.next_node_port += 1
+        return self.next_node_port
+
+    def _endpoints(self, port: int) -> tuple[Endpoint, ...]:
+        ips = self.rng.sample(ENDPOINT_POOL, self.rng.randint(0, 4))
+        return tuple(sorted(Endpoint(ip, port) for ip in ips))
+
+    def add_service(self) -> str:
+        self.next_ip += 1
+        name = f"svc{self.next_ip}"
+        cluster_ip = f"10.96.{self.next_ip // 250}.{self.next_ip % 250}"
+        affinity = self.rng.choice([0, 0, 60, 10800])
+        ports = []
+        for index in range(self.rng.randint(1, 2)):
+            protocol = self.rng.choice(["tcp", "udp"])
+            node_port = self._node_port() if self.rng.random() < 0.4 else 0
+            target = 8000 + index
+            ports.append(
+                dataclasses.replace(
+                    sp(
+                        name,
+                        cluster_ip,
+                        [],
+                        port_name=f"p{index}",
+                        protocol=protocol,
+                        port=80 + index,
+                        target_port=target,
+                        node_port=node_port,
+                        affinity_timeout=affinity,
+                    ),
+                    endpoints=self._endpoints(target),
+                )
+            )
+        key = f"default/{name}"
+        self.desired[key] = ports
+        return key
+
+    def change(self) -> str:
+        """One random change; returns the key of the service it touched."""
+        if not self.desired or self.rng.random() < 0.15:
+            return self.add_service()
+        key = self.rng.choice(sorted(self.desired))
+        ports = self.desired[key]
+        what = self.rng.choice(
+            ["remove", "add-ep", "add-ep", "remove-ep", "remove-ep", "endpoints", "nodeport",
+             "affinity", "drop-port"]
+        )  # fmt: skip
+        index = self.rng.randrange(len(ports))
+        port = ports[index]
+        if what == "remove":
+            del self.desired[key]
+            return key
+        if what == "add-ep":
+            ip = self.rng.choice(ENDPOINT_POOL)
+            eps = tuple(sorted({*port.endpoints, Endpoint(ip, 8000 + index)}))
+            port = dataclasses.replace(port, endpoints=eps)
+        elif what == "remove-ep" and port.endpoints:
+            gone = self.rng.choice(port.endpoints)
+            kept = tuple(ep for ep in port.endpoints if ep != gone)
+            port = dataclasses.replace(port, endpoints=kept)
+        elif what == "endpoints":
+            port = dataclasses.replace(port, endpoints=self._endpoints(8000 + index))
+        elif what == "nodeport":
+            port = dataclasses.replace(port, node_port=0 if port.node_port else self._node_port())
+        elif what == "affinity":
+            # On/off for the whole service (a change of the timeout alone is tested
+            # on its own in test_proxier.py).
+            timeout = 0 if port.affinity_timeout else self.rng.choice([60, 10800])
+            ports = [dataclasses.replace(p, affinity_timeout=timeout) for p in ports]
+            port = ports[index]
+        elif what == "drop-port" and len(ports) > 1:
+            self.desired[key] = [p for i, p in enumerate(ports) if i != index]
+            return key
+        self.desired[key] = [*ports[:index], port, *ports[index + 1 :]]
+        return key
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_partial_syncs_match_a_fresh_full_sync(seed: int) -> None:
+    rng = random.Random(seed)
+    world = World(rng)
+    for _ in range(6):
+        world.add_service()
+    backend = CapturingNftables()
+    proxier = Proxier(backend)
+    proxier.sync_full(world.desired)
+    assert backend.dump() == full_dump(world.desired)
+    for step in range(60):
+        if rng.random() < 0.08:
+            proxier.sync_full(dict(world.desired))
+            assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step} (full)"
+            continue
+        touched = {world.change() for _ in range(rng.randint(1, 3))}
+        changed = {key: world.desired.get(key, []) for key in touched}
+        result = proxier.sync_partial(changed)
+        assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step}"
+        assert result.services == sorted(touched)
+        # What the partial sync sent names no service it was not told about.
+        script = backend.seen[-1].script()
+        for key in world.desired.keys() - touched:
+            assert f"-{key}/" not in script, (seed, step, key)
+        for key in touched:
+            assert proxier.applied_ports(key) == world.desired.get(key, [])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_partial_syncs_survive_failed_transactions(seed: int) -> None:
+    """Random failures of apply: the proxier's memory never drifts from the table."""
+    rng = random.Random(1000 + seed)
+    world = World(rng)
+    for _ in range(5):
+        world.add_service()
+    backend = FakeNftables()
+    proxier = Proxier(backend)
+    proxier.sync_full(world.desired)
+    pending: set[str] = set()
+    for step in range(40):
+        pending |= {world.change() for _ in range(rng.randint(1, 2))}
+        if rng.random() < 0.3:
+            backend.fail_next = "boom"
+            before = backend.dump()
+            with pytest.raises(Exception, match="boom"):
+                proxier.sync_partial({key: world.desired.get(key, []) for key in pending})
+            assert backend.dump() == before
+            continue  # the changes stay pending, as KubeProxy re-queues them
+        proxier.sync_partial({key: world.desired.get(key, []) for key in pending})
+        pending.clear()
+        assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step}"

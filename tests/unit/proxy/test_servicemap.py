@@ -1,0 +1,158 @@
+"""servicemap.service_ports: from a Service and its EndpointSlices to ServicePorts."""
+
+from __future__ import annotations
+
+from kubeling.proxy.servicemap import (
+    DEFAULT_AFFINITY_TIMEOUT,
+    Endpoint,
+    ServicePort,
+    service_ports,
+    slice_service,
+)
+from tests.unit.proxy.builders import endpoint_slice, service
+
+
+def only(ports: list[ServicePort]) -> ServicePort:
+    assert len(ports) == 1, ports
+    return ports[0]
+
+
+def test_ready_and_unset_ready_endpoints_are_used_not_ready_ones_are_not() -> None:
+    slices = [
+        endpoint_slice(
+            endpoints=[("10.244.0.9", True), ("10.244.0.2", None), ("10.244.0.3", False)]
+        )
+    ]
+    port = only(service_ports(service(), slices))
+    # Sorted, and an unset ready condition counts as ready (Kubernetes' rule).
+    assert port.endpoints == (Endpoint("10.244.0.2", 8080), Endpoint("10.244.0.9", 8080))
+
+
+def test_service_port_fields_and_service_name() -> None:
+    port = only(service_ports(service(), [endpoint_slice()]))
+    assert port == ServicePort(
+        namespace="default",
+        name="web",
+        port_name="http",
+        protocol="tcp",
+        cluster_ip="10.96.0.10",
+        port=80,
+        node_port=0,
+        affinity_timeout=0,
+        endpoints=(Endpoint("10.244.0.5", 8080),),
+    )
+    assert port.service == "default/web:http"
+
+
+def test_slice_ports_are_matched_by_name_and_protocol() -> None:
+    svc = service(ports=[("http", "TCP", 80, 0), ("dns", "UDP", 53, 0), ("dns-tcp", "TCP", 53, 0)])
+    slices = [
+        endpoint_slice(
+            endpoints=[("10.244.0.5", True)],
+            ports=[("http", "TCP", 8080), ("dns", "UDP", 5353), ("dns-tcp", "TCP", 5354)],
+        ),
+        # Same name, wrong protocol: not a match for "dns" (UDP) nor for "http" (TCP).
+        endpoint_slice(
+            name="web-other",
+            endpoints=[("10.244.0.6", True)],
+            ports=[("dns", "TCP", 9999), ("http", "UDP", 9998)],
+        ),
+    ]
+    by_name = {p.port_name: p for p in service_ports(svc, slices)}
+    assert by_name["http"].protocol == "tcp"
+    assert by_name["http"].endpoints == (Endpoint("10.244.0.5", 8080),)
+    assert by_name["dns"].protocol == "udp"
+    assert by_name["dns"].endpoints == (Endpoint("10.244.0.5", 5353),)
+    assert by_name["dns-tcp"].endpoints == (Endpoint("10.244.0.5", 5354),)
+
+
+def test_port_name_must_match_exactly() -> None:
+    slices = [endpoint_slice(ports=[("https", "TCP", 8443)])]
+    assert only(service_ports(service(), slices)).endpoints == ()
+
+
+def test_unnamed_ports_and_default_protocol_match() -> None:
+    svc = service(ports=[("", "", 80, 0)])
+    slices = [endpoint_slice(ports=[("", "", 8080)])]
+    port = only(service_ports(svc, slices))
+    assert port.protocol == "tcp"
+    assert port.port_name == ""
+    assert port.endpoints == (Endpoint("10.244.0.5", 8080),)
+
+
+def test_slice_port_without_number_or_out_of_range_is_ignored() -> None:
+    for bad in (None, 0, 70000):
+        slices = [endpoint_slice(ports=[("http", "TCP", bad)])]
+        assert only(service_ports(service(), slices)).endpoints == (), bad
+
+
+def test_endpoints_from_several_slices_are_merged_and_deduplicated() -> None:
+    slices = [
+        endpoint_slice(name="a", endpoints=[("10.244.0.7", True), ("10.244.0.5", True)]),
+        endpoint_slice(name="b", endpoints=[("10.244.0.5", True), ("10.244.1.1", True)]),
+    ]
+    assert only(service_ports(service(), slices)).endpoints == (
+        Endpoint("10.244.0.5", 8080),
+        Endpoint("10.244.0.7", 8080),
+        Endpoint("10.244.1.1", 8080),
+    )
+
+
+def test_only_the_first_address_of_an_endpoint_is_used() -> None:
+    s = endpoint_slice(endpoints=[])
+    s.endpoints.add(addresses=["10.244.0.5", "10.244.0.6"])
+    assert only(service_ports(service(), [s])).endpoints == (Endpoint("10.244.0.5", 8080),)
+
+
+def test_headless_services_are_skipped() -> None:
+    for cluster_ip in ("None", ""):
+        assert service_ports(service(cluster_ip=cluster_ip), [endpoint_slice()]) == []
+
+
+def test_ipv6_service_is_skipped_and_ipv6_slices_are_ignored() -> None:
+    assert service_ports(service(cluster_ip="fd00::10"), [endpoint_slice()]) == []
+    v6 = endpoint_slice(name="v6", endpoints=[("fd00::5", True)], address_type="IPv6")
+    v4 = endpoint_slice(name="v4", endpoints=[("10.244.0.5", True)])
+    assert only(service_ports(service(), [v6, v4])).endpoints == (Endpoint("10.244.0.5", 8080),)
+    # An IPv6 address in a slice that claims IPv4 is not used either.
+    bogus = endpoint_slice(name="bogus", endpoints=[("fd00::6", True)])
+    assert only(service_ports(service(), [bogus])).endpoints == ()
+
+
+def test_slice_without_address_type_counts_as_ipv4() -> None:
+    s = endpoint_slice(address_type="")
+    assert only(service_ports(service(), [s])).endpoints == (Endpoint("10.244.0.5", 8080),)
+
+
+def test_node_port_only_for_node_port_services() -> None:
+    ports = [("http", "TCP", 80, 30080)]
+    assert only(service_ports(service(ports=ports), [])).node_port == 0
+    assert only(service_ports(service(ports=ports, type_="ClusterIP"), [])).node_port == 0
+    assert only(service_ports(service(ports=ports, type_="NodePort"), [])).node_port == 30080
+
+
+def test_no_slices_gives_ports_without_endpoints() -> None:
+    svc = service(ports=[("http", "TCP", 80, 0), ("https", "TCP", 443, 0)])
+    ports = service_ports(svc, [])
+    assert [(p.port_name, p.port, p.endpoints) for p in ports] == [
+        ("http", 80, ()),
+        ("https", 443, ()),
+    ]
+
+
+def test_client_ip_affinity_default_and_explicit_timeout() -> None:
+    assert only(service_ports(service(), [])).affinity_timeout == 0
+    default = only(service_ports(service(affinity="ClientIP"), []))
+    assert default.affinity_timeout == DEFAULT_AFFINITY_TIMEOUT == 10800
+    explicit = only(service_ports(service(affinity="ClientIP", affinity_timeout=60), []))
+    assert explicit.affinity_timeout == 60
+    # A timeout without ClientIP affinity means nothing.
+    none = only(service_ports(service(affinity="None", affinity_timeout=60), []))
+    assert none.affinity_timeout == 0
+
+
+def test_slice_service_uses_the_service_name_label() -> None:
+    assert slice_service(endpoint_slice(service_name="db", namespace="prod")) == "prod/db"
+    unlabelled = endpoint_slice()
+    unlabelled.metadata.labels.clear()
+    assert slice_service(unlabelled) is None
