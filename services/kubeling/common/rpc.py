@@ -50,9 +50,14 @@ class Server:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         self._services = names
-        self.port = self._server.add_insecure_port(listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {listen}")
+        # Several addresses, comma-separated: e.g. a TCP port and a local unix socket.
+        ports = []
+        for address in (a.strip() for a in listen.split(",")):
+            port = self._server.add_insecure_port(address)
+            if port == 0:
+                raise OSError(f"cannot listen on {address}")
+            ports.append(port)
+        self.port = ports[0]  # of the first address (a unix socket counts as 1)
 
     @property
     def raw(self) -> grpc.aio.Server:

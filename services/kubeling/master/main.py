@@ -24,7 +24,11 @@ def default_data_dir() -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kubeling-master", description=__doc__)
-    parser.add_argument("--listen", default="0.0.0.0:6443", help="HOST:PORT to serve on")
+    parser.add_argument(
+        "--listen",
+        default="0.0.0.0:6443",
+        help="HOST:PORT to serve on; several comma-separated (10.0.0.1:6443,unix:/run/m.sock)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="where the store lives")
     parser.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR)
     parser.add_argument(
