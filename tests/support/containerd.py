@@ -22,6 +22,7 @@ from kubeling.node.cni import write_bridge_cni_config
 from kubeling.node.containerd import (
     ContainerdProcess,
     mounts_under,
+    remove_all_sandboxes,
     remove_leftovers,
     write_containerd_config,
 )
@@ -60,21 +61,6 @@ class PrivateContainerd:
     @property
     def images(self) -> Path:
         return self.base / "images"
-
-
-def cri_teardown(address: str) -> None:
-    """Stop and remove every sandbox through CRI: the first step of the tear-down."""
-    import grpc
-    from cri_api.v1 import api_pb2 as cri
-    from cri_api.v1 import api_pb2_grpc as cri_grpc
-
-    with grpc.insecure_channel(f"unix://{address}") as channel:
-        runtime = cri_grpc.RuntimeServiceStub(channel)
-        for sandbox in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items:
-            runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=60)
-            runtime.RemovePodSandbox(
-                cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=60
-            )
 
 
 def remove_cgroups(parent: str) -> None:
@@ -139,7 +125,7 @@ def private_containerd(import_now: bool = True) -> Iterator[PrivateContainerd]:
         # Tear-down order: sandboxes via CRI, then containerd, then leftovers.
         if proc.running():
             with contextlib.suppress(Exception):
-                cri_teardown(address)
+                remove_all_sandboxes(address)
         proc.stop()
         remove_leftovers(address, root=str(base / "root"), state=str(base / "state"))
         remove_cgroups(cgroup_parent)

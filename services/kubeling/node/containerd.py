@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import grpc
+
 # Plugins a kubeling node never uses; not loading them keeps start-up quiet and fast.
 # (io.containerd.runtime.v1.linux cannot go: 1.6's tasks service, and so CRI, need it.)
 DISABLED_PLUGINS = (
@@ -404,6 +406,23 @@ def runc_containers(runc_root: str) -> list[tuple[str, str]]:
     for ns_root in sorted(p for p in base.iterdir() if p.is_dir()):
         found += [(str(ns_root), c.name) for c in sorted(ns_root.iterdir()) if c.is_dir()]
     return found
+
+
+def remove_all_sandboxes(address: str, timeout: float = 60.0) -> None:
+    """Stop and remove every pod sandbox through CRI (containers, CNI DEL, mounts):
+    the clean first step of tearing a node down, before containerd stops."""
+    from cri_api.v1 import api_pb2 as cri
+    from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+    with grpc.insecure_channel(f"unix://{address}") as channel:
+        runtime = cri_grpc.RuntimeServiceStub(channel)  # type: ignore[no-untyped-call]
+        for sandbox in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=10).items:
+            runtime.StopPodSandbox(
+                cri.StopPodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=timeout
+            )
+            runtime.RemovePodSandbox(
+                cri.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id), timeout=timeout
+            )
 
 
 def remove_leftovers(

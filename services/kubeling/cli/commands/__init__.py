@@ -12,13 +12,14 @@ from kubeling.cli.commands import delete as delete
 from kubeling.cli.commands import describe as describe
 from kubeling.cli.commands import exec as exec
 from kubeling.cli.commands import get as get
+from kubeling.cli.commands import lab as lab
 from kubeling.cli.commands import logs as logs
 from kubeling.cli.commands import proxy as proxy
 from kubeling.cli.commands import rollout as rollout
 from kubeling.cli.commands import scale as scale
 from kubeling.cli.commands.base import SubParsers
 
-COMMANDS = (get, describe, apply, delete, logs, exec, scale, rollout, proxy)
+COMMANDS = (get, describe, apply, delete, logs, exec, scale, rollout, proxy, lab)
 
 
 def register_all(subparsers: SubParsers) -> None:

@@ -1,0 +1,110 @@
+"""`kubeling lab up|status|exec|stop|start|down`: a multi-node cluster on this machine,
+one network namespace per node (see kubeling.lab)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kubeling.cli.commands.base import SubParsers, add_command
+from kubeling.cli.config import save_config
+from kubeling.cli.context import Context
+from kubeling.cli.errors import CliError
+from kubeling.lab.lab import Lab, LabError, LabOptions, default_dir
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = add_command(subparsers, "lab", _usage, "A multi-node cluster on this machine.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    up = add_command(actions, "up", run_up, "Start a master and N worker nodes.")
+    up.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
+    status = add_command(actions, "status", run_status, "What runs where.")
+    down = add_command(actions, "down", run_down, "Remove everything the lab made.")
+    execute = add_command(actions, "exec", run_exec, "Run a command inside a node.")
+    execute.add_argument("node", help="a node name (kubeling get nodes), or master")
+    execute.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    stop = add_command(actions, "stop", run_stop, "Stop a node's kubelet, proxy and containerd.")
+    stop.add_argument("node")
+    start = add_command(actions, "start", run_start, "Start a stopped node again.")
+    start.add_argument("node")
+    for sub in (up, status, down, execute, stop, start):
+        sub.add_argument(
+            "--dir", type=Path, default=None, help=f"the lab's folder (default {default_dir()})"
+        )
+
+
+async def _usage(args: argparse.Namespace, ctx: Context) -> int:
+    raise CliError("error: give an action: lab up|status|exec|stop|start|down")
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(args.dir)
+
+
+async def run_up(args: argparse.Namespace, ctx: Context) -> int:
+    lab = _lab(args)
+    try:
+        await asyncio.to_thread(lab.up, LabOptions(nodes=args.nodes), lambda m: ctx.out(f"==> {m}"))
+    except LabError as exc:
+        raise CliError(f"error: {exc}") from None
+    path = save_config(lab.server)
+    ctx.out(f"lab is up; `kubeling` now talks to {lab.server} (saved in {path})")
+    return 0
+
+
+async def run_status(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        rows = _lab(args).status()
+    except LabError as exc:
+        raise CliError(f"error: {exc}") from None
+    table = Table(box=None, pad_edge=False)
+    for column in ("NODE", "NETNS", "ADDRESS", "POD CIDR", "PROCESSES", "LOGS"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console(file=ctx.stdout, width=200).print(table)
+    return 0
+
+
+async def run_down(args: argparse.Namespace, ctx: Context) -> int:
+    await asyncio.to_thread(_lab(args).down, lambda m: ctx.out(f"==> {m}"))
+    ctx.out("lab is down")
+    return 0
+
+
+async def run_exec(args: argparse.Namespace, ctx: Context) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("error: give a command: lab exec NODE -- CMD ARGS...")
+    try:
+        argv = _lab(args).exec_command(args.node, command)
+    except LabError as exc:
+        raise CliError(f"error: {exc}") from None
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # the command takes over the terminal and exit status
+
+
+async def run_stop(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        await asyncio.to_thread(_lab(args).stop_node, args.node)
+    except LabError as exc:
+        raise CliError(f"error: {exc}") from None
+    ctx.out(f"node {args.node}: kubelet, kube-proxy and containerd stopped")
+    return 0
+
+
+async def run_start(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        await asyncio.to_thread(_lab(args).start_node, args.node)
+    except LabError as exc:
+        raise CliError(f"error: {exc}") from None
+    ctx.out(f"node {args.node}: started")
+    return 0

@@ -1,0 +1,515 @@
+"""The lab: a whole cluster on one machine, one network namespace per node.
+
+    [kl-net]  bridge klbr0 10.99.0.1/24, the master (10.99.0.1:6443 and a unix socket)
+       |---- veth ---- [kl-worker-1] eth0 10.99.0.11: containerd, kubelet, kube-proxy,
+       |                             cni0 with the node's pod CIDR (from the master)
+       |---- veth ---- [kl-worker-2] eth0 10.99.0.12: ...
+
+Every process is a real, separate process (the ones a real node runs), started in its
+node's namespace with `nsenter --net` (`ip netns exec` remounts /sys and hides the
+cgroup mounts from runc). Nodes route to each other's pod CIDRs over the lab bridge.
+No namespace of the lab has a default route, and the root namespace is not touched
+(the CLI reaches the master through its unix socket), so nothing in the lab has a
+route off the machine.
+
+Everything the lab makes is recorded in `STATE_DIR/lab.json`, and `down()` removes it
+all: processes (by PID, checked against their command line), pods (through CRI),
+mounts, namespaces and files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from kubeling.node.containerd import (
+    ContainerdError,
+    ContainerdProcess,
+    mounts_under,
+    remove_all_sandboxes,
+    remove_leftovers,
+    write_containerd_config,
+)
+from kubeling.node.images import PAUSE_IMAGE, build_images
+
+LAB_NETWORK = ipaddress.IPv4Network("10.99.0.0/24")
+MASTER_IP = "10.99.0.1"
+MASTER_PORT = 6443
+CLUSTER_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/12"
+BRIDGE = "klbr0"
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get("KUBELING_LAB_DIR") or Path.home() / ".kubeling" / "lab")
+
+
+@dataclass
+class Proc:
+    """A process the lab started: what to check before signalling its PID."""
+
+    pid: int
+    marker: str  # a string its command line contains (PIDs get reused)
+
+    def alive(self) -> bool:
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return False
+        return self.marker.encode() in cmdline
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            time.sleep(0.05)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(self.pid, 0)
+
+
+@dataclass
+class NodeState:
+    name: str
+    netns: str
+    ip: str
+    host_link: str  # the veth end on the lab bridge
+    pod_cidr: str = ""
+    containerd: Proc | None = None
+    kubelet: Proc | None = None
+    proxy: Proc | None = None
+
+
+@dataclass
+class LabState:
+    prefix: str
+    master_netns: str
+    nodes: list[NodeState] = field(default_factory=list)
+    master: Proc | None = None
+    kubelet_args: list[str] = field(default_factory=list)  # kept for restarts
+    proxy_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> LabState:
+        raw = json.loads(path.read_text())
+
+        def proc(value: dict[str, object] | None) -> Proc | None:
+            return Proc(int(value["pid"]), str(value["marker"])) if value else None  # type: ignore[call-overload]
+
+        nodes = [
+            NodeState(
+                **{k: v for k, v in n.items() if k not in ("containerd", "kubelet", "proxy")},
+                containerd=proc(n.get("containerd")),
+                kubelet=proc(n.get("kubelet")),
+                proxy=proc(n.get("proxy")),
+            )
+            for n in raw.get("nodes", [])
+        ]
+        return cls(
+            raw["prefix"],
+            raw["master_netns"],
+            nodes,
+            proc(raw.get("master")),
+            list(raw.get("kubelet_args", [])),
+            list(raw.get("proxy_args", [])),
+        )
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+
+@dataclass
+class LabOptions:
+    nodes: int = 2
+    prefix: str = "kl-"  # of namespace names; tests use their own
+    # Extra flags, for tests that need short grace periods.
+    master_args: list[str] = field(default_factory=list)
+    kubelet_args: list[str] = field(default_factory=list)
+    proxy_args: list[str] = field(default_factory=list)
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _netns_exists(name: str) -> bool:
+    return Path(f"/var/run/netns/{name}").exists()
+
+
+class Lab:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = (directory or default_dir()).resolve()
+        self.state_path = self.dir / "lab.json"
+        self.logs = self.dir / "logs"
+        self.state: LabState | None = (
+            LabState.load(self.state_path) if self.state_path.exists() else None
+        )
+
+    # -- addresses -----------------------------------------------------------------
+
+    @property
+    def master_socket(self) -> Path:
+        return self.dir / "master.sock"
+
+    @property
+    def server(self) -> str:
+        """The master's address for the CLI and clients on this machine."""
+        return f"unix:{self.master_socket}"
+
+    def node_dir(self, name: str) -> Path:
+        return self.dir / "nodes" / name
+
+    def node(self, name: str) -> NodeState:
+        state = self._require()
+        for node in state.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in state.nodes)
+        raise LabError(f'no node "{name}" in the lab (nodes: {known})')
+
+    def _require(self) -> LabState:
+        if self.state is None:
+            raise LabError(f"no lab is up (no {self.state_path}); run `kubeling lab up`")
+        return self.state
+
+    def _save(self) -> None:
+        assert self.state is not None
+        self.state.save(self.state_path)
+
+    # -- processes -----------------------------------------------------------------
+
+    def _spawn(self, netns: str, log_name: str, command: list[str], marker: str) -> Proc:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{log_name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                ["nsenter", f"--net=/var/run/netns/{netns}", "--", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # outlives `kubeling lab up`; stopped by PID
+            )
+        return Proc(proc.pid, marker)
+
+    def _python(self, module: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", module, *args]
+
+    # -- up ------------------------------------------------------------------------
+
+    def up(self, options: LabOptions, progress: Callable[[str], None] = print) -> None:
+        if self.state is not None:
+            raise LabError(f"a lab is already up ({self.state_path}); `kubeling lab down` first")
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, containerd)")
+        if not 1 <= options.nodes <= 200:
+            raise LabError("--nodes must be between 1 and 200")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        prefix = options.prefix
+        self.state = LabState(
+            prefix=prefix,
+            master_netns=f"{prefix}net",
+            kubelet_args=list(options.kubelet_args),
+            proxy_args=list(options.proxy_args),
+        )
+        self._save()
+        try:
+            self._up(options, progress)
+        except BaseException:
+            progress("lab up failed; removing what was made")
+            self.down(progress=lambda _: None)
+            raise
+
+    def _up(self, options: LabOptions, progress: Callable[[str], None]) -> None:
+        state = self.state
+        assert state is not None
+        progress("building images (busybox, pause)")
+        images = self.dir / "images"
+        if not images.exists():
+            build_images(images)
+        progress(f"lab network {LAB_NETWORK} in namespace {state.master_netns}")
+        net = state.master_netns
+        _ip("netns", "add", net)
+        _ip("-n", net, "link", "set", "lo", "up")
+        _ip("-n", net, "link", "add", BRIDGE, "type", "bridge")
+        _ip("-n", net, "addr", "add", f"{MASTER_IP}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
+        _ip("-n", net, "link", "set", BRIDGE, "up")
+        progress(f"master on {MASTER_IP}:{MASTER_PORT} and {self.server}")
+        listen = f"{MASTER_IP}:{MASTER_PORT},{self.server}"
+        state.master = self._spawn(
+            net,
+            "master",
+            self._python(
+                "kubeling.master.main",
+                "--listen", listen,
+                "--data-dir", str(self.dir / "master"),
+                "--service-cidr", SERVICE_CIDR,
+                "--cluster-cidr", CLUSTER_CIDR,
+                *options.master_args,
+            ),
+            str(self.dir / "master"),
+        )  # fmt: skip
+        self._save()
+        self._wait_master()
+        hosts = list(LAB_NETWORK.hosts())
+        for index in range(1, options.nodes + 1):
+            name = f"worker-{index}"
+            node = NodeState(
+                name=name,
+                netns=f"{state.prefix}{name}",
+                ip=str(hosts[9 + index]),
+                host_link=f"{state.prefix}w{index}"[:15],  # interface names: 15 bytes
+            )
+            state.nodes.append(node)
+            self._save()
+            progress(f"node {name}: namespace {node.netns}, {node.ip}")
+            self._make_node_network(node)
+            self.start_node(name)
+        progress("waiting for the nodes to register and get pod CIDRs")
+        self._wait_pod_cidrs()
+        self._route_pod_cidrs()
+        self._save()
+
+    def _wait_master(self, timeout: float = 60.0) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.server) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                if time.monotonic() > deadline:
+                    raise LabError(f"the master did not start; see {self.logs / 'master.log'}")
+                time.sleep(0.1)
+
+    def _make_node_network(self, node: NodeState) -> None:
+        state = self._require()
+        _ip("netns", "add", node.netns)
+        _ip("-n", node.netns, "link", "set", "lo", "up")
+        _ip(
+            "-n", state.master_netns, "link", "add", node.host_link, "type", "veth",
+            "peer", "eth0", "netns", node.netns,
+        )  # fmt: skip
+        _ip("-n", state.master_netns, "link", "set", node.host_link, "master", BRIDGE, "up")
+        _ip("-n", node.netns, "addr", "add", f"{node.ip}/{LAB_NETWORK.prefixlen}", "dev", "eth0")
+        _ip("-n", node.netns, "link", "set", "eth0", "up")
+        # Local clients of a ClusterIP need a route before kube-proxy's DNAT picks a pod.
+        _ip("-n", node.netns, "route", "add", SERVICE_CIDR, "dev", "eth0")
+        subprocess.run(
+            ["nsenter", f"--net=/var/run/netns/{node.netns}", "sysctl", "-qw",
+             "net.ipv4.ip_forward=1"],
+            check=True,
+        )  # fmt: skip
+
+    def start_node(self, name: str) -> None:
+        """Start (or restart) a node's containerd, kubelet and kube-proxy."""
+        state = self._require()
+        node = self.node(name)
+        base = self.node_dir(name)
+        base.mkdir(parents=True, exist_ok=True)
+        socket = base / "containerd.sock"
+        config = write_containerd_config(
+            base / "containerd.toml",
+            root=str(base / "root"),
+            state=str(base / "state"),
+            grpc_address=str(socket),
+            cni_conf_dir=str(base / "net.d"),
+            sandbox_image=PAUSE_IMAGE,
+        )
+        containerd = ContainerdProcess(
+            config,
+            address=str(socket),
+            netns=node.netns,
+            log_path=self.logs / f"{name}-containerd.log",
+        )
+        try:
+            containerd.start()
+        except ContainerdError as exc:
+            raise LabError(f"containerd on {name} did not start: {exc}") from exc
+        assert containerd.pid is not None
+        node.containerd = Proc(containerd.pid, str(config))
+        master = f"{MASTER_IP}:{MASTER_PORT}"
+        node.kubelet = self._spawn(
+            node.netns,
+            f"{name}-kubelet",
+            self._python(
+                "kubeling.kubelet.main",
+                "--master", master,
+                "--node-name", name,
+                "--runtime-endpoint", f"unix://{socket}",
+                "--listen", "0.0.0.0:10250",
+                "--node-ip", node.ip,
+                "--cni-conf-dir", str(base / "net.d"),
+                "--cluster-cidr", CLUSTER_CIDR,
+                "--service-cidr", SERVICE_CIDR,
+                "--image-dir", str(self.dir / "images"),
+                "--pod-log-dir", str(base / "pods"),
+                *state.kubelet_args,
+            ),
+            f"--node-name {name} ",
+        )  # fmt: skip
+        node.proxy = self._spawn(
+            node.netns,
+            f"{name}-proxy",
+            self._python(
+                "kubeling.proxy.main",
+                "--master", master,
+                "--node-name", name,
+                "--cluster-cidr", CLUSTER_CIDR,
+                *state.proxy_args,
+            ),
+            f"--node-name {name} ",
+        )  # fmt: skip
+        self._save()
+
+    def stop_node(self, name: str) -> None:
+        """Node loss: stop the node's kubelet, kube-proxy and containerd (its pods'
+        processes keep running, as on a machine that lost its agents)."""
+        node = self.node(name)
+        for proc in (node.kubelet, node.proxy, node.containerd):
+            if proc is not None:
+                proc.stop()
+        self._save()
+
+    def _wait_pod_cidrs(self, timeout: float = 120.0) -> None:
+        from kubeling.v1 import core_pb2, meta_pb2
+
+        state = self._require()
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.server) as channel:
+            list_nodes = channel.unary_unary(
+                "/kubeling.v1.Nodes/List",
+                request_serializer=meta_pb2.ListRequest.SerializeToString,
+                response_deserializer=core_pb2.NodeList.FromString,
+            )
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    found = {
+                        n.metadata.name: n.spec.pod_cidr
+                        for n in list_nodes(meta_pb2.ListRequest(), timeout=5).items
+                    }
+                    for node in state.nodes:
+                        node.pod_cidr = found.get(node.name, "")
+                    if all(node.pod_cidr for node in state.nodes):
+                        return
+                if time.monotonic() > deadline:
+                    missing = [n.name for n in state.nodes if not n.pod_cidr]
+                    raise LabError(f"nodes without a pod CIDR: {missing}; see {self.logs}")
+                time.sleep(0.2)
+
+    def _route_pod_cidrs(self) -> None:
+        """Each node reaches the other nodes' pods through them (as a cloud's route
+        table would do)."""
+        state = self._require()
+        for node in state.nodes:
+            for other in state.nodes:
+                if other is not node and other.pod_cidr:
+                    _ip("-n", node.netns, "route", "replace", other.pod_cidr, "via", other.ip)
+
+    # -- status, exec, down ----------------------------------------------------------
+
+    def status(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(node, netns, ip, pod CIDR, processes alive, log folder) per node, the
+        master first."""
+        state = self._require()
+        rows = [
+            (
+                "master",
+                state.master_netns,
+                f"{MASTER_IP}:{MASTER_PORT}",
+                "",
+                "up" if state.master and state.master.alive() else "DOWN",
+                str(self.logs),
+            )
+        ]
+        for node in state.nodes:
+            parts = []
+            for label, proc in (
+                ("containerd", node.containerd),
+                ("kubelet", node.kubelet),
+                ("proxy", node.proxy),
+            ):
+                parts.append(f"{label}:{'up' if proc and proc.alive() else 'DOWN'}")
+            rows.append((node.name, node.netns, node.ip, node.pod_cidr, " ".join(parts), ""))
+        return rows
+
+    def exec_command(self, name: str, command: list[str]) -> list[str]:
+        """The command line that runs `command` inside a node (or "master")."""
+        state = self._require()
+        netns = state.master_netns if name == "master" else self.node(name).netns
+        return ["nsenter", f"--net=/var/run/netns/{netns}", "--", *command]
+
+    def down(self, progress: Callable[[str], None] = print) -> None:
+        """Remove every process, pod, mount, namespace and file the lab made. Safe to
+        run again after a partial failure."""
+        state = self.state
+        if state is None:
+            if self.dir.exists():
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        for node in state.nodes:
+            progress(f"removing node {node.name}")
+            self._remove_node(node)
+        if state.master is not None:
+            progress("stopping the master")
+            state.master.stop()
+        if _netns_exists(state.master_netns):
+            subprocess.run(["ip", "netns", "delete", state.master_netns], capture_output=True)
+        for point in mounts_under(str(self.dir)):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.state = None
+
+    def _remove_node(self, node: NodeState) -> None:
+        base = self.node_dir(node.name)
+        socket = base / "containerd.sock"
+        for proc in (node.kubelet, node.proxy):
+            if proc is not None:
+                proc.stop()
+        if node.containerd is not None and node.containerd.alive():
+            with contextlib.suppress(Exception):
+                remove_all_sandboxes(str(socket))  # CNI DEL, clean pod teardown
+            node.containerd.stop()
+        remove_leftovers(str(socket), root=str(base / "root"), state=str(base / "state"))
+        if _netns_exists(node.netns):
+            # Deleting the namespace takes its links, bridge and nftables table along.
+            subprocess.run(["ip", "netns", "delete", node.netns], capture_output=True)
+
+
+@contextlib.contextmanager
+def running_lab(directory: Path, options: LabOptions) -> Iterator[Lab]:
+    """A lab for the duration of a block (tests): always taken down."""
+    lab = Lab(directory)
+    try:
+        lab.up(options, progress=lambda _: None)
+        yield lab
+    finally:
+        lab.down(progress=lambda _: None)
