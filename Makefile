@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: install proto lint test unit integration bench up down clean
+.PHONY: install proto lint test unit integration bench bench-proxy up down clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
 	python3 -m venv $(VENV)
@@ -33,6 +33,10 @@ test: lint
 
 bench: install proto
 	$(PY) bench/api.py
+
+# Needs root: runs in its own network namespace (unshare --net), never the host's nftables.
+bench-proxy: install proto
+	$(PY) bench/proxy.py
 
 up:
 	bash deploy/local/up.sh
