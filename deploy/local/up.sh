@@ -1,44 +1,82 @@
 #!/usr/bin/env bash
-# `make up`: install what is missing, start a master on localhost:6443, apply the
-# demo manifests and show what is there. `make down` stops it.
+# `make up`: install what is missing, start a 2-worker lab on this machine (a master,
+# and per worker a network namespace with containerd, kubelet and kube-proxy), apply
+# the demo, wait until its service answers through its ClusterIP from inside the lab,
+# and show what runs. `make down` removes it all. Needs root (namespaces, containerd).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STATE=.kubeling
 VENV=${VENV:-.venv}
-mkdir -p "$STATE"
+NODES=${NODES:-2}
+KUBELING="$VENV/bin/kubeling"
+mkdir -p .kubeling
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-step "Python environment ($VENV)"
-make --no-print-directory install proto >"$STATE/install.log" 2>&1 || { tail -20 "$STATE/install.log"; exit 1; }
-
-if [[ -f $STATE/master.pid ]] && kill -0 "$(cat "$STATE/master.pid")" 2>/dev/null; then
-  step "master already running (pid $(cat "$STATE/master.pid"))"
-else
-  step "starting kubeling-master on 127.0.0.1:6443 (log: $STATE/master.log)"
-  nohup "$VENV/bin/kubeling-master" --listen 127.0.0.1:6443 --data-dir "$STATE/master" \
-    >"$STATE/master.log" 2>&1 &
-  echo $! >"$STATE/master.pid"
-  for _ in $(seq 1 100); do
-    "$VENV/bin/kubeling" --server 127.0.0.1:6443 get namespaces >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+if [[ $(id -u) -ne 0 ]]; then
+  echo "make up needs root (network namespaces, containerd, nftables): sudo make up" >&2
+  exit 1
 fi
-"$VENV/bin/python" -c 'from kubeling.cli.config import save_config; save_config("127.0.0.1:6443")'
 
-step "applying deploy/examples/demo.yaml"
-"$VENV/bin/kubeling" apply -f deploy/examples/demo.yaml
+need=()
+for tool in containerd runc nft conntrack nsenter ip busybox gcc; do
+  command -v "$tool" >/dev/null || need+=("$tool")
+done
+[[ -x /usr/lib/cni/bridge ]] || need+=(cni-plugins)
+if ((${#need[@]})); then
+  step "installing system packages (missing: ${need[*]}) — log: .kubeling/install-deps.log"
+  bash deploy/containerd/install-deps.sh >.kubeling/install-deps.log 2>&1 \
+    || { tail -20 .kubeling/install-deps.log; exit 1; }
+fi
+command -v make >/dev/null || apt-get install -y -qq make >/dev/null
+
+step "Python environment ($VENV) — log: .kubeling/install.log"
+make --no-print-directory install proto >.kubeling/install.log 2>&1 \
+  || { tail -20 .kubeling/install.log; exit 1; }
+
+if "$KUBELING" lab status >/dev/null 2>&1; then
+  step "a lab is already up"
+else
+  step "starting a lab with $NODES worker nodes"
+  "$KUBELING" lab up --nodes "$NODES"
+fi
+
+step "waiting for the nodes to be Ready"
+for _ in $(seq 1 120); do
+  ready=$("$KUBELING" get nodes 2>/dev/null | awk 'NR>1 && $2=="Ready"' | wc -l)
+  [[ $ready -ge $NODES ]] && break
+  sleep 1
+done
+"$KUBELING" get nodes -o wide
+
+step "applying deploy/examples/demo.yaml (a Deployment of 3 web pods and a Service)"
+"$KUBELING" apply -f deploy/examples/demo.yaml
+"$KUBELING" rollout status deployment/web -n demo --timeout 300s
+
+ip=$("$KUBELING" get service web -n demo -o json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["spec"]["clusterIP"])')
+step "waiting for http://$ip/ to answer from inside the lab (node worker-1)"
+answer=""
+for _ in $(seq 1 120); do
+  if answer=$("$KUBELING" lab exec worker-1 -- busybox wget -qO- -T 2 "http://$ip/" 2>/dev/null); then
+    break
+  fi
+  sleep 1
+done
+[[ -n $answer ]] || { echo "the service did not answer; see ~/.kubeling/lab/logs" >&2; exit 1; }
+echo "    $answer"
 
 step "what is running"
-"$VENV/bin/kubeling" get deployments -n demo
-"$VENV/bin/kubeling" get services -n demo -o wide
+"$KUBELING" lab status
+"$KUBELING" get pods -n demo -o wide
+"$KUBELING" get services -n demo -o wide
 
-cat <<'NEXT'
+cat <<NEXT
 
 Try next:
-  .venv/bin/kubeling get namespaces
-  .venv/bin/kubeling describe deployment web -n demo
-  .venv/bin/kubeling get pods -A -w          (Ctrl-C to stop)
-  .venv/bin/grpcurl -plaintext localhost:6443 list
-  make down                                  (stops the master)
+  $KUBELING get nodes -o wide
+  $KUBELING lab exec worker-2 -- busybox wget -qO- http://$ip/     (again: another pod may answer)
+  $KUBELING scale deployment web -n demo --replicas 6
+  $KUBELING lab exec worker-1 -- $KUBELING proxy explain worker-1 $ip:80
+  $KUBELING logs -n demo POD                   (a pod name from 'get pods')
+  $KUBELING lab stop worker-2                  (node loss: its pods move after ~50 s)
+  make down                                    (removes the whole lab)
 NEXT
