@@ -31,6 +31,10 @@ class ControllerSettings:
     node_monitor_period: float = 5.0
     # Default tolerationSeconds for the not-ready/unreachable NoExecute taints.
     pod_eviction_timeout: float = 300.0
+    # Node IPAM: pod CIDRs for Nodes are cut from this range ("" = none allocated,
+    # as Kubernetes' --allocate-node-cidrs=false), one subnet of this prefix each.
+    cluster_cidr: str = ""
+    node_cidr_mask_size: int = 24
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from kubeling.api.objects import clone
 from kubeling.client import Client
 from kubeling.client.events import EventRecorder
+from kubeling.client.informer import Informer
 from kubeling.common.rpc import Server
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
@@ -42,6 +43,8 @@ from kubeling.node.cni import write_bridge_cni_config
 from kubeling.v1 import core_pb2
 
 log = structlog.get_logger(__name__)
+
+NO_POD_CIDR_MESSAGE = "network not ready: no pod CIDR assigned"
 
 
 @dataclass
@@ -62,9 +65,12 @@ class KubeletConfig:
     backoff_reset: float = 600.0
     max_pods: int = 110
     # Where to write this node's bridge CNI config once its pod CIDR is known
-    # (from --pod-cidr or the Node's spec.podCIDR); None: managed elsewhere.
+    # (the Node's spec.podCIDR, else --pod-cidr); None: managed elsewhere. Until
+    # it is written the node is not Ready and pods get no sandbox.
     cni_conf_dir: Path | None = None
     cluster_cidr: str = "10.244.0.0/16"
+    # Routed from pods through their gateway (the node), where kube-proxy DNATs.
+    service_cidr: str = "10.96.0.0/12"
 
 
 class Kubelet:
@@ -100,6 +106,8 @@ class Kubelet:
         self.server: Server | None = None
         self.agent: NodeAgent | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._cni_cidr = ""  # the pod CIDR the CNI config was written for
+        self._network_waiting: set[str] = set()  # pods told that the network is not ready
 
     # ------------------------------------------------------------ lifecycle
 
@@ -121,32 +129,91 @@ class Kubelet:
             max_pods=self.config.max_pods,
         )
         self.agent = NodeAgent(self.api, self.runtime, settings)
+        self.agent.on_node = self._node_seen  # writes the CNI config once a CIDR shows
+        if self.config.cni_conf_dir is not None:
+            self.agent.network_message = NO_POD_CIDR_MESSAGE
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(grpc.aio.AioRpcError),
             wait=wait_exponential(multiplier=0.2, max=5),
         ):
             with attempt:
                 await self.agent.register()
-        self._write_cni_config()
         agent = self.agent
-        for name, coro in (
+        loops = [
             ("node-status", agent.status_loop()),
             ("lease", agent.lease_loop()),
             ("pod-watch", self._watch_pods()),
             ("relist", self._relist_loop()),
-        ):
+        ]
+        if self.config.cni_conf_dir is not None and not self._cni_cidr:
+            log.info("waiting for the node's pod CIDR", node=self.node_name)
+            loops.append(("pod-cidr", self._follow_pod_cidr()))
+        for name, coro in loops:
             self._tasks.append(asyncio.create_task(coro, name=f"kubelet-{name}"))
         log.info("kubelet started", node=self.node_name, port=port)
 
-    def _write_cni_config(self) -> None:
-        node = self.agent.node if self.agent else None
-        pod_cidr = (node.spec.pod_cidr if node else "") or self.config.pod_cidr
-        if self.config.cni_conf_dir is None or not pod_cidr:
+    # ------------------------------------------------------------ pod network
+
+    def _node_seen(self, node: core_pb2.Node) -> None:
+        """Write the CNI config when the node's pod CIDR is first known (the
+        master's node IPAM may assign it after registration)."""
+        pod_cidr = node.spec.pod_cidr or self.config.pod_cidr
+        conf_dir = self.config.cni_conf_dir
+        if conf_dir is None or not pod_cidr or pod_cidr == self._cni_cidr:
             return
-        write_bridge_cni_config(
-            self.config.cni_conf_dir, pod_cidr=pod_cidr, routes=[self.config.cluster_cidr]
-        )
-        log.info("CNI config written", pod_cidr=pod_cidr, dir=str(self.config.cni_conf_dir))
+        try:
+            write_bridge_cni_config(
+                conf_dir,
+                pod_cidr=pod_cidr,
+                routes=[self.config.cluster_cidr, self.config.service_cidr],
+            )
+        except (OSError, ValueError) as exc:
+            log.error("CNI config not written", pod_cidr=pod_cidr, error=str(exc))
+            return
+        self._cni_cidr = pod_cidr
+        log.info("CNI config written", pod_cidr=pod_cidr, dir=str(conf_dir))
+        if self.agent is not None:
+            self.agent.network_message = ""
+        self._network_waiting.clear()
+        for uid in list(self.desired):
+            self.workers.update(uid)  # pods held back for the network may start now
+
+    async def _follow_pod_cidr(self) -> None:
+        """Watch our Node until it has a pod CIDR, then post Ready at once."""
+        informer = Informer(self.api.nodes, field_selector=f"metadata.name={self.node_name}")
+        changed = asyncio.Event()
+        informer.add_handler(lambda kind, old, new: changed.set())
+        watch = asyncio.create_task(informer.run(), name="kubelet-node-watch")
+        try:
+            while not self._cni_cidr:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.config.status_interval)
+                changed.clear()
+                node = informer.get("", self.node_name)
+                if node is not None:
+                    self._node_seen(node)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        if self.agent is not None:
+            try:
+                await self.agent.post_status()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("node status not posted", error=exc.details())
+
+    def _network_blocks(self, pod: core_pb2.Pod, current: RuntimePod | None) -> bool:
+        """A pod needing a new sandbox on the pod network must wait for it."""
+        message = self.agent.network_message if self.agent is not None else ""
+        if not message or pod.spec.host_network or pod.metadata.HasField("deletion_timestamp"):
+            return False
+        sandbox = current.sandbox if current is not None else None
+        if sandbox is not None and sandbox.ready:
+            return False
+        if pod.metadata.uid not in self._network_waiting:
+            self._network_waiting.add(pod.metadata.uid)
+            self.recorder.record(pod, "Warning", "NetworkNotReady", message)
+        return True
 
     async def stop(self) -> None:
         """Stop the kubelet's loops; the pods keep running (a restarted kubelet
@@ -237,6 +304,8 @@ class Kubelet:
         if pod is not None and pod.metadata.HasField("deletion_timestamp"):
             self.probes.remove_pod(uid)  # a pod being deleted is not restarted
         current = (await self.relister.relist(uid)).get(uid)
+        if pod is not None and self._network_blocks(pod, current):
+            return SyncResult(retry_after=1.0)
         result = await self.syncer.sync(pod, current)
         if pod is None:
             self.probes.remove_pod(uid)

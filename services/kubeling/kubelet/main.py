@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write this node's bridge CNI config here once the pod CIDR is known",
     )
     p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="all nodes' pod CIDRs")
+    p.add_argument(
+        "--service-cidr", default="10.96.0.0/12", help="ClusterIPs, routed from pods via the node"
+    )
     p.add_argument("--image-dir", default="", help="import the image tarballs found here")
     p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -58,6 +61,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         pod_log_dir=args.pod_log_dir,
         cni_conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         cluster_cidr=args.cluster_cidr,
+        service_cidr=args.service_cidr,
         relist_period=args.relist_period,
         status_interval=args.status_interval,
         lease_duration=args.lease_duration,

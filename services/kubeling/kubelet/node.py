@@ -1,14 +1,17 @@
 """Register this node with the master, renew its Lease, post its conditions.
 
 Ready follows the runtime: False with a reason while CRI Status fails or reports
-the runtime or network not ready. Conditions are posted every status interval or
-at once when they change; the Lease is renewed every renew interval.
+the runtime or network not ready, and False (NetworkPluginNotReady) while the
+kubelet has no pod network to give pods (`network_message`, set by the kubelet
+until it knows the node's pod CIDR). Conditions are posted every status interval
+or at once when they change; the Lease is renewed every renew interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -48,6 +51,11 @@ class NodeAgent:
         self._runtime_version = ""
         self.ready = False
         self.node: core_pb2.Node | None = None
+        # Non-empty: the pod network is not ready (Ready=False, NetworkPluginNotReady).
+        self.network_message = ""
+        # Told about the Node whenever it is read (register, status posts), before
+        # its conditions are computed: the kubelet picks up spec.podCIDR here.
+        self.on_node: Callable[[core_pb2.Node], None] | None = None
 
     # ------------------------------------------------------------- conditions
 
@@ -67,11 +75,24 @@ class NodeAgent:
                 return False, "KubeletNotReady", f"container {what} is not ready: {detail}"
         return True, "KubeletReady", "kubelet is posting ready status"
 
+    async def health(self) -> tuple[bool, str, str]:
+        """(ready, reason, message): the runtime's health, then the pod network's."""
+        return self._with_network(await self.runtime_health())
+
+    def _with_network(self, health: tuple[bool, str, str]) -> tuple[bool, str, str]:
+        if health[0] and self.network_message:
+            return False, "NetworkPluginNotReady", self.network_message
+        return health
+
+    def _seen(self, node: core_pb2.Node) -> None:
+        if self.on_node is not None:
+            self.on_node(node)
+
     async def conditions(
         self, previous: core_pb2.Node | None, health: tuple[bool, str, str] | None = None
     ) -> list[meta_pb2.Condition]:
         """The node's conditions; `health` is a runtime check the caller just made."""
-        ready, reason, message = health or await self.runtime_health()
+        ready, reason, message = self._with_network(health or await self.runtime_health())
         self.ready = ready
         wanted = [
             ("Ready", "True" if ready else "False", reason, message),
@@ -142,6 +163,7 @@ class NodeAgent:
                 node.spec.pod_cidr = s.pod_cidr
                 if s.pod_cidr:
                     node.spec.pod_cidrs.append(s.pod_cidr)
+                self._seen(node)
                 status.conditions.extend(await self.conditions(None, health))
                 node.status.CopyFrom(status)
                 try:
@@ -157,6 +179,7 @@ class NodeAgent:
                 updated.spec.pod_cidr = s.pod_cidr
                 updated.spec.pod_cidrs.append(s.pod_cidr)
                 existing = await self.api.nodes.update(updated)
+            self._seen(existing)
             status.conditions.extend(await self.conditions(existing, health))
             fresh = clone(existing)
             fresh.status.CopyFrom(status)
@@ -173,6 +196,7 @@ class NodeAgent:
         s = self.settings
         for _ in range(5):
             current = await self.api.nodes.get(s.name)
+            self._seen(current)
             fresh = clone(current)
             del fresh.status.conditions[:]
             fresh.status.conditions.extend(await self.conditions(current))
@@ -196,7 +220,7 @@ class NodeAgent:
             deadline = loop.time() + self.settings.status_interval
             while loop.time() < deadline:
                 await asyncio.sleep(min(1.0, self.settings.status_interval))
-                ready, _, _ = await self.runtime_health()
+                ready, _, _ = await self.health()
                 if ready != posted_ready:
                     break
 

@@ -42,6 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--node-monitor-grace-period", type=float, default=50.0)
     parser.add_argument("--pod-eviction-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--cluster-cidr",
+        default="",
+        help='pod CIDRs for Nodes are allocated from this range ("": none are allocated)',
+    )
+    parser.add_argument(
+        "--node-cidr-mask-size", type=int, default=24, help="prefix length of each Node's pod CIDR"
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         controller_settings=ControllerSettings(
             node_monitor_grace_period=args.node_monitor_grace_period,
             pod_eviction_timeout=args.pod_eviction_timeout,
+            cluster_cidr=args.cluster_cidr,
+            node_cidr_mask_size=args.node_cidr_mask_size,
         ),
     )
     asyncio.run(serve(config))
