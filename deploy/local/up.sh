@@ -54,9 +54,11 @@ step "applying deploy/examples/demo.yaml (a Deployment of 3 web pods and a Servi
 
 ip=$("$KUBELING" get service web -n demo -o json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["spec"]["clusterIP"])')
 step "waiting for http://$ip/ to answer from inside the lab (node worker-1)"
+# (Debian's static busybox wget crashes on the host: fetch with Python.)
+fetch="import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())"
 answer=""
 for _ in $(seq 1 120); do
-  if answer=$("$KUBELING" lab exec worker-1 -- busybox wget -qO- -T 2 "http://$ip/" 2>/dev/null); then
+  if answer=$("$KUBELING" lab exec worker-1 -- python3 -c "$fetch" "http://$ip/" 2>/dev/null); then
     break
   fi
   sleep 1
@@ -73,7 +75,8 @@ cat <<NEXT
 
 Try next:
   $KUBELING get nodes -o wide
-  $KUBELING lab exec worker-2 -- busybox wget -qO- http://$ip/     (again: another pod may answer)
+  $KUBELING lab exec worker-2 -- python3 -c '$fetch' http://$ip/
+                                               (again: another pod may answer)
   $KUBELING scale deployment web -n demo --replicas 6
   $KUBELING lab exec worker-1 -- $KUBELING proxy explain worker-1 $ip:80
   $KUBELING logs -n demo POD                   (a pod name from 'get pods')

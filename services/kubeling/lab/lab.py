@@ -242,8 +242,8 @@ class Lab:
         try:
             self._up(options, progress)
         except BaseException:
-            progress("lab up failed; removing what was made")
-            self.down(progress=lambda _: None)
+            progress(f"lab up failed; removing what was made but the logs ({self.logs})")
+            self.down(progress=lambda _: None, keep_logs=True)
             raise
 
     def _up(self, options: LabOptions, progress: Callable[[str], None]) -> None:
@@ -467,12 +467,12 @@ class Lab:
         netns = state.master_netns if name == "master" else self.node(name).netns
         return ["nsenter", f"--net=/var/run/netns/{netns}", "--", *command]
 
-    def down(self, progress: Callable[[str], None] = print) -> None:
-        """Remove every process, pod, mount, namespace and file the lab made. Safe to
-        run again after a partial failure."""
+    def down(self, progress: Callable[[str], None] = print, keep_logs: bool = False) -> None:
+        """Remove every process, pod, mount, namespace and file the lab made (but the
+        logs, with `keep_logs`). Safe to run again after a partial failure."""
         state = self.state
         if state is None:
-            if self.dir.exists():
+            if self.dir.exists() and not keep_logs:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return
         for node in state.nodes:
@@ -485,7 +485,15 @@ class Lab:
             subprocess.run(["ip", "netns", "delete", state.master_netns], capture_output=True)
         for point in mounts_under(str(self.dir)):
             subprocess.run(["umount", "-l", point], capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if keep_logs:
+            for item in self.dir.iterdir():
+                if item != self.logs:
+                    if item.is_dir():
+                        shutil.rmtree(item, ignore_errors=True)
+                    else:
+                        item.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.state = None
 
     def _remove_node(self, node: NodeState) -> None:

@@ -46,6 +46,18 @@ class MasterConfig:
     controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
 
 
+def self_address(listen: str, port: int) -> str:
+    """Where the master's own controllers reach its API: the first listen address,
+    with a wildcard host replaced by loopback (and the bound port, for port 0)."""
+    first = listen.split(",")[0].strip()
+    if first.startswith("unix:"):
+        return first
+    host = first.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
@@ -88,8 +100,7 @@ class Master:
         controller = NamespaceController(self.registries)
         self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
         if self.config.controllers:
-            own = f"127.0.0.1:{self.server.port}"
-            runner = self._elected_controllers(own)
+            runner = self._elected_controllers(self_address(self.config.listen, self.server.port))
             self._tasks.append(asyncio.create_task(runner, name="controllers"))
         log.info("master serving", listen=self.config.listen, port=self.server.port)
         return int(self.server.port)

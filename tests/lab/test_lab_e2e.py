@@ -1,0 +1,266 @@
+"""End to end on a 3-worker lab: real master, and per node a real containerd, kubelet
+and kube-proxy in the node's own network namespace (kubeling.lab). Traffic stays in
+the lab's namespaces, which have no route off the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from kubeling.client import Client
+from kubeling.client.pods import pod_exec
+from kubeling.lab.lab import Lab, LabOptions, running_lab
+from kubeling.v1 import apps_pb2, core_pb2
+from tests.support.containerd import skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+
+NS = "default"
+GRACE = 8  # seconds without a Lease renewal before a node is Unknown
+
+WEB = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: busybox
+          command: ["sh", "-c"]
+          args: ["mkdir -p /www && hostname > /www/index.html && httpd -f -p 8080 -h /www"]
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+          resources: {requests: {cpu: 10m, memory: 8Mi}}
+"""
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+"""
+
+AGENT = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: default}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - {name: agent, image: busybox, command: ["sleep", "100000"]}
+"""
+
+# A client run inside a namespace: N HTTP GETs, the answers counted.
+FETCH = """
+import collections, json, sys, urllib.request
+url, count = sys.argv[1], int(sys.argv[2])
+answers = collections.Counter()
+for _ in range(count):
+    try:
+        answers[urllib.request.urlopen(url, timeout=3).read().decode().strip()] += 1
+    except OSError as exc:
+        answers["error: " + type(exc).__name__] += 1
+print(json.dumps(answers))
+"""
+
+
+def parse(text: str, message: Any) -> Any:
+    return json_format.ParseDict(yaml.safe_load(text), message)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    # A short folder: unix socket paths are limited to 108 bytes.
+    base = Path(f"/tmp/kltest-{secrets.token_hex(3)}")
+    options = LabOptions(
+        nodes=3,
+        prefix=f"klt{secrets.token_hex(2)}-",
+        master_args=[
+            "--node-monitor-grace-period", str(GRACE),
+            "--pod-eviction-timeout", "2",
+        ],
+        kubelet_args=[
+            "--lease-duration", str(GRACE),
+            "--lease-renew-interval", "1",
+            "--status-interval", "2",
+        ],
+        proxy_args=["--min-sync-interval", "0.2"],
+    )  # fmt: skip
+    with running_lab(base, options) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(lab: Lab) -> AsyncIterator[Client]:
+    client = Client(lab.server, timeout=20)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.5)
+
+
+def ready(pod: core_pb2.Pod) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions
+    )
+
+
+async def pods(api: Client, app: str) -> list[core_pb2.Pod]:
+    listed = await api.pods.list(NS, label_selector=f"app={app}")
+    return [p for p in listed.items if not p.metadata.HasField("deletion_timestamp")]
+
+
+def fetch(lab: Lab, where: str, url: str, count: int) -> Counter[str]:
+    done = subprocess.run(
+        lab.exec_command(where, [sys.executable, "-c", FETCH, url, str(count)]),
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return Counter(json.loads(done.stdout))
+
+
+async def test_nodes_join_with_their_own_pod_cidrs(lab: Lab, api: Client) -> None:
+    async def all_ready() -> bool:
+        nodes = (await api.nodes.list()).items
+        return len(nodes) == 3 and all(
+            any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+            for n in nodes
+        )
+
+    await eventually(all_ready)
+    nodes = (await api.nodes.list()).items
+    assert sorted(n.metadata.name for n in nodes) == ["worker-1", "worker-2", "worker-3"]
+    cidrs = {n.spec.pod_cidr for n in nodes}
+    assert len(cidrs) == 3 and all(c.startswith("10.244.") for c in cidrs)
+
+
+async def test_deployment_spreads_and_pods_reach_pods_on_other_nodes(lab: Lab, api: Client) -> None:
+    await api.deployments.create(parse(WEB, apps_pb2.Deployment()))
+    await api.services.create(parse(SERVICE, core_pb2.Service()))
+
+    async def all_ready() -> bool:
+        found = await pods(api, "web")
+        return len(found) == 6 and all(ready(p) for p in found)
+
+    await eventually(all_ready, within=180)
+    found = await pods(api, "web")
+    assert Counter(p.spec.node_name for p in found) == {
+        "worker-1": 2, "worker-2": 2, "worker-3": 2,
+    }  # fmt: skip
+    # Every pod is in its node's pod CIDR.
+    cidrs = {n.metadata.name: n.spec.pod_cidr for n in (await api.nodes.list()).items}
+    for pod in found:
+        prefix = cidrs[pod.spec.node_name].rsplit(".", 1)[0]
+        assert pod.status.pod_ip.startswith(prefix + "."), (pod.status.pod_ip, cidrs)
+    # A pod reaches a pod on another node by IP.
+    client = found[0]
+    other = next(p for p in found if p.spec.node_name != client.spec.node_name)
+    reply = await pod_exec(
+        api, NS, client.metadata.name, ["wget", "-qO-", f"http://{other.status.pod_ip}:8080/"]
+    )
+    assert reply.exit_code == 0, reply
+    assert reply.stdout.decode().strip() == other.metadata.name
+
+
+async def test_cluster_ip_answers_from_every_node_and_balances_over_all_nodes(
+    lab: Lab, api: Client
+) -> None:
+    service = await api.services.get("web", NS)
+    pod_node = {p.metadata.name: p.spec.node_name for p in await pods(api, "web")}
+    url = f"http://{service.spec.cluster_ip}/"
+    for node in ("worker-1", "worker-2", "worker-3"):
+        answers = await asyncio.to_thread(fetch, lab, node, url, 40)
+        assert set(answers) <= set(pod_node), answers  # no errors, only our pods
+        assert {pod_node[name] for name in answers} == {"worker-1", "worker-2", "worker-3"}
+
+
+async def test_node_port_answers_on_every_node(lab: Lab, api: Client) -> None:
+    pod_names = {p.metadata.name for p in await pods(api, "web")}
+    assert lab.state is not None
+    for node in lab.state.nodes:
+        # From the lab network, outside every node.
+        answers = await asyncio.to_thread(fetch, lab, "master", f"http://{node.ip}:30080/", 10)
+        assert set(answers) <= pod_names and sum(answers.values()) == 10, answers
+
+
+async def test_daemonset_runs_one_pod_per_node(lab: Lab, api: Client) -> None:
+    await api.daemon_sets.create(parse(AGENT, apps_pb2.DaemonSet()))
+
+    async def one_each() -> bool:
+        found = await pods(api, "agent")
+        return sorted(p.spec.node_name for p in found if ready(p)) == [
+            "worker-1", "worker-2", "worker-3",
+        ]  # fmt: skip
+
+    await eventually(one_each, within=180)
+
+
+async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, api: Client) -> None:
+    lost = "worker-3"
+    await asyncio.to_thread(lab.stop_node, lost)
+
+    async def not_ready() -> bool:
+        node = await api.nodes.get(lost)
+        return any(c.type == "Ready" and c.status != "True" for c in node.status.conditions)
+
+    await eventually(not_ready, within=GRACE * 4)
+
+    async def replaced() -> bool:
+        found = [p for p in await pods(api, "web") if ready(p)]
+        return len(found) == 6 and all(p.spec.node_name != lost for p in found)
+
+    await eventually(replaced, within=180)
+
+    await asyncio.to_thread(lab.start_node, lost)
+
+    async def back() -> bool:
+        node = await api.nodes.get(lost)
+        bound = (await api.pods.list(NS, field_selector=f"spec.nodeName={lost}")).items
+        web_left = [p for p in bound if p.metadata.labels.get("app") == "web"]
+        return (
+            any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+            and not web_left  # its stale web pods were cleaned up
+        )
+
+    await eventually(back, within=180)
+    # It takes new pods: scale up, the emptiest node gets them.
+    deployment = await api.deployments.get("web", NS)
+    deployment.spec.replicas = 9
+    await api.deployments.update(deployment)
+
+    async def scheduled_there() -> bool:
+        found = [p for p in await pods(api, "web") if ready(p)]
+        return len(found) == 9 and any(p.spec.node_name == lost for p in found)
+
+    await eventually(scheduled_there, within=180)
