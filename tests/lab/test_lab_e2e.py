@@ -124,11 +124,34 @@ async def api(lab: Lab) -> AsyncIterator[Client]:
         await client.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 120.0) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = 120.0, api: Client | None = None
+) -> None:
     deadline = time.monotonic() + within
     while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time" + (await snapshot(api) if api else ""))
         await asyncio.sleep(0.5)
+
+
+async def snapshot(api: Client) -> str:
+    """Pods, nodes and recent events, for a failure message."""
+    lines = ["", "pods:"]
+    for pod in (await api.pods.list(NS)).items:
+        lines.append(
+            f"  {pod.metadata.name} node={pod.spec.node_name} phase={pod.status.phase} "
+            f"ip={pod.status.pod_ip} deleting={pod.metadata.HasField('deletion_timestamp')} "
+            f"ready={ready(pod)}"
+        )
+    lines.append("nodes:")
+    for node in (await api.nodes.list()).items:
+        conditions = {c.type: c.status for c in node.status.conditions}
+        taints = [t.key for t in node.spec.taints]
+        lines.append(f"  {node.metadata.name} {conditions} taints={taints}")
+    lines.append("events:")
+    for event in (await api.events.list(NS)).items[-30:]:
+        lines.append(f"  {event.involved_object.name}: {event.reason} {event.message}")
+    return "\n".join(lines)
 
 
 def ready(pod: core_pb2.Pod) -> bool:
@@ -187,10 +210,10 @@ async def test_deployment_spreads_and_pods_reach_pods_on_other_nodes(lab: Lab, a
     client = found[0]
     other = next(p for p in found if p.spec.node_name != client.spec.node_name)
     reply = await pod_exec(
-        api, NS, client.metadata.name, ["wget", "-qO-", f"http://{other.status.pod_ip}:8080/"]
+        api, client.metadata.name, ["wget", "-qO-", f"http://{other.status.pod_ip}:8080/"], NS
     )
     assert reply.exit_code == 0, reply
-    assert reply.stdout.decode().strip() == other.metadata.name
+    assert reply.stdout.strip() == other.metadata.name
 
 
 async def test_cluster_ip_answers_from_every_node_and_balances_over_all_nodes(
@@ -240,7 +263,7 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         found = [p for p in await pods(api, "web") if ready(p)]
         return len(found) == 6 and all(p.spec.node_name != lost for p in found)
 
-    await eventually(replaced, within=180)
+    await eventually(replaced, within=180, api=api)
 
     await asyncio.to_thread(lab.start_node, lost)
 
@@ -250,10 +273,11 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         web_left = [p for p in bound if p.metadata.labels.get("app") == "web"]
         return (
             any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+            and not node.spec.taints  # the node lifecycle controller lifted them
             and not web_left  # its stale web pods were cleaned up
         )
 
-    await eventually(back, within=180)
+    await eventually(back, within=180, api=api)
     # It takes new pods: scale up, the emptiest node gets them.
     deployment = await api.deployments.get("web", NS)
     deployment.spec.replicas = 9
@@ -263,4 +287,4 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         found = [p for p in await pods(api, "web") if ready(p)]
         return len(found) == 9 and any(p.spec.node_name == lost for p in found)
 
-    await eventually(scheduled_there, within=180)
+    await eventually(scheduled_there, within=180, api=api)
