@@ -168,9 +168,10 @@ class ResourceClient(Generic[T]):
 
 
 class Client:
-    def __init__(self, target: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, target: str, timeout: float | None = 30.0, token: str = "") -> None:
+        """`token`: the master's join token, which a node needs to register."""
         self.target = target
-        self.channel = make_channel(target)
+        self.channel = make_channel(target, token=token)
         self.namespaces: ResourceClient[core_pb2.Namespace] = self._make(kinds.NAMESPACE, timeout)
         self.nodes: ResourceClient[core_pb2.Node] = self._make(kinds.NODE, timeout)
         self.pods: ResourceClient[core_pb2.Pod] = self._make(kinds.POD, timeout)

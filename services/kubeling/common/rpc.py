@@ -39,9 +39,13 @@ class Server:
     """A grpc.aio server with reflection and health for the given services."""
 
     def __init__(
-        self, listen: str, handlers: Iterable[grpc.GenericRpcHandler], services: Iterable[str]
+        self,
+        listen: str,
+        handlers: Iterable[grpc.GenericRpcHandler],
+        services: Iterable[str],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
-        self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self._server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=list(interceptors))
         self._server.add_generic_rpc_handlers(tuple(handlers))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -77,9 +81,16 @@ class Server:
         await self._server.wait_for_termination()
 
 
-def channel(target: str, options: Sequence[tuple[str, int | str]] = ()) -> grpc.aio.Channel:
+def channel(
+    target: str, options: Sequence[tuple[str, int | str]] = (), token: str = ""
+) -> grpc.aio.Channel:
     """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
-    local runtime socket (unix://...); `options` override the defaults."""
+    local runtime socket (unix://...); `options` override the defaults; `token`, the
+    join token, is sent with every call (see common/token.py)."""
+    from kubeling.common.token import client_interceptors
+
     merged = dict(_CHANNEL_OPTIONS)
     merged.update(dict(options))
-    return grpc.aio.insecure_channel(target, options=list(merged.items()))
+    return grpc.aio.insecure_channel(
+        target, options=list(merged.items()), interceptors=client_interceptors(token)
+    )

@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kubeling-kubelet", description=__doc__)
     p.add_argument("--master", default=os.environ.get("KUBELING_SERVER", "localhost:6443"))
     p.add_argument("--node-name", default=machine.hostname())
+    p.add_argument(
+        "--token",
+        default=os.environ.get("KUBELING_TOKEN", ""),
+        help="the master's join token (kubeling-master prints the join command)",
+    )
     p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--listen", default="0.0.0.0:10250", help="the kubelet API (logs, exec)")
     p.add_argument("--node-ip", default="", help="the node's InternalIP (default: detected)")
@@ -80,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
         address = config.runtime_endpoint.removeprefix("unix://")
         await asyncio.to_thread(import_images, Path(args.image_dir), address)
     runtime = RuntimeClient(config.runtime_endpoint)
-    api = Client(config.master)
+    api = Client(config.master, token=args.token)
     kubelet = Kubelet(config, runtime, api)
     await kubelet.start()
     stop = asyncio.Event()

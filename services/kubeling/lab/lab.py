@@ -183,6 +183,10 @@ class Lab:
         """The master's address for the CLI and clients on this machine."""
         return f"unix:{self.master_socket}"
 
+    @property
+    def token_file(self) -> Path:
+        return self.dir / "master" / "join-token"
+
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
 
@@ -271,6 +275,7 @@ class Lab:
                 "--data-dir", str(self.dir / "master"),
                 "--service-cidr", SERVICE_CIDR,
                 "--cluster-cidr", CLUSTER_CIDR,
+                "--join-token-file", str(self.token_file),
                 *options.master_args,
             ),
             str(self.dir / "master"),
@@ -364,6 +369,7 @@ class Lab:
                 "kubeling.kubelet.main",
                 "--master", master,
                 "--node-name", name,
+                "--token", self.token_file.read_text().strip(),
                 "--runtime-endpoint", f"unix://{socket}",
                 "--listen", "0.0.0.0:10250",
                 "--node-ip", node.ip,

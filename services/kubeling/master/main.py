@@ -10,7 +10,9 @@ from pathlib import Path
 
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
+from kubeling.common.token import load_or_create
 from kubeling.controllers.manager import ControllerSettings
+from kubeling.kubelet import machine
 from kubeling.master.server import Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
@@ -50,8 +52,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--node-cidr-mask-size", type=int, default=24, help="prefix length of each Node's pod CIDR"
     )
+    parser.add_argument(
+        "--join-token-file",
+        type=Path,
+        default=None,
+        help="require this file's token to register a Node (made, random, if missing)",
+    )
+    parser.add_argument(
+        "--advertise-address",
+        default="",
+        help="the address workers use, for the join command (default: the listen host "
+        "or this machine's address)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
+
+
+def join_command(listen: str, advertise: str, token: str) -> str:
+    """What to run on a worker to join this master."""
+    first = listen.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not advertise:
+        advertise = host if host not in ("", "0.0.0.0", "[::]") else machine.node_ip()
+    return (
+        f"kubeling-kubelet --master {advertise}:{port or 6443} --token {token} "
+        "--node-name $(hostname)"
+    )
 
 
 async def serve(config: MasterConfig) -> None:
@@ -69,7 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_process_name("kubeling-master")
     setup_logging(args.log_level)
+    token = ""
+    if args.join_token_file is not None:
+        token = load_or_create(args.join_token_file)
+        print(
+            "To join a worker, run on it (with containerd running; see deploy/README.md):\n  "
+            + join_command(args.listen, args.advertise_address, token),
+            flush=True,
+        )
     config = MasterConfig(
+        join_token=token,
         listen=args.listen,
         data_dir=args.data_dir or default_data_dir(),
         service_cidr=args.service_cidr,

@@ -16,6 +16,7 @@ from kubeling.api.errors import ApiError
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
 from kubeling.client import Client
 from kubeling.common.rpc import Server
+from kubeling.common.token import RequireToken
 from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
 from kubeling.master.api_service import ResourceService
@@ -44,6 +45,8 @@ class MasterConfig:
     # names to pick some, empty for none (then they can run as their own process).
     controllers: set[str] = field(default_factory=lambda: {"*"})
     controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
+    # When set, registering a Node (Nodes/Create) needs this token (common/token.py).
+    join_token: str = ""
 
 
 def self_address(listen: str, port: int) -> str:
@@ -95,6 +98,7 @@ class Master:
                 for r in self.registries.values()
             ],
             [kind.service for kind in ALL_KINDS],
+            [RequireToken(self.config.join_token)] if self.config.join_token else [],
         )
         await self.server.start()
         controller = NamespaceController(self.registries)

@@ -468,3 +468,35 @@ def remove_leftovers(
         if result.returncode == 0:
             unmounted.append(point)
     return Leftovers(tuple(deleted), tuple(pids), tuple(unmounted))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m kubeling.node.containerd config --out /etc/containerd/config.toml`:
+    the containerd config of a worker node installed by hand (deploy/README.md)."""
+    import argparse
+
+    from kubeling.node.images import PAUSE_IMAGE
+
+    parser = argparse.ArgumentParser(prog="python -m kubeling.node.containerd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config = sub.add_parser("config", help="write containerd's config for a kubeling node")
+    config.add_argument("--out", type=Path, default=Path("/etc/containerd/config.toml"))
+    config.add_argument("--root", default="/var/lib/containerd")
+    config.add_argument("--state", default="/run/containerd")
+    config.add_argument("--address", default="/run/containerd/containerd.sock")
+    config.add_argument("--cni-conf-dir", default="/etc/kubeling/net.d")
+    args = parser.parse_args(argv)
+    path = write_containerd_config(
+        args.out,
+        root=args.root,
+        state=args.state,
+        grpc_address=args.address,
+        cni_conf_dir=args.cni_conf_dir,
+        sandbox_image=PAUSE_IMAGE,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
