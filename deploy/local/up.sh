@@ -80,6 +80,6 @@ Try next:
   $KUBELING scale deployment web -n demo --replicas 6
   $KUBELING lab exec worker-1 -- $KUBELING proxy explain worker-1 $ip:80
   $KUBELING logs -n demo POD                   (a pod name from 'get pods')
-  $KUBELING lab stop worker-2                  (node loss: its pods move after ~50 s)
+  $KUBELING lab stop worker-2                  (node loss: NotReady after 50 s, pods move 5 min later)
   make down                                    (removes the whole lab)
 NEXT
