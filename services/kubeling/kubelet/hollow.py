@@ -14,13 +14,13 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from kubeling.client import Client
+from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
@@ -91,12 +91,8 @@ class HollowCluster:
 async def _main(args: argparse.Namespace) -> None:
     cluster = HollowCluster(args.master, args.nodes, HollowSettings(prefix=args.prefix))
     await cluster.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(asyncio.CancelledError):
-        await stop.wait()
+        await until_terminated()
     await cluster.stop()
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from pathlib import Path
 
 import structlog
 
 from kubeling.client import Client
+from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.cri.client import RuntimeClient
@@ -88,11 +88,7 @@ async def run(args: argparse.Namespace) -> None:
     api = Client(config.master, token=args.token)
     kubelet = Kubelet(config, runtime, api)
     await kubelet.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     await kubelet.stop()
     await api.close()
     await runtime.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from pathlib import Path
 
+from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.common.token import load_or_create
@@ -83,11 +83,7 @@ def join_command(listen: str, advertise: str, token: str) -> str:
 async def serve(config: MasterConfig) -> None:
     master = Master(config)
     await master.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     await master.stop()
 
 

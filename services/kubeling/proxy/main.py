@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 
 import structlog
 
 from kubeling.client import Client
+from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.kubelet import machine
@@ -66,11 +66,7 @@ async def run(args: argparse.Namespace) -> None:
     grpc_server = await server.serve_proxy_api(args.listen, proxy)
     await proxy.start()
     log.info("kube-proxy running", node=args.node_name, listen=args.listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_terminated()
     await proxy.stop()
     await grpc_server.stop(0.5)
     await runner.cleanup()

@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +19,8 @@ from kubeling.cli.config import save_config
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.lab.lab import Lab, LabError, LabOptions, default_dir
+
+T = TypeVar("T")
 
 
 def register(subparsers: SubParsers) -> None:
@@ -47,22 +51,24 @@ def _lab(args: argparse.Namespace) -> Lab:
     return Lab(args.dir)
 
 
-async def run_up(args: argparse.Namespace, ctx: Context) -> int:
-    lab = _lab(args)
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking lab call, off the event loop, its errors as CLI errors."""
     try:
-        await asyncio.to_thread(lab.up, LabOptions(nodes=args.nodes), lambda m: ctx.out(f"==> {m}"))
+        return await asyncio.to_thread(fn, *args)
     except LabError as exc:
         raise CliError(f"error: {exc}") from None
+
+
+async def run_up(args: argparse.Namespace, ctx: Context) -> int:
+    lab = _lab(args)
+    await _run(lab.up, LabOptions(nodes=args.nodes), lambda m: ctx.out(f"==> {m}"))
     path = save_config(lab.server)
     ctx.out(f"lab is up; `kubeling` now talks to {lab.server} (saved in {path})")
     return 0
 
 
 async def run_status(args: argparse.Namespace, ctx: Context) -> int:
-    try:
-        rows = _lab(args).status()
-    except LabError as exc:
-        raise CliError(f"error: {exc}") from None
+    rows = await _run(_lab(args).status)
     table = Table(box=None, pad_edge=False)
     for column in ("NODE", "NETNS", "ADDRESS", "POD CIDR", "PROCESSES", "LOGS"):
         table.add_column(column)
@@ -73,7 +79,7 @@ async def run_status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def run_down(args: argparse.Namespace, ctx: Context) -> int:
-    await asyncio.to_thread(_lab(args).down, lambda m: ctx.out(f"==> {m}"))
+    await _run(_lab(args).down, lambda m: ctx.out(f"==> {m}"))
     ctx.out("lab is down")
     return 0
 
@@ -84,27 +90,18 @@ async def run_exec(args: argparse.Namespace, ctx: Context) -> int:
         command = command[1:]
     if not command:
         raise CliError("error: give a command: lab exec NODE -- CMD ARGS...")
-    try:
-        argv = _lab(args).exec_command(args.node, command)
-    except LabError as exc:
-        raise CliError(f"error: {exc}") from None
+    argv = await _run(_lab(args).exec_command, args.node, command)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # the command takes over the terminal and exit status
 
 
 async def run_stop(args: argparse.Namespace, ctx: Context) -> int:
-    try:
-        await asyncio.to_thread(_lab(args).stop_node, args.node)
-    except LabError as exc:
-        raise CliError(f"error: {exc}") from None
+    await _run(_lab(args).stop_node, args.node)
     ctx.out(f"node {args.node}: kubelet, kube-proxy and containerd stopped")
     return 0
 
 
 async def run_start(args: argparse.Namespace, ctx: Context) -> int:
-    try:
-        await asyncio.to_thread(_lab(args).start_node, args.node)
-    except LabError as exc:
-        raise CliError(f"error: {exc}") from None
+    await _run(_lab(args).start_node, args.node)
     ctx.out(f"node {args.node}: started")
     return 0
