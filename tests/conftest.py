@@ -7,30 +7,22 @@ from pathlib import Path
 import pytest
 
 from kubeling.client import Client
-from tests.support.processes import MasterProcess
+from tests.support.processes import MasterProcess, running_master
 
 
 @pytest.fixture(scope="module")
 def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     """A real master process for the tests of one module."""
     # No controllers or scheduler: API tests see exactly what they wrote.
-    proc = MasterProcess(
-        tmp_path_factory.mktemp("master"), None, "--bookmark-interval", "1", "--controllers="
-    )
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("master")
+    with running_master(base, "--bookmark-interval", "1", "--controllers=") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def api(master: MasterProcess) -> AsyncIterator[Client]:
-    client = Client(master.address, timeout=10)
-    try:
+    async with Client(master.address, timeout=10) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture

@@ -240,18 +240,15 @@ async def test_watch_sends_periodic_bookmarks(api: Client) -> None:
 async def test_watch_from_a_too_old_revision_is_out_of_range(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    from tests.support.processes import MasterProcess
+    from tests.support.processes import running_master
 
-    small = MasterProcess(tmp_path_factory.mktemp("small"), None, "--history", "20").start()
-    try:
+    with running_master(tmp_path_factory.mktemp("small"), "--history", "20") as small:
         async with Client(small.address) as client:
             for i in range(60):
                 await client.pods.create(make_pod(f"old{i}"))
             events = client.pods.watch("default", resource_version="2")
             error = await expect_code(grpc.StatusCode.OUT_OF_RANGE, anext(events))
             assert "too old resource version" in (error.details() or "")
-    finally:
-        small.stop()
 
 
 async def test_pod_deletion_is_graceful_when_bound_to_a_node(api: Client) -> None:

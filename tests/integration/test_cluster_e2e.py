@@ -21,9 +21,9 @@ from kubeling.client import Client
 from kubeling.controllers.manager import ControllerSettings
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
-from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import apps_pb2
-from tests.kubelet.test_kubelet_fake import eventually
+from tests.support.inprocess import in_process_master
+from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,7 +32,6 @@ NODES = ("e2e-a", "e2e-b", "e2e-c")
 
 @dataclass
 class Cluster:
-    master: Master
     api: Client
     kubelets: dict[str, Kubelet]
 
@@ -50,40 +49,30 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     settings = ControllerSettings(
         node_monitor_grace_period=3.0, node_monitor_period=0.5, pod_eviction_timeout=1.0
     )
-    master = Master(
-        MasterConfig(
-            listen="127.0.0.1:0",
-            data_dir=tmp_path / "master",
-            bookmark_interval=1.0,
-            controller_settings=settings,
-        )
-    )
-    port = await master.start()
-    address = f"127.0.0.1:{port}"
-    api = Client(address)
-    kubelets: dict[str, Kubelet] = {}
-    for i, name in enumerate(NODES):
-        cidr = f"10.244.{10 + i}.0/24"
-        config = KubeletConfig(
-            master=address,
-            node_name=name,
-            listen="",
-            node_ip=f"127.0.0.{10 + i}",
-            pod_cidr=cidr,
-            pod_log_dir=tmp_path / name,
-            relist_period=0.2,
-            status_interval=1.0,
-            lease_renew_interval=0.5,
-        )
-        kubelets[name] = Kubelet(config, FakeRuntime(pod_cidr=cidr), api)
-        await kubelets[name].start()
-    try:
-        yield Cluster(master, api, kubelets)
-    finally:
-        for kubelet in kubelets.values():
-            await kubelet.stop()
-        await api.close()
-        await master.stop()
+    async with in_process_master(
+        tmp_path / "master", {"*"}, settings, client_timeout=30.0, bookmark_interval=1.0
+    ) as api:
+        kubelets: dict[str, Kubelet] = {}
+        for i, name in enumerate(NODES):
+            cidr = f"10.244.{10 + i}.0/24"
+            config = KubeletConfig(
+                master=api.target,
+                node_name=name,
+                listen="",
+                node_ip=f"127.0.0.{10 + i}",
+                pod_cidr=cidr,
+                pod_log_dir=tmp_path / name,
+                relist_period=0.2,
+                status_interval=1.0,
+                lease_renew_interval=0.5,
+            )
+            kubelets[name] = Kubelet(config, FakeRuntime(pod_cidr=cidr), api)
+            await kubelets[name].start()
+        try:
+            yield Cluster(api, kubelets)
+        finally:
+            for kubelet in kubelets.values():
+                await kubelet.stop()
 
 
 def deployment(name: str, replicas: int) -> apps_pb2.Deployment:
@@ -120,7 +109,7 @@ async def test_deployment_spreads_runs_and_is_garbage_collected(cluster: Cluster
         running = await cluster.running_pods("app=spread")
         return running if len(running) == 6 else []
 
-    running = await eventually(six_running, 30)
+    running = await eventually_passes(six_running, 30)
     assert Counter(node for _, node in running) == {name: 2 for name in NODES}
 
     await api.deployments.delete("spread", "default")
@@ -130,7 +119,7 @@ async def test_deployment_spreads_runs_and_is_garbage_collected(cluster: Cluster
         pods = (await api.pods.list("default", "app=spread")).items
         return not replica_sets and not pods
 
-    await eventually(all_gone, 30)
+    await eventually_passes(all_gone, 30)
 
 
 async def test_node_that_stops_heartbeating_loses_its_pods(cluster: Cluster) -> None:
@@ -141,7 +130,7 @@ async def test_node_that_stops_heartbeating_loses_its_pods(cluster: Cluster) -> 
         running = await cluster.running_pods("app=survivor")
         return running if len(running) == 3 else []
 
-    before = await eventually(three_running, 30)
+    before = await eventually_passes(three_running, 30)
     lost = before[0][1]
     await cluster.kubelets[lost].stop()  # the node goes silent: no lease, no status
 
@@ -150,7 +139,7 @@ async def test_node_that_stops_heartbeating_loses_its_pods(cluster: Cluster) -> 
         on_live = [p for p in running if p[1] != lost]
         return on_live if len(on_live) == 3 else []
 
-    after = await eventually(moved, 60)
+    after = await eventually_passes(moved, 60)
     assert all(node != lost for _, node in after)
     node = await api.nodes.get(lost)
     ready = next(c for c in node.status.conditions if c.type == "Ready")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,45 +21,22 @@ from kubeling.api.objects import clone, now
 from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION
 from kubeling.client import Client
 from kubeling.controllers.manager import ControllerSettings
-from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+from tests.support import waiting
+from tests.support.inprocess import in_process_master
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NS = "default"
 
+eventually = functools.partial(waiting.eventually, within=15.0, interval=0.1)
 
-@contextlib.asynccontextmanager
-async def cluster(tmp_path: Path, *controllers: str) -> AsyncIterator[Client]:
+
+def cluster(tmp_path: Path, *controllers: str) -> contextlib.AbstractAsyncContextManager[Client]:
     settings = ControllerSettings(
         node_monitor_grace_period=2, node_monitor_period=0.5, pod_eviction_timeout=1
     )
-    config = MasterConfig(
-        listen="127.0.0.1:0",
-        data_dir=tmp_path,
-        controllers=set(controllers),
-        controller_settings=settings,
-        bookmark_interval=1.0,
-    )
-    master = Master(config)
-    port = await master.start()
-    api = Client(f"127.0.0.1:{port}", timeout=10)
-    try:
-        yield api
-    finally:
-        await api.close()
-        await master.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 15.0) -> Any:
-    """Poll until `check` returns something truthy; return it."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+    return in_process_master(tmp_path, controllers, settings, bookmark_interval=1.0)
 
 
 def make_node(

@@ -11,21 +11,17 @@ import pytest
 from kubeling.client import Client
 from kubeling.master.main import join_command
 from kubeling.v1 import core_pb2
-from tests.support.processes import MasterProcess
+from tests.support.processes import MasterProcess, running_master
 
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MasterProcess, str]]:
     base = tmp_path_factory.mktemp("guarded")
     token_file = base / "join-token"
-    proc = MasterProcess(base, None, "--controllers=", "--join-token-file", str(token_file))
-    proc.start()
-    try:
+    with running_master(base, "--controllers=", "--join-token-file", str(token_file)) as proc:
         token = token_file.read_text().strip()
         assert token_file.stat().st_mode & 0o777 == 0o600
         yield proc, token
-    finally:
-        proc.stop()
 
 
 def node(name: str) -> core_pb2.Node:

@@ -22,6 +22,7 @@ from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2
 from tests.integration.test_kubelet_api import FakeNode, cri_line, make_pod
+from tests.support.inprocess import serving
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -75,18 +76,14 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     master = Master(MasterConfig(listen="127.0.0.1:0", data_dir=base / "master"))
     proxy = PodProxy(master.registries["Pod"], master.registries["Node"])
     master.extra_methods["Pod"] = proxy.methods()
-    port = await master.start()
-    address = f"127.0.0.1:{port}"
-    api = Client(address, timeout=10)
-    await api.nodes.create(node_object("node-1", "127.0.0.1", kubelet.port))
-    # A node whose kubelet is down, and one that never said where its kubelet is.
-    await api.nodes.create(node_object("dead-node", "127.0.0.1", free_port()))
-    await api.nodes.create(node_object("mute-node", None, 0))
     try:
-        yield Cluster(master, address, api, node)
+        async with serving(master) as api:
+            await api.nodes.create(node_object("node-1", "127.0.0.1", kubelet.port))
+            # A node whose kubelet is down, and one that never said where its kubelet is.
+            await api.nodes.create(node_object("dead-node", "127.0.0.1", free_port()))
+            await api.nodes.create(node_object("mute-node", None, 0))
+            yield Cluster(master, api.target, api, node)
     finally:
-        await api.close()
-        await master.stop()
         await proxy.close()
         await kubelet.stop(0)
 

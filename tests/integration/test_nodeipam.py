@@ -4,56 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from kubeling.client import Client
 from kubeling.controllers.manager import ControllerSettings
-from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2
+from tests.support import waiting
+from tests.support.inprocess import in_process_master
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
+eventually = functools.partial(waiting.eventually, within=15.0, interval=0.1)
 
-@contextlib.asynccontextmanager
-async def cluster(
+
+def cluster(
     tmp_path: Path,
     cluster_cidr: str = "10.244.0.0/16",
     mask_size: int = 24,
     controllers: frozenset[str] = frozenset({"nodeipam"}),
-) -> AsyncIterator[Client]:
+) -> contextlib.AbstractAsyncContextManager[Client]:
     settings = ControllerSettings(cluster_cidr=cluster_cidr, node_cidr_mask_size=mask_size)
-    config = MasterConfig(
-        listen="127.0.0.1:0",
-        data_dir=tmp_path,
-        controllers=set(controllers),
-        controller_settings=settings,
-        bookmark_interval=1.0,
-    )
-    master = Master(config)
-    port = await master.start()
-    api = Client(f"127.0.0.1:{port}", timeout=10)
-    try:
-        yield api
-    finally:
-        await api.close()
-        await master.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 15.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
+    return in_process_master(tmp_path, controllers, settings, bookmark_interval=1.0)
 
 
 async def add_node(api: Client, name: str, pod_cidr: str = "") -> core_pb2.Node:

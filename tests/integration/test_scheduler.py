@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from kubeling.client import Client
-from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2
+from tests.support.inprocess import in_process_master
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -47,13 +47,6 @@ def make_pod(name: str, cpu: str = "100m", owner: str = "") -> core_pb2.Pod:
     return pod
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def node_of(api: Client, name: str) -> str:
     node_name: str = ""
 
@@ -68,16 +61,8 @@ async def node_of(api: Client, name: str) -> str:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Client]:
-    master = Master(
-        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers={"scheduler"})
-    )
-    port = await master.start()
-    client = Client(f"127.0.0.1:{port}", timeout=10)
-    try:
+    async with in_process_master(tmp_path, {"scheduler"}) as client:
         yield client
-    finally:
-        await client.close()
-        await master.stop()
 
 
 async def add_nodes(api: Client, *nodes: core_pb2.Node) -> None:

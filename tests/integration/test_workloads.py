@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from kubeling.api.objects import clone, now
 from kubeling.client import Client
-from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import apps_pb2, core_pb2
+from tests.support import waiting
+from tests.support.inprocess import in_process_master
 
 KUBELING = Path(sys.executable).parent / "kubeling"
 NS = "default"
+
+eventually = functools.partial(waiting.eventually, within=20.0, interval=0.1)
 
 
 class Cluster:
@@ -73,39 +76,16 @@ async def _fake_kubelet(cluster: Cluster) -> None:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    master = Master(
-        MasterConfig(
-            listen="127.0.0.1:0",
-            data_dir=tmp_path,
-            controllers={"replicaset", "deployment"},
-            bookmark_interval=1.0,
-        )
-    )
-    port = await master.start()
-    address = f"127.0.0.1:{port}"
-    api = Client(address, timeout=10)
-    state = Cluster(api, address)
-    kubelet = asyncio.create_task(_fake_kubelet(state))
-    try:
-        yield state
-    finally:
-        kubelet.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await kubelet
-        await api.close()
-        await master.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 20.0) -> Any:
-    """Poll until `check` returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + within
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met in {within}s (last: {last!r})")
+    controllers = {"replicaset", "deployment"}
+    async with in_process_master(tmp_path, controllers, bookmark_interval=1.0) as api:
+        state = Cluster(api, api.target)
+        kubelet = asyncio.create_task(_fake_kubelet(state))
+        try:
+            yield state
+        finally:
+            kubelet.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await kubelet
 
 
 def template(labels: dict[str, str], image: str = "nginx:1.25") -> core_pb2.PodTemplateSpec:

@@ -20,9 +20,10 @@ from kubeling.client.pods import pod_exec, pod_logs
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 from kubeling.v1 import core_pb2
-from tests.kubelet.test_kubelet_fake import eventually, phase_of
+from tests.kubelet.test_kubelet_fake import phase_of
 from tests.support.containerd import POD_CIDR, PrivateContainerd, private_containerd, skip_reason
-from tests.support.processes import MasterProcess
+from tests.support.processes import MasterProcess, stop_process
+from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow  # asyncio tests run on the session loop (pyproject)
 
@@ -83,7 +84,7 @@ async def node(
             listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
             return not listed.items
 
-        await eventually(none_left, 60)
+        await eventually_passes(none_left, 60)
         await real.kubelet.stop()
         await real.runtime.close()
 
@@ -123,14 +124,14 @@ async def test_containers_of_a_pod_share_localhost_and_logs_exec_work(node: Real
         "until wget -q -O- http://127.0.0.1:8080/; do sleep 0.2; done; exec sleep 3600",
     )
     await node.api.pods.create(pod("pair", web, client))
-    running = await eventually(lambda: phase_of(node.api, "pair", "Running"), 60)
+    running = await eventually_passes(lambda: phase_of(node.api, "pair", "Running"), 60)
     assert running.status.pod_ip.startswith("10.244.7.")
 
     async def client_logged() -> bool:
         chunks = [c async for c in pod_logs(node.api, "pair", container="client")]
         return "hello-from-web" in "".join(chunks)
 
-    await eventually(client_logged, 30)
+    await eventually_passes(client_logged, 30)
     reply = await pod_exec(
         node.api, "pair", ["wget", "-q", "-O-", "http://localhost:8080/"], container="client"
     )
@@ -144,7 +145,7 @@ async def test_containers_of_a_pod_share_localhost_and_logs_exec_work(node: Real
 async def test_exit_codes_restart_counts_and_back_off(node: RealNode) -> None:
     await node.api.pods.create(pod("exits", sh("main", "exit 3"), restart_policy="Never"))
     await node.api.pods.create(pod("crashes", sh("main", "echo crashing; exit 1")))
-    failed = await eventually(lambda: phase_of(node.api, "exits", "Failed"), 60)
+    failed = await eventually_passes(lambda: phase_of(node.api, "exits", "Failed"), 60)
     terminated = failed.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (3, "Error")
 
@@ -157,7 +158,7 @@ async def test_exit_codes_restart_counts_and_back_off(node: RealNode) -> None:
             and status.last_state.terminated.exit_code == 1
         )
 
-    await eventually(backing_off, 60)
+    await eventually_passes(backing_off, 60)
     logs = "".join([c async for c in pod_logs(node.api, "crashes", previous=True)])
     assert "crashing" in logs
 
@@ -171,7 +172,7 @@ async def test_failing_liveness_probe_restarts_the_container(node: RealNode) -> 
         got = await node.api.pods.get("liveness", "default")
         return got.status.container_statuses[0].restart_count >= 1
 
-    await eventually(restarted, 60)
+    await eventually_passes(restarted, 60)
     events = await node.api.events.list("default", field_selector="involvedObject.name=liveness")
     assert any("liveness" in e.message for e in events.items)
 
@@ -187,18 +188,18 @@ async def test_readiness_probe_flips_ready(node: RealNode) -> None:
         got = await node.api.pods.get("readiness", "default")
         return {c.type: c.status for c in got.status.conditions}.get("Ready") == value
 
-    await eventually(lambda: phase_of(node.api, "readiness", "Running"), 60)
+    await eventually_passes(lambda: phase_of(node.api, "readiness", "Running"), 60)
     assert await ready_is("False")
-    await eventually(lambda: ready_is("True"), 30)
+    await eventually_passes(lambda: ready_is("True"), 30)
     await pod_exec(node.api, "readiness", ["rm", "/tmp/ready"])
-    await eventually(lambda: ready_is("False"), 30)
+    await eventually_passes(lambda: ready_is("False"), 30)
 
 
 async def test_memory_limit_exceeded_is_oom_killed(node: RealNode) -> None:
     hog = sh("hog", "dd if=/dev/zero of=/dev/null bs=96M count=1")
     hog.resources.limits["memory"] = "32Mi"
     await node.api.pods.create(pod("oom", hog, restart_policy="Never"))
-    failed = await eventually(lambda: phase_of(node.api, "oom", "Failed"), 60)
+    failed = await eventually_passes(lambda: phase_of(node.api, "oom", "Failed"), 60)
     terminated = failed.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (137, "OOMKilled")
 
@@ -209,7 +210,7 @@ async def test_graceful_stop_sends_term_and_waits(node: RealNode) -> None:
     await node.api.pods.create(pod("handles-term", handles, termination_grace_period_seconds=20))
     await node.api.pods.create(pod("ignores-term", ignores, termination_grace_period_seconds=2))
     for name in ("handles-term", "ignores-term"):
-        await eventually(lambda name=name: phase_of(node.api, name, "Running"), 60)
+        await eventually_passes(lambda name=name: phase_of(node.api, name, "Running"), 60)
 
     async def removal_time(name: str) -> float:
         started = time.monotonic()
@@ -222,7 +223,7 @@ async def test_graceful_stop_sends_term_and_waits(node: RealNode) -> None:
                 return exc.code() == grpc.StatusCode.NOT_FOUND
             return False
 
-        await eventually(gone, 60)
+        await eventually_passes(gone, 60)
         return time.monotonic() - started
 
     handled, ignored = await asyncio.gather(
@@ -239,7 +240,7 @@ async def test_kubelet_restart_keeps_pods_running(node: RealNode) -> None:
     await node.api.pods.create(pod("steady-b", sh("main", "exec sleep 3600")))
     before = {}
     for name in ("steady-a", "steady-b"):
-        got = await eventually(lambda name=name: phase_of(node.api, name, "Running"), 60)
+        got = await eventually_passes(lambda name=name: phase_of(node.api, name, "Running"), 60)
         before[name] = got.status.container_statuses[0].container_id
     sandboxes = len(await node.runtime.list_pod_sandbox())
     await node.restart_kubelet()
@@ -287,10 +288,5 @@ def test_kubelet_process_registers_and_shows_its_name(
         ).stdout
         assert args.startswith("kubeling-kubelet --master"), args
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()

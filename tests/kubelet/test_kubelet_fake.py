@@ -7,8 +7,7 @@ runs the same kubelet against real containerd.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,68 +15,27 @@ import grpc
 import pytest
 
 from kubeling.client import Client
-from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 from kubeling.v1 import core_pb2
+from tests.support import hollow
+from tests.support.hollow import HollowNode, hollow_node
 from tests.support.processes import MasterProcess
+from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NODE = "node-fake"
+POD_CIDR = "10.244.7.0/24"
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    """Retry `check` until it returns a truthy value without raising."""
-    deadline = asyncio.get_running_loop().time() + within
-    last: BaseException | None = None
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except (AssertionError, LookupError, ValueError, grpc.aio.AioRpcError) as exc:
-            last = exc
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {within}s: {last!r}")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Node:
-    kubelet: Kubelet
-    runtime: FakeRuntime
-    api: Client
-
-
-def kubelet_config(master: MasterProcess, tmp_path: Path, name: str = NODE) -> KubeletConfig:
-    return KubeletConfig(
-        master=master.address,
-        node_name=name,
-        listen="127.0.0.1:0",
-        node_ip="127.0.0.1",
-        pod_cidr="10.244.7.0/24",
-        pod_log_dir=tmp_path / "pods",
-        relist_period=0.1,
-        status_interval=1.0,
-        lease_renew_interval=0.5,
-        backoff_initial=0.4,
-        backoff_max=1.6,
-        backoff_reset=60,
-    )
+def kubelet_config(master: MasterProcess, tmp_path: Path) -> KubeletConfig:
+    return hollow.kubelet_config(master.address, tmp_path, NODE, POD_CIDR)
 
 
 @pytest.fixture
-async def node(master: MasterProcess, api: Client, tmp_path: Path) -> AsyncIterator[Node]:
-    runtime = FakeRuntime(pod_cidr="10.244.7.0/24", images=["docker.io/library/busybox:latest"])
-    kubelet = Kubelet(kubelet_config(master, tmp_path), runtime, api)
-    await kubelet.start()
-    handle = Node(kubelet, runtime, api)
-    try:
+async def node(master: MasterProcess, api: Client, tmp_path: Path) -> AsyncIterator[HollowNode]:
+    async with hollow_node(kubelet_config(master, tmp_path), api, POD_CIDR) as handle:
         yield handle
-    finally:
-        await handle.kubelet.stop()  # the test may have replaced the kubelet
-        for pod in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
-            await api.pods.delete(pod.metadata.name, pod.metadata.namespace, 0)
 
 
 def make_pod(name: str, *containers: dict[str, Any], **spec: Any) -> core_pb2.Pod:
@@ -110,7 +68,7 @@ async def phase_of(api: Client, name: str, phase: str) -> core_pb2.Pod | None:
     return pod if pod.status.phase == phase else None
 
 
-async def test_node_registers_with_lease_and_ready_condition(node: Node) -> None:
+async def test_node_registers_with_lease_and_ready_condition(node: HollowNode) -> None:
     got = await node.api.nodes.get(NODE)
     assert got.spec.pod_cidr == "10.244.7.0/24"
     assert got.status.capacity["pods"] == "110"
@@ -124,7 +82,7 @@ async def test_node_registers_with_lease_and_ready_condition(node: Node) -> None
         "DiskPressure": "False",
         "PIDPressure": "False",
     }
-    lease = await eventually(lambda: node.api.leases.get(NODE, "kube-node-lease"))
+    lease = await eventually_passes(lambda: node.api.leases.get(NODE, "kube-node-lease"))
     first = lease.spec.renew_time.ToNanoseconds()
     assert lease.spec.lease_duration_seconds == 40
 
@@ -132,10 +90,10 @@ async def test_node_registers_with_lease_and_ready_condition(node: Node) -> None
         again = await node.api.leases.get(NODE, "kube-node-lease")
         return again.spec.renew_time.ToNanoseconds() > first
 
-    await eventually(renewed, 5)
+    await eventually_passes(renewed, 5)
 
 
-async def test_node_turns_not_ready_while_the_runtime_is_down(node: Node) -> None:
+async def test_node_turns_not_ready_while_the_runtime_is_down(node: HollowNode) -> None:
     node.runtime.runtime_ready = False
 
     async def condition(status: str) -> bool:
@@ -143,14 +101,14 @@ async def test_node_turns_not_ready_while_the_runtime_is_down(node: Node) -> Non
         ready = next(c for c in got.status.conditions if c.type == "Ready")
         return ready.status == status and (status == "True" or bool(ready.reason))
 
-    await eventually(lambda: condition("False"), 5)
+    await eventually_passes(lambda: condition("False"), 5)
     node.runtime.runtime_ready = True
-    await eventually(lambda: condition("True"), 5)
+    await eventually_passes(lambda: condition("True"), 5)
 
 
-async def test_pod_runs_and_reports_status(node: Node) -> None:
+async def test_pod_runs_and_reports_status(node: HollowNode) -> None:
     await node.api.pods.create(make_pod("runs"))
-    pod = await eventually(lambda: phase_of(node.api, "runs", "Running"))
+    pod = await eventually_passes(lambda: phase_of(node.api, "runs", "Running"))
     status = pod.status
     assert status.pod_ip.startswith("10.244.7.")
     assert status.host_ip == "127.0.0.1"
@@ -169,21 +127,21 @@ async def test_pod_runs_and_reports_status(node: Node) -> None:
     assert node.runtime.sandbox_count == 1
 
 
-async def test_exit_codes_and_restart_policies(node: Node) -> None:
+async def test_exit_codes_and_restart_policies(node: HollowNode) -> None:
     once = {"name": "main", "env": {"FAKE_RUN_FOR": "0.1s", "FAKE_EXIT_CODE": "0"}}
     failing = {"name": "main", "env": {"FAKE_RUN_FOR": "0.1s", "FAKE_EXIT_CODE": "3"}}
     await node.api.pods.create(make_pod("never-ok", once, restart_policy="Never"))
     await node.api.pods.create(make_pod("never-fail", failing, restart_policy="Never"))
     await node.api.pods.create(make_pod("onfailure-ok", once, restart_policy="OnFailure"))
-    ok = await eventually(lambda: phase_of(node.api, "never-ok", "Succeeded"))
+    ok = await eventually_passes(lambda: phase_of(node.api, "never-ok", "Succeeded"))
     assert ok.status.container_statuses[0].state.terminated.reason == "Completed"
-    failed = await eventually(lambda: phase_of(node.api, "never-fail", "Failed"))
+    failed = await eventually_passes(lambda: phase_of(node.api, "never-fail", "Failed"))
     terminated = failed.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (3, "Error")
-    await eventually(lambda: phase_of(node.api, "onfailure-ok", "Succeeded"))
+    await eventually_passes(lambda: phase_of(node.api, "onfailure-ok", "Succeeded"))
 
 
-async def test_crashing_container_backs_off_and_restarts(node: Node) -> None:
+async def test_crashing_container_backs_off_and_restarts(node: HollowNode) -> None:
     crash = {"name": "main", "env": {"FAKE_RUN_FOR": "0.05s", "FAKE_EXIT_CODE": "1"}}
     await node.api.pods.create(make_pod("crash", crash))
 
@@ -196,19 +154,19 @@ async def test_crashing_container_backs_off_and_restarts(node: Node) -> None:
             and status.state.waiting.reason == "CrashLoopBackOff"
         )
 
-    await eventually(restarted_with_backoff, 15)
+    await eventually_passes(restarted_with_backoff, 15)
     assert (await node.api.pods.get("crash", "default")).status.phase == "Running"
     events = await node.api.events.list("default", field_selector="involvedObject.name=crash")
     assert "BackOff" in {e.reason for e in events.items}
 
 
-async def test_init_containers_run_in_order_first(node: Node) -> None:
+async def test_init_containers_run_in_order_first(node: HollowNode) -> None:
     init = [
         {"name": "first", "env": {"FAKE_RUN_FOR": "0.1s"}},
         {"name": "second", "env": {"FAKE_RUN_FOR": "0.1s"}},
     ]
     await node.api.pods.create(make_pod("inits", init=init))
-    pod = await eventually(lambda: phase_of(node.api, "inits", "Running"))
+    pod = await eventually_passes(lambda: phase_of(node.api, "inits", "Running"))
     firsts = [s.state.terminated for s in pod.status.init_container_statuses]
     assert [t.exit_code for t in firsts] == [0, 0]
     assert firsts[0].finished_at.ToNanoseconds() <= firsts[1].started_at.ToNanoseconds()
@@ -216,14 +174,14 @@ async def test_init_containers_run_in_order_first(node: Node) -> None:
     assert firsts[1].finished_at.ToNanoseconds() <= app_started
 
 
-async def test_failing_init_container_with_never_fails_the_pod(node: Node) -> None:
+async def test_failing_init_container_with_never_fails_the_pod(node: HollowNode) -> None:
     init = [{"name": "bad", "env": {"FAKE_RUN_FOR": "0.05s", "FAKE_EXIT_CODE": "2"}}]
     await node.api.pods.create(make_pod("bad-init", init=init, restart_policy="Never"))
-    pod = await eventually(lambda: phase_of(node.api, "bad-init", "Failed"))
+    pod = await eventually_passes(lambda: phase_of(node.api, "bad-init", "Failed"))
     assert pod.status.container_statuses[0].state.waiting.reason == "PodInitializing"
 
 
-async def test_image_never_pulled_when_missing(node: Node) -> None:
+async def test_image_never_pulled_when_missing(node: HollowNode) -> None:
     spec = {"name": "main", "image": "example.com/missing:1", "policy": "Never"}
     await node.api.pods.create(make_pod("no-image", spec))
 
@@ -231,14 +189,14 @@ async def test_image_never_pulled_when_missing(node: Node) -> None:
         pod = await node.api.pods.get("no-image", "default")
         return pod.status.container_statuses[0].state.waiting.reason == "ErrImageNeverPull"
 
-    await eventually(reason)
+    await eventually_passes(reason)
 
 
-async def test_readiness_probe_drives_ready(node: Node) -> None:
+async def test_readiness_probe_drives_ready(node: HollowNode) -> None:
     failing = core_pb2.Probe(period_seconds=1, timeout_seconds=1, failure_threshold=1)
     failing.exec.command.extend(["false"])
     await node.api.pods.create(make_pod("not-ready", {"name": "main", "readiness": failing}))
-    pod = await eventually(lambda: phase_of(node.api, "not-ready", "Running"))
+    pod = await eventually_passes(lambda: phase_of(node.api, "not-ready", "Running"))
     await asyncio.sleep(1.5)
     pod = await node.api.pods.get("not-ready", "default")
     assert not pod.status.container_statuses[0].ready
@@ -253,10 +211,10 @@ async def test_readiness_probe_drives_ready(node: Node) -> None:
         got = await node.api.pods.get("ready", "default")
         return {c.type: c.status for c in got.status.conditions}["Ready"] == "True"
 
-    await eventually(is_ready)
+    await eventually_passes(is_ready)
 
 
-async def test_liveness_failure_restarts_the_container(node: Node) -> None:
+async def test_liveness_failure_restarts_the_container(node: HollowNode) -> None:
     probe = core_pb2.Probe(period_seconds=1, timeout_seconds=1, failure_threshold=1)
     probe.exec.command.extend(["check"])
     spec = {"name": "main", "liveness": probe, "env": {"FAKE_EXEC_FAIL_AFTER": "0.5s"}}
@@ -266,12 +224,12 @@ async def test_liveness_failure_restarts_the_container(node: Node) -> None:
         pod = await node.api.pods.get("unhealthy", "default")
         return pod.status.container_statuses[0].restart_count >= 1
 
-    await eventually(restarted, 15)
+    await eventually_passes(restarted, 15)
 
 
-async def test_deletion_stops_containers_then_removes_the_pod(node: Node) -> None:
+async def test_deletion_stops_containers_then_removes_the_pod(node: HollowNode) -> None:
     await node.api.pods.create(make_pod("doomed"))
-    await eventually(lambda: phase_of(node.api, "doomed", "Running"))
+    await eventually_passes(lambda: phase_of(node.api, "doomed", "Running"))
     before = node.runtime.sandbox_count
     marked = await node.api.pods.delete("doomed", "default", grace_period_seconds=5)
     assert marked.metadata.HasField("deletion_timestamp")
@@ -283,15 +241,15 @@ async def test_deletion_stops_containers_then_removes_the_pod(node: Node) -> Non
             return exc.code() == grpc.StatusCode.NOT_FOUND
         return False
 
-    await eventually(gone)
+    await eventually_passes(gone)
     assert node.runtime.sandbox_count == before - 1
 
 
 async def test_restarted_kubelet_adopts_without_restarting(
-    node: Node, master: MasterProcess, tmp_path: Path
+    node: HollowNode, master: MasterProcess, tmp_path: Path
 ) -> None:
     await node.api.pods.create(make_pod("adopted"))
-    pod = await eventually(lambda: phase_of(node.api, "adopted", "Running"))
+    pod = await eventually_passes(lambda: phase_of(node.api, "adopted", "Running"))
     container_id = pod.status.container_statuses[0].container_id
     await node.kubelet.stop()
 
@@ -306,7 +264,7 @@ async def test_restarted_kubelet_adopts_without_restarting(
     second = Kubelet(kubelet_config(master, tmp_path), node.runtime, node.api)
     await second.start()
     node.kubelet = second  # the fixture stops it
-    await eventually(lambda: asyncio.sleep(0, node.runtime.sandbox_count == count - 1))
+    await eventually_passes(lambda: asyncio.sleep(0, node.runtime.sandbox_count == count - 1))
     await asyncio.sleep(0.5)
     again = await node.api.pods.get("adopted", "default")
     assert again.status.container_statuses[0].container_id == container_id

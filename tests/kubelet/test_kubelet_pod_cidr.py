@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +18,10 @@ from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import NO_POD_CIDR_MESSAGE, Kubelet, KubeletConfig
 from kubeling.node.cni import CONFLIST_NAME
 from kubeling.v1 import core_pb2, meta_pb2
+from tests.support import hollow
+from tests.support.hollow import HollowNode, hollow_node
 from tests.support.processes import MasterProcess
+from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -29,71 +29,29 @@ CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    """Retry `check` until it returns a truthy value without raising."""
-    deadline = asyncio.get_running_loop().time() + within
-    last: BaseException | None = None
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except (AssertionError, LookupError, ValueError, grpc.aio.AioRpcError) as exc:
-            last = exc
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {within}s: {last!r}")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class Node:
-    name: str
-    kubelet: Kubelet
-    runtime: FakeRuntime
-    api: Client
-    cni_dir: Path
-
-    @property
-    def conflist(self) -> Path:
-        return self.cni_dir / CONFLIST_NAME
-
-
 def kubelet_config(
     master: MasterProcess, tmp_path: Path, name: str, pod_cidr: str = ""
 ) -> KubeletConfig:
-    return KubeletConfig(
-        master=master.address,
-        node_name=name,
-        listen="127.0.0.1:0",
-        node_ip="127.0.0.1",
-        pod_cidr=pod_cidr,
-        pod_log_dir=tmp_path / "pods",
+    return hollow.kubelet_config(
+        master.address,
+        tmp_path,
+        name,
+        pod_cidr,
         cni_conf_dir=tmp_path / "net.d",
         cluster_cidr=CLUSTER_CIDR,
         service_cidr=SERVICE_CIDR,
-        relist_period=0.1,
-        status_interval=1.0,
-        lease_renew_interval=0.5,
-        backoff_initial=0.4,
-        backoff_max=1.6,
-        backoff_reset=60,
     )
 
 
-@contextlib.asynccontextmanager
-async def running_node(
+def conflist(tmp_path: Path) -> Path:
+    """Where the kubelet of `kubelet_config(..., tmp_path, ...)` writes its CNI config."""
+    return tmp_path / "net.d" / CONFLIST_NAME
+
+
+def running_node(
     master: MasterProcess, api: Client, tmp_path: Path, name: str, pod_cidr: str = ""
-) -> AsyncIterator[Node]:
-    runtime = FakeRuntime(pod_cidr="10.244.9.0/24", images=["docker.io/library/busybox:latest"])
-    kubelet = Kubelet(kubelet_config(master, tmp_path, name, pod_cidr), runtime, api)
-    await kubelet.start()
-    node = Node(name, kubelet, runtime, api, tmp_path / "net.d")
-    try:
-        yield node
-    finally:
-        await node.kubelet.stop()
-        for pod in (await api.pods.list("", field_selector=f"spec.nodeName={name}")).items:
-            await api.pods.delete(pod.metadata.name, pod.metadata.namespace, 0)
+) -> contextlib.AbstractAsyncContextManager[HollowNode]:
+    return hollow_node(kubelet_config(master, tmp_path, name, pod_cidr), api, "10.244.9.0/24")
 
 
 def ready_condition(node: core_pb2.Node) -> meta_pb2.Condition:
@@ -135,11 +93,11 @@ async def test_not_ready_until_the_pod_cidr_is_assigned_then_cni_config_and_read
     master: MasterProcess, api: Client, tmp_path: Path
 ) -> None:
     async with running_node(master, api, tmp_path, "cidr-late") as node:
-        condition = await eventually(lambda: ready_is(api, node.name, "False"))
+        condition = await eventually_passes(lambda: ready_is(api, node.name, "False"))
         assert condition.reason == "NetworkPluginNotReady"
         assert condition.message == NO_POD_CIDR_MESSAGE
         assert (await api.nodes.get(node.name)).spec.pod_cidr == ""
-        assert not node.conflist.exists()
+        assert not conflist(tmp_path).exists()
 
         # A pod bound here anyway (no scheduler involved) waits for the network.
         await api.pods.create(make_pod("early", node.name))
@@ -148,29 +106,29 @@ async def test_not_ready_until_the_pod_cidr_is_assigned_then_cni_config_and_read
             events = await api.events.list("default", field_selector="reason=NetworkNotReady")
             return any(e.involved_object.name == "early" for e in events.items)
 
-        await eventually(told)
+        await eventually_passes(told)
         await asyncio.sleep(0.5)
         assert node.runtime.sandbox_count == 0
         assert (await api.pods.get("early", "default")).status.phase in ("", "Pending")
 
         await assign_pod_cidr(api, node.name, "10.244.9.0/24")
 
-        await eventually(lambda: asyncio.sleep(0, node.conflist.exists()), 5)
-        config = json.loads(node.conflist.read_text())
+        await eventually_passes(lambda: asyncio.sleep(0, conflist(tmp_path).exists()), 5)
+        config = json.loads(conflist(tmp_path).read_text())
         ipam = config["plugins"][0]["ipam"]
         assert ipam["ranges"] == [[{"subnet": "10.244.9.0/24", "gateway": "10.244.9.1"}]]
         assert ipam["routes"] == [
             {"dst": CLUSTER_CIDR, "gw": "10.244.9.1"},
             {"dst": SERVICE_CIDR, "gw": "10.244.9.1"},
         ]
-        condition = await eventually(lambda: ready_is(api, node.name, "True"), 5)
+        condition = await eventually_passes(lambda: ready_is(api, node.name, "True"), 5)
         assert condition.reason == "KubeletReady"
 
         async def running() -> bool:
             pod = await api.pods.get("early", "default")
             return pod.status.phase == "Running" and pod.status.pod_ip.startswith("10.244.9.")
 
-        await eventually(running)
+        await eventually_passes(running)
 
 
 async def test_a_pod_cidr_from_the_flag_or_the_node_means_ready_at_once(
@@ -181,25 +139,25 @@ async def test_a_pod_cidr_from_the_flag_or_the_node_means_ready_at_once(
         first = await api.nodes.get(node.name)
         assert first.spec.pod_cidr == "10.244.3.0/24"
         assert ready_condition(first).status == "True"
-        ipam = json.loads(node.conflist.read_text())["plugins"][0]["ipam"]
+        ipam = json.loads(conflist(tmp_path).read_text())["plugins"][0]["ipam"]
         assert ipam["ranges"][0][0]["subnet"] == "10.244.3.0/24"
         assert [r["dst"] for r in ipam["routes"]] == [CLUSTER_CIDR, SERVICE_CIDR]
         since = ready_condition(first).last_transition_time
 
     # A restarted kubelet whose Node already has a CIDR (and no flag) never
     # reports NotReady on the way.
-    node.conflist.unlink()
+    conflist(tmp_path).unlink()
     async with running_node(master, api, tmp_path, "cidr-flag") as again:
         got = await api.nodes.get(again.name)
         assert ready_condition(got).status == "True"
         assert ready_condition(got).last_transition_time == since
-        assert again.conflist.exists()
+        assert conflist(tmp_path).exists()
 
 
 async def test_without_cni_conf_dir_the_node_is_ready_without_a_pod_cidr(
     master: MasterProcess, api: Client, tmp_path: Path
 ) -> None:
-    runtime = FakeRuntime(images=["docker.io/library/busybox:latest"])
+    runtime = FakeRuntime(images=[hollow.BUSYBOX])
     config = kubelet_config(master, tmp_path, "cidr-none")
     config.cni_conf_dir = None
     kubelet = Kubelet(config, runtime, api)

@@ -5,13 +5,13 @@ the lab's namespaces, which have no route off the machine."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,15 @@ from kubeling.client import Client
 from kubeling.client.pods import pod_exec
 from kubeling.lab.lab import Lab, LabOptions, running_lab
 from kubeling.v1 import apps_pb2, core_pb2
+from tests.support import waiting
 from tests.support.containerd import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
 NS = "default"
 GRACE = 8  # seconds without a Lease renewal before a node is Unknown
+
+eventually = functools.partial(waiting.eventually, within=120.0, interval=0.5)
 
 WEB = """
 apiVersion: apps/v1
@@ -117,21 +120,8 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 async def api(lab: Lab) -> AsyncIterator[Client]:
-    client = Client(lab.server, timeout=20)
-    try:
+    async with Client(lab.server, timeout=20) as client:
         yield client
-    finally:
-        await client.close()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 120.0, api: Client | None = None
-) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time" + (await snapshot(api) if api else ""))
-        await asyncio.sleep(0.5)
 
 
 async def snapshot(api: Client) -> str:
@@ -263,7 +253,7 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         found = [p for p in await pods(api, "web") if ready(p)]
         return len(found) == 6 and all(p.spec.node_name != lost for p in found)
 
-    await eventually(replaced, within=180, api=api)
+    await eventually(replaced, within=180, describe=lambda: snapshot(api))
 
     await asyncio.to_thread(lab.start_node, lost)
 
@@ -277,7 +267,7 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
             and not web_left  # its stale web pods were cleaned up
         )
 
-    await eventually(back, within=180, api=api)
+    await eventually(back, within=180, describe=lambda: snapshot(api))
     # It takes new pods: scale up, the emptiest node gets them.
     deployment = await api.deployments.get("web", NS)
     deployment.spec.replicas = 9
@@ -287,4 +277,4 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         found = [p for p in await pods(api, "web") if ready(p)]
         return len(found) == 9 and any(p.spec.node_name == lost for p in found)
 
-    await eventually(scheduled_there, within=180, api=api)
+    await eventually(scheduled_there, within=180, describe=lambda: snapshot(api))

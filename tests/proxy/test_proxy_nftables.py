@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from kubeling.client import Client
 from kubeling.v1 import core_pb2, discovery_pb2, proxy_pb2
 from tests.support.netlab import NODE_IP, POD_CIDR, Lab, can_build
-from tests.support.processes import MasterProcess, wait_serving
+from tests.support.processes import MasterProcess, running_master, stop_process, wait_serving
 
 pytestmark = pytest.mark.skipif(can_build() is not None, reason=str(can_build()))
 
@@ -60,7 +60,7 @@ class ProxyProcess:
 
     def stop(self) -> None:
         if self.process is not None:
-            Lab.stop_process(self.process)
+            stop_process(self.process)
 
     def _call(self, method: str, request: Any, response: Any) -> Any:
         with grpc.insecure_channel(f"unix:{self.socket}") as channel:
@@ -103,36 +103,24 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def master_unix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
+    """The master on a unix socket, reachable from inside the lab (the `api`
+    fixture of tests/conftest.py connects to this one)."""
     base = tmp_path_factory.mktemp("proxy-master")
-    proc = MasterProcess(base, None, "--controllers=")
-    proc.address = f"unix:{base / 'master.sock'}"  # reachable from inside the lab
-    proc.start()
-    try:
+    with running_master(base, "--controllers=", address=f"unix:{base / 'master.sock'}") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def proxy(
-    lab: Lab, master_unix: MasterProcess, tmp_path_factory: pytest.TempPathFactory
+    lab: Lab, master: MasterProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
-    proc = ProxyProcess(lab, master_unix.address, tmp_path_factory.mktemp("proxy"))
+    proc = ProxyProcess(lab, master.address, tmp_path_factory.mktemp("proxy"))
     proc.start()
     try:
         yield proc
     finally:
         proc.stop()
-
-
-@pytest.fixture
-async def api(master_unix: MasterProcess) -> AsyncIterator[Client]:
-    client = Client(master_unix.address, timeout=10)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def make_service(
@@ -316,14 +304,14 @@ async def test_health_and_metrics(lab: Lab, proxy: ProxyProcess) -> None:
 
 
 async def test_cli_explain_reads_the_kernel(
-    lab: Lab, proxy: ProxyProcess, api: Client, master_unix: MasterProcess
+    lab: Lab, proxy: ProxyProcess, api: Client, master: MasterProcess
 ) -> None:
     vip = await make_service(api, "explained", [1, 2])
     proxy.wait_endpoints(vip, 80, ips([1, 2]))
     done = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "kubeling.cli.main", "--server", master_unix.address,
+            sys.executable, "-m", "kubeling.cli.main", "--server", master.address,
             "proxy", "explain", NODE, f"{vip}:80", "--proxy", f"unix:{proxy.socket}",
         ],
         capture_output=True, text=True, timeout=60,

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import stop_process
+
 ECHO = str(Path(__file__).with_name("echo.py"))
 NODE_IP = "192.168.77.1"
 OUTSIDE_IP = "192.168.77.2"
@@ -114,20 +116,17 @@ class Lab:
         for index in range(1, self.pods + 1):
             self.start(self.pod(index), sys.executable, ECHO, "serve", f"pod{index}", "8080")
 
+    @staticmethod
+    def _echo_client(netns: str, mode: str, host: str, port: int, amount: float) -> list[str]:
+        """The command line of an echo client (tests/support/echo.py) in `netns`."""
+        return [
+            "ip", "netns", "exec", netns,
+            sys.executable, ECHO, mode, host, str(port), str(amount),
+        ]  # fmt: skip
+
     def client(self, netns: str, mode: str, host: str, port: int, amount: float) -> dict:  # type: ignore[type-arg]
         done = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                sys.executable,
-                ECHO,
-                mode,
-                host,
-                str(port),
-                str(amount),
-            ],
+            self._echo_client(netns, mode, host, port, amount),
             check=True,
             capture_output=True,
             timeout=120,
@@ -139,38 +138,16 @@ class Lab:
         self, netns: str, mode: str, host: str, port: int, amount: float
     ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                netns,
-                sys.executable,
-                ECHO,
-                mode,
-                host,
-                str(port),
-                str(amount),
-            ],
-            stdout=subprocess.PIPE,
+            self._echo_client(netns, mode, host, port, amount), stdout=subprocess.PIPE
         )
         self.processes.append(proc)
         return proc
-
-    @staticmethod
-    def stop_process(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
     def destroy(self) -> None:
         """Stop what was started (by PID) and delete the namespaces, which takes their
         links, bridge and nftables tables with them."""
         for proc in reversed(self.processes):
-            self.stop_process(proc)
+            stop_process(proc)
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
         self.namespaces.clear()

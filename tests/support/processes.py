@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -44,13 +45,29 @@ def wait_serving(
             time.sleep(0.05)
 
 
-class MasterProcess:
-    """A real `kubeling-master` on loopback with its own data directory."""
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop `process` by its PID: TERM, then KILL if it has not exited in 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
-    def __init__(self, data_dir: Path, port: int | None = None, *extra: str) -> None:
+
+class MasterProcess:
+    """A real `kubeling-master` on loopback with its own data directory.
+
+    `address`: where it listens instead (such as `unix:/path/master.sock`)."""
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *extra: str, address: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = address or f"127.0.0.1:{self.port}"
         self.extra = list(extra)
         self.log_path = data_dir / "master.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,16 +96,22 @@ class MasterProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process)
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")
         return ""
+
+
+@contextlib.contextmanager
+def running_master(
+    data_dir: Path, *extra: str, address: str | None = None
+) -> Iterator[MasterProcess]:
+    """A MasterProcess (arguments as there), started, and stopped on the way out."""
+    proc = MasterProcess(data_dir, None, *extra, address=address)
+    try:
+        yield proc.start()
+    finally:
+        proc.stop()

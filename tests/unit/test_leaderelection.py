@@ -13,7 +13,8 @@ import pytest
 from kubeling.api.objects import clone, now
 from kubeling.client import Client
 from kubeling.controllers.leaderelection import LeaderElector
-from kubeling.master.server import Master, MasterConfig
+from tests.support.inprocess import in_process_master
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -31,14 +32,8 @@ def elector(api: Client, identity: str, release_on_cancel: bool = True) -> Leade
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Client]:
-    master = Master(MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set()))
-    port = await master.start()
-    client = Client(f"127.0.0.1:{port}", timeout=5)
-    try:
+    async with in_process_master(tmp_path, client_timeout=5) as client:
         yield client
-    finally:
-        await client.close()
-        await master.stop()
 
 
 class Work:
@@ -64,13 +59,6 @@ class Work:
         return work
 
 
-async def wait_for(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -83,7 +71,7 @@ async def test_only_one_leads_and_the_other_takes_over_on_stop(api: Client) -> N
     task_a = asyncio.create_task(a.run(work_a()))
     task_b = asyncio.create_task(b.run(work_b()))
     try:
-        await wait_for(lambda: work_a.running or work_b.running)
+        await eventually(lambda: work_a.running or work_b.running)
         # Several renew periods later still exactly one leader.
         await asyncio.sleep(1.5)
         assert work_a.running != work_b.running
@@ -96,7 +84,7 @@ async def test_only_one_leads_and_the_other_takes_over_on_stop(api: Client) -> N
         # A clean stop releases the lease: the standby needs no expiry wait.
         started = time.monotonic()
         await stop(task_a if leader is a else task_b)
-        await wait_for(lambda: standby.is_leader, within=3.0)
+        await eventually(lambda: standby.is_leader, within=3.0)
         assert time.monotonic() - started < 1.5
         lease = await api.leases.get("kubeling-controller-manager", "kube-system")
         assert lease.spec.holder_identity == standby.identity
@@ -112,14 +100,14 @@ async def test_a_crashed_leader_is_replaced_after_the_lease_expires(api: Client)
     b = elector(api, "b")
     work_a, work_b = Work(), Work()
     task_a = asyncio.create_task(a.run(work_a()))
-    await wait_for(lambda: work_a.running)
+    await eventually(lambda: work_a.running)
     task_b = asyncio.create_task(b.run(work_b()))
     try:
         await asyncio.sleep(0.5)
         assert not work_b.running
         await stop(task_a)  # no release: b must wait for expiry
         started = time.monotonic()
-        await wait_for(lambda: work_b.running, within=6.0)
+        await eventually(lambda: work_b.running, within=6.0)
         assert time.monotonic() - started >= 1.0
     finally:
         await stop(task_a)
@@ -131,7 +119,7 @@ async def test_losing_the_lease_cancels_the_work(api: Client) -> None:
     work = Work()
     task = asyncio.create_task(a.run(work()))
     try:
-        await wait_for(lambda: work.running)
+        await eventually(lambda: work.running)
         # Someone else writes the lease (as if they had acquired it meanwhile).
         lease = await api.leases.get("kubeling-controller-manager", "kube-system")
         taken = clone(lease)
@@ -139,7 +127,7 @@ async def test_losing_the_lease_cancels_the_work(api: Client) -> None:
         taken.spec.lease_duration_seconds = 3600
         taken.spec.renew_time.CopyFrom(now())
         await api.leases.update(taken)
-        await wait_for(lambda: work.cancelled == 1, within=5.0)
+        await eventually(lambda: work.cancelled == 1, within=5.0)
         assert not a.is_leader
         assert not task.done()  # back to campaigning, not leading
         await asyncio.sleep(0.5)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,12 @@ from kubeling.kubelet.probes import (
 )
 from kubeling.v1 import core_pb2
 from tests.cri.helpers import container_config, start_pod
+from tests.support import waiting
 
 LOOPBACK = "127.0.0.1"
+
+# Probe rigs run on a scaled clock: poll often, give up soon.
+eventually = functools.partial(waiting.eventually, within=2.0, interval=0.005)
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -431,14 +436,6 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         await manager.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("probe ")]
-
-
-async def eventually(check: Callable[[], bool], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def test_no_probes_ready_once_running(rig: Rig) -> None:

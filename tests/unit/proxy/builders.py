@@ -129,3 +129,13 @@ def make_kube_proxy(
         sync_period=sync_period,
     )
     return KubeProxy(config, api, backend or FakeNftables(), RecordingConntrack())  # type: ignore[arg-type]
+
+
+def with_leftover_table(chain: str) -> FakeNftables:
+    """A fake backend holding our table as an earlier run left it: one empty `chain`."""
+    backend = FakeNftables()
+    junk = Transaction()
+    junk.add_table()
+    junk.add_chain(chain)
+    backend.apply(junk)
+    return backend

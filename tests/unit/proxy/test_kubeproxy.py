@@ -16,7 +16,13 @@ from kubeling.proxy.nft import FakeNftables, Transaction
 from kubeling.proxy.proxier import StaleFlow
 from kubeling.proxy.servicemap import service_ports
 from kubeling.v1 import core_pb2, discovery_pb2
-from tests.unit.proxy.builders import endpoint_slice, full_dump, make_kube_proxy, service
+from tests.unit.proxy.builders import (
+    endpoint_slice,
+    full_dump,
+    make_kube_proxy,
+    service,
+    with_leftover_table,
+)
 
 KEY = "default/web"
 
@@ -248,11 +254,7 @@ async def test_failed_sync_keeps_the_health_clock_running() -> None:
 
 
 async def test_first_full_sync_replaces_a_leftover_table() -> None:
-    backend = FakeNftables()
-    junk = Transaction()
-    junk.add_table()
-    junk.add_chain("svc-leftover")
-    backend.apply(junk)
+    backend = with_leftover_table("svc-leftover")
     proxy = make_kube_proxy(backend)
     add_service(proxy, service())
     assert await proxy.sync_once(full=True)

@@ -8,7 +8,7 @@ from kubeling.proxy import rules as r
 from kubeling.proxy.nft import FakeNftables, NftError, Transaction
 from kubeling.proxy.proxier import Proxier
 from kubeling.proxy.servicemap import ServicePort
-from tests.unit.proxy.builders import CapturingNftables, full_dump, sp
+from tests.unit.proxy.builders import CapturingNftables, full_dump, sp, with_leftover_table
 
 WEB = "default/web"
 DB = "default/db"
@@ -391,11 +391,7 @@ def test_failed_full_sync_leaves_table_and_memory_as_before() -> None:
 
 
 def test_failed_first_full_sync_still_replaces_the_table_next_time() -> None:
-    backend = FakeNftables()
-    junk = Transaction()
-    junk.add_table()
-    junk.add_chain("junk")
-    backend.apply(junk)
+    backend = with_leftover_table("junk")
     proxier = Proxier(backend)
     backend.fail_next = "boom"
     with pytest.raises(NftError):
