@@ -27,7 +27,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.processes import MasterProcess
+from tests.support.processes import MasterProcess, stop_process
 
 from kubeling.client import Client
 from kubeling.common.logging import setup_logging
@@ -93,17 +93,6 @@ def start_hollow(master: str, nodes: int, data: Path) -> subprocess.Popen[bytes]
         )  # fmt: skip
     finally:
         log.close()
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
 
 
 # -- the bench ----------------------------------------------------------------
@@ -299,7 +288,7 @@ async def run(nodes: int, pods: int, bare: bool, console: Console) -> dict[str, 
             raise
         finally:
             if hollow is not None:
-                stop_process(hollow)
+                stop_process(hollow, grace=60)
             master.stop()
 
 

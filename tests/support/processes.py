@@ -45,16 +45,16 @@ def wait_serving(
             time.sleep(0.05)
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """Stop `process` by its PID: TERM, then KILL if it has not exited in 10 s."""
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop `process` by its PID: TERM, then KILL if it has not exited in `grace` s."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=10)
+        process.wait(timeout=30)
 
 
 class MasterProcess:
