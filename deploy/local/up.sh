@@ -78,7 +78,7 @@ Try next:
   $KUBELING lab exec worker-2 -- python3 -c '$fetch' http://$ip/
                                                (again: another pod may answer)
   $KUBELING scale deployment web -n demo --replicas 6
-  $KUBELING lab exec worker-1 -- $KUBELING proxy explain worker-1 $ip:80
+  $KUBELING proxy explain worker-1 $ip:80      (what kube-proxy installed for it)
   $KUBELING logs -n demo POD                   (a pod name from 'get pods')
   $KUBELING lab stop worker-2                  (node loss: NotReady after 50 s, pods move 5 min later)
   make down                                    (removes the whole lab)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -216,6 +217,23 @@ async def test_cluster_ip_answers_from_every_node_and_balances_over_all_nodes(
         answers = await asyncio.to_thread(fetch, lab, node, url, 40)
         assert set(answers) <= set(pod_node), answers  # no errors, only our pods
         assert {pod_node[name] for name in answers} == {"worker-1", "worker-2", "worker-3"}
+
+
+async def test_cli_explains_a_lab_nodes_proxy(lab: Lab, api: Client) -> None:
+    service = await api.services.get("web", NS)
+    pod_ips = {p.status.pod_ip for p in await pods(api, "web")}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "kubeling.cli.main", "--server", lab.server,
+            "proxy", "explain", "worker-2", f"{service.spec.cluster_ip}:80",
+        ],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBELING_LAB_DIR": str(lab.dir)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "ClusterIP of service default/web:http" in done.stdout
+    assert {ip for ip in pod_ips if f"{ip}:8080" in done.stdout} == pod_ips
 
 
 async def test_node_port_answers_on_every_node(lab: Lab, api: Client) -> None:

@@ -190,6 +190,10 @@ class Lab:
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
 
+    def proxy_socket(self, name: str) -> Path:
+        """The node's kube-proxy API, reachable from this machine's namespace."""
+        return self.node_dir(name) / "proxy.sock"
+
     def node(self, name: str) -> NodeState:
         state = self._require()
         for node in state.nodes:
@@ -234,8 +238,14 @@ class Lab:
             raise LabError("the lab needs root (network namespaces, containerd)")
         if not 1 <= options.nodes <= 200:
             raise LabError("--nodes must be between 1 and 200")
-        self.dir.mkdir(parents=True, exist_ok=True)
         prefix = options.prefix
+        leftovers = sorted(p.name for p in Path("/var/run/netns").glob(f"{prefix}*"))
+        if leftovers:
+            raise LabError(
+                f"network namespaces {', '.join(leftovers)} exist but no lab is recorded in "
+                f"{self.dir} (left by a crashed lab?); remove them with `ip netns delete NAME`"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.state = LabState(
             prefix=prefix,
             master_netns=f"{prefix}net",
@@ -390,6 +400,7 @@ class Lab:
                 "--master", master,
                 "--node-name", name,
                 "--cluster-cidr", CLUSTER_CIDR,
+                "--listen", f"0.0.0.0:10249,unix:{self.proxy_socket(name)}",
                 *state.proxy_args,
             ),
             f"--node-name {name} ",

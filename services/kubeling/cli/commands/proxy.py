@@ -12,6 +12,7 @@ from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.common import rpc
+from kubeling.lab.lab import Lab
 from kubeling.proxy.server import DEFAULT_PORT
 from kubeling.v1 import proxy_pb2
 
@@ -52,6 +53,11 @@ def parse_target(text: str) -> tuple[str, int, str]:
 async def _proxy_address(args: argparse.Namespace, ctx: Context) -> str:
     if args.proxy:
         return str(args.proxy)
+    # A lab node's proxy also listens on a unix socket: the lab network is not
+    # reachable from outside its namespaces.
+    lab = Lab()
+    if lab.state is not None and any(n.name == args.node for n in lab.state.nodes):
+        return f"unix:{lab.proxy_socket(args.node)}"
     async with ctx.client() as api:
         node = await api.nodes.get(args.node)
     for address in node.status.addresses:
