@@ -33,6 +33,7 @@ from kubeling.kubelet.backoff import Backoff
 from kubeling.kubelet.directory import ContainerRef
 from kubeling.kubelet.node import NodeAgent, NodeSettings
 from kubeling.kubelet.probes import ProbeManager
+from kubeling.kubelet.routes import PodRouteSync
 from kubeling.kubelet.runtime_state import Relister, RuntimePod
 from kubeling.kubelet.server import KubeletService
 from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
@@ -71,6 +72,8 @@ class KubeletConfig:
     cluster_cidr: str = "10.244.0.0/16"
     # Routed from pods through their gateway (the node), where kube-proxy DNATs.
     service_cidr: str = "10.96.0.0/12"
+    # Route to the other nodes' pod CIDRs via their addresses (nodes on one L2).
+    sync_pod_routes: bool = False
 
 
 class Kubelet:
@@ -148,6 +151,8 @@ class Kubelet:
         if self.config.cni_conf_dir is not None and not self._cni_cidr:
             log.info("waiting for the node's pod CIDR", node=self.node_name)
             loops.append(("pod-cidr", self._follow_pod_cidr()))
+        if self.config.sync_pod_routes:
+            loops.append(("pod-routes", PodRouteSync(self.api, self.node_name).run()))
         for name, coro in loops:
             self._tasks.append(asyncio.create_task(coro, name=f"kubelet-{name}"))
         log.info("kubelet started", node=self.node_name, port=port)

@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--service-cidr", default="10.96.0.0/12", help="ClusterIPs, routed from pods via the node"
     )
+    p.add_argument(
+        "--sync-pod-routes",
+        action="store_true",
+        help="add a route to every other node's pod CIDR via its InternalIP (nodes on one "
+        "network, as kubenet/host-gw)",
+    )
     p.add_argument("--image-dir", default="", help="import the image tarballs found here")
     p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -66,6 +72,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         pod_log_dir=args.pod_log_dir,
         cni_conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         cluster_cidr=args.cluster_cidr,
+        sync_pod_routes=args.sync_pod_routes,
         service_cidr=args.service_cidr,
         relist_period=args.relist_period,
         status_interval=args.status_interval,

@@ -7,7 +7,8 @@
 
 Every process is a real, separate process (the ones a real node runs), started in its
 node's namespace with `nsenter --net` (`ip netns exec` remounts /sys and hides the
-cgroup mounts from runc). Nodes route to each other's pod CIDRs over the lab bridge.
+cgroup mounts from runc). Nodes route to each other's pod CIDRs over the lab bridge
+(the kubelets' `--sync-pod-routes`, as on real machines on one network).
 No namespace of the lab has a default route, and the root namespace is not touched
 (the CLI reaches the master through its unix socket), so nothing in the lab has a
 route off the machine.
@@ -308,7 +309,6 @@ class Lab:
             self.start_node(name)
         progress("waiting for the nodes to register and get pod CIDRs")
         self._wait_pod_cidrs()
-        self._route_pod_cidrs()
         self._save()
 
     def _wait_master(self, timeout: float = 60.0) -> None:
@@ -386,6 +386,7 @@ class Lab:
                 "--cni-conf-dir", str(base / "net.d"),
                 "--cluster-cidr", CLUSTER_CIDR,
                 "--service-cidr", SERVICE_CIDR,
+                "--sync-pod-routes",
                 "--image-dir", str(self.dir / "images"),
                 "--pod-log-dir", str(base / "pods"),
                 *state.kubelet_args,
@@ -441,15 +442,6 @@ class Lab:
                     missing = [n.name for n in state.nodes if not n.pod_cidr]
                     raise LabError(f"nodes without a pod CIDR: {missing}; see {self.logs}")
                 time.sleep(0.2)
-
-    def _route_pod_cidrs(self) -> None:
-        """Each node reaches the other nodes' pods through them (as a cloud's route
-        table would do)."""
-        state = self._require()
-        for node in state.nodes:
-            for other in state.nodes:
-                if other is not node and other.pod_cidr:
-                    _ip("-n", node.netns, "route", "replace", other.pod_cidr, "via", other.ip)
 
     # -- status, exec, down ----------------------------------------------------------
 

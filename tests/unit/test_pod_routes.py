@@ -1,0 +1,71 @@
+"""The kubelet's routes to other nodes' pod CIDRs (`--sync-pod-routes`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeling.kubelet.routes import PodRouteSync, wanted_routes
+from kubeling.v1 import core_pb2
+
+
+def node(name: str, cidr: str, ip: str) -> core_pb2.Node:
+    obj = core_pb2.Node()
+    obj.metadata.name = name
+    obj.spec.pod_cidr = cidr
+    if ip:
+        obj.status.addresses.add(type="InternalIP", address=ip)
+    obj.status.addresses.add(type="Hostname", address=name)
+    return obj
+
+
+def test_routes_go_to_every_other_node_with_a_cidr_and_an_address() -> None:
+    nodes = [
+        node("a", "10.244.0.0/24", "10.99.0.11"),
+        node("b", "10.244.1.0/24", "10.99.0.12"),
+        node("c", "", "10.99.0.13"),  # no CIDR yet
+        node("d", "10.244.3.0/24", ""),  # no address yet
+    ]
+    assert wanted_routes(nodes, "a") == {"10.244.1.0/24": "10.99.0.12"}
+
+
+class FakeIp:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail: set[str] = set()
+
+    async def __call__(self, args: list[str]) -> tuple[int, str]:
+        self.calls.append(args)
+        return (2, "RTNETLINK answers: Network is unreachable") if args[2] in self.fail else (0, "")
+
+
+class Api:
+    nodes: Any = None
+
+
+async def test_routes_follow_nodes_joining_moving_and_leaving() -> None:
+    ip = FakeIp()
+    sync = PodRouteSync(Api(), "a", run=ip)  # type: ignore[arg-type]
+    store = sync.nodes.store
+    store["a"] = node("a", "10.244.0.0/24", "10.99.0.11")
+    store["b"] = node("b", "10.244.1.0/24", "10.99.0.12")
+    await sync.sync()
+    assert ip.calls == [["route", "replace", "10.244.1.0/24", "via", "10.99.0.12"]]
+    await sync.sync()  # nothing changed: no calls
+    assert len(ip.calls) == 1
+    store["b"] = node("b", "10.244.1.0/24", "10.99.0.22")  # moved
+    store["c"] = node("c", "10.244.2.0/24", "10.99.0.13")
+    ip.fail.add("10.244.2.0/24")
+    await sync.sync()
+    assert ip.calls[1:] == [
+        ["route", "replace", "10.244.1.0/24", "via", "10.99.0.22"],
+        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13"],
+    ]
+    assert sync.installed == {"10.244.1.0/24": "10.99.0.22"}  # the failed one is retried
+    ip.fail.clear()
+    del store["b"]
+    await sync.sync()
+    assert ip.calls[3:] == [
+        ["route", "del", "10.244.1.0/24", "via", "10.99.0.22"],
+        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13"],
+    ]
+    assert sync.installed == {"10.244.2.0/24": "10.99.0.13"}
