@@ -33,9 +33,13 @@ step "Python environment ($VENV) — log: .kubeling/install.log"
 make --no-print-directory install proto >.kubeling/install.log 2>&1 \
   || { tail -20 .kubeling/install.log; exit 1; }
 
-if "$KUBELING" lab status >/dev/null 2>&1; then
+if status=$("$KUBELING" lab status 2>/dev/null) && ! grep -q DOWN <<<"$status"; then
   step "a lab is already up"
 else
+  if [[ -n ${status:-} ]]; then
+    step "a lab is recorded but not running (after a reboot?): removing it"
+    "$KUBELING" lab down
+  fi
   step "starting a lab with $NODES worker nodes"
   "$KUBELING" lab up --nodes "$NODES"
 fi
@@ -46,6 +50,7 @@ for _ in $(seq 1 120); do
   [[ $ready -ge $NODES ]] && break
   sleep 1
 done
+[[ $ready -ge $NODES ]] || { echo "nodes are not Ready; see ~/.kubeling/lab/logs" >&2; exit 1; }
 "$KUBELING" get nodes -o wide
 
 step "applying deploy/examples/demo.yaml (a Deployment of 3 web pods and a Service)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from kubeling.lab.lab import Lab, LabState, NodeState, Proc
@@ -36,7 +37,10 @@ def test_state_survives_a_round_trip(tmp_path: Path) -> None:
 def test_a_process_is_only_ours_while_its_command_line_says_so() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-7"])
     try:
-        assert Proc(child.pid, "marker-7").alive()
+        deadline = time.monotonic() + 10  # until the child has exec'd
+        while not Proc(child.pid, "marker-7").alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         # The same PID with another command line (a reused PID) is not signalled.
         assert not Proc(child.pid, "marker-8").alive()
         Proc(child.pid, "marker-8").stop()

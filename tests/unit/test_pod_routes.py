@@ -35,6 +35,8 @@ class FakeIp:
 
     async def __call__(self, args: list[str]) -> tuple[int, str]:
         self.calls.append(args)
+        if args[:2] == ["route", "show"]:
+            return 0, "10.244.9.0/24 via 10.99.0.19 dev eth0 proto 88\n"
         return (2, "RTNETLINK answers: Network is unreachable") if args[2] in self.fail else (0, "")
 
 
@@ -48,8 +50,15 @@ async def test_routes_follow_nodes_joining_moving_and_leaving() -> None:
     store = sync.nodes.store
     store["a"] = node("a", "10.244.0.0/24", "10.99.0.11")
     store["b"] = node("b", "10.244.1.0/24", "10.99.0.12")
+    await sync.adopt()  # a route an earlier run added, to a node now gone
+    assert sync.installed == {"10.244.9.0/24": "10.99.0.19"}
+    ip.calls.clear()
     await sync.sync()
-    assert ip.calls == [["route", "replace", "10.244.1.0/24", "via", "10.99.0.12"]]
+    assert ip.calls == [
+        ["route", "del", "10.244.9.0/24", "via", "10.99.0.19"],
+        ["route", "replace", "10.244.1.0/24", "via", "10.99.0.12", "proto", "88"],
+    ]
+    ip.calls.pop(0)
     await sync.sync()  # nothing changed: no calls
     assert len(ip.calls) == 1
     store["b"] = node("b", "10.244.1.0/24", "10.99.0.22")  # moved
@@ -57,8 +66,8 @@ async def test_routes_follow_nodes_joining_moving_and_leaving() -> None:
     ip.fail.add("10.244.2.0/24")
     await sync.sync()
     assert ip.calls[1:] == [
-        ["route", "replace", "10.244.1.0/24", "via", "10.99.0.22"],
-        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13"],
+        ["route", "replace", "10.244.1.0/24", "via", "10.99.0.22", "proto", "88"],
+        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13", "proto", "88"],
     ]
     assert sync.installed == {"10.244.1.0/24": "10.99.0.22"}  # the failed one is retried
     ip.fail.clear()
@@ -66,6 +75,6 @@ async def test_routes_follow_nodes_joining_moving_and_leaving() -> None:
     await sync.sync()
     assert ip.calls[3:] == [
         ["route", "del", "10.244.1.0/24", "via", "10.99.0.22"],
-        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13"],
+        ["route", "replace", "10.244.2.0/24", "via", "10.99.0.13", "proto", "88"],
     ]
     assert sync.installed == {"10.244.2.0/24": "10.99.0.13"}

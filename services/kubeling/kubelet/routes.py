@@ -19,14 +19,19 @@ from kubeling.v1 import core_pb2
 log = structlog.get_logger(__name__)
 
 IpRunner = Callable[[list[str]], Awaitable[tuple[int, str]]]
+# Routes are added with this protocol number, so a restarted kubelet finds (and
+# removes, when their node is gone) the ones an earlier run added.
+ROUTE_PROTO = "88"
 
 
 async def run_ip(args: list[str]) -> tuple[int, str]:
+    """`ip ARGS`: its exit status, and its output (stderr when it failed)."""
     proc = await asyncio.create_subprocess_exec(
-        "ip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        "ip", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    _, err = await proc.communicate()
-    return proc.returncode or 0, err.decode(errors="replace").strip()
+    out, err = await proc.communicate()
+    code = proc.returncode or 0
+    return code, (err if code else out).decode(errors="replace").strip()
 
 
 def wanted_routes(nodes: list[core_pb2.Node], own: str) -> dict[str, str]:
@@ -62,20 +67,34 @@ class PodRouteSync:
         for cidr, via in wanted.items():
             if self.installed.get(cidr) == via:
                 continue
-            code, err = await self._run(["route", "replace", cidr, "via", via])
+            code, err = await self._run(
+                ["route", "replace", cidr, "via", via, "proto", ROUTE_PROTO]
+            )
             if code:
                 log.warning("pod route not added", cidr=cidr, via=via, error=err)
                 continue
             self.installed[cidr] = via
             log.info("pod route added", cidr=cidr, via=via)
 
+    async def adopt(self) -> None:
+        """Take over the routes an earlier run of this kubelet added."""
+        code, out = await self._run(["route", "show", "proto", ROUTE_PROTO])
+        for line in out.splitlines() if code == 0 else []:
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "via":
+                self.installed[parts[0]] = parts[2]
+
     async def run(self) -> None:
         task = asyncio.create_task(self.nodes.run(), name="pod-routes-informer")
         try:
+            await self.adopt()
             await self.nodes.synced.wait()
             while True:
                 self._changed.clear()
-                await self.sync()
+                try:
+                    await self.sync()
+                except Exception:
+                    log.exception("pod routes not synced; retrying")
                 # A failed `ip` call is retried on the next change or after 10 s.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), 10.0)

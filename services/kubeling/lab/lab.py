@@ -225,7 +225,12 @@ class Lab:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # outlives `kubeling lab up`; stopped by PID
             )
-        return Proc(proc.pid, marker)
+        started = Proc(proc.pid, marker)
+        # Until it has exec'd, /proc/PID/cmdline is ours: wait, so `down` knows it.
+        deadline = time.monotonic() + 10
+        while not started.alive() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return started
 
     def _python(self, module: str, *args: str) -> list[str]:
         return [sys.executable, "-m", module, *args]
@@ -348,6 +353,7 @@ class Lab:
         """Start (or restart) a node's containerd, kubelet and kube-proxy."""
         state = self._require()
         node = self.node(name)
+        self.stop_node(name)  # whatever still runs of it: never two of anything
         base = self.node_dir(name)
         base.mkdir(parents=True, exist_ok=True)
         socket = base / "containerd.sock"
@@ -391,7 +397,7 @@ class Lab:
                 "--pod-log-dir", str(base / "pods"),
                 *state.kubelet_args,
             ),
-            f"--node-name {name} ",
+            f"--node-name {name} --token",
         )  # fmt: skip
         node.proxy = self._spawn(
             node.netns,
@@ -404,7 +410,7 @@ class Lab:
                 "--listen", f"0.0.0.0:10249,unix:{self.proxy_socket(name)}",
                 *state.proxy_args,
             ),
-            f"--node-name {name} ",
+            f"--node-name {name} --cluster-cidr",
         )  # fmt: skip
         self._save()
 

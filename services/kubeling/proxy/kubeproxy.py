@@ -118,6 +118,7 @@ class KubeProxy:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.synced = asyncio.Event()  # set after the first successful sync
+        self._started = time.time()
         self.services.add_handler(self._on_service)
         self.slices.add_handler(self._on_slice)
         self.node.add_handler(self._on_node)
@@ -151,7 +152,17 @@ class KubeProxy:
         key = slice_service(new) if kind != "DELETED" else None
         if key is not None:
             self._slices_by_service.setdefault(key, {})[new.metadata.name] = new
-            self._queue(key, _trigger_time(new))
+            self._queue(key, self._new_trigger(old, new))
+
+    def _new_trigger(
+        self, old: discovery_pb2.EndpointSlice | None, new: discovery_pb2.EndpointSlice
+    ) -> float | None:
+        """The slice's trigger time when it names a change this proxy has to apply:
+        set or changed by this update, and not older than the proxy (as upstream)."""
+        when = _trigger_time(new)
+        if when is None or when < self._started or (old is not None and _trigger_time(old) == when):
+            return None
+        return when
 
     def _on_node(self, kind: str, old: core_pb2.Node | None, new: core_pb2.Node) -> None:
         pod_cidr = new.spec.pod_cidr if kind != "DELETED" and new is not None else ""
@@ -226,6 +237,8 @@ class KubeProxy:
         """One sync of what is queued (or, `full`, of everything). True on success."""
         dirty, self._dirty = self._dirty, {}
         queued_since, self.state.queued_since = self.state.queued_since, None
+        # Taken now: a request made during the sync (a new pod CIDR) stays set.
+        self._needs_full = False
         try:
             if full:
                 keys = {
@@ -248,7 +261,6 @@ class KubeProxy:
             self.state.queued_since = min(stamps) if stamps else None
             self._needs_full = True
             return False
-        self._needs_full = False
         applied = time.time()
         (SYNC_FULL if full else SYNC_PARTIAL).observe(result.seconds)
         LAST_SYNC.set(applied)

@@ -128,7 +128,8 @@ class Proxier:
     def sync_full(self, desired: Mapping[str, list[ServicePort]]) -> SyncResult:
         """Rewrite the whole table for `desired` (every service)."""
         start = time.perf_counter()
-        new = self._plan(desired, reuse=True)
+        cidr = self.cluster_cidr  # may change meanwhile (the node's podCIDR)
+        new = self._plan(desired, cidr, reuse=True)
         replacing = not self._table_replaced
         tx = Transaction()
         if replacing:
@@ -172,7 +173,7 @@ class Proxier:
                 for name in a.rules.affinity_sets:
                     if name not in wanted_sets:
                         tx.delete_set(name)
-        self.backend.apply(tx)
+        self._apply(tx)
         stale_flows = [
             flow
             for key in set(self._applied) | set(new)
@@ -181,7 +182,7 @@ class Proxier:
         self._applied = {key: a for key, a in new.items() if a.ports}
         self._hairpin = hairpin
         self._table_replaced = True
-        self._applied_cidr = self.cluster_cidr
+        self._applied_cidr = cidr
         return SyncResult(True, time.perf_counter() - start, len(tx), sorted(desired), stale_flows)
 
     def sync_partial(self, changed: Mapping[str, list[ServicePort]]) -> SyncResult:
@@ -189,7 +190,7 @@ class Proxier:
         the service is gone). Work is proportional to those services, not to the
         table."""
         start = time.perf_counter()
-        new = self._plan(changed)
+        new = self._plan(changed, self.cluster_cidr)
         empty = r.ServiceRules(elements={name: {} for name in r.MAPS})
         tx = Transaction()
         hairpin_delta: Counter[str] = Counter()
@@ -248,15 +249,18 @@ class Proxier:
         self._remove_chains(tx, removed_chains)
         for name in removed_sets:
             tx.delete_set(name)
-        self.backend.apply(tx)
+        self._apply(tx)
         stale_flows = [
             flow for key in new for flow in _stale_flows(self.applied_ports(key), new[key].ports)
         ]
+        # A new dict, not changes in place: Status reads it from another thread.
+        applied_now = dict(self._applied)
         for key, applied in new.items():
             if applied.ports:
-                self._applied[key] = applied
+                applied_now[key] = applied
             else:
-                self._applied.pop(key, None)
+                applied_now.pop(key, None)
+        self._applied = applied_now
         for ip, count in hairpin.items():
             if count > 0:
                 self._hairpin[ip] = count
@@ -264,19 +268,28 @@ class Proxier:
                 self._hairpin.pop(ip, None)
         return SyncResult(False, time.perf_counter() - start, len(tx), sorted(changed), stale_flows)
 
+    def _apply(self, tx: Transaction) -> None:
+        try:
+            self.backend.apply(tx)
+        except Exception:
+            # The kernel may no longer hold what we remember (someone flushed the
+            # ruleset, ...): the next full sync replaces the table from scratch.
+            self._table_replaced = False
+            raise
+
     def _plan(
-        self, ports: Mapping[str, list[ServicePort]], reuse: bool = False
+        self, ports: Mapping[str, list[ServicePort]], cidr: str, reuse: bool = False
     ) -> dict[str, _Applied]:
         """Each service's rules; with `reuse`, those of unchanged services are taken
         from what was applied (a periodic resync mostly rewrites the same)."""
         out = {}
         for key, wanted in ports.items():
-            reusable = reuse and self._applied_cidr == self.cluster_cidr
+            reusable = reuse and self._applied_cidr == cidr
             before = self._applied.get(key) if reusable else None
             if before is not None and before.ports == wanted:
                 out[key] = before
             else:
-                out[key] = _Applied(wanted, _merge(wanted, self.cluster_cidr))
+                out[key] = _Applied(wanted, _merge(wanted, cidr))
         return out
 
     @staticmethod

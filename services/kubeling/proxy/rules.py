@@ -192,7 +192,8 @@ def service_rules(sp: ServicePort, cluster_cidr: str = "") -> ServiceRules:
         for ep in sp.endpoints:
             name = affinity_set(sp, ep)
             out.affinity_sets[name] = sp.affinity_timeout
-            rules.append(f"ip saddr @{name} {nat} {ep.ip}:{ep.port}")
+            # A hit refreshes the entry: an active client stays (as upstream).
+            rules.append(f"ip saddr @{name} update @{name} {{ ip saddr }} {nat} {ep.ip}:{ep.port}")
     count = len(sp.endpoints)
     for index, ep in enumerate(sp.endpoints):
         remaining = count - index

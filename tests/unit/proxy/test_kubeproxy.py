@@ -130,15 +130,37 @@ def test_slice_without_service_label_is_ignored() -> None:
     assert proxy._dirty == {}
 
 
+def stamp(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+
+
 def test_slice_trigger_time_is_the_change_time() -> None:
     proxy = make_kube_proxy()
-    s = endpoint_slice(annotations={TRIGGER_TIME_ANNOTATION: "2024-05-01T10:00:00Z"})
+    changed = time.time() + 0.5  # after the proxy started
+    s = endpoint_slice(annotations={TRIGGER_TIME_ANNOTATION: stamp(changed)})
     add_slice(proxy, s)
-    assert proxy._dirty[KEY] == datetime(2024, 5, 1, 10, tzinfo=UTC).timestamp()
+    assert abs(proxy._dirty[KEY] - changed) < 1e-3
     bad = endpoint_slice(name="other", annotations={TRIGGER_TIME_ANNOTATION: "yesterday"})
     before = time.time()
     proxy._dirty.clear()
     add_slice(proxy, bad)
+    assert before <= proxy._dirty[KEY] <= time.time()
+
+
+def test_stale_trigger_times_do_not_count_as_latency() -> None:
+    proxy = make_kube_proxy()
+    # Older than the proxy (seen at start-up or on a re-list): the time it was seen.
+    old = endpoint_slice(annotations={TRIGGER_TIME_ANNOTATION: "2024-05-01T10:00:00Z"})
+    before = time.time()
+    add_slice(proxy, old)
+    assert proxy._dirty[KEY] >= before
+    # An update that keeps the annotation carries no new change time either.
+    recent = endpoint_slice(annotations={TRIGGER_TIME_ANNOTATION: stamp(time.time() + 0.5)})
+    again = endpoint_slice(annotations=dict(recent.metadata.annotations))
+    again.metadata.labels["x"] = "y"
+    proxy._dirty.clear()
+    before = time.time()
+    add_slice(proxy, again, old=recent)
     assert before <= proxy._dirty[KEY] <= time.time()
 
 

@@ -111,8 +111,8 @@ def test_client_ip_affinity_sets_and_rules() -> None:
     a5, a6 = (r.affinity_set(web, ep) for ep in web.endpoints)
     assert a5 != a6
     assert backend.chain_rules(r.service_chain(web)) == [
-        f"ip saddr @{a5} meta l4proto tcp dnat to 10.244.0.5:8080",
-        f"ip saddr @{a6} meta l4proto tcp dnat to 10.244.0.6:8080",
+        f"ip saddr @{a5} update @{a5} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.5:8080",
+        f"ip saddr @{a6} update @{a6} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.6:8080",
         f"numgen random mod 2 0 update @{a5} {{ ip saddr }} meta l4proto tcp dnat to "
         "10.244.0.5:8080",
         f"update @{a6} {{ ip saddr }} meta l4proto tcp dnat to 10.244.0.6:8080",
