@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,7 +38,11 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.processes import MasterProcess
 
-from kubeling.api.wellknown import SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION
+from kubeling.api.wellknown import (
+    SERVICE_NAME_LABEL,
+    TRIGGER_TIME_ANNOTATION,
+    format_trigger_time,
+)
 from kubeling.client import Client
 from kubeling.common.logging import setup_logging
 from kubeling.proxy import rules as r
@@ -376,7 +379,7 @@ async def latency_bench(
                 ips = slice_ips(endpoint_slice)
                 new_ip = fresh_ip(set(ips), POD_ADDRESSES - 1 - k * endpoints)
                 endpoint_slice.endpoints[k % len(ips)].addresses[0] = new_ip
-                stamp = datetime.now(UTC).isoformat()
+                stamp = format_trigger_time(time.time())
                 endpoint_slice.metadata.annotations[TRIGGER_TIME_ANNOTATION] = stamp
                 slices[name] = await writer.endpoint_slices.update(endpoint_slice)
                 expected[service_key(NAMESPACE, name)] = set(slice_ips(slices[name]))

@@ -13,6 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kubeling.common.token import client_interceptors
+
 # Big enough for a list of thousands of pods; keepalives so dead peers are noticed
 # and long-lived watch streams survive idle periods behind middleboxes.
 _MAX_MESSAGE = 256 * 1024 * 1024
@@ -87,8 +89,6 @@ def channel(
     """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
     local runtime socket (unix://...); `options` override the defaults; `token`, the
     join token, is sent with every call (see common/token.py)."""
-    from kubeling.common.token import client_interceptors
-
     merged = dict(_CHANNEL_OPTIONS)
     merged.update(dict(options))
     return grpc.aio.insecure_channel(

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import structlog
 
 from kubeling.api.objects import clone
-from kubeling.api.wellknown import SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION
+from kubeling.api.wellknown import (
+    SERVICE_NAME_LABEL,
+    TRIGGER_TIME_ANNOTATION,
+    format_trigger_time,
+)
 from kubeling.client.informer import Informer, WorkQueue, informers_running, key_of, run_workers
 from kubeling.controllers import podutil
 from kubeling.controllers.manager import ControllerContext, register
@@ -218,7 +221,7 @@ class EndpointSliceController:
                 todo.append(piece)
         jobs: list[Any] = []
         if triggered is not None:
-            stamp = datetime.fromtimestamp(triggered, UTC).isoformat().replace("+00:00", "Z")
+            stamp = format_trigger_time(triggered)
             for piece in todo:
                 piece.metadata.annotations[TRIGGER_TIME_ANNOTATION] = stamp
         for piece in todo:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION
+from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION, parse_trigger_time
 from kubeling.client import Client
 from kubeling.client.informer import Informer, informers_running
 from kubeling.proxy.conntrack import Conntrack
@@ -83,17 +83,12 @@ class SyncState:
     last_sync_wall: float = 0.0  # time.time() of the last successful sync
     last_result: SyncResult | None = None
     queued_since: float | None = None  # monotonic; oldest change not yet applied
-    latencies: list[float] = field(default_factory=list)  # recent programming latencies
+    # Recent programming latencies (seconds), for benchmarks and debugging.
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 def _trigger_time(endpoint_slice: discovery_pb2.EndpointSlice) -> float | None:
-    value = endpoint_slice.metadata.annotations.get(TRIGGER_TIME_ANNOTATION)
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return parse_trigger_time(endpoint_slice.metadata.annotations.get(TRIGGER_TIME_ANNOTATION, ""))
 
 
 class KubeProxy:
@@ -125,9 +120,16 @@ class KubeProxy:
 
     # -- change tracking ---------------------------------------------------------
 
-    def _queue(self, key: str, when: float | None = None) -> None:
-        when = when or time.time()
+    def _mark_dirty(self, key: str, when: float) -> None:
+        """Remember that `key` changed, keeping its oldest unapplied change time."""
         self._dirty[key] = min(self._dirty.get(key, when), when)
+
+    @property
+    def pending_changes(self) -> int:
+        return len(self._dirty)
+
+    def _queue(self, key: str, when: float | None = None) -> None:
+        self._mark_dirty(key, when or time.time())
         if self.state.queued_since is None:
             self.state.queued_since = time.monotonic()
         LAST_QUEUED.set(time.time())
@@ -255,7 +257,7 @@ class KubeProxy:
             self.state.last_error = str(exc)
             log.error("sync failed; a full sync follows", error=str(exc), full=full)
             for key, when in dirty.items():
-                self._dirty[key] = min(self._dirty.get(key, when), when)
+                self._mark_dirty(key, when)
             # The oldest of what was taken and what was queued during the sync.
             stamps = [t for t in (queued_since, self.state.queued_since) if t is not None]
             self.state.queued_since = min(stamps) if stamps else None
@@ -270,7 +272,6 @@ class KubeProxy:
             latency = max(0.0, applied - when)
             PROGRAMMING.observe(latency)
             self.state.latencies.append(latency)
-        del self.state.latencies[:-10_000]
         if self._dirty:
             self.state.queued_since = time.monotonic()
         self.state.syncs += 1

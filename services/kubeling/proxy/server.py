@@ -51,7 +51,7 @@ class ProxyService:
             endpoints=proxier.endpoints,
             chains=proxier.chains,
             rules=proxier.rules,
-            pending_changes=len(self.proxy._dirty),
+            pending_changes=self.proxy.pending_changes,
             healthy=self.proxy.healthy(),
         )
         if state.last_result is not None:
