@@ -3,12 +3,15 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: install proto lint test unit integration bench bench-proxy up down clean
+.PHONY: install proto lint lock test unit integration bench bench-proxy up down clean
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
+# Every install comes from requirements.lock (exact versions, hashes checked): runtime,
+# dev and build requirements alike, so a fresh clone builds and tests what was tested.
+# The project itself is built without isolation, with the locked setuptools/grpcio-tools.
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
 	python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --require-hashes --no-deps -r requirements.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,6 +23,12 @@ lint: install proto
 	$(VENV)/bin/ruff check services tests bench setup.py
 	$(VENV)/bin/ruff format --check services tests bench setup.py
 	$(VENV)/bin/mypy
+
+# Refresh the lock deliberately (newest versions within pyproject.toml's ranges);
+# commit it with the code it was tested with.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --upgrade \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 unit: install proto
 	$(VENV)/bin/pytest -q tests/unit

@@ -131,11 +131,15 @@ class _EventEncoder:
 
     # (event type, watch event kind, id(object)) -> (object, bytes). The object is
     # kept so its id() is not reused while the entry lives; oldest entries go first.
-    _cache: OrderedDict[tuple[type[Message], str, int], tuple[Message, bytes]] = OrderedDict()
+    _cache: OrderedDict[tuple[Callable[..., Message], str, int], tuple[Message, bytes]] = (
+        OrderedDict()
+    )
     _LIMIT = 4096
 
     def __init__(self, event_type: type[Message]) -> None:
-        self._event_type = event_type
+        # Each kind's WatchEvent has `type` and `object` fields; the base Message's
+        # constructor stub knows no fields, so keep the constructor loosely typed.
+        self._event_type: Callable[..., Message] = event_type
 
     def __call__(self, item: WatchItem) -> bytes:
         if item.type == "BOOKMARK":  # made per watcher, never shared
