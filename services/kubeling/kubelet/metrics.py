@@ -1,0 +1,34 @@
+"""The kubelet's Prometheus series, under Kubernetes' names, served on the kubelet's
+HTTP port (/metrics, with /healthz) by common/httpserve.py."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Kubernetes' buckets for pod start-up (seconds).
+_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 20, 30, 45, 60, 120, 300)
+_OP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+POD_START_DURATION = Histogram(
+    "kubelet_pod_start_duration_seconds",
+    "From the kubelet first seeing a pod to all its containers running",
+    buckets=_START_BUCKETS,
+)
+RUNNING_PODS = Gauge("kubelet_running_pods", "Pods with a running sandbox")
+RUNNING_CONTAINERS = Gauge("kubelet_running_containers", "Containers by state", ["container_state"])
+RELIST_DURATION = Histogram(
+    "kubelet_pleg_relist_duration_seconds",
+    "Duration of one relist of the runtime (PLEG)",
+    buckets=_OP_BUCKETS,
+)
+RUNTIME_OPERATIONS_DURATION = Histogram(
+    "kubelet_runtime_operations_duration_seconds",
+    "CRI operation duration by operation type",
+    ["operation_type"],
+    buckets=_OP_BUCKETS,
+)
+RUNTIME_OPERATIONS_ERRORS = Counter(
+    "kubelet_runtime_operations_errors_total",
+    "CRI operation errors by operation type",
+    ["operation_type"],
+)
