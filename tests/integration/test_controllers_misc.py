@@ -316,13 +316,24 @@ async def test_endpointslice_lists_ready_pods_and_follows_changes(tmp_path: Path
         trigger = datetime.fromisoformat(piece.metadata.annotations[TRIGGER_TIME_ANNOTATION])
         assert trigger != datetime.fromisoformat(first_trigger)
         assert flipped - timedelta(seconds=1) <= trigger <= datetime.now(UTC)
-        # Unrelated changes do not rewrite the slice.
-        await set_pod_status(api, "other", False, "10.244.0.13")
-        await asyncio.sleep(0.5)
-        (piece,) = await service_slices(api, "web")
         assert piece.metadata.resource_version != version  # (it changed for web-2)
         version = piece.metadata.resource_version
-        await asyncio.sleep(0.5)
+        # Unrelated changes do not rewrite the slice. The barrier: once a sentinel
+        # Service's slice shows the unrelated pod's new state, the controller has
+        # handled that change.
+        await set_pod_status(api, "other", False, "10.244.0.13")
+        sentinel = core_pb2.Service()
+        sentinel.metadata.name = "sentinel"
+        sentinel.metadata.namespace = NS
+        sentinel.spec.selector["app"] = "other"
+        sentinel.spec.ports.add(name="http", port=80)
+        await api.services.create(sentinel)
+
+        async def sentinel_sees_change() -> bool:
+            view = endpoint_view(await service_slices(api, "sentinel"))
+            return view == {"other": ("10.244.0.13", False, False)}
+
+        await eventually(sentinel_sees_change)
         (piece,) = await service_slices(api, "web")
         assert piece.metadata.resource_version == version
 
@@ -537,7 +548,13 @@ async def test_deleting_an_owner_deletes_its_dependents(tmp_path: Path) -> None:
         other = await api.replica_sets.create(make_replica_set("other"))
         await api.pods.create(owned_pod("child", rs))
         await api.pods.create(owned_pod("shared", rs, other))
-        await asyncio.sleep(0.5)
+        # The barrier: a pod created after them whose owner never existed is collected,
+        # so the collector has looked at the earlier ones too.
+        ghost = make_replica_set("ghost")
+        ghost.api_version, ghost.kind = "apps/v1", "ReplicaSet"
+        ghost.metadata.uid = "00000000-0000-0000-0000-00000000dead"
+        await api.pods.create(owned_pod("orphaned", ghost))
+        await eventually(lambda: gone(api, "orphaned"))
         assert not await gone(api, "child")  # owner alive: untouched
 
         await api.replica_sets.delete("owner", NS)

@@ -178,7 +178,16 @@ async def test_replicaset_keeps_replicas(cluster: Cluster) -> None:
     assert result.returncode == 0, result.stderr
     assert "replicaset.apps/web scaled" in result.stdout
     await eventually(lambda: _count(cluster, "app=web", 1))
-    await asyncio.sleep(0.5)
+
+    # The barrier: the controller has observed the new generation and counted one
+    # replica, so any extra deletion would already have been issued.
+    async def settled() -> bool:
+        rs = await api.replica_sets.get("web", NS)
+        return rs.status.observed_generation == rs.metadata.generation and (
+            rs.status.replicas == 1
+        )
+
+    await eventually(settled)
     assert len(await cluster.pods("app=web")) == 1
     events = (await api.events.list(NS)).items
     reasons = {e.reason for e in events if e.involved_object.name == "web"}
