@@ -10,6 +10,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # On an EndpointSlice: when the change it carries was first seen (RFC 3339); the
 # proxy measures network programming latency from it.
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+# On the BOOKMARK that ends a watch's initial events (sendInitialEvents): the
+# master writes it, informers and the kubelet know their list is complete.
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 def format_trigger_time(seconds: float) -> str:

@@ -17,14 +17,13 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
+from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.client.client import ResourceClient
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T", bound=Message)
 Handler = Callable[[str, Any, Any], None]  # (event type, old or None, new or None)
-
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 def key_of(obj: Any) -> str:

@@ -23,6 +23,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from kubeling.api.objects import clone
+from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.client import Client
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import Informer
@@ -39,7 +40,6 @@ from kubeling.kubelet.server import KubeletService
 from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
 from kubeling.kubelet.sync import PodSyncer, SyncResult
 from kubeling.kubelet.workers import PodWorkers
-from kubeling.master.registry import INITIAL_EVENTS_END
 from kubeling.node.cni import write_bridge_cni_config
 from kubeling.v1 import core_pb2
 

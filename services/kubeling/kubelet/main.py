@@ -10,11 +10,11 @@ from pathlib import Path
 import structlog
 
 from kubeling.client import Client
+from kubeling.common import machine
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.cri.client import RuntimeClient
-from kubeling.kubelet import machine
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
 log = structlog.get_logger(__name__)

@@ -20,9 +20,9 @@ import structlog
 from kubeling import __version__
 from kubeling.api.objects import clone, now
 from kubeling.client import Client
+from kubeling.common import machine
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
-from kubeling.kubelet import machine
 from kubeling.v1 import coordination_pb2, core_pb2, meta_pb2
 
 log = structlog.get_logger(__name__)

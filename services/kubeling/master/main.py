@@ -7,12 +7,12 @@ import asyncio
 import os
 from pathlib import Path
 
+from kubeling.common import machine
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.common.token import load_or_create
 from kubeling.controllers.manager import ControllerSettings
-from kubeling.kubelet import machine
 from kubeling.master.server import Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 

@@ -33,6 +33,7 @@ from kubeling.api.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.master import defaults, validation
 from kubeling.master.store.base import (
     ConflictError,
@@ -45,7 +46,6 @@ from kubeling.master.store.base import (
     Watch,
 )
 
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _PROPAGATION_FINALIZERS = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}
 
 # Fields whose exact-value watches are indexed (kind name -> field -> getter).

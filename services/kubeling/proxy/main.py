@@ -9,10 +9,10 @@ import os
 import structlog
 
 from kubeling.client import Client
+from kubeling.common import machine
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
-from kubeling.kubelet import machine
 from kubeling.proxy import health, server
 from kubeling.proxy.conntrack import ConntrackTool
 from kubeling.proxy.kubeproxy import KubeProxy, ProxyConfig
