@@ -5,12 +5,19 @@ Idempotent calls are retried with back-off while the runtime is UNAVAILABLE (e.g
 containerd restarting); calls that create things (RunPodSandbox, CreateContainer,
 StartContainer, ExecSync) are not, because a lost reply may hide a success and a
 blind retry would then trip over the name it reserved.
+
+Every call, retries included, is reported once to ``observe(operation_type,
+seconds, failed)`` under upstream's operation names ("run_podsandbox",
+"list_containers", ...): the kubelet feeds its
+``kubelet_runtime_operations_*`` series from it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -40,6 +47,15 @@ _DEFAULT = _Default.TOKEN
 # kubelet's --runtime-request-timeout default.
 DEFAULT_TIMEOUT = 120.0
 
+# (operation_type, seconds, failed) once per call.
+OperationObserver = Callable[[str, float, bool], None]
+
+
+def operation_type(method: str) -> str:
+    """Upstream's label for a CRI method: RunPodSandbox -> run_podsandbox."""
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
+    return snake.replace("pod_sandbox", "podsandbox")
+
 
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, CRIError) and exc.unavailable
@@ -63,8 +79,10 @@ class RuntimeClient:
         timeout: float = DEFAULT_TIMEOUT,
         pull_timeout: float | None = None,
         retry_timeout: float = 30.0,
+        observe: OperationObserver | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.observe = observe
         self.timeout = timeout
         self.pull_timeout = pull_timeout
         self.retry_timeout = retry_timeout
@@ -122,6 +140,28 @@ class RuntimeClient:
         deadline: float | _Default | None = _DEFAULT,
     ) -> R:
         """``deadline`` is seconds for the whole call; None means no deadline."""
+        call = self._call_retrying(service, method, request, response, idempotent, deadline)
+        if self.observe is None:
+            return await call
+        started = time.monotonic()
+        try:
+            result = await call
+        except CRIError:
+            self.observe(operation_type(method), time.monotonic() - started, True)
+            raise
+        # A cancelled call (the kubelet stopping) says nothing about the runtime.
+        self.observe(operation_type(method), time.monotonic() - started, False)
+        return result
+
+    async def _call_retrying(
+        self,
+        service: str,
+        method: str,
+        request: Message,
+        response: type[R],
+        idempotent: bool,
+        deadline: float | _Default | None,
+    ) -> R:
         path = f"/{service}/{method}"
         if isinstance(deadline, _Default):
             deadline = self.timeout
@@ -336,6 +376,12 @@ class RuntimeClient:
             IMAGE_SERVICE, "ListImages", pb.ListImagesRequest(filter=filter), pb.ListImagesResponse
         )
         return list(reply.images)
+
+    async def image_fs_info(self) -> pb.ImageFsInfoResponse:
+        """Where the runtime keeps images (the kubelet's imagefs)."""
+        return await self._call(
+            IMAGE_SERVICE, "ImageFsInfo", pb.ImageFsInfoRequest(), pb.ImageFsInfoResponse
+        )
 
     async def remove_image(self, image: str) -> None:
         request = pb.RemoveImageRequest(image=pb.ImageSpec(image=image))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 import structlog
 
 from kubeling.client import Client
 from kubeling.common import machine
+from kubeling.common.httpserve import serve_http
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
+from kubeling.common.supervisor import Supervisor
 from kubeling.cri.client import RuntimeClient
+from kubeling.kubelet import metrics
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
 log = structlog.get_logger(__name__)
@@ -31,6 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--listen", default="0.0.0.0:10250", help="the kubelet API (logs, exec)")
+    p.add_argument(
+        "--healthz-bind-address",
+        default="127.0.0.1:10248",
+        help="HTTP /metrics, /healthz and /livez (Kubernetes' kubelet healthz port)",
+    )
     p.add_argument("--node-ip", default="", help="the node's InternalIP (default: detected)")
     p.add_argument("--pod-cidr", default="", help="pod CIDR when the master assigns none")
     p.add_argument(
@@ -84,28 +93,40 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
     )
 
 
-async def run(args: argparse.Namespace) -> None:
+def healthy(kubelet: Kubelet) -> bool:
+    """/healthz: no supervised loop gave up and the runtime answers CRI calls."""
+    supervisor: Supervisor | None = getattr(kubelet, "supervisor", None)
+    if supervisor is not None and supervisor.failed.is_set():
+        return False
+    return kubelet.agent is None or kubelet.agent.runtime_reachable
+
+
+async def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     if args.image_dir:
         from kubeling.node.images import import_images
 
         address = config.runtime_endpoint.removeprefix("unix://")
         await asyncio.to_thread(import_images, Path(args.image_dir), address)
-    runtime = RuntimeClient(config.runtime_endpoint)
+    runtime = RuntimeClient(config.runtime_endpoint, observe=metrics.observe_runtime_operation)
     api = Client(config.master, token=args.token)
     kubelet = Kubelet(config, runtime, api)
+    # Up before registering, so a kubelet waiting for its master can be watched.
+    http = await serve_http(args.healthz_bind_address, 10248, lambda: healthy(kubelet))
     await kubelet.start()
-    await until_terminated()
+    code = await until_terminated(getattr(kubelet, "supervisor", None))
     await kubelet.stop()
+    await http.cleanup()
     await api.close()
     await runtime.close()
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_process_name("kubeling-kubelet")
     setup_logging(args.log_level)
-    asyncio.run(run(args))
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

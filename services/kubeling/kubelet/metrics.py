@@ -3,7 +3,16 @@ HTTP port (/metrics, with /healthz) by common/httpserve.py."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from kubeling.cri.api import pb
+
+if TYPE_CHECKING:  # runtime_state reports its relists here
+    from kubeling.kubelet.runtime_state import RuntimePod
 
 # Kubernetes' buckets for pod start-up (seconds).
 _START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 20, 30, 45, 60, 120, 300)
@@ -32,3 +41,27 @@ RUNTIME_OPERATIONS_ERRORS = Counter(
     "CRI operation errors by operation type",
     ["operation_type"],
 )
+
+# Upstream's container_state values (kubecontainer.State).
+_STATES: dict[int, str] = {
+    pb.CONTAINER_CREATED: "created",
+    pb.CONTAINER_RUNNING: "running",
+    pb.CONTAINER_EXITED: "exited",
+}
+
+
+def observe_runtime_operation(operation_type: str, seconds: float, failed: bool) -> None:
+    """One CRI call (cri.client.RuntimeClient's `observe`)."""
+    RUNTIME_OPERATIONS_DURATION.labels(operation_type).observe(seconds)
+    if failed:
+        RUNTIME_OPERATIONS_ERRORS.labels(operation_type).inc()
+
+
+def observe_relist(pods: Mapping[str, RuntimePod], seconds: float) -> None:
+    """A full relist of the runtime: its duration, and the running pods and
+    containers it found (every state is set, so one that emptied shows 0)."""
+    RELIST_DURATION.observe(seconds)
+    RUNNING_PODS.set(sum(1 for pod in pods.values() if any(s.ready for s in pod.sandboxes)))
+    states = Tally(_STATES.get(int(c.state), "unknown") for pod in pods.values() for c in pod.containers)
+    for state in (*_STATES.values(), "unknown"):
+        RUNNING_CONTAINERS.labels(state).set(states[state])

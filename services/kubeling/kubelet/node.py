@@ -3,8 +3,10 @@
 Ready follows the runtime: False with a reason while CRI Status fails or reports
 the runtime or network not ready, and False (NetworkPluginNotReady) while the
 kubelet has no pod network to give pods (`network_message`, set by the kubelet
-until it knows the node's pod CIDR). Conditions are posted every status interval
-or at once when they change; the Lease is renewed every renew interval.
+until it knows the node's pod CIDR). MemoryPressure, DiskPressure and PIDPressure
+come from measurements against Kubernetes' default hard eviction thresholds
+(pressure.py). Conditions are posted every status interval or at once when they
+change; the Lease is renewed every renew interval.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import structlog
@@ -23,6 +26,7 @@ from kubeling.client import Client
 from kubeling.common import machine
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
+from kubeling.kubelet import pressure
 from kubeling.v1 import coordination_pb2, core_pb2, meta_pb2
 
 log = structlog.get_logger(__name__)
@@ -40,13 +44,53 @@ class NodeSettings:
     lease_renew_interval: float = 10.0
     status_interval: float = 10.0
     max_pods: int = 110
+    # The kubelet's data (pod logs): its filesystem is the nodefs.
+    nodefs: Path = field(default_factory=lambda: Path("/var/log/pods"))
+    thresholds: pressure.Thresholds = field(default_factory=pressure.Thresholds)
+
+
+# (condition, True reason and message, False reason and message), as upstream's
+# nodestatus setters word them.
+_PRESSURE_CONDITIONS = (
+    (
+        "MemoryPressure",
+        ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+        ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+    ),
+    (
+        "DiskPressure",
+        ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+        ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ),
+    (
+        "PIDPressure",
+        ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+        ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ),
+)
+
+SignalSource = Callable[[], pressure.Signals]
 
 
 class NodeAgent:
-    def __init__(self, api: Client, runtime: Runtime, settings: NodeSettings) -> None:
+    def __init__(
+        self,
+        api: Client,
+        runtime: Runtime,
+        settings: NodeSettings,
+        signals: SignalSource | None = None,
+    ) -> None:
+        """`signals` measures the node (blocking; run in a thread); by default this
+        machine's memory, PIDs, nodefs and the runtime's image filesystem."""
         self.api = api
         self.runtime = runtime
         self.settings = settings
+        self._signals = signals
+        self._imagefs: Path | None = None
+        self._imagefs_known = False
+        self.pressure = pressure.Pressure()
+        # False while CRI calls fail (the kubelet's /healthz answers 503).
+        self.runtime_reachable = True
         self._last_conditions: dict[str, tuple[str, str]] = {}
         self._runtime_version = ""
         self.ready = False
@@ -67,7 +111,9 @@ class NodeAgent:
                 self._runtime_version = f"{version.runtime_name}://{version.runtime_version}"
             status = await self.runtime.status()
         except CRIError as exc:
+            self.runtime_reachable = False
             return False, "KubeletNotReady", f"container runtime is down: {exc.details}"
+        self.runtime_reachable = True
         for condition in status.status.conditions:
             if not condition.status:
                 what = "network" if condition.type == "NetworkReady" else "runtime"
@@ -94,22 +140,12 @@ class NodeAgent:
         """The node's conditions; `health` is a runtime check the caller just made."""
         ready, reason, message = self._with_network(health or await self.runtime_health())
         self.ready = ready
-        wanted = [
-            ("Ready", "True" if ready else "False", reason, message),
-            (
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            (
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-            ),
-        ]
+        found = await self.measure_pressure()
+        wanted = [("Ready", "True" if ready else "False", reason, message)]
+        for (kind, when_true, when_false), signals in zip(
+            _PRESSURE_CONDITIONS, (found.memory, found.disk, found.pid), strict=True
+        ):
+            wanted.append((kind, "True", *when_true) if signals else (kind, "False", *when_false))
         old = {c.type: c for c in previous.status.conditions} if previous else {}
         stamp = now()
         result = []
@@ -123,6 +159,55 @@ class NodeAgent:
                 condition.last_transition_time.CopyFrom(stamp)
             result.append(condition)
         return result
+
+    async def measure_pressure(self) -> pressure.Pressure:
+        """Measure the node against the eviction thresholds; on a failed
+        measurement the last verdict stands."""
+        try:
+            source = self._signals or await self._machine_signals()
+            signals = await asyncio.to_thread(source)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            log.warning("node pressure not measured", error=repr(exc))
+            return self.pressure
+        found = pressure.pressure(signals, self.settings.thresholds)
+        if found != self.pressure:
+            log.info(
+                "node pressure changed",
+                memory=found.memory,
+                disk=found.disk,
+                pid=found.pid,
+                memory_available=signals.memory_available,
+                nodefs_available=signals.nodefs.available,
+                imagefs_available=signals.imagefs.available,
+                pid_available=signals.pid_available,
+            )
+        self.pressure = found
+        return found
+
+    async def _machine_signals(self) -> SignalSource:
+        nodefs, imagefs = self.settings.nodefs, await self._image_fs()
+        return lambda: pressure.measure(nodefs, imagefs)
+
+    async def _image_fs(self) -> Path | None:
+        """Where the runtime keeps images (CRI ImageFsInfo, asked once); None: on
+        the nodefs, as upstream assumes without a dedicated image filesystem."""
+        if self._imagefs_known:
+            return self._imagefs
+        ask = getattr(self.runtime, "image_fs_info", None)  # not every Runtime has it
+        if ask is None:
+            self._imagefs_known = True
+            return None
+        try:
+            info = await ask()
+        except CRIError as exc:
+            if exc.unavailable:
+                return None  # ask again next time
+            self._imagefs_known = True  # e.g. UNIMPLEMENTED
+            return None
+        mounts = [fs.fs_id.mountpoint for fs in info.image_filesystems if fs.fs_id.mountpoint]
+        self._imagefs = Path(mounts[0]) if mounts else None
+        self._imagefs_known = True
+        return self._imagefs
 
     def _status(self) -> core_pb2.NodeStatus:
         s = self.settings
