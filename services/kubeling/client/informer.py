@@ -4,26 +4,71 @@ An `Informer` keeps a local copy of one kind (list-then-watch, re-listing when t
 watch is too old or breaks) and tells handlers about every change. A `WorkQueue`
 hands keys to workers with de-duplication (a key queued many times is synced once)
 and per-key exponential back-off for retries, as client-go's workqueue does.
+
+Both survive errors: an informer's watch loop that fails re-lists and watches again
+after a back-off, and a sync that raises is retried later for its key. Inside
+`supervised_informers(supervisor)` (the controller manager sets it), the informers
+that `informers_running` starts run as supervised loops (common/supervisor.py), so
+a crash that escapes them anyway is logged, counted and restarted.
+
+Work queues report client-go's metrics (`workqueue_depth`, `workqueue_adds_total`,
+`workqueue_queue_duration_seconds`, `workqueue_work_duration_seconds`,
+`workqueue_retries_total`, labelled by the queue's name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
 from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge, Histogram
 
 from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.client.client import ResourceClient
+from kubeling.common.supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T", bound=Message)
 Handler = Callable[[str, Any, Any], None]  # (event type, old or None, new or None)
+
+# client-go's workqueue metrics, under the same names.
+_DURATION_BUCKETS = (1e-4, 1e-3, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of the workqueue", ["name"])
+WORKQUEUE_ADDS = Counter("workqueue_adds", "Adds handled by the workqueue", ["name"])
+WORKQUEUE_QUEUE_DURATION = Histogram(
+    "workqueue_queue_duration_seconds",
+    "How long an item stays in the workqueue before being taken",
+    ["name"],
+    buckets=_DURATION_BUCKETS,
+)
+WORKQUEUE_WORK_DURATION = Histogram(
+    "workqueue_work_duration_seconds",
+    "How long processing an item from the workqueue takes",
+    ["name"],
+    buckets=_DURATION_BUCKETS,
+)
+WORKQUEUE_RETRIES = Counter("workqueue_retries", "Retries handled by the workqueue", ["name"])
+
+# The supervisor that informers started in this context run under (see module doc).
+_SUPERVISOR: ContextVar[Supervisor | None] = ContextVar("informer_supervisor", default=None)
+
+
+@contextlib.contextmanager
+def supervised_informers(supervisor: Supervisor) -> Iterator[None]:
+    """Tasks created inside this block run their informers under `supervisor`."""
+    token = _SUPERVISOR.set(supervisor)
+    try:
+        yield
+    finally:
+        _SUPERVISOR.reset(token)
 
 
 def key_of(obj: Any) -> str:
@@ -68,6 +113,9 @@ class Informer(Generic[T]):
                 log.exception("informer handler failed", kind=kind)
 
     async def run(self) -> None:
+        """List and watch until cancelled. A watch that breaks is resumed from the
+        last revision seen; one that fails in any other way (a bug, a bad object)
+        starts over with a full re-list, after a back-off."""
         delay = 0.1
         while True:
             seen: set[str] | None = set() if not self.resource_version else None
@@ -100,6 +148,7 @@ class Informer(Generic[T]):
                         seen.add(key)
                     self.store[key] = obj
                     self._emit("ADDED" if old is None else "MODIFIED", old, obj)
+                continue  # the server ended the stream: resume from where we are
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                     self.resource_version = ""
@@ -111,12 +160,18 @@ class Informer(Generic[T]):
                     kind=self.resource.kind.name,
                     error=exc.details(),
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            except Exception:
+                # Whatever went wrong, a full re-list rebuilds a cache we can trust.
+                log.exception("watch failed; listing again", kind=self.resource.kind.name)
+                self.resource_version = ""
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class WorkQueue:
-    def __init__(self, base_delay: float = 0.05, max_delay: float = 30.0) -> None:
+    """`name` labels the queue's metrics; `run_workers` names a queue made without."""
+
+    def __init__(self, base_delay: float = 0.05, max_delay: float = 30.0, name: str = "") -> None:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._processing: set[str] = set()
@@ -125,15 +180,51 @@ class WorkQueue:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._base = base_delay
         self._max = max_delay
+        # When each queued key was first added, and when each taken key was taken.
+        self._added_at: dict[str, float] = {}
+        self._taken_at: dict[str, float] = {}
+        self._unnamed_adds = 0  # adds before the queue had a name
+        self.name = ""
+        if name:
+            self.set_name(name)
+
+    def set_name(self, name: str) -> None:
+        """Label this queue's metrics `name` (once; later calls change nothing)."""
+        if self.name:
+            return
+        self.name = name
+        self._depth = WORKQUEUE_DEPTH.labels(name)
+        self._adds = WORKQUEUE_ADDS.labels(name)
+        self._queue_duration = WORKQUEUE_QUEUE_DURATION.labels(name)
+        self._work_duration = WORKQUEUE_WORK_DURATION.labels(name)
+        self._retries = WORKQUEUE_RETRIES.labels(name)
+        self._adds.inc(self._unnamed_adds)
+        self._unnamed_adds = 0
+        self._depth.set(self._queue.qsize())
+
+    def _counted_add(self) -> None:
+        if self.name:
+            self._adds.inc()
+        else:
+            self._unnamed_adds += 1
 
     def add(self, key: str) -> None:
         if key in self._processing:
-            self._dirty.add(key)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                self._counted_add()
             return
         if key in self._queued:
             return
+        self._counted_add()
+        self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
         self._queued.add(key)
+        self._added_at.setdefault(key, time.monotonic())
         self._queue.put_nowait(key)
+        if self.name:
+            self._depth.set(self._queue.qsize())
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -153,8 +244,11 @@ class WorkQueue:
         self.add(key)
 
     def retry(self, key: str) -> None:
+        """Add `key` again after its own exponential back-off (rate limited)."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
+        if self.name:
+            self._retries.inc()
         self.add_after(key, min(self._max, self._base * 2**failures))
 
     def forget(self, key: str) -> None:
@@ -164,13 +258,22 @@ class WorkQueue:
         key = await self._queue.get()
         self._queued.discard(key)
         self._processing.add(key)
+        now = time.monotonic()
+        added = self._added_at.pop(key, now)
+        self._taken_at[key] = now
+        if self.name:
+            self._depth.set(self._queue.qsize())
+            self._queue_duration.observe(now - added)
         return key
 
     def done(self, key: str) -> None:
         self._processing.discard(key)
+        taken = self._taken_at.pop(key, None)
+        if taken is not None and self.name:
+            self._work_duration.observe(time.monotonic() - taken)
         if key in self._dirty:
             self._dirty.discard(key)
-            self.add(key)
+            self._enqueue(key)
 
     def __len__(self) -> int:
         return self._queue.qsize()
@@ -180,7 +283,9 @@ async def run_workers(
     queue: WorkQueue, sync: Callable[[str], Awaitable[None]], workers: int, name: str
 ) -> None:
     """Run `workers` loops taking keys from the queue; a failing sync is retried
-    with back-off, a successful one resets the key's back-off."""
+    with back-off (never fatal to the worker), a successful one resets the key's
+    back-off. The queue's metrics are labelled `name` unless it has a name."""
+    queue.set_name(name)
 
     async def worker() -> None:
         while True:
@@ -210,13 +315,36 @@ async def run_workers(
                 await task
 
 
+def _informer_loop_names(informers: list[Informer[Any]], name: str) -> list[str]:
+    """`name.kind` per informer (`replicaset.pods`), numbered when a kind repeats."""
+    names: list[str] = []
+    for informer in informers:
+        base = f"{name}.{informer.resource.kind.plural}"
+        loop, n = base, 1
+        while loop in names:
+            n += 1
+            loop = f"{base}-{n}"
+        names.append(loop)
+    return names
+
+
+def start_informer(informer: Informer[Any], loop_name: str) -> asyncio.Task[None]:
+    """Run `informer` in a task of its own, supervised as `loop_name` when a
+    supervisor is in context (see `supervised_informers`)."""
+    supervisor = _SUPERVISOR.get()
+    if supervisor is None:
+        return asyncio.create_task(informer.run(), name=loop_name)
+    return asyncio.create_task(supervisor.supervise(loop_name, informer.run), name=loop_name)
+
+
 @contextlib.asynccontextmanager
 async def informers_running(informers: Iterable[Informer[Any]], name: str) -> AsyncIterator[None]:
     """Run the informers in the background; the block starts once every cache is
     filled (a controller must not judge from a half-filled cache) and the informers
     stop when it ends."""
     started = list(informers)
-    tasks = [asyncio.create_task(i.run(), name=f"{name}-informer") for i in started]
+    loops = _informer_loop_names(started, name)
+    tasks = [start_informer(i, loop) for i, loop in zip(started, loops, strict=True)]
     try:
         await asyncio.gather(*(i.synced.wait() for i in started))
         yield
@@ -224,5 +352,5 @@ async def informers_running(informers: Iterable[Informer[Any]], name: str) -> As
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task

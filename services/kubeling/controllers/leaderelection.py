@@ -10,6 +10,11 @@ Every write is an optimistic update on the Lease's resourceVersion, so two
 candidates can never both think they acquired it. Expiry is judged by when *we*
 last saw the Lease change (a local monotonic clock), not by the renewTime in
 it, so clock skew between machines does not matter.
+
+With a `supervisor`, the renewal loop runs supervised (`leader-renew`): an
+unexpected error in it is logged, counted and the loop restarted within the renew
+deadline, rather than silently ending the leadership. `leader_election_master_status`
+(1 while leading) is Kubernetes' gauge of the same name.
 """
 
 from __future__ import annotations
@@ -20,17 +25,26 @@ import math
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Gauge
 
 from kubeling.api.objects import clone, now
 from kubeling.client.client import Client
+from kubeling.common.supervisor import LoopFailed, Supervisor
 from kubeling.v1 import coordination_pb2
 
 log = structlog.get_logger(__name__)
+
+LEADER_STATUS = Gauge(
+    "leader_election_master_status",
+    "1 while this process holds the leader Lease `name`, 0 otherwise",
+    ["name"],
+)
 
 
 class LeaderElector:
@@ -44,6 +58,7 @@ class LeaderElector:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         release_on_cancel: bool = True,
+        supervisor: Supervisor | None = None,
     ) -> None:
         if not lease_duration > renew_deadline > retry_period > 0:
             raise ValueError("need lease_duration > renew_deadline > retry_period > 0")
@@ -55,6 +70,7 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.release_on_cancel = release_on_cancel
+        self.supervisor = supervisor
         self._leading = False
         # The last Lease content we saw and when (monotonic), for expiry.
         self._observed: coordination_pb2.Lease | None = None
@@ -64,6 +80,15 @@ class LeaderElector:
     @property
     def is_leader(self) -> bool:
         return self._leading
+
+    def _set_leading(self, leading: bool) -> None:
+        self._leading = leading
+        LEADER_STATUS.labels(self.name).set(1 if leading else 0)
+
+    def _renewal(self) -> Coroutine[Any, Any, None]:
+        if self.supervisor is None:
+            return self._keep_renewing()
+        return self.supervisor.supervise("leader-renew", self._keep_renewing)
 
     @property
     def holder(self) -> str:
@@ -79,18 +104,24 @@ class LeaderElector:
                 await self._acquire()
                 log.info("became leader", lease=self.name, identity=self.identity)
                 work = asyncio.ensure_future(on_started_leading())
-                renew = asyncio.create_task(self._keep_renewing(), name="leader-renew")
+                renew = asyncio.create_task(self._renewal(), name="leader-renew")
                 try:
                     await asyncio.wait({work, renew}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for task in (work, renew):
                         task.cancel()
                     for task in (work, renew):
-                        with contextlib.suppress(asyncio.CancelledError):
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
                             await task
-                    self._leading = False
+                    self._set_leading(False)
                 if renew.done() and not renew.cancelled():
-                    log.warning("leadership lost; work stopped", lease=self.name)
+                    error = renew.exception()
+                    if isinstance(error, LoopFailed):
+                        raise error  # the supervised renewal crashed too often
+                    if error is not None:
+                        log.error("lease renewal failed; work stopped", exc_info=error)
+                    else:
+                        log.warning("leadership lost; work stopped", lease=self.name)
                     continue
                 # The work ended on its own: hand the Lease over and stop.
                 await self._release()
@@ -108,7 +139,7 @@ class LeaderElector:
         while True:
             with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
                 if await asyncio.wait_for(self._try_acquire_or_renew(), self.renew_deadline):
-                    self._leading = True
+                    self._set_leading(True)
                     self._renewed_at = time.monotonic()
                     return
             await asyncio.sleep(self.retry_period)

@@ -2,7 +2,14 @@
 
 Each controller is a class taking `ControllerContext` with an async `run()`; the
 `REGISTRY` maps its name (as given to `kubeling-master --controllers`) to its
-factory. Controllers share one API client and one event recorder.
+factory. Controllers share one API client and one event recorder. Loops that live
+elsewhere (the scheduler, registered by the master) are passed in as `extra`, so
+this package never imports them.
+
+Each controller runs as its own supervised loop (common/supervisor.py): a crash
+restarts that controller alone, from a fresh instance (its informers list again),
+after a back-off; its informers' watch loops are supervised too. A controller that
+keeps crashing gives up, which makes the whole process unhealthy.
 """
 
 from __future__ import annotations
@@ -10,58 +17,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
 from kubeling.client import Client
 from kubeling.client.events import EventRecorder
+from kubeling.client.informer import supervised_informers
+from kubeling.common.supervisor import LoopFactory, LoopFailed, Supervisor
+from kubeling.controllers.context import Controller, ControllerContext, ControllerSettings
+
+__all__ = [
+    "REGISTRY",
+    "Controller",
+    "ControllerContext",
+    "ControllerFactory",
+    "ControllerSettings",
+    "load_all",
+    "register",
+    "run_controllers",
+]
 
 log = structlog.get_logger(__name__)
 
+ControllerFactory = Callable[[ControllerContext], Controller]
 
-@dataclass
-class ControllerSettings:
-    """Timings and sizes the controllers use; tests set short values."""
-
-    workers: int = 4
-    # Node lifecycle: a node whose Lease is older than this is NotReady/Unknown.
-    node_monitor_grace_period: float = 50.0
-    node_monitor_period: float = 5.0
-    # Default tolerationSeconds for the not-ready/unreachable NoExecute taints.
-    pod_eviction_timeout: float = 300.0
-    # Node IPAM: pod CIDRs for Nodes are cut from this range ("" = none allocated,
-    # as Kubernetes' --allocate-node-cidrs=false), one subnet of this prefix each.
-    cluster_cidr: str = ""
-    node_cidr_mask_size: int = 24
-    extra: dict[str, str] = field(default_factory=dict)
+REGISTRY: dict[str, ControllerFactory] = {}
 
 
-@dataclass
-class ControllerContext:
-    api: Client
-    recorder: EventRecorder
-    settings: ControllerSettings
-
-
-class Controller(Protocol):
-    async def run(self) -> None: ...
-
-
-REGISTRY: dict[str, Callable[[ControllerContext], Controller]] = {}
-
-
-def register(
-    name: str,
-) -> Callable[
-    [Callable[[ControllerContext], Controller]], Callable[[ControllerContext], Controller]
-]:
+def register(name: str) -> Callable[[ControllerFactory], ControllerFactory]:
     """Class decorator adding a controller to the registry under `name`."""
 
-    def add(
-        factory: Callable[[ControllerContext], Controller],
-    ) -> Callable[[ControllerContext], Controller]:
+    def add(factory: ControllerFactory) -> ControllerFactory:
         REGISTRY[name] = factory
         return factory
 
@@ -76,26 +62,42 @@ def load_all() -> None:
     import kubeling.controllers as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in ("manager",):
+        if module.name not in ("manager", "context", "leaderelection"):
             importlib.import_module(f"kubeling.controllers.{module.name}")
 
 
 async def run_controllers(
-    address: str, enabled: set[str], settings: ControllerSettings | None = None
+    address: str,
+    enabled: set[str],
+    settings: ControllerSettings | None = None,
+    *,
+    supervisor: Supervisor | None = None,
+    extra: dict[str, ControllerFactory] | None = None,
 ) -> None:
-    """Run the enabled controllers ("*" enables all) until cancelled."""
+    """Run the enabled controllers ("*" enables all) until cancelled, each under
+    `supervisor` (a private one when None). `extra`: more loops by name (the
+    scheduler). Raises `LoopFailed` when one of them gives up."""
     load_all()
-    names = sorted(REGISTRY) if "*" in enabled else sorted(n for n in enabled if n in REGISTRY)
-    unknown = sorted(n for n in enabled if n != "*" and n not in REGISTRY)
+    factories = {**REGISTRY, **(extra or {})}
+    names = sorted(factories) if "*" in enabled else sorted(n for n in enabled if n in factories)
+    unknown = sorted(n for n in enabled if n != "*" and n not in factories)
     if unknown:
-        log.warning("unknown controllers ignored", names=unknown, known=sorted(REGISTRY))
+        log.warning("unknown controllers ignored", names=unknown, known=sorted(factories))
+    supervisor = supervisor or Supervisor("kubeling-controller-manager")
     async with Client(address) as api:
         context = ControllerContext(api, EventRecorder(api, "kubeling-controller-manager"),
                                     settings or ControllerSettings())  # fmt: skip
-        tasks = [
-            asyncio.create_task(REGISTRY[name](context).run(), name=f"controller-{name}")
-            for name in names
-        ]
+
+        def loop(name: str) -> LoopFactory:
+            # A fresh controller per (re)start: its caches and queue are rebuilt.
+            return lambda: factories[name](context).run()
+
+        # Informers started inside a controller are supervised by the same supervisor.
+        with supervised_informers(supervisor):
+            tasks = [
+                asyncio.create_task(supervisor.supervise(n, loop(n)), name=f"controller-{n}")
+                for n in names
+            ]
         log.info("controllers running", names=names)
         try:
             await asyncio.gather(*tasks)
@@ -103,6 +105,6 @@ async def run_controllers(
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, LoopFailed):
                     await task
             await context.recorder.flush()

@@ -2,12 +2,15 @@
 same generic code over the kind's Registry.
 
 Errors leave as gRPC statuses (ApiError carries the code and the BadRequest field
-violations); anything unexpected is logged and returned as INTERNAL, and the
-server carries on.
+violations); a write the store could not make (its writer failed or is restarting)
+is UNAVAILABLE with the store's reason; anything unexpected is logged and returned
+as INTERNAL, and the server carries on. Every method is counted and timed
+(master/metrics.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,8 +22,16 @@ from google.protobuf.message import Message
 from kubeling.api.errors import ApiError
 from kubeling.common import handlers
 from kubeling.common.handlers import Context
+from kubeling.master.metrics import instrument
 from kubeling.master.registry import Registry, WatchItem
-from kubeling.master.store.base import WatchClosedError
+from kubeling.master.store.base import (
+    ConflictError,
+    KeyExistsError,
+    KeyNotFoundError,
+    StoreError,
+    TooOldError,
+    WatchClosedError,
+)
 from kubeling.v1 import meta_pb2
 
 log = structlog.get_logger(__name__)
@@ -47,7 +58,8 @@ class ResourceService:
         if kind.has_status:
             unary["UpdateStatus"] = (self.update_status, kind.update_request)
         methods: dict[str, grpc.RpcMethodHandler] = {
-            name: handlers.unary(fn, request, "master") for name, (fn, request) in unary.items()
+            name: handlers.unary(_store_unavailable(fn), request, "master")
+            for name, (fn, request) in unary.items()
         }
         methods["Watch"] = grpc.unary_stream_rpc_method_handler(
             self.watch,
@@ -55,7 +67,8 @@ class ResourceService:
             response_serializer=handlers.serialize,
         )
         methods.update(extra or {})
-        return grpc.method_handlers_generic_handler(kind.service, methods)
+        counted = {name: instrument(h, name, kind.plural) for name, h in methods.items()}
+        return grpc.method_handlers_generic_handler(kind.service, counted)
 
     def _object(self, request: Any) -> Message:
         field = self.kind.request_field
@@ -123,6 +136,28 @@ class ResourceService:
                 yield encode(item)
         except WatchClosedError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"watch closed: {exc}")
+
+
+# Store errors that the registry turns into API errors itself.
+_HANDLED = (ConflictError, KeyExistsError, KeyNotFoundError, TooOldError, WatchClosedError)
+
+
+def _store_unavailable(
+    fn: Callable[[Any, Context], Awaitable[Message]],
+) -> Callable[[Any, Context], Awaitable[Message]]:
+    """A write the store refused for its own reasons (its writer failed the group
+    or is restarting) answers UNAVAILABLE with the reason, not a bare INTERNAL."""
+
+    @functools.wraps(fn)
+    async def call(request: Any, context: Context) -> Message:
+        try:
+            return await fn(request, context)
+        except StoreError as exc:
+            if isinstance(exc, _HANDLED):
+                raise
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"storage: {exc}") from exc
+
+    return call
 
 
 class _EventEncoder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 from kubeling.common import machine
@@ -13,7 +14,7 @@ from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.common.token import load_or_create
 from kubeling.controllers.manager import ControllerSettings
-from kubeling.master.server import Master, MasterConfig
+from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
 
@@ -64,6 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the address workers use, for the join command (default: the listen host "
         "or this machine's address)",
     )
+    parser.add_argument(
+        "--metrics-bind-address",
+        default=f"127.0.0.1:{DEFAULT_METRICS_PORT}",
+        help='HOST:PORT for /metrics, /healthz and /livez (port 0: any free port; "": none)',
+    )
+    parser.add_argument(
+        "--loop-crash-limit",
+        type=int,
+        default=10,
+        help="a loop (controller, scheduler, ...) crashing this often in 5 minutes gives "
+        "up: health turns NOT_SERVING and the master exits 1 (for systemd to restart it)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -80,11 +93,13 @@ def join_command(listen: str, advertise: str, token: str) -> str:
     )
 
 
-async def serve(config: MasterConfig) -> None:
+async def serve(config: MasterConfig) -> int:
+    """Serve until SIGTERM/SIGINT (0) or until a supervised loop gives up (1)."""
     master = Master(config)
     await master.start()
-    await until_terminated()
+    code = await until_terminated(master.supervisor)
     await master.stop()
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     config = MasterConfig(
         join_token=token,
+        metrics_bind=args.metrics_bind_address,
+        loop_crash_limit=args.loop_crash_limit,
         listen=args.listen,
         data_dir=args.data_dir or default_data_dir(),
         service_cidr=args.service_cidr,
@@ -114,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             node_cidr_mask_size=args.node_cidr_mask_size,
         ),
     )
-    asyncio.run(serve(config))
+    sys.exit(asyncio.run(serve(config)))
 
 
 if __name__ == "__main__":

@@ -31,24 +31,21 @@ class NamespaceController:
         self._interval = interval
 
     async def run(self) -> None:
+        """Sync on every namespace change and every `interval`. Anything but a
+        closed watch escapes to the master's supervisor, which logs, counts and
+        restarts this loop with back-off."""
         store = self._namespaces.store
         while True:
+            _, _, watch = store.list_and_watch(NAMESPACE.prefix())
             try:
-                _, _, watch = store.list_and_watch(NAMESPACE.prefix())
-                try:
-                    while True:
-                        await self.sync_all()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(watch.next_batch(), self._interval)
-                finally:
-                    watch.close()
+                while True:
+                    await self.sync_all()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(watch.next_batch(), self._interval)
             except WatchClosedError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("namespace controller failed; retrying")
-                await asyncio.sleep(self._interval)
+                continue  # too slow a reader: watch again
+            finally:
+                watch.close()
 
     async def sync_all(self) -> None:
         items, _, _ = self._namespaces.list_objects("")

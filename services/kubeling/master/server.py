@@ -1,4 +1,13 @@
-"""The master process: store, registries, the API server and in-process loops."""
+"""The master process: store, registries, the API server and in-process loops.
+
+Every long-running loop runs under the master's one Supervisor
+(common/supervisor.py): the store's writer (`store-writer`), the namespace
+controller (`namespace-controller`), leader election (`leader-election`, its
+renewal `leader-renew`), and while leading each controller and the scheduler by
+its name (`replicaset`, `scheduler`, ...) with their informers (`replicaset.pods`).
+A crash restarts that loop alone; a loop that gives up turns gRPC health
+NOT_SERVING and /healthz 503, and `kubeling-master` exits 1.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from kubeling.api.errors import ApiError
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
 from kubeling.client import Client
+from kubeling.common.httpserve import bound_port, serve_http
 from kubeling.common.rpc import Server
+from kubeling.common.supervisor import LoopFailed, Supervisor
 from kubeling.common.token import RequireToken
 from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
@@ -27,11 +39,15 @@ from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker, register_indexes
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
+from kubeling.scheduler.scheduler import Scheduler
 from kubeling.v1 import core_pb2
 
 log = structlog.get_logger(__name__)
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-node-lease")
+
+# /metrics, /healthz, /livez: kube-controller-manager's port.
+DEFAULT_METRICS_PORT = 10257
 
 
 @dataclass
@@ -47,6 +63,10 @@ class MasterConfig:
     controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
     # When set, registering a Node (Nodes/Create) needs this token (common/token.py).
     join_token: str = ""
+    # HOST:PORT for /metrics /healthz /livez ("" serves none; port 0 picks one).
+    metrics_bind: str = ""
+    # A loop that crashes this often within 5 minutes gives up: the master is unhealthy.
+    loop_crash_limit: int = 10
 
 
 def self_address(listen: str, port: int) -> str:
@@ -64,7 +84,11 @@ def self_address(listen: str, port: int) -> str:
 class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
-        self.store = SqliteStore(config.data_dir / "state.db", ProtoCodec(), config.history)
+        self.supervisor = Supervisor("kubeling-master", max_crashes=config.loop_crash_limit)
+        self.supervisor.on_failure(self._loop_failed)
+        self.store = SqliteStore(
+            config.data_dir / "state.db", ProtoCodec(), config.history, self.supervisor
+        )
         register_indexes(self.store)
         check = namespace_checker(self.store)
         self.registries: dict[str, Registry] = {
@@ -83,7 +107,21 @@ class Master:
         binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
         self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
         self.server: Server | None = None
+        self.elector: LeaderElector | None = None
+        self.metrics: web.AppRunner | None = None
+        self.metrics_port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._unhealthy: asyncio.Task[None] | None = None
+
+    def healthy(self) -> bool:
+        """False once a supervised loop gave up (the process is about to exit)."""
+        return not self.supervisor.failed.is_set()
+
+    def _loop_failed(self, failure: LoopFailed) -> None:
+        if self.server is not None:
+            # Every service NOT_SERVING, and it stays so.
+            health = self.server.health.enter_graceful_shutdown()
+            self._unhealthy = asyncio.ensure_future(health)
 
     async def start(self) -> int:
         await self.store.open()
@@ -101,13 +139,25 @@ class Master:
             [RequireToken(self.config.join_token)] if self.config.join_token else [],
         )
         await self.server.start()
-        controller = NamespaceController(self.registries)
-        self._tasks.append(asyncio.create_task(controller.run(), name="namespace-controller"))
+        if self.config.metrics_bind:
+            await self._serve_metrics(self.config.metrics_bind)
+        namespaces = NamespaceController(self.registries)
+        self._tasks.append(self.supervisor.start("namespace-controller", namespaces.run))
         if self.config.controllers:
-            runner = self._elected_controllers(self_address(self.config.listen, self.server.port))
-            self._tasks.append(asyncio.create_task(runner, name="controllers"))
+            own = self_address(self.config.listen, self.server.port)
+            self._tasks.append(
+                self.supervisor.start("leader-election", lambda: self._elected_controllers(own))
+            )
         log.info("master serving", listen=self.config.listen, port=self.server.port)
         return int(self.server.port)
+
+    async def _serve_metrics(self, bind: str) -> None:
+        try:
+            self.metrics = await serve_http(bind, DEFAULT_METRICS_PORT, healthz=self.healthy)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {bind}: {exc}") from exc
+        self.metrics_port = bound_port(self.metrics)
+        log.info("metrics serving", bind=bind, port=self.metrics_port)
 
     async def _elected_controllers(self, own: str) -> None:
         """Controllers and scheduler run only while this master holds the
@@ -115,10 +165,16 @@ class Master:
         with one active set."""
         async with Client(own) as api:
             identity = f"{socket.gethostname()}_{own}_{os.getpid()}"
-            elector = LeaderElector(api, identity=identity)
-            await elector.run(
+            self.elector = LeaderElector(api, identity=identity, supervisor=self.supervisor)
+            await self.elector.run(
                 lambda: run_controllers(
-                    own, self.config.controllers, self.config.controller_settings
+                    own,
+                    self.config.controllers,
+                    self.config.controller_settings,
+                    supervisor=self.supervisor,
+                    # The scheduler is a loop like the controllers, registered here so
+                    # that the controllers and the scheduler never import each other.
+                    extra={"scheduler": Scheduler},
                 )
             )
 
@@ -135,9 +191,13 @@ class Master:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, LoopFailed):
                 await task
         if self.server is not None:
             await self.server.stop()
         await self.pod_proxy.close()
+        # The store's writer goes last: requests still being answered can write.
         await self.store.close()
+        await self.supervisor.stop()
+        if self.metrics is not None:
+            await self.metrics.cleanup()

@@ -16,29 +16,53 @@ pod deleted or finished) or the periodic retry comes round.
 Settings (ControllerSettings.extra): scheduler.percentageOfNodesToScore (5; 0 for
 Kubernetes' adaptive value), scheduler.parallelBinds (32),
 scheduler.retryInterval (seconds, 5).
+
+Metrics, as kube-scheduler's: `scheduler_schedule_attempts_total{result}`
+(scheduled, unschedulable, error) and `scheduler_scheduling_attempt_duration_seconds`
+(from taking the pod off the queue to its bind, or to the unschedulable verdict).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 import grpc
 import structlog
+from prometheus_client import Counter, Histogram
 
 from kubeling.api.objects import clone, now
 from kubeling.client.events import EventRecorder
-from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers
+from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers, start_informer
 from kubeling.client.pods import pod_bind
-from kubeling.controllers.manager import ControllerContext
+from kubeling.controllers.context import ControllerContext
 from kubeling.scheduler.algorithm import DEFAULT_PERCENTAGE, Algorithm
 from kubeling.scheduler.cache import NodeCache
 from kubeling.scheduler.framework import DEFAULT_SCHEDULER, PodInfo
 from kubeling.v1 import core_pb2
 
 log = structlog.get_logger(__name__)
+
+SCHEDULE_ATTEMPTS = Counter(
+    "scheduler_schedule_attempts",
+    "Number of attempts to schedule pods, by the result",
+    ["result", "profile"],
+)
+ATTEMPT_DURATION = Histogram(
+    "scheduler_scheduling_attempt_duration_seconds",
+    "Scheduling attempt latency (the decision and the binding)",
+    ["result", "profile"],
+    buckets=(0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2, 4, 8),
+)
+
+
+def _attempt(result: str, started: float) -> None:
+    SCHEDULE_ATTEMPTS.labels(result, DEFAULT_SCHEDULER).inc()
+    ATTEMPT_DURATION.labels(result, DEFAULT_SCHEDULER).observe(time.monotonic() - started)
+
 
 # Node events come in bursts (a rack joining): wake unschedulable pods once per burst.
 _WAKE_DELAY = 0.05
@@ -68,7 +92,7 @@ class Scheduler:
         self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 32)))
         self.nodes: Informer[core_pb2.Node] = Informer(context.api.nodes)
         self.pods: Informer[core_pb2.Pod] = Informer(context.api.pods)
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(name="scheduler")
         self.unschedulable: set[str] = set()
         self._binding: set[str] = set()  # keys with a bind call in flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,9 +102,10 @@ class Scheduler:
     async def run(self) -> None:
         self.nodes.add_handler(self._on_node)
         self.pods.add_handler(self._on_pod)
+        # Supervised loops of their own when the manager runs us under a supervisor.
         informers = [
-            asyncio.create_task(self.nodes.run(), name="scheduler-nodes"),
-            asyncio.create_task(self.pods.run(), name="scheduler-pods"),
+            start_informer(self.nodes, "scheduler.nodes"),
+            start_informer(self.pods, "scheduler.pods"),
         ]
         try:
             # Deciding before both are synced would ignore nodes or their pods.
@@ -95,7 +120,7 @@ class Scheduler:
             for task in [*informers, *self._tasks]:
                 task.cancel()
             for task in [*informers, *self._tasks]:
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self.recorder.flush()
 
@@ -163,6 +188,7 @@ class Scheduler:
         # Wait for a bind slot first, so the decision uses the freshest cache.
         await self._binds.acquire()
         handed_off = False
+        started = time.monotonic()
         try:
             namespace, _, name = key.rpartition("/")
             pod = self.pods.get(namespace, name)
@@ -173,20 +199,22 @@ class Scheduler:
             if isinstance(result, str):
                 self.cache.assume(info, result)
                 self._binding.add(key)
-                self._spawn(self._bind(pod, info, result))
+                self._spawn(self._bind(pod, info, result, started))
                 handed_off = True
             else:
+                _attempt("unschedulable", started)
                 self.unschedulable.add(key)
                 self._spawn(self._report_unschedulable(pod, result[1]))
         finally:
             if not handed_off:
                 self._binds.release()
 
-    async def _bind(self, pod: core_pb2.Pod, info: PodInfo, node: str) -> None:
+    async def _bind(self, pod: core_pb2.Pod, info: PodInfo, node: str, started: float) -> None:
         meta = pod.metadata
         try:
             bound = await pod_bind(self.api, meta.name, node, meta.namespace, meta.uid)
         except grpc.aio.AioRpcError as exc:
+            _attempt("error", started)
             self.cache.forget(info.key, info.uid)
             code = exc.code()
             if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
@@ -199,6 +227,7 @@ class Scheduler:
                 self.queue.retry(info.key)
             return
         except Exception:
+            _attempt("error", started)
             self.cache.forget(info.key, info.uid)
             log.exception("bind failed; retrying", pod=info.key, node=node)
             self.queue.retry(info.key)
@@ -207,6 +236,7 @@ class Scheduler:
             self._binding.discard(info.key)
             self._binds.release()
         self.scheduled += 1
+        _attempt("scheduled", started)
         self.recorder.record(
             bound, "Normal", "Scheduled", f"Successfully assigned {info.key} to {node}"
         )

@@ -8,6 +8,13 @@ write quickly while every acknowledged write is durable (WAL, synchronous=FULL).
 On disk: `objects` holds the current value of each key, `log` the last `history`
 changes (compacted as it grows) so that watches can resume across a restart, and
 `meta` the global revision.
+
+The writer never stops on a bad group: an exception while planning or committing
+a group fails that group's writes with a StoreError (the callers see it) and the
+writer goes on with the next group. A commit in flight always finishes and reaches
+the watch cache, even when the writer is being stopped, so the cache never falls
+behind the database. While the writer is not running (stopped, or restarting after
+a crash under a supervisor) writes fail at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +31,8 @@ from typing import Any
 
 import structlog
 
+from kubeling.common.supervisor import Supervisor
+from kubeling.master.metrics import STORAGE_COMMIT_DURATION, STORAGE_GROUP_SIZE
 from kubeling.master.store.base import (
     Codec,
     ConflictError,
@@ -61,7 +71,16 @@ class _Op:
 
 
 class SqliteStore:
-    def __init__(self, path: Path, codec: Codec, history: int = 10_000) -> None:
+    """`supervisor`: run the writer as its supervised loop `store-writer` (restarted
+    after a crash; giving up makes the process unhealthy) instead of a plain task."""
+
+    def __init__(
+        self,
+        path: Path,
+        codec: Codec,
+        history: int = 10_000,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._path = path
         self._codec = codec
         self._history = history
@@ -70,6 +89,8 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._writer_running = False
+        self._supervisor = supervisor
         self._writes_since_compaction = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -78,7 +99,11 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         entries, revision, history = await loop.run_in_executor(self._thread, self._open_sync)
         self._cache.load(entries, revision, history)
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-store-writer")
+        self._writer_running = True  # writes may queue before the task first runs
+        if self._supervisor is not None:
+            self._writer = self._supervisor.start("store-writer", self._run_writer)
+        else:
+            self._writer = asyncio.create_task(self._run_writer(), name="store-writer")
         log.info("store opened", path=str(self._path), revision=revision, objects=len(entries))
 
     def _open_sync(self) -> tuple[list[Entry], int, list[Event]]:
@@ -114,7 +139,7 @@ class SqliteStore:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
             self._writer = None
         self._cache.close_all("server shutting down")
@@ -173,41 +198,77 @@ class SqliteStore:
     ) -> Event:
         if self._writer is None:
             raise StoreError("store is not open")
+        if not self._writer_running:
+            raise StoreError("the store's writer is not running (restarting or stopped)")
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Op(type_, key, value, expected_rev, future))
         return await future
 
+    async def _run_writer(self) -> None:
+        """The writer: groups writes until cancelled. However it ends, writes still
+        waiting in the queue fail at once rather than hang."""
+        self._writer_running = True
+        reason = "the store's writer stopped"
+        try:
+            await self._write_loop()
+        except Exception as exc:
+            reason = f"store writer stopped: {exc!r}"
+            raise
+        finally:
+            self._writer_running = False
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if not op.future.done():
+                    op.future.set_exception(StoreError(reason))
+
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             ops = [await self._queue.get()]
             while len(ops) < _MAX_BATCH and not self._queue.empty():
                 ops.append(self._queue.get_nowait())
+            # Shielded: a group under way is finished even if the writer is stopped,
+            # so what was committed is in the cache and acknowledged.
+            group = asyncio.ensure_future(self._write_group(ops))
+            try:
+                await asyncio.shield(group)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await group
+                raise
+
+    async def _write_group(self, ops: list[_Op]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             accepted, rows = self._plan(ops)
             if not accepted:
-                continue
-            try:
-                await loop.run_in_executor(self._thread, self._commit_sync, rows)
-            except Exception as exc:  # disk full, I/O error: nothing was applied
-                log.error("store commit failed", error=str(exc))
-                for op, _ in accepted:
-                    if not op.future.done():
-                        op.future.set_exception(StoreError(f"store write failed: {exc}"))
-                continue
-            events = [event for _, event in accepted]
-            try:
-                self._cache.apply(events)
-            except Exception:
-                # Committed but not shown to watchers: a bug, not a reason to stop
-                # writing (every later write would hang).
-                log.exception("watch cache update failed")
-            for op, event in accepted:
+                return
+            started = time.monotonic()
+            await loop.run_in_executor(self._thread, self._commit_sync, rows)
+        except Exception as exc:  # a bug in planning, disk full, I/O error: nothing applied
+            log.exception("store write failed; the group's writes are refused", writes=len(ops))
+            for op in ops:
                 if not op.future.done():
-                    op.future.set_result(event)
-            self._writes_since_compaction += len(events)
-            if self._writes_since_compaction >= max(self._history // 10, 1):
-                self._writes_since_compaction = 0
+                    op.future.set_exception(StoreError(f"store write failed: {exc!r}"))
+            return
+        STORAGE_COMMIT_DURATION.observe(time.monotonic() - started)
+        STORAGE_GROUP_SIZE.observe(len(rows))
+        events = [event for _, event in accepted]
+        try:
+            self._cache.apply(events)
+        except Exception:
+            # Committed but not shown to watchers: a bug, not a reason to stop
+            # writing (every later write would hang).
+            log.exception("watch cache update failed")
+        for op, event in accepted:
+            if not op.future.done():
+                op.future.set_result(event)
+        self._writes_since_compaction += len(events)
+        if self._writes_since_compaction >= max(self._history // 10, 1):
+            self._writes_since_compaction = 0
+            try:
                 await loop.run_in_executor(self._thread, self._compact_sync, self.revision)
+            except Exception:
+                log.exception("store log compaction failed; retried later")
 
     def _plan(
         self, ops: list[_Op]
