@@ -3,11 +3,16 @@
 Pieces (each testable alone):
 - `NodeAgent` (node.py): Node registration, Lease renewal, conditions.
 - `Relister` (runtime_state.py): what the runtime runs, found by labels.
-- `PodWorkers` (workers.py): one worker per pod acting on the latest state.
-- `PodSyncer` (sync.py): the steps that bring one pod to its desired state.
+- `PodWorkers` (workers.py): one worker per pod acting on the latest state
+  (syncing → terminating → terminated).
+- `PodSyncer` (sync.py): the steps (steps/) that bring one pod to its desired state.
 - `compute_status` (status.py): pod status posted to the master on change.
 - `ProbeManager` (probes.py), `Backoff` (backoff.py).
 - `KubeletService` (server.py): the kubelet's gRPC API (logs, exec, stats).
+
+Its long-running loops (pod watch, relist, pod workers, node status, lease, pod
+CIDR and pod routes) run under `self.supervisor`: a crash is logged, counted and
+restarted; a loop that keeps crashing sets `supervisor.failed` (main exits).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from kubeling.api.objects import clone
-from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.client import Client
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import Informer
 from kubeling.common.rpc import Server
+from kubeling.common.supervisor import Supervisor
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
+from kubeling.kubelet import metrics
 from kubeling.kubelet.backoff import Backoff
 from kubeling.kubelet.directory import ContainerRef
 from kubeling.kubelet.node import NodeAgent, NodeSettings
@@ -38,7 +44,8 @@ from kubeling.kubelet.routes import PodRouteSync
 from kubeling.kubelet.runtime_state import Relister, RuntimePod
 from kubeling.kubelet.server import KubeletService
 from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
-from kubeling.kubelet.sync import PodSyncer, SyncResult
+from kubeling.kubelet.steps import SyncResult, grace_period
+from kubeling.kubelet.sync import PodSyncer
 from kubeling.kubelet.workers import PodWorkers
 from kubeling.node.cni import write_bridge_cni_config
 from kubeling.v1 import core_pb2
@@ -104,11 +111,14 @@ class Kubelet:
             recorder=self.recorder,
             probes=self.probes,
         )
-        self.workers = PodWorkers(self._sync)
-        self.synced = asyncio.Event()  # the first full list of our pods arrived
+        self.workers = PodWorkers(self._sync, self._termination_grace)
+        # The pods bound to this node, as the master has them.
+        self.pod_informer = Informer(api.pods, field_selector=f"spec.nodeName={self.node_name}")
+        self.pod_informer.add_handler(self._pod_event)
+        self.synced = self.pod_informer.synced  # the first full list of our pods arrived
+        self.supervisor = Supervisor("kubelet")
         self.server: Server | None = None
         self.agent: NodeAgent | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._cni_cidr = ""  # the pod CIDR the CNI config was written for
         self._network_waiting: set[str] = set()  # pods told that the network is not ready
 
@@ -142,19 +152,17 @@ class Kubelet:
             with attempt:
                 await self.agent.register()
         agent = self.agent
-        loops = [
-            ("node-status", agent.status_loop()),
-            ("lease", agent.lease_loop()),
-            ("pod-watch", self._watch_pods()),
-            ("relist", self._relist_loop()),
-        ]
+        supervisor = self.supervisor
+        supervisor.start("pod-workers", self.workers.run)
+        supervisor.start("pod-watch", self.pod_informer.run)
+        supervisor.start("relist", self._relist_loop)
+        supervisor.start("node-status", agent.status_loop)
+        supervisor.start("lease", agent.lease_loop)
         if self.config.cni_conf_dir is not None and not self._cni_cidr:
             log.info("waiting for the node's pod CIDR", node=self.node_name)
-            loops.append(("pod-cidr", self._follow_pod_cidr()))
+            supervisor.start("pod-cidr", self._follow_pod_cidr)
         if self.config.sync_pod_routes:
-            loops.append(("pod-routes", PodRouteSync(self.api, self.node_name).run()))
-        for name, coro in loops:
-            self._tasks.append(asyncio.create_task(coro, name=f"kubelet-{name}"))
+            supervisor.start("pod-routes", PodRouteSync(self.api, self.node_name).run)
         log.info("kubelet started", node=self.node_name, port=port)
 
     # ------------------------------------------------------------ pod network
@@ -223,13 +231,7 @@ class Kubelet:
     async def stop(self) -> None:
         """Stop the kubelet's loops; the pods keep running (a restarted kubelet
         adopts them)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        await self.workers.close()
+        await self.supervisor.stop()  # the pod workers stop with their loop
         await self.probes.close()
         await self.recorder.flush()
         if self.server is not None:
@@ -237,49 +239,39 @@ class Kubelet:
 
     # ------------------------------------------------------------ watching
 
-    async def _watch_pods(self) -> None:
-        """Keep `desired` equal to the master's pods bound to this node."""
-        selector = f"spec.nodeName={self.node_name}"
-        resource_version = ""
-        delay = 0.2
-        while True:
-            seen: set[str] | None = set() if not resource_version else None
-            try:
-                async for event in self.api.pods.watch(
-                    "", field_selector=selector, resource_version=resource_version
-                ):
-                    delay = 0.2
-                    resource_version = event.resource_version
-                    pod = event.object
-                    if event.type == "BOOKMARK":
-                        if seen is not None and pod.metadata.annotations.get(INITIAL_EVENTS_END):
-                            for uid in set(self.desired) - seen:
-                                # Deleted while we were not watching.
-                                del self.desired[uid]
-                                self.workers.update(uid)
-                            seen = None
-                            self.synced.set()
-                        continue
-                    uid = pod.metadata.uid
-                    if event.type == "DELETED":
-                        self.desired.pop(uid, None)
-                    else:
-                        self.desired[uid] = pod
-                        if seen is not None:
-                            seen.add(uid)
-                    self.workers.update(uid)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
-                    resource_version = ""  # too old: list again
-                else:
-                    log.warning("pod watch ended; re-watching", error=exc.details())
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+    def _pod_event(self, kind: str, old: core_pb2.Pod | None, new: core_pb2.Pod | None) -> None:
+        """Keep `desired` equal to the master's pods bound to this node (the pod
+        informer's handler) and wake each changed pod's worker."""
+        if kind == "DELETED":
+            gone = new if new is not None else old
+            if gone is not None:
+                self.desired.pop(gone.metadata.uid, None)
+                self.workers.update(gone.metadata.uid)
+            return
+        assert new is not None
+        if old is not None and old.metadata.uid != new.metadata.uid:
+            # Deleted and made again under the same name while we were not watching.
+            self.desired.pop(old.metadata.uid, None)
+            self.workers.update(old.metadata.uid)
+        self.desired[new.metadata.uid] = new
+        self.workers.update(new.metadata.uid)
+
+    def _termination_grace(self, uid: str) -> int | None:
+        """The grace period the pod is to be stopped with; None while it should run
+        (or while the kubelet does not know yet whether it is ours)."""
+        pod = self.desired.get(uid)
+        if pod is None:
+            return grace_period(None) if self.synced.is_set() else None
+        if pod.metadata.HasField("deletion_timestamp"):
+            return grace_period(pod)
+        return None
 
     async def _relist_loop(self) -> None:
         while True:
             try:
+                started = time.perf_counter()
                 pods = await self.relister.relist()
+                metrics.observe_relist(pods, time.perf_counter() - started)
                 changed = {
                     uid
                     for uid in set(pods) | set(self.runtime_pods)
@@ -311,14 +303,17 @@ class Kubelet:
         current = (await self.relister.relist(uid)).get(uid)
         if pod is not None and self._network_blocks(pod, current):
             return SyncResult(retry_after=1.0)
-        result = await self.syncer.sync(pod, current)
+        result = await self.syncer.sync(uid, pod, current)
         if pod is None:
+            # Gone from the master: nothing of it stays (the syncer forgot its part).
             self.probes.remove_pod(uid)
             self.posted.pop(uid, None)
             self.runtime_pods.pop(uid, None)
+            self._network_waiting.discard(uid)
             return result
         if result.done:
             self.probes.remove_pod(uid)
+            self._network_waiting.discard(uid)
             await self._finalize(pod)
             return result
         fresh = (await self.relister.relist(uid)).get(uid)
@@ -391,6 +386,33 @@ class Kubelet:
         self.posted[uid] = status
         if status.phase == "Running":
             self.syncer.mark(uid, "running_posted")
+            self._observe_start(pod, status)
+
+    def _observe_start(self, pod: core_pb2.Pod, status: core_pb2.PodStatus) -> None:
+        """Pod start-up latency, once per pod this kubelet started: from its first
+        sync to every container running (pods adopted running are not counted)."""
+        milestones = self.syncer.milestones.get(pod.metadata.uid, {})
+        if "all_running" in milestones or "first_sync" not in milestones:
+            return
+        if pod.status.phase == "Running" or not status.container_statuses:
+            return
+        if all(c.state.HasField("running") for c in status.container_statuses):
+            self.syncer.mark(pod.metadata.uid, "all_running")
+            metrics.POD_START_DURATION.observe(milestones["all_running"] - milestones["first_sync"])
+
+    def per_pod_state(self) -> dict[str, int]:
+        """How many pods each per-pod map holds (a deleted pod must leave none)."""
+        return {
+            "desired": len(self.desired),
+            "posted": len(self.posted),
+            "runtime_pods": len(self.runtime_pods),
+            "workers": len(self.workers.active()),
+            "waiting": len(self.syncer.waiting),
+            "milestones": len(self.syncer.milestones),
+            "backoff": len(self.backoff),
+            "image_backoff": len(self.image_backoff),
+            "network_waiting": len(self._network_waiting),
+        }
 
     # ------------------------------------------------------------ PodDirectory
 
