@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
+import itertools
 import json
 import secrets
 import string
@@ -37,6 +39,7 @@ from kubeling.api.wellknown import INITIAL_EVENTS_END
 from kubeling.master import defaults, validation
 from kubeling.master.store.base import (
     ConflictError,
+    Entry,
     Event,
     EventType,
     KeyExistsError,
@@ -231,6 +234,7 @@ class Registry:
         start_after = ""
         if continue_token:
             at_rev, start_after = _decode_continue(continue_token)
+            self._check_not_future(at_rev)
         prefix = self.kind.prefix(namespace)
         try:
             entries, rev = self.store.list_prefix(prefix, at_rev)
@@ -244,9 +248,8 @@ class Registry:
         items: list[Message] = []
         next_token = ""
         last_key = ""
-        for entry in entries:
-            if start_after and entry.key <= start_after:
-                continue
+        first = bisect.bisect_right(entries, start_after, key=_entry_key) if start_after else 0
+        for entry in itertools.islice(entries, first, None):
             if not matches(entry.value):
                 continue
             if limit and len(items) == limit:
@@ -520,11 +523,24 @@ class Registry:
                 ) from None
             if start_rev < 0:
                 raise errors.bad_request("resource_version", "must not be negative")
+            self._check_not_future(start_rev)
             try:
                 watch = self.store.watch(prefix, start_rev, trigger)
             except TooOldError as exc:
                 raise ApiError(grpc.StatusCode.OUT_OF_RANGE, str(exc)) from None
         return self._stream(watch, matches, initial, start_rev, bool(resource_version in ("", "0")))
+
+    def _check_not_future(self, rev: int) -> None:
+        """A revision the store has not reached is refused, as Kubernetes does
+        ("Too large resource version"); same code as "too old": the client lists
+        again. Kubernetes first waits up to 3 s for a lagging watch cache; here the
+        cache is the store's own and never behind an acknowledged write."""
+        current = self.store.revision
+        if rev > current:
+            raise ApiError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"Too large resource version: {rev}, current: {current}",
+            )
 
     def _trigger(self, fields: FieldSelector) -> tuple[str, str] | None:
         """A watch pinned to one value of an indexed field (a kubelet's
@@ -585,6 +601,10 @@ def _translate(event: Event, matches: Callable[[Any], bool]) -> WatchItem | None
     if was_matching:
         return WatchItem("DELETED", event.value)
     return None
+
+
+def _entry_key(entry: Entry) -> str:
+    return entry.key
 
 
 def _spec_of(obj: Message) -> Any:

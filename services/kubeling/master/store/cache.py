@@ -1,7 +1,9 @@
 """In-memory current state, history window and watch fan-out shared by all backends.
 
 Reads never touch the backend: Get/List are served from `state`, watches from the
-`history` ring. A backend applies each committed batch with `apply()`, which
+`history` ring. A List finds its keys through `KeyIndex` (the sorted keys under each
+kind and each kind's namespace), so listing one namespace costs what that namespace
+holds, not what the whole store holds. A backend applies each committed batch with `apply()`, which
 updates the state, appends to the ring and hands the events to every watcher
 without waiting on any of them: a watcher whose backlog passes its limit is closed
 (its client re-watches from its last revision), so slow readers cannot stall
@@ -23,6 +25,70 @@ from kubeling.master.store.base import (
     TooOldError,
     WatchClosedError,
 )
+
+
+def _key(entry: Entry) -> str:
+    return entry.key
+
+
+class KeyIndex:
+    """Sorted keys under every "directory" of the key space: `/pods/` and
+    `/pods/default/` for `/pods/default/web`, `/nodes/` for `/nodes/n1`. Kept up to
+    date on every write; a directory with no key left is dropped."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, list[str]] = {}
+
+    @staticmethod
+    def dirs_of(key: str) -> list[str]:
+        return [key[: i + 1] for i in range(1, len(key) - 1) if key[i] == "/"]
+
+    def load(self, keys: Iterable[str]) -> None:
+        self._dirs = {}
+        for key in sorted(keys):
+            for directory in self.dirs_of(key):
+                self._dirs.setdefault(directory, []).append(key)
+
+    def add(self, key: str) -> None:
+        for directory in self.dirs_of(key):
+            keys = self._dirs.setdefault(directory, [])
+            if not keys or keys[-1] < key:
+                keys.append(key)  # the common case: names made in order
+            else:
+                bisect.insort(keys, key)
+
+    def remove(self, key: str) -> None:
+        for directory in self.dirs_of(key):
+            keys = self._dirs.get(directory)
+            if keys is None:
+                continue
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                del keys[at]
+            if not keys:
+                del self._dirs[directory]
+
+    def under(self, prefix: str) -> list[str] | None:
+        """The sorted keys starting with `prefix` (do not modify), or None when the
+        prefix is above every directory (the root: only then must the caller scan)."""
+        cut = prefix.rfind("/")
+        if cut < 1:
+            return None
+        # Every key under a directory is in its list, so the deepest directory of
+        # the prefix has them all; if it has no list, nothing is there.
+        keys = self._dirs.get(prefix[: cut + 1])
+        if keys is None:
+            return []
+        if len(prefix) == cut + 1:
+            return keys
+        start = bisect.bisect_left(keys, prefix)
+        end = start
+        while end < len(keys) and keys[end].startswith(prefix):
+            end += 1
+        return keys[start:end]
+
+    def __len__(self) -> int:
+        return len(self._dirs)
 
 
 class CacheWatch:
@@ -99,6 +165,7 @@ class WatchCache:
     ) -> None:
         self._revision_of = revision_of
         self.state: dict[str, Entry] = {}
+        self.keys = KeyIndex()
         self.revision = 0
         self._history: deque[Event] = deque(maxlen=history)
         # Every event with rev > _window_start is in _history.
@@ -116,6 +183,7 @@ class WatchCache:
 
     def load(self, entries: Iterable[Entry], revision: int, history: Iterable[Event]) -> None:
         self.state = {e.key: e for e in entries}
+        self.keys.load(self.state)
         self.revision = revision
         self._history.clear()
         self._history.extend(history)
@@ -124,11 +192,15 @@ class WatchCache:
     # -------------------------------------------------------------- writes
 
     def apply(self, events: list[Event]) -> None:
+        state = self.state
         for event in events:
             if event.type is EventType.DELETED:
-                self.state.pop(event.key, None)
+                if state.pop(event.key, None) is not None:
+                    self.keys.remove(event.key)
             else:
-                self.state[event.key] = Entry(event.key, event.value, event.rev)
+                if event.key not in state:
+                    self.keys.add(event.key)
+                state[event.key] = Entry(event.key, event.value, event.rev)
             if len(self._history) == self._history.maxlen:
                 self._window_start = self._history[0].rev
             self._history.append(event)
@@ -144,15 +216,20 @@ class WatchCache:
     def get(self, key: str) -> Entry | None:
         return self.state.get(key)
 
+    def _current(self, prefix: str) -> list[Entry]:
+        keys = self.keys.under(prefix)
+        if keys is None:  # the whole key space: nothing narrower to look in
+            return sorted((e for k, e in self.state.items() if k.startswith(prefix)), key=_key)
+        state = self.state
+        return [state[k] for k in keys]
+
     def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
         """Entries under prefix, sorted by key, as they were at `at_rev` (default now)."""
         if at_rev is None or at_rev >= self.revision:
-            items = [e for k, e in self.state.items() if k.startswith(prefix)]
-            items.sort(key=lambda e: e.key)
-            return items, self.revision
+            return self._current(prefix), self.revision
         if at_rev < self._window_start:
             raise TooOldError(f"too old resource version: {at_rev} ({self._window_start})")
-        snapshot = {k: e for k, e in self.state.items() if k.startswith(prefix)}
+        snapshot = {e.key: e for e in self._current(prefix)}
         # Undo, newest first, every change made after at_rev.
         for event in reversed(self._history):
             if event.rev <= at_rev:
@@ -164,7 +241,7 @@ class WatchCache:
             else:
                 prev = event.prev if event.type is EventType.MODIFIED else event.value
                 snapshot[event.key] = Entry(event.key, prev, self._revision_of(prev))
-        items = sorted(snapshot.values(), key=lambda e: e.key)
+        items = sorted(snapshot.values(), key=_key)
         return items, at_rev
 
     def events_after(self, prefix: str, after_rev: int) -> list[Event]:
@@ -172,9 +249,15 @@ class WatchCache:
             raise TooOldError(
                 f"too old resource version: {after_rev} (oldest kept: {self._window_start})"
             )
-        revs = [e.rev for e in self._history]  # sorted ascending
-        start = bisect.bisect_right(revs, after_rev)
-        return [e for e in list(self._history)[start:] if e.key.startswith(prefix)]
+        # From the newest back: a watch resumes near the end of the window.
+        found: list[Event] = []
+        for event in reversed(self._history):
+            if event.rev <= after_rev:
+                break
+            if event.key.startswith(prefix):
+                found.append(event)
+        found.reverse()
+        return found
 
     # -------------------------------------------------------------- watches
 
