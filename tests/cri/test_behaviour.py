@@ -1,3 +1,6 @@
+"""The fake's behaviour language (FAKE_* settings) and its fake-only hooks; what the
+fake shares with containerd is in test_contract.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +11,9 @@ import pytest
 
 from kubeling.cri.api import pb
 from kubeling.cri.errors import CRIError
+from kubeling.cri.fake import SANDBOX_ERROR_ANNOTATION
 from kubeling.cri.runtime import Runtime
-from tests.cri.helpers import container_config, start_pod
+from tests.cri.helpers import container_config, sandbox_config, start_pod
 
 
 async def test_run_for_then_exit_code(runtime: Runtime) -> None:
@@ -99,3 +103,34 @@ async def test_exec_in_exited_container_fails(runtime: Runtime) -> None:
     await runtime.stop_container(container_id, 0)
     with pytest.raises(CRIError, match="CONTAINER_EXITED"):
         await runtime.exec_sync(container_id, ["true"])
+
+
+async def test_stats_report_the_configured_usage(runtime: Runtime) -> None:
+    config = container_config(env={"FAKE_MEMORY": "64Mi", "FAKE_CPU_MILLICORES": "250"})
+    _, container_id = await start_pod(runtime, container=config)
+    stats = await runtime.container_stats(container_id)
+    assert stats.memory.working_set_bytes.value == 64 * 1024 * 1024
+    assert stats.cpu.usage_nano_cores.value == 250_000_000
+
+
+async def test_bad_fake_setting_is_invalid_argument(runtime: Runtime) -> None:
+    sandbox = sandbox_config()
+    sandbox_id = await runtime.run_pod_sandbox(sandbox)
+    config = container_config(env={"FAKE_RUN_FOR": "soon"})
+    with pytest.raises(CRIError) as err:
+        await runtime.create_container(sandbox_id, config, sandbox)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "FAKE_RUN_FOR" in err.value.details
+
+
+async def test_failed_sandbox_leaves_name_reserved(runtime: Runtime) -> None:
+    broken = sandbox_config(annotations={SANDBOX_ERROR_ANNOTATION: "runc: boom"})
+    with pytest.raises(CRIError, match="runc: boom"):
+        await runtime.run_pod_sandbox(broken)
+    with pytest.raises(CRIError, match="is reserved"):
+        await runtime.run_pod_sandbox(sandbox_config())
+    # The kubelet's recovery: find the stale sandbox by its pod labels and remove it.
+    (stale,) = await runtime.list_pod_sandbox(labels={"io.kubernetes.pod.uid": "uid-1"})
+    await runtime.stop_pod_sandbox(stale.id)
+    await runtime.remove_pod_sandbox(stale.id)
+    assert await runtime.run_pod_sandbox(sandbox_config())

@@ -1,3 +1,6 @@
+"""The fake's image names and its registry (what test_contract.py cannot reach on
+containerd here: there is no registry)."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,7 +46,12 @@ async def test_pull_status_list_remove(runtime: Runtime) -> None:
 
     listed = {i.id for i in await runtime.list_images()}
     assert image_ref in listed and len(listed) == 2  # busybox was preloaded
-    assert [i.id for i in await runtime.list_images("nginx:1.25")] == [image_ref]
+    # Present from the start is like imported: tags only, until pulled.
+    busybox = await runtime.image_status("busybox")
+    assert busybox is not None and busybox.repo_digests == []
+    assert await runtime.pull_image("busybox") == busybox.id
+    pulled = await runtime.image_status("busybox")
+    assert pulled is not None and pulled.repo_digests[0].startswith("docker.io/library/busybox@")
 
     await runtime.remove_image("nginx:1.25")
     await runtime.remove_image("nginx:1.25")  # idempotent

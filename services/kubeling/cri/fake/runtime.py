@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,6 +56,8 @@ RUNTIME_NAME = "kubeling-fake"
 RUNTIME_VERSION = "0.1.0"
 
 _CODE = grpc.StatusCode
+_ID = re.compile(r"sha256:[0-9a-f]{64}")
+_ID_PREFIX = re.compile(r"(sha256:)?[0-9a-f]+")
 
 
 class FakeRuntime:
@@ -85,7 +88,7 @@ class FakeRuntime:
         self.network_ready = True
         self.runtime_ready = True
         for image in images:
-            self._add_image(normalize_image(image))
+            self._add_image(normalize_image(image), pulled=False)
 
     # -- test hooks ----------------------------------------------------------
 
@@ -179,7 +182,6 @@ class FakeRuntime:
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
             info=info,
-            runtime_handlers=[pb.RuntimeHandler(name="")],
         )
 
     async def run_pod_sandbox(self, config: pb.PodSandboxConfig, runtime_handler: str = "") -> str:
@@ -218,24 +220,23 @@ class FakeRuntime:
 
     async def stop_pod_sandbox(self, pod_sandbox_id: str) -> None:
         await self._enter("stop_pod_sandbox")
-        sandbox = self._sandbox(pod_sandbox_id)
+        self._stop_sandbox(self._sandbox(pod_sandbox_id))
+
+    def _stop_sandbox(self, sandbox: Sandbox) -> None:
         for container in sandbox.containers.values():
             container.refresh(time.monotonic())
             container.kill(SIGKILL_EXIT, "Error")
         if sandbox.ready:
             sandbox.ready = False
-            # The IP goes back to the pool (CNI DEL) but the status still shows it.
-            self._ips.release(sandbox.ip)
+            self._ips.release(sandbox.ip)  # CNI DEL
 
     async def remove_pod_sandbox(self, pod_sandbox_id: str) -> None:
         await self._enter("remove_pod_sandbox")
         sandbox = self._sandboxes.get(pod_sandbox_id)
         if sandbox is None:
             return
-        if sandbox.ready:
-            raise CRIError(
-                _CODE.UNKNOWN, f'sandbox container "{pod_sandbox_id}" is not fully stopped'
-            )
+        # containerd 1.6 stops a sandbox that is still ready rather than refusing.
+        self._stop_sandbox(sandbox)
         for container in list(sandbox.containers.values()):
             self._drop_container(container)
         del self._sandboxes[pod_sandbox_id]
@@ -317,7 +318,8 @@ class FakeRuntime:
         if container.state != pb.CONTAINER_CREATED:
             raise CRIError(
                 _CODE.UNKNOWN,
-                f'container "{container_id}" is in {state_name(container.state)} state',
+                f'failed to set starting state for container "{container_id}": '
+                f"container is in {state_name(container.state)} state",
             )
         if not container.sandbox.ready:
             raise CRIError(
@@ -493,32 +495,47 @@ class FakeRuntime:
     # -- ImageService --------------------------------------------------------
 
     def _find_image(self, ref: str) -> Image | None:
+        """As containerd's CRI: by name first, then by id or a unique id prefix."""
         if not ref:
             return None
-        image = self._images.get(ref) or self._images.get(f"sha256:{ref}")
-        if image is None:
-            image_id = self._image_refs.get(normalize_image(ref))
-            image = self._images.get(image_id) if image_id else None
-        return image
+        image_id = self._image_refs.get(normalize_image(ref)) if not _ID.match(ref) else None
+        if image_id is None and _ID_PREFIX.fullmatch(ref):
+            prefix = ref if ref.startswith("sha256:") else f"sha256:{ref}"
+            matches = [i for i in self._images if i.startswith(prefix)]
+            image_id = matches[0] if len(matches) == 1 else None
+        return self._images.get(image_id) if image_id else None
 
-    def _add_image(self, ref: str) -> Image:
+    def _add_image(self, ref: str, *, pulled: bool) -> Image:
+        """Store image `ref`. A pulled image is also named by its repo digest; one
+        present from the start is like one `ctr images import`ed: tags only."""
+        # Content ids are derived from the name so every fake agrees on them.
+        digest = "sha256:" + hashlib.sha256(f"manifest:{ref}".encode()).hexdigest()
         known = self._image_refs.get(ref)
         if known is not None:
-            return self._images[known]
+            image = self._images[known]
+            if pulled and not image.repo_digests:
+                self._name_image(image, f"{repository(ref)}@{digest}", digest=True)
+            return image
         by_digest = "@" in ref
-        # Content ids are derived from the name so every fake agrees on them.
         image_id = "sha256:" + hashlib.sha256(f"image:{ref}".encode()).hexdigest()
-        digest = "sha256:" + hashlib.sha256(f"manifest:{ref}".encode()).hexdigest()
         image = Image(
             id=image_id,
-            repo_tags=[] if by_digest else [ref],
-            repo_digests=[ref] if by_digest else [f"{repository(ref)}@{digest}"],
+            repo_tags=[],
+            repo_digests=[],
             size=1024 * 1024 + int(image_id[7:12], 16) * 64,
         )
         self._images[image_id] = image
-        for name in (*image.repo_tags, *image.repo_digests):
-            self._image_refs[name] = image_id
+        if by_digest:
+            self._name_image(image, ref, digest=True)
+        else:
+            self._name_image(image, ref, digest=False)
+            if pulled:
+                self._name_image(image, f"{repository(ref)}@{digest}", digest=True)
         return image
+
+    def _name_image(self, image: Image, name: str, *, digest: bool) -> None:
+        (image.repo_digests if digest else image.repo_tags).append(name)
+        self._image_refs[name] = image.id
 
     async def image_status(self, image: str) -> pb.Image | None:
         await self._enter("image_status")
@@ -536,13 +553,12 @@ class FakeRuntime:
                 f'failed to pull and unpack image "{ref}": failed to resolve reference '
                 f'"{ref}": {ref}: not found',
             )
-        return self._add_image(ref).id
+        # Like containerd, ask the registry even when the image is here already.
+        return self._add_image(ref, pulled=True).id
 
     async def list_images(self, image: str = "") -> list[pb.Image]:
+        """Every image: containerd 1.6 ignores ListImages' filter, so the fake does."""
         await self._enter("list_images")
-        if image:
-            found = self._find_image(image)
-            return [found.message()] if found else []
         return [i.message() for i in self._images.values()]
 
     async def remove_image(self, image: str) -> None:

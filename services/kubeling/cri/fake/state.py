@@ -100,7 +100,8 @@ class Sandbox:
             metadata=self.config.metadata,
             state=self.state,
             created_at=self.created_at,
-            network=pb.PodSandboxNetworkStatus(ip=self.ip),
+            # A stopped sandbox's network is gone: containerd reports no IP.
+            network=pb.PodSandboxNetworkStatus(ip=self.ip if self.ready else ""),
             linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=namespaces)),
             labels=self.config.labels,
             annotations=self.config.annotations,
@@ -153,7 +154,8 @@ class Container:
             pod_sandbox_id=self.sandbox.id,
             metadata=self.config.metadata,
             image=self.config.image,
-            image_ref=self.image_ref,
+            # containerd lists the image id here; only the status names a digest.
+            image_ref=self.image.id,
             image_id=self.image.id,
             state=self.state,
             created_at=self.created_at,
@@ -180,7 +182,8 @@ class Container:
             started_at=self.started_at,
             finished_at=self.finished_at,
             exit_code=self.exit_code,
-            image=self.config.image,
+            # As containerd: the image's first tag, whatever name the config used.
+            image=pb.ImageSpec(image=next(iter(self.image.repo_tags), self.config.image.image)),
             image_ref=self.image_ref,
             image_id=self.image.id,
             reason=self.reason,
