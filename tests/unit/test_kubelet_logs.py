@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from kubeling.kubelet import logs
 from kubeling.kubelet.logs import LogOptions, parse_cri_line, parse_timestamp, read_log
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -149,6 +151,85 @@ async def test_large_logs_come_in_several_chunks(tmp_path: Path) -> None:
     chunks = [c async for c in read_log(str(log))]
     assert len(chunks) > 1
     assert "".join(chunks) == (line + "\n") * 500
+
+
+# -- tails of big files --------------------------------------------------------------
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read(2) so far (its threads included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+async def test_tail_of_a_large_file_reads_only_its_end(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    line = cri("x" * 200)
+    count = 50 * 1024 * 1024 // len(line) + 1
+    with log.open("wb") as f:
+        for start in range(0, count, 10_000):
+            f.write(line * min(10_000, count - start))
+        f.write(cri("second to last") + cri("last", stream="stderr"))
+    assert log.stat().st_size > 50 * 1024 * 1024
+    before = bytes_read()
+    text = await read_all(log, tail_lines=3)
+    read = bytes_read() - before
+    assert text == "x" * 200 + "\nsecond to last\nlast\n"
+    # The last blocks, and the bounded search for a head of stderr's line (it may
+    # have fragments further up), not 50 MB.
+    assert read < 512 * 1024, read
+
+
+def entries(seed: int, count: int) -> list[bytes]:
+    """Random stdout/stderr output with fragments; every stream ends its last line."""
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    open_streams: set[str] = set()
+    for i in range(count):
+        stream = rng.choice(["stdout", "stderr"])
+        tag = rng.choice(["P", "F", "F"])
+        (open_streams.add if tag == "P" else open_streams.discard)(stream)
+        out.append(
+            cri(f"{stream[3:]}{i}" + " y" * rng.randrange(6), at=T0 + i, stream=stream, tag=tag)
+        )
+    out += [cri("end", at=T0 + count, stream=s) for s in sorted(open_streams)]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_tail_is_the_end_of_the_whole_log(
+    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny blocks: lines, fragments and newlines fall across block edges.
+    monkeypatch.setattr(logs, "_TAIL_BLOCK", 7 + seed)
+    log = tmp_path / "0.log"
+    write(log, *entries(seed, 40))
+    whole = (await read_all(log)).splitlines(keepends=True)
+    for n in (0, 1, 2, 3, 5, 8, 13, len(whole) - 1, len(whole), len(whole) + 5):
+        expected = "".join(whole[max(len(whole) - n, 0) :] if n else [])
+        assert await read_all(log, tail_lines=n) == expected, n
+
+
+async def test_tail_keeps_unfinished_output_and_a_line_being_written(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    write(log, cri("1"), cri("2"), cri("3a", tag="P"), cri("3b", tag="P"), b"not yet CRI")
+    assert await read_all(log, tail_lines=2) == "2\n3a3b"
+    write(log, b"\n", cri("half", at=T0 + 1, stream="stderr")[:-1])  # no newline yet
+    # Unfinished output comes last, by time, as in a whole read.
+    assert await read_all(log, tail_lines=2) == "3a3bhalf\n"
+    assert await read_all(log) == "1\n2\n3a3bhalf\n"
+
+
+async def test_follow_from_a_tail_joins_fragments_written_before(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    write(log, cri("1"), cri("2a", tag="P"))
+    reader = follow(log, tail_lines=1)
+    await reader.wait_for("1\n")
+    write(log, cri("2b"))
+    await reader.wait_for("1\n2a2b\n")
+    await reader.stop()
 
 
 # -- following -------------------------------------------------------------------

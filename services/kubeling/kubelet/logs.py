@@ -5,6 +5,11 @@ TIMESTAMP is RFC3339Nano, STREAM is stdout or stderr and TAG is ``F`` for the en
 a line or ``P`` for a fragment (a long line split up, or output not yet ended by a
 newline). Fragments are joined, per stream, into whole lines before anything else
 (tail, since) looks at them.
+
+A tail reads the file backwards in blocks from its end, only as far as its last
+lines start, then forwards from there: memory and reading are bounded by the lines
+shown, not by the file. As upstream's kubelet, since filters the tailed lines.
+Every read runs in a thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ __all__ = [
 
 _PARTIAL = b"P"
 _READ_SIZE = 1024 * 1024
+# Reading backwards for a tail: a few hundred typical lines per block.
+_TAIL_BLOCK = 64 * 1024
+# How far back, once the tail's lines are counted, the first fragments of their
+# lines are looked for (16 of containerd's largest, 16 KiB, fragments).
+_HEAD_SEARCH = 256 * 1024
 # Big enough to keep the number of messages down, small enough to stream smoothly.
 _CHUNK_SIZE = 64 * 1024
 _NS = 1_000_000_000
@@ -174,6 +184,13 @@ class _LogFile:
         assert self._file is not None
         return self._file.read(_READ_SIZE)
 
+    def seek_tail(self, lines: int) -> None:
+        """Open the file at the start of its last `lines` whole lines."""
+        if self._file is None and not self._open():
+            return
+        assert self._file is not None
+        self._file.seek(_tail_start(self._file, lines))
+
     def replaced(self) -> bool:
         """At the end of the file: is there a new file (or a truncated one) to read?"""
         if self._file is None:
@@ -196,6 +213,74 @@ class _LogFile:
             self._file = None
 
 
+def _lines_backwards(file: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without its newline) for the file's newline-ended lines, last
+    first, read in blocks from the end. Bytes after the last newline (a line being
+    written) are left to the forward read."""
+    pos = file.seek(0, os.SEEK_END)
+    rest = b""  # the end of a line whose start lies further back, newline included
+    torn = True
+    while pos > 0:
+        size = min(_TAIL_BLOCK, pos)
+        pos -= size
+        file.seek(pos)
+        buf = file.read(size) + rest
+        if torn:
+            newline = buf.rfind(b"\n")
+            if newline < 0:
+                rest = b""
+                continue
+            buf, torn = buf[: newline + 1], False
+        end = len(buf)  # buf[end - 1] is the newline of the next line to give
+        while (newline := buf.rfind(b"\n", 0, end - 1)) >= 0:
+            yield pos + newline + 1, buf[newline + 1 : end - 1]
+            end = newline + 1
+        rest = buf[:end]
+    if rest:
+        yield 0, rest[:-1]
+
+
+def _tail_start(file: BinaryIO, lines: int) -> int:
+    """Where the last `lines` whole lines begin, found by reading backwards.
+
+    Going back, a line ends at an F entry and takes the P entries of its stream
+    before it; it is whole once the stream's previous F entry (or the start of the
+    file) shows up. The last lines are the ones ending at the last `lines` F entries
+    plus each stream's unfinished output (P entries after its last F); reading stops
+    once every one of them is whole. A stream that wrote nothing else for a long way
+    back may still hide a fragment further up: the search for one is bounded by
+    _HEAD_SEARCH bytes (a line missing a head that far away is shown without it)."""
+    start: int | None = None  # before the first line that counts
+    ends = 0  # F entries seen: lines counted
+    growing: set[str] = set()  # streams whose counted line is not whole yet
+    done: set[str] = set()  # streams with no more lines to count
+    give_up_at = -1  # the offset where the search for heads stops
+    for offset, raw in _lines_backwards(file):
+        if start is None:
+            start = offset + len(raw) + 1  # nothing counted yet: after the last line
+        if ends >= lines:
+            if not growing or offset < give_up_at:
+                break
+            if give_up_at < 0:
+                give_up_at = offset - _HEAD_SEARCH
+        entry = parse_cri_line(raw)
+        if entry is None or entry.stream in done:
+            continue
+        stream = entry.stream
+        if entry.partial:
+            growing.add(stream)  # part of the counted line, or unfinished output
+            start = offset
+            continue
+        growing.discard(stream)  # this F ends the line before the counted one
+        if ends < lines:
+            ends += 1
+            growing.add(stream)
+            start = offset
+        else:
+            done.add(stream)
+    return start or 0
+
+
 @dataclass(frozen=True)
 class LogOptions:
     tail_lines: int | None = None  # the last N lines only (0: none of the existing ones)
@@ -215,9 +300,9 @@ async def read_log(
 
     With follow, waits for more output until `is_running()` says the container has
     stopped and the file is drained (without `is_running`, until cancelled). Tail
-    and since apply to the lines present when the read starts; since also filters
-    followed lines. A missing file is an empty log (the container may not have
-    written anything yet).
+    and since apply to the lines present when the read starts (since to the tailed
+    lines, as upstream); since also filters followed lines. A missing file is an
+    empty log (the container may not have written anything yet).
     """
     options = options or LogOptions()
     since_ns = None
@@ -236,7 +321,9 @@ async def read_log(
     # With a tail only the last lines are kept while reading; without, lines stream.
     backlog: deque[LogLine] = deque(maxlen=max(tail, 0) if tail is not None else None)
     try:
-        while data := file.read():
+        if tail is not None:
+            await asyncio.to_thread(file.seek_tail, tail)
+        while data := await asyncio.to_thread(file.read):
             lines = wanted(assembler.feed(data))
             if tail is None:
                 for chunk in chunks(lines):
@@ -252,7 +339,7 @@ async def read_log(
             yield chunk
         backlog.clear()
         while True:
-            data = file.read()
+            data = await asyncio.to_thread(file.read)
             if data:
                 for chunk in chunks(wanted(assembler.feed(data))):
                     yield chunk
@@ -264,7 +351,7 @@ async def read_log(
             if is_running is not None and not is_running():
                 # Output written between the last read and the check is still shown.
                 lines = []
-                while data := file.read():
+                while data := await asyncio.to_thread(file.read):
                     lines += assembler.feed(data)
                 lines += assembler.flush()
                 for chunk in chunks(wanted(lines)):
