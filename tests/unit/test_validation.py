@@ -1098,6 +1098,63 @@ def test_node_cidrs() -> None:
     assert errs[0].description == 'Invalid value: "10.244.1.0": must be a valid CIDR'
 
 
+_TOO_WIDE = "a pod range this wide would cover the node's other routes"
+
+
+@pytest.mark.parametrize(
+    ("cidr", "description"),
+    [
+        (
+            "10.244.1.7/24",
+            'Invalid value: "10.244.1.7/24": must be a network address with no host bits '
+            "set (did you mean 10.244.1.0/24?)",
+        ),
+        (
+            "fd00::1/64",
+            'Invalid value: "fd00::1/64": must be a network address with no host bits '
+            "set (did you mean fd00::/64?)",
+        ),
+        # Kubelets route their pod CIDR: this one would replace the default route.
+        (
+            "0.0.0.0/0",
+            'Invalid value: "0.0.0.0/0": must have a prefix length of at least 8 for IPv4: '
+            + _TOO_WIDE,
+        ),
+        (
+            "10.0.0.0/7",
+            'Invalid value: "10.0.0.0/7": must have a prefix length of at least 8 for IPv4: '
+            + _TOO_WIDE,
+        ),
+        (
+            "fd00::/47",
+            'Invalid value: "fd00::/47": must have a prefix length of at least 48 for IPv6: '
+            + _TOO_WIDE,
+        ),
+        (
+            "::/0",
+            'Invalid value: "::/0": must have a prefix length of at least 48 for IPv6: '
+            + _TOO_WIDE,
+        ),
+    ],
+)
+def test_node_pod_cidr_must_be_a_network_of_sane_width(cidr: str, description: str) -> None:
+    data = changed(NODE, "spec.podCIDR", cidr)
+    data["spec"]["podCIDRs"] = ["10.244.1.0/24", cidr]
+    assert describe(kinds.NODE, data) == {
+        "spec.podCIDR": description,
+        "spec.podCIDRs[1]": description,
+    }
+
+
+@pytest.mark.parametrize(
+    "cidr", ["10.0.0.0/8", "10.244.1.0/24", "10.1.0.0/29", "fd00::/48", "fd00:10:244:1::/64"]
+)
+def test_node_pod_cidr_accepts_network_addresses(cidr: str) -> None:
+    data = changed(NODE, "spec.podCIDR", cidr)
+    data["spec"]["podCIDRs"] = [cidr]
+    assert check(kinds.NODE, data) == []
+
+
 def test_node_taints() -> None:
     data = changed(
         NODE,

@@ -1,0 +1,215 @@
+"""Validation of the apps API group: Deployments, ReplicaSets and DaemonSets,
+whose pod templates are checked as the core group checks a pod spec."""
+
+from __future__ import annotations
+
+import re
+from typing import cast
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from kubeling.api.selectors import SelectorError, selector_from_match
+from kubeling.master.validation.common import (
+    Errors,
+    UpdateValidator,
+    Validator,
+    forbidden,
+    immutable,
+    int_value,
+    invalid,
+    non_negative,
+    required,
+    unsupported,
+    validate_annotations,
+    validate_labels,
+)
+from kubeling.master.validation.core import RESTART_POLICIES, pod_spec
+from kubeling.v1 import apps_pb2, core_pb2, meta_pb2
+
+_PERCENT_RE = re.compile("[0-9]+%")
+_PERCENT_MESSAGE = (
+    "a valid percent string must be a numeric string followed by an ending '%' "
+    "(e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"
+)
+
+
+def _int_or_percent(path: str, value: struct_pb2.Value, *, max_percent: bool) -> tuple[int, Errors]:
+    """(the count or percentage, problems) of a maxSurge/maxUnavailable value."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return 0, []
+    if kind == "number_value":
+        number = int_value(value)
+        if number is None:
+            return 0, [invalid(path, value, "must be an integer")]
+        return number, non_negative(path, number)
+    if kind == "string_value":
+        text = value.string_value
+        if not _PERCENT_RE.fullmatch(text):
+            return 0, [invalid(path, text, _PERCENT_MESSAGE)]
+        percent = int(text[:-1])
+        if max_percent and percent > 100:
+            return percent, [invalid(path, text, "must not be greater than 100%")]
+        return percent, []
+    return 0, [invalid(path, value, "must be an integer or a percentage")]
+
+
+def _selector_and_template(
+    noun: str,
+    selector: meta_pb2.LabelSelector,
+    has_selector: bool,
+    template: core_pb2.PodTemplateSpec,
+) -> Errors:
+    errs: Errors = []
+    if not has_selector:
+        errs.append(required("spec.selector"))
+    elif not selector.match_labels and not selector.match_expressions:
+        # An empty selector selects every pod in the namespace.
+        errs.append(invalid("spec.selector", selector, f"empty selector is invalid for {noun}"))
+    else:
+        try:
+            parsed = selector_from_match(
+                selector.match_labels,
+                [(e.key, e.operator, list(e.values)) for e in selector.match_expressions],
+            )
+        except SelectorError as exc:
+            errs.append(invalid("spec.selector", selector, str(exc)))
+        else:
+            # Otherwise the controller would never see the pods it creates.
+            if not parsed.matches(template.metadata.labels):
+                errs.append(
+                    invalid(
+                        "spec.template.metadata.labels",
+                        template.metadata.labels,
+                        "`selector` does not match template `labels`",
+                    )
+                )
+    errs += validate_labels("spec.template.metadata.labels", template.metadata.labels)
+    errs += validate_annotations(
+        "spec.template.metadata.annotations", template.metadata.annotations
+    )
+    errs += pod_spec("spec.template.spec", template.spec)
+    # Controllers replace exited pods themselves; the pods must not just stop.
+    if template.spec.restart_policy in RESTART_POLICIES and (
+        template.spec.restart_policy != "Always"
+    ):
+        errs.append(
+            unsupported(
+                "spec.template.spec.restartPolicy", template.spec.restart_policy, ("Always",)
+            )
+        )
+    return errs
+
+
+def _replica_set(obj: Message) -> Errors:
+    spec = cast(apps_pb2.ReplicaSet, obj).spec
+    errs = _selector_and_template(
+        "replicaset", spec.selector, spec.HasField("selector"), spec.template
+    )
+    errs += non_negative("spec.replicas", spec.replicas)
+    errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
+    return errs
+
+
+def _deployment(obj: Message) -> Errors:
+    spec = cast(apps_pb2.Deployment, obj).spec
+    errs = _selector_and_template(
+        "deployment", spec.selector, spec.HasField("selector"), spec.template
+    )
+    errs += non_negative("spec.replicas", spec.replicas)
+    errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
+    errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
+    if spec.HasField("progress_deadline_seconds"):
+        deadline = spec.progress_deadline_seconds
+        deadline_errs = non_negative("spec.progressDeadlineSeconds", deadline)
+        # A deadline inside minReadySeconds would fail every rollout.
+        if not deadline_errs and deadline <= spec.min_ready_seconds:
+            deadline_errs.append(
+                invalid(
+                    "spec.progressDeadlineSeconds", deadline, "must be greater than minReadySeconds"
+                )
+            )
+        errs += deadline_errs
+    strategy = spec.strategy
+    if strategy.type == "Recreate":
+        if strategy.HasField("rolling_update"):
+            errs.append(
+                forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                )
+            )
+    elif strategy.type == "RollingUpdate":
+        path = "spec.strategy.rollingUpdate"
+        rolling = strategy.rolling_update
+        unavailable, u_errs = _int_or_percent(
+            f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+        )
+        surge, s_errs = _int_or_percent(f"{path}.maxSurge", rolling.max_surge, max_percent=False)
+        errs += u_errs + s_errs
+        # Neither adding nor removing a pod means the rollout can never progress.
+        if not u_errs and not s_errs and unavailable == 0 and surge == 0:
+            errs.append(
+                invalid(
+                    f"{path}.maxUnavailable",
+                    rolling.max_unavailable,
+                    "may not be 0 when `maxSurge` is 0",
+                )
+            )
+    else:
+        errs.append(unsupported("spec.strategy.type", strategy.type, ("Recreate", "RollingUpdate")))
+    return errs
+
+
+def _daemon_set(obj: Message) -> Errors:
+    spec = cast(apps_pb2.DaemonSet, obj).spec
+    errs = _selector_and_template(
+        "daemonset", spec.selector, spec.HasField("selector"), spec.template
+    )
+    errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
+    errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
+    strategy = spec.update_strategy
+    if strategy.type == "RollingUpdate":
+        path = "spec.updateStrategy.rollingUpdate"
+        rolling = strategy.rolling_update
+        unavailable, u_errs = _int_or_percent(
+            f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+        )
+        surge, s_errs = _int_or_percent(f"{path}.maxSurge", rolling.max_surge, max_percent=True)
+        errs += u_errs + s_errs
+        if not u_errs and not s_errs:
+            # One pod per node: a node either surges or goes unavailable, never both.
+            if unavailable and surge:
+                errs.append(
+                    invalid(
+                        f"{path}.maxSurge",
+                        rolling.max_surge,
+                        "may not be set when maxUnavailable is non-zero",
+                    )
+                )
+            elif not unavailable and not surge:
+                errs.append(required(f"{path}.maxUnavailable", "cannot be 0 when maxSurge is 0"))
+    elif strategy.type != "OnDelete":
+        errs.append(
+            unsupported("spec.updateStrategy.type", strategy.type, ("RollingUpdate", "OnDelete"))
+        )
+    return errs
+
+
+def _selector_update(new_obj: Message, old_obj: Message) -> Errors:
+    new, old = new_obj.spec.selector, old_obj.spec.selector  # type: ignore[attr-defined]
+    # Changing it would orphan the existing pods (or adopt foreign ones).
+    return immutable("spec.selector", new, old)
+
+
+VALIDATORS: dict[type[Message], Validator] = {
+    apps_pb2.ReplicaSet: _replica_set,
+    apps_pb2.Deployment: _deployment,
+    apps_pb2.DaemonSet: _daemon_set,
+}
+UPDATE_VALIDATORS: dict[type[Message], UpdateValidator] = {
+    apps_pb2.ReplicaSet: _selector_update,
+    apps_pb2.Deployment: _selector_update,
+    apps_pb2.DaemonSet: _selector_update,
+}

@@ -1,0 +1,728 @@
+"""Validation of the core API group: Pods (and the pod spec that workloads
+embed), Services, Nodes, Namespaces and Events."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import cast
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from kubeling.api import naming
+from kubeling.api.errors import FieldViolation
+from kubeling.api.quantity import QuantityError, parse_quantity
+from kubeling.master.validation.common import (
+    PROTOCOLS,
+    Errors,
+    UpdateValidator,
+    Validator,
+    check,
+    duplicate,
+    forbidden,
+    immutable,
+    int_value,
+    invalid,
+    is_ipv4,
+    is_ipv6,
+    non_negative,
+    port_number,
+    required,
+    show,
+    unsupported,
+    validate_finalizers,
+    validate_labels,
+)
+from kubeling.v1 import core_pb2
+
+# The default --service-node-port-range; the node port allocator uses it too.
+NODE_PORT_RANGE = (30000, 32767)
+MAX_CLIENT_IP_TIMEOUT_SECONDS = 86400
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+_TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_STANDARD_CONTAINER_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
+_QUANTITY_MESSAGE = (
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+)
+# A pod range wider than this would swallow other networks: kubelets route the
+# node's pod CIDR, and 0.0.0.0/0 would replace their default route.
+_MIN_POD_CIDR_PREFIX = {4: 8, 6: 48}
+
+
+# ------------------------------------------------------------------- Pod spec
+
+
+def _port_num_or_name(path: str, value: struct_pb2.Value) -> Errors:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = int_value(value)
+        if number is None:
+            return [invalid(path, value, "must be an integer")]
+        return port_number(path, number)
+    if kind == "string_value":
+        if not value.string_value:
+            return [required(path)]
+        return check(path, value.string_value, naming.port_name)
+    if kind is None:
+        return [required(path)]
+    return [invalid(path, value, "must be a port number or a port name")]
+
+
+def _quantity(path: str, text: str) -> tuple[Fraction | None, Errors]:
+    try:
+        value = parse_quantity(text)
+    except QuantityError:
+        return None, [invalid(path, text, _QUANTITY_MESSAGE)]
+    if value < 0:
+        return None, [invalid(path, text, "must be greater than or equal to 0")]
+    return value, []
+
+
+def _is_extended_resource(name: str) -> bool:
+    # Domain-qualified names outside kubernetes.io are devices (GPUs...), which
+    # cannot be shared, so they may not be overcommitted nor split.
+    prefix = name.partition("/")[0]
+    return "/" in name and not (prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io"))
+
+
+def _resource_list(path: str, resources: Mapping[str, str]) -> tuple[dict[str, Fraction], Errors]:
+    errs: Errors = []
+    parsed: dict[str, Fraction] = {}
+    for name in sorted(resources):
+        item = f"{path}[{name}]"
+        name_errs = check(item, name, naming.label_key)
+        if not name_errs and "/" not in name and name not in _STANDARD_CONTAINER_RESOURCES:
+            name_errs.append(invalid(item, name, "must be a standard resource for containers"))
+        errs += name_errs
+        value, value_errs = _quantity(item, resources[name])
+        errs += value_errs
+        if value is not None:
+            if _is_extended_resource(name) and value.denominator != 1:
+                errs.append(invalid(item, resources[name], "must be an integer"))
+            parsed[name] = value
+    return parsed, errs
+
+
+def _resources(path: str, res: core_pb2.ResourceRequirements) -> Errors:
+    limits, errs = _resource_list(f"{path}.limits", res.limits)
+    requests, request_errs = _resource_list(f"{path}.requests", res.requests)
+    errs += request_errs
+    for name, request in sorted(requests.items()):
+        item = f"{path}.requests[{name}]"
+        text = res.requests[name]
+        limit = limits.get(name)
+        if _is_extended_resource(name):
+            if name not in res.limits:
+                errs.append(
+                    required(
+                        f"{path}.limits[{name}]",
+                        "Limit must be set for non overcommitable resources",
+                    )
+                )
+            elif limit is not None and request != limit:
+                errs.append(
+                    invalid(item, text, f"must be equal to {name} limit of {res.limits[name]}")
+                )
+        elif limit is not None and request > limit:
+            errs.append(
+                invalid(
+                    item, text, f"must be less than or equal to {name} limit of {res.limits[name]}"
+                )
+            )
+    return errs
+
+
+def _probe(path: str, probe: core_pb2.Probe) -> Errors:
+    errs: Errors = []
+    handlers = [
+        name
+        for name, present in (
+            ("exec", probe.HasField("exec")),
+            ("httpGet", probe.HasField("http_get")),
+            ("tcpSocket", probe.HasField("tcp_socket")),
+        )
+        if present
+    ]
+    if not handlers:
+        errs.append(required(path, "must specify a handler type"))
+    errs += [
+        forbidden(f"{path}.{name}", "may not specify more than 1 handler type")
+        for name in handlers[1:]
+    ]
+    if probe.HasField("exec") and not probe.exec.command:
+        errs.append(required(f"{path}.exec.command"))
+    if probe.HasField("http_get"):
+        http = probe.http_get
+        if not http.path:
+            errs.append(required(f"{path}.httpGet.path"))
+        errs += _port_num_or_name(f"{path}.httpGet.port", http.port)
+        if http.scheme not in ("HTTP", "HTTPS"):
+            errs.append(unsupported(f"{path}.httpGet.scheme", http.scheme, ("HTTP", "HTTPS")))
+        for i, header in enumerate(http.http_headers):
+            if not header.name:
+                errs.append(required(f"{path}.httpGet.httpHeaders[{i}].name"))
+    if probe.HasField("tcp_socket"):
+        errs += _port_num_or_name(f"{path}.tcpSocket.port", probe.tcp_socket.port)
+    for field, value in (
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("successThreshold", probe.success_threshold),
+        ("failureThreshold", probe.failure_threshold),
+    ):
+        errs += non_negative(f"{path}.{field}", value)
+    if probe.HasField("termination_grace_period_seconds") and (
+        probe.termination_grace_period_seconds <= 0
+    ):
+        errs.append(
+            invalid(
+                f"{path}.terminationGracePeriodSeconds",
+                probe.termination_grace_period_seconds,
+                "must be greater than 0",
+            )
+        )
+    return errs
+
+
+def _container_ports(path: str, ports: Sequence[core_pb2.ContainerPort]) -> Errors:
+    errs: Errors = []
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        item = f"{path}[{i}]"
+        if port.name:
+            errs += check(f"{item}.name", port.name, naming.port_name)
+            if port.name in names:
+                errs.append(duplicate(f"{item}.name", port.name))
+            names.add(port.name)
+        if port.container_port == 0:
+            errs.append(required(f"{item}.containerPort"))
+        else:
+            errs += port_number(f"{item}.containerPort", port.container_port)
+        if port.host_port != 0:
+            errs += port_number(f"{item}.hostPort", port.host_port)
+        if not port.protocol:
+            errs.append(required(f"{item}.protocol"))
+        elif port.protocol not in PROTOCOLS:
+            errs.append(unsupported(f"{item}.protocol", port.protocol, PROTOCOLS))
+        if port.host_ip and not (is_ipv4(port.host_ip) or is_ipv6(port.host_ip)):
+            errs.append(invalid(f"{item}.hostIP", port.host_ip, "must be a valid IP address"))
+    return errs
+
+
+def _env(path: str, env: Sequence[core_pb2.EnvVar]) -> Errors:
+    errs: Errors = []
+    for i, var in enumerate(env):
+        item = f"{path}[{i}]"
+        if not var.name:
+            errs.append(required(f"{item}.name"))
+        else:
+            errs += check(f"{item}.name", var.name, naming.c_identifier)
+        if var.HasField("value_from"):
+            if var.value:
+                errs.append(
+                    invalid(
+                        f"{item}.valueFrom", "", "may not be specified when `value` is not empty"
+                    )
+                )
+            if not var.value_from.HasField("field_ref"):
+                errs.append(required(f"{item}.valueFrom", "must specify one of: `fieldRef`"))
+            elif not var.value_from.field_ref.field_path:
+                errs.append(required(f"{item}.valueFrom.fieldRef.fieldPath"))
+    return errs
+
+
+def _container(path: str, ctr: core_pb2.Container, names: set[str], *, init: bool) -> Errors:
+    errs: Errors = []
+    if not ctr.name:
+        errs.append(required(f"{path}.name"))
+    else:
+        errs += check(f"{path}.name", ctr.name, naming.dns1123_label)
+        if ctr.name in names:
+            errs.append(duplicate(f"{path}.name", ctr.name))
+        names.add(ctr.name)
+    if not ctr.image:
+        errs.append(required(f"{path}.image"))
+    elif any(char.isspace() for char in ctr.image):
+        errs.append(invalid(f"{path}.image", ctr.image, "must not contain whitespace"))
+    if not ctr.image_pull_policy:
+        errs.append(required(f"{path}.imagePullPolicy"))
+    elif ctr.image_pull_policy not in _PULL_POLICIES:
+        errs.append(unsupported(f"{path}.imagePullPolicy", ctr.image_pull_policy, _PULL_POLICIES))
+    errs += _container_ports(f"{path}.ports", ctr.ports)
+    errs += _env(f"{path}.env", ctr.env)
+    errs += _resources(f"{path}.resources", ctr.resources)
+    probes = (
+        ("livenessProbe", ctr.HasField("liveness_probe"), ctr.liveness_probe),
+        ("readinessProbe", ctr.HasField("readiness_probe"), ctr.readiness_probe),
+        ("startupProbe", ctr.HasField("startup_probe"), ctr.startup_probe),
+    )
+    for field, present, probe in probes:
+        if not present:
+            continue
+        if init:
+            # Init containers run to completion one by one: nothing to probe.
+            errs.append(forbidden(f"{path}.{field}", "may not be set for init containers"))
+            continue
+        errs += _probe(f"{path}.{field}", probe)
+        # A liveness or startup probe acts on the first success; more would
+        # only delay a restart decision without meaning anything.
+        if field != "readinessProbe" and probe.success_threshold != 1:
+            errs.append(
+                invalid(f"{path}.{field}.successThreshold", probe.success_threshold, "must be 1")
+            )
+    return errs
+
+
+def _node_selector_requirement(path: str, req: core_pb2.NodeSelectorRequirement) -> Errors:
+    errs = check(f"{path}.key", req.key, naming.label_key)
+    values = f"{path}.values"
+    if req.operator in ("In", "NotIn"):
+        if not req.values:
+            errs.append(required(values, "must be specified when `operator` is 'In' or 'NotIn'"))
+    elif req.operator in ("Exists", "DoesNotExist"):
+        if req.values:
+            errs.append(
+                forbidden(
+                    values, "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                )
+            )
+    elif req.operator in ("Gt", "Lt"):
+        if len(req.values) != 1:
+            errs.append(
+                required(values, "must be specified single value when `operator` is 'Lt' or 'Gt'")
+            )
+        elif not re.fullmatch("[-+]?[0-9]+", req.values[0]):
+            errs.append(invalid(f"{values}[0]", req.values[0], "must be an integer"))
+    else:
+        errs.append(invalid(f"{path}.operator", req.operator, "not a valid selector operator"))
+    return errs
+
+
+def _node_field_requirement(path: str, req: core_pb2.NodeSelectorRequirement) -> Errors:
+    # Node fields can only be selected by name, and only one name per requirement.
+    errs: Errors = []
+    if req.key != "metadata.name":
+        errs.append(unsupported(f"{path}.key", req.key, ("metadata.name",)))
+    if req.operator not in ("In", "NotIn"):
+        errs.append(invalid(f"{path}.operator", req.operator, "not a valid selector operator"))
+    elif len(req.values) != 1:
+        errs.append(
+            required(
+                f"{path}.values",
+                "must be only one value when `operator` is 'In' or 'NotIn' for node field selector",
+            )
+        )
+    return errs
+
+
+def _affinity(path: str, affinity: core_pb2.Affinity) -> Errors:
+    node = affinity.node_affinity
+    if not node.HasField("required_during_scheduling_ignored_during_execution"):
+        return []
+    terms_path = (
+        f"{path}.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms"
+    )
+    terms = node.required_during_scheduling_ignored_during_execution.node_selector_terms
+    if not terms:
+        return [required(terms_path, "must have at least one node selector term")]
+    errs: Errors = []
+    for i, term in enumerate(terms):
+        for j, req in enumerate(term.match_expressions):
+            errs += _node_selector_requirement(f"{terms_path}[{i}].matchExpressions[{j}]", req)
+        for j, req in enumerate(term.match_fields):
+            errs += _node_field_requirement(f"{terms_path}[{i}].matchFields[{j}]", req)
+    return errs
+
+
+def _taint_effect(path: str, effect: str, *, allow_empty: bool) -> Errors:
+    if not effect:
+        return [] if allow_empty else [required(path)]
+    if effect not in _TAINT_EFFECTS:
+        return [unsupported(path, effect, _TAINT_EFFECTS)]
+    return []
+
+
+def _tolerations(path: str, tolerations: Sequence[core_pb2.Toleration]) -> Errors:
+    errs: Errors = []
+    for i, tol in enumerate(tolerations):
+        item = f"{path}[{i}]"
+        if tol.key:
+            errs += check(f"{item}.key", tol.key, naming.label_key)
+        elif tol.operator != "Exists":
+            # An empty key only makes sense as "tolerate everything".
+            errs.append(
+                invalid(
+                    f"{item}.operator",
+                    tol.operator,
+                    "operator must be Exists when "
+                    '`key` is empty, which means "match all values and all keys"',
+                )
+            )
+        if tol.HasField("toleration_seconds") and tol.effect != "NoExecute":
+            # Only NoExecute evicts, so only it has a time to tolerate.
+            errs.append(
+                invalid(
+                    f"{item}.effect",
+                    tol.effect,
+                    "effect must be 'NoExecute' when `tolerationSeconds` is set",
+                )
+            )
+        if tol.operator in ("Equal", ""):
+            errs += check(f"{item}.value", tol.value, naming.label_value)
+        elif tol.operator == "Exists":
+            if tol.value:
+                errs.append(
+                    invalid(
+                        f"{item}.operator",
+                        tol.operator,
+                        "value must be empty when `operator` is 'Exists'",
+                    )
+                )
+        else:
+            errs.append(unsupported(f"{item}.operator", tol.operator, ("Equal", "Exists")))
+        errs += _taint_effect(f"{item}.effect", tol.effect, allow_empty=True)
+    return errs
+
+
+def pod_spec(path: str, spec: core_pb2.PodSpec) -> Errors:
+    errs: Errors = []
+    names: set[str] = set()
+    for i, ctr in enumerate(spec.init_containers):
+        errs += _container(f"{path}.initContainers[{i}]", ctr, names, init=True)
+    if not spec.containers:
+        errs.append(required(f"{path}.containers"))
+    for i, ctr in enumerate(spec.containers):
+        errs += _container(f"{path}.containers[{i}]", ctr, names, init=False)
+    if spec.host_network:
+        # With the host's network namespace the container binds the host port itself.
+        for i, ctr in enumerate(spec.containers):
+            for j, port in enumerate(ctr.ports):
+                if port.host_port not in (0, port.container_port):
+                    errs.append(
+                        invalid(
+                            f"{path}.containers[{i}].ports[{j}].containerPort",
+                            port.container_port,
+                            "must match `hostPort` when `hostNetwork` is true",
+                        )
+                    )
+    if not spec.restart_policy:
+        errs.append(required(f"{path}.restartPolicy"))
+    elif spec.restart_policy not in RESTART_POLICIES:
+        errs.append(unsupported(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES))
+    errs += validate_labels(f"{path}.nodeSelector", spec.node_selector)
+    errs += _affinity(f"{path}.affinity", spec.affinity)
+    errs += _tolerations(f"{path}.tolerations", spec.tolerations)
+    if spec.HasField("termination_grace_period_seconds"):
+        errs += non_negative(
+            f"{path}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds
+        )
+    if spec.node_name:
+        errs += check(f"{path}.nodeName", spec.node_name, naming.dns1123_subdomain)
+    if spec.scheduler_name:
+        errs += check(f"{path}.schedulerName", spec.scheduler_name, naming.dns1123_subdomain)
+    if spec.hostname:
+        errs += check(f"{path}.hostname", spec.hostname, naming.dns1123_label)
+    return errs
+
+
+def _pod(obj: Message) -> Errors:
+    return pod_spec("spec", cast(core_pb2.Pod, obj).spec)
+
+
+# -------------------------------------------------------------------- Service
+
+
+def _service(obj: Message) -> Errors:
+    spec = cast(core_pb2.Service, obj).spec
+    errs: Errors = []
+    if spec.type in ("LoadBalancer", "ExternalName"):
+        errs.append(
+            FieldViolation(
+                "spec.type",
+                f"Unsupported value: {show(spec.type)}: "
+                'supported values: "ClusterIP", "NodePort" '
+                f"({spec.type} services are not supported by kubeling)",
+            )
+        )
+    elif spec.type not in ("ClusterIP", "NodePort"):
+        errs.append(unsupported("spec.type", spec.type, ("ClusterIP", "NodePort")))
+    headless = spec.cluster_ip == "None"
+    if spec.cluster_ip not in ("", "None") and not is_ipv4(spec.cluster_ip):
+        errs.append(invalid("spec.clusterIP", spec.cluster_ip, "must be a valid IPv4 address"))
+    if headless and spec.type == "NodePort":
+        errs.append(
+            invalid(
+                "spec.clusterIP", spec.cluster_ip, "may not be set to 'None' for NodePort services"
+            )
+        )
+    for i, ip in enumerate(spec.cluster_ips):
+        if ip != "None" and not is_ipv4(ip):
+            errs.append(invalid(f"spec.clusterIPs[{i}]", ip, "must be a valid IPv4 address"))
+    if spec.cluster_ip and spec.cluster_ips and spec.cluster_ips[0] != spec.cluster_ip:
+        errs.append(
+            invalid("spec.clusterIPs[0]", spec.cluster_ips[0], "must be the same as `clusterIP`")
+        )
+
+    if not spec.ports and not headless:
+        errs.append(required("spec.ports"))
+    names: set[str] = set()
+    seen_ports: set[tuple[int, str]] = set()
+    seen_node_ports: set[tuple[int, str]] = set()
+    low, high = NODE_PORT_RANGE
+    for i, port in enumerate(spec.ports):
+        item = f"spec.ports[{i}]"
+        if not port.name:
+            if len(spec.ports) > 1:
+                # Endpoints name their ports after these, so several must be told apart.
+                errs.append(required(f"{item}.name"))
+        else:
+            errs += check(f"{item}.name", port.name, naming.dns1123_label)
+            if port.name in names:
+                errs.append(duplicate(f"{item}.name", port.name))
+            names.add(port.name)
+        errs += port_number(f"{item}.port", port.port)
+        if not port.protocol:
+            errs.append(required(f"{item}.protocol"))
+        elif port.protocol not in PROTOCOLS:
+            errs.append(unsupported(f"{item}.protocol", port.protocol, PROTOCOLS))
+        errs += _port_num_or_name(f"{item}.targetPort", port.target_port)
+        if (port.port, port.protocol) in seen_ports:
+            errs.append(duplicate(item, f"{port.port}/{port.protocol}"))
+        seen_ports.add((port.port, port.protocol))
+        if port.node_port:
+            node_port = f"{item}.nodePort"
+            if spec.type != "NodePort":
+                errs.append(forbidden(node_port, f"may not be used when `type` is '{spec.type}'"))
+            elif not low <= port.node_port <= high:
+                errs.append(
+                    invalid(
+                        node_port,
+                        port.node_port,
+                        "provided port is not in the "
+                        f"valid range. The range of valid ports is {low}-{high}",
+                    )
+                )
+            elif (port.node_port, port.protocol) in seen_node_ports:
+                errs.append(duplicate(node_port, port.node_port))
+            seen_node_ports.add((port.node_port, port.protocol))
+
+    if spec.session_affinity not in ("ClientIP", "None"):
+        errs.append(
+            unsupported("spec.sessionAffinity", spec.session_affinity, ("ClientIP", "None"))
+        )
+    client_ip = spec.session_affinity_config.client_ip
+    if spec.session_affinity == "ClientIP":
+        timeout = client_ip.timeout_seconds
+        if not 0 < timeout <= MAX_CLIENT_IP_TIMEOUT_SECONDS:
+            errs.append(
+                invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    timeout,
+                    f"must be between 1 and {MAX_CLIENT_IP_TIMEOUT_SECONDS}, inclusive",
+                )
+            )
+    elif spec.HasField("session_affinity_config") and client_ip.HasField("timeout_seconds"):
+        errs.append(
+            invalid(
+                "spec.sessionAffinityConfig",
+                spec.session_affinity_config,
+                "must not be set when session affinity is None",
+            )
+        )
+    errs += validate_labels("spec.selector", spec.selector)
+    for field, value in (
+        ("internalTrafficPolicy", spec.internal_traffic_policy),
+        ("externalTrafficPolicy", spec.external_traffic_policy),
+    ):
+        if value and value not in ("Cluster", "Local"):
+            errs.append(unsupported(f"spec.{field}", value, ("Cluster", "Local")))
+    return errs
+
+
+# ----------------------------------------------------- Node, Namespace, Event
+
+
+def _pod_cidr(path: str, text: str) -> Errors:
+    # The prefix length is required (a bare address is not a range).
+    try:
+        if "/" not in text:
+            raise ValueError(text)
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return [invalid(path, text, "must be a valid CIDR")]
+    if network.network_address != ipaddress.ip_interface(text).ip:
+        # Routes and bridges are built from the range, so it must name it exactly.
+        detail = f"must be a network address with no host bits set (did you mean {network}?)"
+        return [invalid(path, text, detail)]
+    minimum = _MIN_POD_CIDR_PREFIX[network.version]
+    if network.prefixlen < minimum:
+        return [
+            invalid(
+                path,
+                text,
+                f"must have a prefix length of at least {minimum} for IPv{network.version}: "
+                "a pod range this wide would cover the node's other routes",
+            )
+        ]
+    return []
+
+
+def _node(obj: Message) -> Errors:
+    node = cast(core_pb2.Node, obj)
+    spec = node.spec
+    errs: Errors = []
+    if spec.pod_cidr:
+        errs += _pod_cidr("spec.podCIDR", spec.pod_cidr)
+    seen_cidrs: set[str] = set()
+    for i, cidr in enumerate(spec.pod_cidrs):
+        cidr_errs = _pod_cidr(f"spec.podCIDRs[{i}]", cidr)
+        if not cidr_errs and cidr in seen_cidrs:
+            cidr_errs.append(duplicate(f"spec.podCIDRs[{i}]", cidr))
+        errs += cidr_errs
+        seen_cidrs.add(cidr)
+    taints: set[tuple[str, str]] = set()
+    for i, taint in enumerate(spec.taints):
+        item = f"spec.taints[{i}]"
+        if not taint.key:
+            errs.append(required(f"{item}.key"))
+        else:
+            errs += check(f"{item}.key", taint.key, naming.label_key)
+        errs += check(f"{item}.value", taint.value, naming.label_value)
+        errs += _taint_effect(f"{item}.effect", taint.effect, allow_empty=False)
+        if (taint.key, taint.effect) in taints:
+            errs.append(
+                FieldViolation(
+                    item,
+                    f"Duplicate value: {show(taint)}: taints must be unique by key and effect pair",
+                )
+            )
+        taints.add((taint.key, taint.effect))
+    for field, resources in (
+        ("capacity", node.status.capacity),
+        ("allocatable", node.status.allocatable),
+    ):
+        for name in sorted(resources):
+            item = f"status.{field}[{name}]"
+            errs += check(item, name, naming.label_key)
+            errs += _quantity(item, resources[name])[1]
+    return errs
+
+
+def _namespace(obj: Message) -> Errors:
+    return validate_finalizers("spec.finalizers", cast(core_pb2.Namespace, obj).spec.finalizers)
+
+
+def _event(obj: Message) -> Errors:
+    event = cast(core_pb2.Event, obj)
+    errs: Errors = []
+    ref = event.involved_object
+    if not ref.name and not ref.kind:
+        errs.append(required("involvedObject", "must set the kind or the name of the object"))
+    if event.type not in ("Normal", "Warning"):
+        errs.append(unsupported("type", event.type, ("Normal", "Warning")))
+    errs += non_negative("count", event.count)
+    return errs
+
+
+# --------------------------------------------------------------------- update
+
+
+def _changed_fields(new: Message, old: Message) -> list[str]:
+    """JSON names of the top-level fields that differ, to say what was refused."""
+    return [
+        field.json_name
+        for field in new.DESCRIPTOR.fields
+        if getattr(new, field.name) != getattr(old, field.name)
+    ]
+
+
+def _pod_update(new_obj: Message, old_obj: Message) -> Errors:
+    new, old = cast(core_pb2.Pod, new_obj).spec, cast(core_pb2.Pod, old_obj).spec
+    errs: Errors = []
+    # Binding sets the node once; moving a running pod is not a thing.
+    if old.node_name and new.node_name != old.node_name:
+        errs.append(
+            forbidden("spec.nodeName", f"pod is already assigned to node {show(old.node_name)}")
+        )
+    # Take the old spec, let through only what may change, and compare.
+    allowed = core_pb2.PodSpec()
+    allowed.CopyFrom(old)
+    allowed.node_name = new.node_name
+    for mine, theirs in (
+        (allowed.containers, new.containers),
+        (allowed.init_containers, new.init_containers),
+    ):
+        if len(mine) == len(theirs):
+            for ctr, updated in zip(mine, theirs, strict=True):
+                ctr.image = updated.image
+    del allowed.tolerations[:]
+    allowed.tolerations.extend(new.tolerations)
+    if allowed != new:
+        changed = ", ".join(f"spec.{name}" for name in _changed_fields(new, allowed))
+        errs.append(
+            forbidden(
+                "spec",
+                "pod updates may not change fields other than "
+                "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                "`spec.tolerations` (only additions to existing tolerations), "
+                f"`spec.nodeName` (only to bind the pod); changed: {changed}",
+            )
+        )
+    # Removing a toleration could leave the pod running where it is not tolerated.
+    for tol in old.tolerations:
+        if not any(_same_toleration(tol, candidate) for candidate in new.tolerations):
+            errs.append(
+                forbidden(
+                    "spec.tolerations",
+                    "existing toleration can not be modified except its tolerationSeconds",
+                )
+            )
+            break
+    return errs
+
+
+def _same_toleration(old: core_pb2.Toleration, new: core_pb2.Toleration) -> bool:
+    probe = core_pb2.Toleration()
+    probe.CopyFrom(old)
+    probe.ClearField("toleration_seconds")
+    if new.HasField("toleration_seconds"):
+        probe.toleration_seconds = new.toleration_seconds
+    return probe == new
+
+
+def _service_update(new_obj: Message, old_obj: Message) -> Errors:
+    new, old = cast(core_pb2.Service, new_obj).spec, cast(core_pb2.Service, old_obj).spec
+    # Clients and kube-proxy rules hold on to the IP; the type may change, the IP not.
+    if old.cluster_ip:
+        return immutable("spec.clusterIP", new.cluster_ip, old.cluster_ip)
+    return []
+
+
+def _node_update(new_obj: Message, old_obj: Message) -> Errors:
+    new, old = cast(core_pb2.Node, new_obj).spec, cast(core_pb2.Node, old_obj).spec
+    errs: Errors = []
+    # Pods already hold addresses from the node's range.
+    detail = 'node updates may not change podCIDR except from "" to valid'
+    if old.pod_cidr and new.pod_cidr != old.pod_cidr:
+        errs.append(forbidden("spec.podCIDR", detail))
+    if old.pod_cidrs and list(new.pod_cidrs) != list(old.pod_cidrs):
+        errs.append(forbidden("spec.podCIDRs", detail))
+    return errs
+
+
+VALIDATORS: dict[type[Message], Validator] = {
+    core_pb2.Pod: _pod,
+    core_pb2.Service: _service,
+    core_pb2.Node: _node,
+    core_pb2.Namespace: _namespace,
+    core_pb2.Event: _event,
+}
+UPDATE_VALIDATORS: dict[type[Message], UpdateValidator] = {
+    core_pb2.Pod: _pod_update,
+    core_pb2.Service: _service_update,
+    core_pb2.Node: _node_update,
+}
