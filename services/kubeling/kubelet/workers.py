@@ -81,6 +81,11 @@ class PodWorkers:
         worker = self._workers.get(uid)
         return worker.state if worker is not None else None
 
+    def pending(self, uid: str) -> bool:
+        """Whether an update waits for the pod's next sync."""
+        worker = self._workers.get(uid)
+        return worker is not None and worker.wake.is_set()
+
     def active(self) -> set[str]:
         return set(self._workers)
 
