@@ -141,6 +141,23 @@ async def test_exec_in_a_stopped_container_is_unknown() -> None:
 class HTTPServer:
     port: int
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)  # body bytes of endless answers
+    ended: dict[str, asyncio.Event] = field(default_factory=dict)  # the client hung up
+
+
+# Answers whose body never ends: a head, then the same block forever.
+ENDLESS = {
+    "/endless-chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7fffffff\r\n",
+        b"x" * 65536,
+    ),
+    "/endless-length": (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", b"y" * 65536),
+    # A chunk-size line that never ends.
+    "/endless-chunk-size": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"f" * 65536,
+    ),
+}
 
 
 def reply(status: str, headers: Sequence[str] = (), body: bytes = b"") -> bytes:
@@ -186,6 +203,9 @@ async def serve(
                 return  # a tcpSocket probe: connect and go
             path = request_line.split()[1]
             info.requests.append((path, headers))
+            if path in ENDLESS:
+                await send_forever(path, writer)
+                return
             writer.write(await route(path))
             await writer.drain()
             if path == "/keepalive":
@@ -194,6 +214,19 @@ async def serve(
             pass
         finally:
             writer.close()
+
+    async def send_forever(path: str, writer: asyncio.StreamWriter) -> None:
+        head, block = ENDLESS[path]
+        info.sent[path] = 0
+        ended = info.ended.setdefault(path, asyncio.Event())
+        writer.write(head)
+        try:
+            while True:
+                writer.write(block)
+                await writer.drain()  # blocks while the client does not read
+                info.sent[path] += len(block)
+        except ConnectionError:
+            ended.set()
 
     server = await asyncio.start_server(handle, LOOPBACK, 0, ssl=ssl_context)
     info.port = server.sockets[0].getsockname()[1]
@@ -252,8 +285,29 @@ async def test_http_redirect_on_the_same_host_is_followed(http: HTTPServer) -> N
 
 async def test_http_redirect_loop_stops_after_ten(http: HTTPServer) -> None:
     outcome = await probe_once(http_probe("/loop", http.port))
-    assert outcome.result == "success"  # a 3xx that was not followed: success, warning
+    # As Go's client in upstream's prober: an error after 10 redirects, so a failure.
+    assert outcome.result == "failure"
+    assert "stopped after 10 redirects" in outcome.message
     assert len(http.requests) == 11
+
+
+@pytest.mark.parametrize("path", ["/endless-chunked", "/endless-length"])
+async def test_http_endless_body_is_not_read(http: HTTPServer, path: str) -> None:
+    outcome = await probe_once(http_probe(path, http.port, timeout=5))
+    # Had the prober read the whole body it would have hit its deadline instead.
+    assert outcome == ProbeOutcome("success", "HTTP probe succeeded with statuscode: 200")
+    # It hung up after its 10 KiB; what the server got out is what the kernel's
+    # socket buffers took, not the terabyte it offered.
+    await asyncio.wait_for(http.ended[path].wait(), 5)
+    assert http.sent[path] < 32 * 1024 * 1024
+
+
+async def test_http_endless_chunk_size_line_is_a_failure(http: HTTPServer) -> None:
+    outcome = await probe_once(http_probe("/endless-chunk-size", http.port, timeout=5))
+    assert outcome.result == "failure"
+    assert "deadline" not in outcome.message, outcome.message
+    assert len(outcome.message) < 400  # not the bytes the server sent
+    await asyncio.wait_for(http.ended["/endless-chunk-size"].wait(), 5)
 
 
 async def test_http_slow_answer_times_out(http: HTTPServer) -> None:

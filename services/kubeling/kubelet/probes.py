@@ -3,9 +3,10 @@
 Semantics follow upstream's ``pkg/probe`` and ``pkg/kubelet/prober``:
 
 * an exec probe passes on exit code 0; a timeout is a failure (as since 1.20);
-* an httpGet probe passes on a status in [200, 400); it follows redirects on the
-  same host (at most 10) and stops at a redirect to another host, which counts as
-  a pass with a warning message; TLS is not verified for scheme HTTPS;
+* an httpGet probe (aiohttp) passes on a status in [200, 400); it follows
+  redirects on the same host (more than 10 fail) and stops at a redirect to another
+  host, which counts as a pass with a warning message; TLS is not verified for
+  scheme HTTPS; at most 10 KiB of a body is read;
 * a tcpSocket probe passes when the connection opens within the timeout;
 * the worker only changes a result after ``successThreshold`` / ``failureThreshold``
   equal results in a row, waits ``initialDelaySeconds`` after the container
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 from urllib.parse import quote, urljoin, urlsplit
 
+import aiohttp
 import grpc
 import structlog
+import yarl
 from google.protobuf import struct_pb2
 
 from kubeling.cri.errors import CRIError
@@ -57,6 +60,7 @@ OnChange = Callable[[str, str, ProbeKind, bool], None]
 USER_AGENT = "kube-probe/kubeling"  # apps match the "kube-probe/" prefix
 _MAX_REDIRECTS = 10
 _MAX_BODY = 10 * 1024  # upstream reads at most 10 KiB of a probe's output
+_MAX_REASON = 200
 _EXEC_GRACE = 1.0  # extra time the runtime gets to report its own exec timeout
 _DEFAULT_TIMEOUT = 1
 _DEFAULT_PERIOD = 10
@@ -205,10 +209,6 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _BadResponse(Exception):
-    pass
-
-
 @functools.cache
 def _insecure_tls() -> ssl.SSLContext:
     # Probes do not verify certificates (upstream: InsecureSkipVerify), so no CA
@@ -217,6 +217,10 @@ def _insecure_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class _TooManyRedirects(Exception):
+    pass
 
 
 async def _http_probe(
@@ -240,130 +244,76 @@ async def _http_probe(
         path = "/" + path
     # Keep reserved characters (query strings are allowed) but escape spaces etc.
     path = quote(path, safe="/?&=%:@!$'()*+,;~-._#")
-    headers = [(h.name, h.value) for h in action.http_headers]
-    for name, value in headers:
+    for header in action.http_headers:
+        name, value = header.name, header.value
         if not name or any(ch in name + value for ch in "\r\n") or ":" in name:
             return _failure(f"invalid HTTP header {name!r}")
-    url = f"{scheme}://{_hostport(host, port)}{path}"
+    hostport = _hostport(host, port)
+    url = f"{scheme}://{hostport}{path}"
     current = url
     try:
         # One deadline for the whole exchange, redirects included (Go's
         # http.Client.Timeout).
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(seconds), _session(action.http_headers) as session:
             origin = urlsplit(url).hostname
-            redirects = 0
-            while True:
-                status, location = await _get_once(current, headers)
+            for _ in range(_MAX_REDIRECTS + 1):
+                status, location = await _get_once(session, current)
                 if not (300 <= status < 400 and location):
                     break
                 target = urljoin(current, location)
                 parts = urlsplit(target)
-                if (
-                    parts.scheme not in ("http", "https")
-                    or parts.hostname != origin
-                    or redirects >= _MAX_REDIRECTS
-                ):
+                if parts.scheme not in ("http", "https") or parts.hostname != origin:
                     # Not followed: a 3xx still counts as success, with a warning.
                     return _success(f"Probe terminated redirects, Response status code: {status}")
-                redirects += 1
                 current = target
+            else:
+                raise _TooManyRedirects("stopped after 10 redirects")
     except TimeoutError:
         return _failure(f'Get "{current}": context deadline exceeded (timeout {seconds}s)')
-    except (OSError, EOFError, _BadResponse, ValueError) as exc:
-        return _failure(f'Get "{current}": {_reason(exc)}')
+    except aiohttp.ClientConnectorError as exc:
+        return _failure(f'Get "{current}": dial tcp {hostport}: connect: {_reason(exc.os_error)}')
+    except (aiohttp.ClientError, OSError, _TooManyRedirects, ValueError) as exc:
+        # Parser errors quote what the server sent: keep events short.
+        reason = _reason(exc)
+        if len(reason) > _MAX_REASON:
+            reason = reason[:_MAX_REASON] + "..."
+        return _failure(f'Get "{current}": {reason}')
     if 200 <= status < 400:
         return _success(f"HTTP probe succeeded with statuscode: {status}")
     return _failure(f"HTTP probe failed with statuscode: {status}")
 
 
-async def _get_once(url: str, headers: list[tuple[str, str]]) -> tuple[int, str]:
-    """One plain HTTP/1.1 GET; returns the status and the Location header."""
-    parts = urlsplit(url)
-    https = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    reader, writer = await asyncio.open_connection(
-        host, port, ssl=_insecure_tls() if https else None
+def _session(headers: Sequence[core_pb2.HTTPHeader]) -> aiohttp.ClientSession:
+    """A client for one probe, sending what upstream's prober sends: its own
+    User-Agent and Accept unless the probe sets them (an empty value drops one), no
+    compression, no proxy, one request per connection."""
+    given = {h.name.lower() for h in headers}
+    defaults = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    sent: list[tuple[str, str]] = [(n, v) for n, v in defaults.items() if n.lower() not in given]
+    sent += [(h.name, h.value) for h in headers if h.value and h.name.lower() != "connection"]
+    sent.append(("Connection", "close"))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True, ssl=_insecure_tls()),
+        headers=sent,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        auto_decompress=False,
+        trust_env=False,
+        # The body is read through a window this big, whatever the server sends.
+        read_bufsize=_MAX_BODY,
     )
-    try:
-        writer.write(_request(target, _hostport(host, port), headers))
-        await writer.drain()
-        return await _read_response(reader)
-    finally:
-        # Not awaiting wait_closed: a TLS close_notify must not eat the deadline
-        # after the status has been read.
-        writer.close()
 
 
-def _request(target: str, hostport: str, headers: list[tuple[str, str]]) -> bytes:
-    given = {name.lower() for name, _ in headers}
-    lines = [f"GET {target} HTTP/1.1"]
-    # User headers replace the defaults; an empty value removes one (upstream).
-    for name, value in (("Host", hostport), ("User-Agent", USER_AGENT), ("Accept", "*/*")):
-        if name.lower() not in given:
-            lines.append(f"{name}: {value}")
-    lines.extend(f"{n}: {v}" for n, v in headers if v and n.lower() != "connection")
-    lines.append("Connection: close")  # one request per connection, like upstream
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str]:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise _BadResponse("EOF")
-        fields = line.decode("latin-1").split(None, 2)
-        if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
-            raise _BadResponse(f"malformed HTTP response {line[:80]!r}")
-        status = int(fields[1])
-        headers: dict[str, str] = {}
-        while True:
-            line = await reader.readline()
-            if not line:
-                raise _BadResponse("unexpected EOF in headers")
-            if line in (b"\r\n", b"\n"):
-                break
-            name, sep, value = line.decode("latin-1").partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if not 100 <= status < 200:
-            break
-        # An interim 1xx answer: the real one follows.
-    # Read (a bounded part of) the body: a server that stalls after the headers
-    # times out, as with upstream's client.
-    if status in (204, 304):
-        pass
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        await _skip_chunked(reader)
-    else:
-        length = headers.get("content-length", "")
-        want = min(int(length), _MAX_BODY) if length.isdigit() else _MAX_BODY
-        got = 0
-        while got < want:
-            data = await reader.read(want - got)
-            if not data:
-                break
-            got += len(data)
-    return status, headers.get("location", "")
-
-
-async def _skip_chunked(reader: asyncio.StreamReader) -> None:
-    # Follow the framing, so a server that keeps the connection open after the
-    # last chunk (ignoring "Connection: close") does not run into the timeout.
-    got = 0
-    while got < _MAX_BODY:
-        line = await reader.readline()
-        if not line:
-            return
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _BadResponse(f"malformed chunk size {line[:40]!r}") from None
-        if size == 0:
-            return
-        await reader.readexactly(size + 2)  # the data and its CRLF
-        got += size
+async def _get_once(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """One GET; returns the status and the Location header. At most _MAX_BODY bytes
+    of the body are read (upstream's limit); a server that stalls after the
+    headers runs into the probe's deadline, as with upstream's client."""
+    async with session.get(yarl.URL(url, encoded=True), allow_redirects=False) as response:
+        left = _MAX_BODY
+        while left > 0 and (data := await response.content.read(left)):
+            left -= len(data)
+        # Closing drops the connection and whatever the server still sends.
+        response.close()
+        return response.status, response.headers.get("Location", "")
 
 
 # -- the workers ---------------------------------------------------------------
