@@ -80,6 +80,9 @@ class MasterProcess:
                 sys.executable, "-m", "kubeling.master.main",
                 "--listen", self.address,
                 "--data-dir", str(self.data_dir),
+                # Tests may run several masters: no fixed metrics port unless asked.
+                *([] if "--metrics-bind-address" in self.extra
+                  else ["--metrics-bind-address", "127.0.0.1:0"]),
                 *self.extra,
             ],
             stdout=log,

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 from kubeling.common import machine
+from kubeling.common.duration import parse_duration
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.common.token import load_or_create
 from kubeling.controllers.manager import ControllerSettings
+from kubeling.master.event_ttl import DEFAULT_EVENT_TTL
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
@@ -23,6 +25,16 @@ def default_data_dir() -> Path:
         return Path("/var/lib/kubeling/master")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "kubeling" / "master"
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history", type=int, default=10_000, help="revisions kept for watches to resume from"
     )
     parser.add_argument("--bookmark-interval", type=float, default=10.0, help="seconds")
+    parser.add_argument(
+        "--event-ttl",
+        type=_duration,
+        default=DEFAULT_EVENT_TTL,
+        help="Events are deleted this long after their last write: seconds or 1h, 90m (1h)",
+    )
     parser.add_argument(
         "--controllers",
         default="*",
@@ -123,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         service_cidr=args.service_cidr,
         history=args.history,
         bookmark_interval=args.bookmark_interval,
+        event_ttl=args.event_ttl,
         controllers={name.strip() for name in args.controllers.split(",") if name.strip()},
         controller_settings=ControllerSettings(
             node_monitor_grace_period=args.node_monitor_grace_period,

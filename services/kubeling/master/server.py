@@ -34,6 +34,7 @@ from kubeling.controllers.manager import ControllerSettings, run_controllers
 from kubeling.master.api_service import ResourceService
 from kubeling.master.binding import PodBinder
 from kubeling.master.codec import ProtoCodec
+from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker, register_indexes
@@ -67,6 +68,8 @@ class MasterConfig:
     metrics_bind: str = ""
     # A loop that crashes this often within 5 minutes gives up: the master is unhealthy.
     loop_crash_limit: int = 10
+    # Events are deleted this many seconds after their last write (master/event_ttl.py).
+    event_ttl: float = DEFAULT_EVENT_TTL
 
 
 def self_address(listen: str, port: int) -> str:
@@ -143,6 +146,8 @@ class Master:
             await self._serve_metrics(self.config.metrics_bind)
         namespaces = NamespaceController(self.registries)
         self._tasks.append(self.supervisor.start("namespace-controller", namespaces.run))
+        expiry = EventExpiry(self.store, self.config.event_ttl)
+        self._tasks.append(self.supervisor.start("event-ttl", expiry.run))
         if self.config.controllers:
             own = self_address(self.config.listen, self.server.port)
             self._tasks.append(
@@ -177,6 +182,8 @@ class Master:
                     extra={"scheduler": Scheduler},
                 )
             )
+        # The controllers run until cancelled: ending otherwise is a crash to restart.
+        raise RuntimeError("the controllers stopped on their own")
 
     async def _ensure_namespaces(self) -> None:
         namespaces = self.registries[NAMESPACE.name]
