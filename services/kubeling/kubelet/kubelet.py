@@ -140,6 +140,7 @@ class Kubelet:
             lease_renew_interval=self.config.lease_renew_interval,
             status_interval=self.config.status_interval,
             max_pods=self.config.max_pods,
+            nodefs=self.config.pod_log_dir,
         )
         self.agent = NodeAgent(self.api, self.runtime, settings)
         self.agent.on_node = self._node_seen  # writes the CNI config once a CIDR shows

@@ -16,7 +16,6 @@ from kubeling.common.httpserve import serve_http
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
-from kubeling.common.supervisor import Supervisor
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet import metrics
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
@@ -95,8 +94,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
 
 def healthy(kubelet: Kubelet) -> bool:
     """/healthz: no supervised loop gave up and the runtime answers CRI calls."""
-    supervisor: Supervisor | None = getattr(kubelet, "supervisor", None)
-    if supervisor is not None and supervisor.failed.is_set():
+    if kubelet.supervisor.failed.is_set():
         return False
     return kubelet.agent is None or kubelet.agent.runtime_reachable
 
@@ -114,7 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     # Up before registering, so a kubelet waiting for its master can be watched.
     http = await serve_http(args.healthz_bind_address, 10248, lambda: healthy(kubelet))
     await kubelet.start()
-    code = await until_terminated(getattr(kubelet, "supervisor", None))
+    code = await until_terminated(kubelet.supervisor)
     await kubelet.stop()
     await http.cleanup()
     await api.close()
