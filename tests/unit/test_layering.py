@@ -105,6 +105,15 @@ def test_every_package_has_a_row() -> None:
     assert packages - set(FORBIDDEN) == set()
 
 
+def _package_with(tmp_path: Path, relative: str, source: str) -> Path:
+    """A `kubeling` tree holding one module, `relative`, with `source`."""
+    root = tmp_path / "kubeling"
+    path = root / relative
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+    return root
+
+
 @pytest.mark.parametrize(
     ("relative", "source"),
     [
@@ -118,11 +127,7 @@ def test_every_package_has_a_row() -> None:
     ],
 )
 def test_checker_finds_upward_imports(tmp_path: Path, relative: str, source: str) -> None:
-    root = tmp_path / "kubeling"
-    path = root / relative
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    (found,) = upward_imports(root)
+    (found,) = upward_imports(_package_with(tmp_path, relative, source))
     assert found.startswith(f"kubeling/{relative}:")
 
 
@@ -136,8 +141,4 @@ def test_checker_finds_upward_imports(tmp_path: Path, relative: str, source: str
     ],
 )
 def test_checker_allows_imports_down_and_within(tmp_path: Path, relative: str, source: str) -> None:
-    root = tmp_path / "kubeling"
-    path = root / relative
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    assert upward_imports(root) == []
+    assert upward_imports(_package_with(tmp_path, relative, source)) == []

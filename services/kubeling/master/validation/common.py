@@ -74,6 +74,15 @@ def too_many(path: str, actual: int, limit: int) -> FieldViolation:
     return FieldViolation(path, f"Too many: {actual}: must have at most {limit} items")
 
 
+def one_of(path: str, value: str, supported: Sequence[str]) -> Errors:
+    """Required when empty, Unsupported when not one of `supported`."""
+    if not value:
+        return [required(path)]
+    if value not in supported:
+        return [unsupported(path, value, supported)]
+    return []
+
+
 def check(path: str, value: str, checker: Callable[[str], list[str]]) -> Errors:
     """One Invalid violation per message a `naming` checker returns."""
     return [invalid(path, value, message) for message in checker(value)]
@@ -89,20 +98,12 @@ def port_number(path: str, value: int, low: int = 1) -> Errors:
     return [invalid(path, value, f"must be between {low} and 65535, inclusive")]
 
 
-def is_ipv4(text: str) -> bool:
+def ip_version(text: str) -> int | None:
+    """4 or 6 for an IP address, None for anything else."""
     try:
-        ipaddress.IPv4Address(text)
+        return ipaddress.ip_address(text).version
     except ValueError:
-        return False
-    return True
-
-
-def is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
+        return None
 
 
 # ---------------------------------------------------------------- IntOrString

@@ -26,9 +26,9 @@ from kubeling.master.validation.common import (
     immutable,
     int_value,
     invalid,
-    is_ipv4,
-    is_ipv6,
+    ip_version,
     non_negative,
+    one_of,
     port_number,
     required,
     show,
@@ -204,11 +204,8 @@ def _container_ports(path: str, ports: Sequence[core_pb2.ContainerPort]) -> Erro
             errs += port_number(f"{item}.containerPort", port.container_port)
         if port.host_port != 0:
             errs += port_number(f"{item}.hostPort", port.host_port)
-        if not port.protocol:
-            errs.append(required(f"{item}.protocol"))
-        elif port.protocol not in PROTOCOLS:
-            errs.append(unsupported(f"{item}.protocol", port.protocol, PROTOCOLS))
-        if port.host_ip and not (is_ipv4(port.host_ip) or is_ipv6(port.host_ip)):
+        errs += one_of(f"{item}.protocol", port.protocol, PROTOCOLS)
+        if port.host_ip and ip_version(port.host_ip) is None:
             errs.append(invalid(f"{item}.hostIP", port.host_ip, "must be a valid IP address"))
     return errs
 
@@ -248,10 +245,7 @@ def _container(path: str, ctr: core_pb2.Container, names: set[str], *, init: boo
         errs.append(required(f"{path}.image"))
     elif any(char.isspace() for char in ctr.image):
         errs.append(invalid(f"{path}.image", ctr.image, "must not contain whitespace"))
-    if not ctr.image_pull_policy:
-        errs.append(required(f"{path}.imagePullPolicy"))
-    elif ctr.image_pull_policy not in _PULL_POLICIES:
-        errs.append(unsupported(f"{path}.imagePullPolicy", ctr.image_pull_policy, _PULL_POLICIES))
+    errs += one_of(f"{path}.imagePullPolicy", ctr.image_pull_policy, _PULL_POLICIES)
     errs += _container_ports(f"{path}.ports", ctr.ports)
     errs += _env(f"{path}.env", ctr.env)
     errs += _resources(f"{path}.resources", ctr.resources)
@@ -338,14 +332,6 @@ def _affinity(path: str, affinity: core_pb2.Affinity) -> Errors:
     return errs
 
 
-def _taint_effect(path: str, effect: str, *, allow_empty: bool) -> Errors:
-    if not effect:
-        return [] if allow_empty else [required(path)]
-    if effect not in _TAINT_EFFECTS:
-        return [unsupported(path, effect, _TAINT_EFFECTS)]
-    return []
-
-
 def _tolerations(path: str, tolerations: Sequence[core_pb2.Toleration]) -> Errors:
     errs: Errors = []
     for i, tol in enumerate(tolerations):
@@ -384,7 +370,8 @@ def _tolerations(path: str, tolerations: Sequence[core_pb2.Toleration]) -> Error
                 )
         else:
             errs.append(unsupported(f"{item}.operator", tol.operator, ("Equal", "Exists")))
-        errs += _taint_effect(f"{item}.effect", tol.effect, allow_empty=True)
+        if tol.effect:  # empty tolerates every effect
+            errs += one_of(f"{item}.effect", tol.effect, _TAINT_EFFECTS)
     return errs
 
 
@@ -409,10 +396,7 @@ def pod_spec(path: str, spec: core_pb2.PodSpec) -> Errors:
                             "must match `hostPort` when `hostNetwork` is true",
                         )
                     )
-    if not spec.restart_policy:
-        errs.append(required(f"{path}.restartPolicy"))
-    elif spec.restart_policy not in RESTART_POLICIES:
-        errs.append(unsupported(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES))
+    errs += one_of(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
     errs += validate_labels(f"{path}.nodeSelector", spec.node_selector)
     errs += _affinity(f"{path}.affinity", spec.affinity)
     errs += _tolerations(f"{path}.tolerations", spec.tolerations)
@@ -451,7 +435,7 @@ def _service(obj: Message) -> Errors:
     elif spec.type not in ("ClusterIP", "NodePort"):
         errs.append(unsupported("spec.type", spec.type, ("ClusterIP", "NodePort")))
     headless = spec.cluster_ip == "None"
-    if spec.cluster_ip not in ("", "None") and not is_ipv4(spec.cluster_ip):
+    if spec.cluster_ip not in ("", "None") and ip_version(spec.cluster_ip) != 4:
         errs.append(invalid("spec.clusterIP", spec.cluster_ip, "must be a valid IPv4 address"))
     if headless and spec.type == "NodePort":
         errs.append(
@@ -460,7 +444,7 @@ def _service(obj: Message) -> Errors:
             )
         )
     for i, ip in enumerate(spec.cluster_ips):
-        if ip != "None" and not is_ipv4(ip):
+        if ip != "None" and ip_version(ip) != 4:
             errs.append(invalid(f"spec.clusterIPs[{i}]", ip, "must be a valid IPv4 address"))
     if spec.cluster_ip and spec.cluster_ips and spec.cluster_ips[0] != spec.cluster_ip:
         errs.append(
@@ -485,10 +469,7 @@ def _service(obj: Message) -> Errors:
                 errs.append(duplicate(f"{item}.name", port.name))
             names.add(port.name)
         errs += port_number(f"{item}.port", port.port)
-        if not port.protocol:
-            errs.append(required(f"{item}.protocol"))
-        elif port.protocol not in PROTOCOLS:
-            errs.append(unsupported(f"{item}.protocol", port.protocol, PROTOCOLS))
+        errs += one_of(f"{item}.protocol", port.protocol, PROTOCOLS)
         errs += _port_num_or_name(f"{item}.targetPort", port.target_port)
         if (port.port, port.protocol) in seen_ports:
             errs.append(duplicate(item, f"{port.port}/{port.protocol}"))
@@ -546,13 +527,19 @@ def _service(obj: Message) -> Errors:
 # ----------------------------------------------------- Node, Namespace, Event
 
 
-def _pod_cidr(path: str, text: str) -> Errors:
-    # The prefix length is required (a bare address is not a range).
+def _parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    # Like Go's net.ParseCIDR: the prefix length is required, host bits may be set.
+    if "/" not in text:
+        return None
     try:
-        if "/" not in text:
-            raise ValueError(text)
-        network = ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
+        return None
+
+
+def _pod_cidr(path: str, text: str) -> Errors:
+    network = _parse_cidr(text)
+    if network is None:
         return [invalid(path, text, "must be a valid CIDR")]
     if network.network_address != ipaddress.ip_interface(text).ip:
         # Routes and bridges are built from the range, so it must name it exactly.
@@ -592,7 +579,7 @@ def _node(obj: Message) -> Errors:
         else:
             errs += check(f"{item}.key", taint.key, naming.label_key)
         errs += check(f"{item}.value", taint.value, naming.label_value)
-        errs += _taint_effect(f"{item}.effect", taint.effect, allow_empty=False)
+        errs += one_of(f"{item}.effect", taint.effect, _TAINT_EFFECTS)
         if (taint.key, taint.effect) in taints:
             errs.append(
                 FieldViolation(

@@ -16,28 +16,25 @@ from kubeling.master.validation.common import (
     duplicate,
     immutable,
     invalid,
-    is_ipv4,
-    is_ipv6,
+    ip_version,
+    one_of,
     port_number,
     required,
     too_many,
-    unsupported,
 )
 from kubeling.v1 import discovery_pb2
 
 MAX_ENDPOINTS_PER_SLICE = 1000
 MAX_ADDRESSES_PER_ENDPOINT = 100
-
-
 MAX_PORTS_PER_SLICE = 100
 _ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
 
 
 def _endpoint_address(path: str, address_type: str, address: str) -> Errors:
-    if address_type == "IPv4":
-        return [] if is_ipv4(address) else [invalid(path, address, "must be a valid IPv4 address")]
-    if address_type == "IPv6":
-        return [] if is_ipv6(address) else [invalid(path, address, "must be a valid IPv6 address")]
+    if address_type in ("IPv4", "IPv6"):
+        if ip_version(address) == int(address_type[-1]):
+            return []
+        return [invalid(path, address, f"must be a valid {address_type} address")]
     if address_type == "FQDN":
         return check(path, address, naming.dns1123_subdomain)
     return []  # the address type itself is reported
@@ -46,10 +43,7 @@ def _endpoint_address(path: str, address_type: str, address: str) -> Errors:
 def _endpoint_slice(obj: Message) -> Errors:
     eps = cast(discovery_pb2.EndpointSlice, obj)
     errs: Errors = []
-    if not eps.address_type:
-        errs.append(required("addressType"))
-    elif eps.address_type not in _ADDRESS_TYPES:
-        errs.append(unsupported("addressType", eps.address_type, _ADDRESS_TYPES))
+    errs += one_of("addressType", eps.address_type, _ADDRESS_TYPES)
     if len(eps.endpoints) > MAX_ENDPOINTS_PER_SLICE:
         errs.append(too_many("endpoints", len(eps.endpoints), MAX_ENDPOINTS_PER_SLICE))
     for i, endpoint in enumerate(eps.endpoints):
@@ -78,10 +72,7 @@ def _endpoint_slice(obj: Message) -> Errors:
         names.add(port.name)
         if port.HasField("port"):
             errs += port_number(f"{item}.port", port.port, low=0)
-        if not port.protocol:
-            errs.append(required(f"{item}.protocol"))
-        elif port.protocol not in PROTOCOLS:
-            errs.append(unsupported(f"{item}.protocol", port.protocol, PROTOCOLS))
+        errs += one_of(f"{item}.protocol", port.protocol, PROTOCOLS)
     return errs
 
 
