@@ -25,7 +25,7 @@ from kubeling.master.validation.common import (
     validate_labels,
 )
 from kubeling.master.validation.core import RESTART_POLICIES, pod_spec
-from kubeling.v1 import apps_pb2, core_pb2, meta_pb2
+from kubeling.v1 import apps_pb2
 
 _PERCENT_RE = re.compile("[0-9]+%")
 _PERCENT_MESSAGE = (
@@ -55,14 +55,29 @@ def _int_or_percent(path: str, value: struct_pb2.Value, *, max_percent: bool) ->
     return 0, [invalid(path, value, "must be an integer or a percentage")]
 
 
-def _selector_and_template(
-    noun: str,
-    selector: meta_pb2.LabelSelector,
-    has_selector: bool,
-    template: core_pb2.PodTemplateSpec,
-) -> Errors:
+_WorkloadSpec = apps_pb2.ReplicaSetSpec | apps_pb2.DeploymentSpec | apps_pb2.DaemonSetSpec
+
+
+def _unavailable_and_surge(
+    path: str,
+    rolling: apps_pb2.RollingUpdateDeployment | apps_pb2.RollingUpdateDaemonSet,
+    *,
+    surge_max_percent: bool,
+) -> tuple[int, int, Errors]:
+    """maxUnavailable and maxSurge (counts or percentages) and their problems."""
+    unavailable, u_errs = _int_or_percent(
+        f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+    )
+    surge, s_errs = _int_or_percent(
+        f"{path}.maxSurge", rolling.max_surge, max_percent=surge_max_percent
+    )
+    return unavailable, surge, u_errs + s_errs
+
+
+def _selector_and_template(noun: str, spec: _WorkloadSpec) -> Errors:
+    selector, template = spec.selector, spec.template
     errs: Errors = []
-    if not has_selector:
+    if not spec.HasField("selector"):
         errs.append(required("spec.selector"))
     elif not selector.match_labels and not selector.match_expressions:
         # An empty selector selects every pod in the namespace.
@@ -104,9 +119,7 @@ def _selector_and_template(
 
 def _replica_set(obj: Message) -> Errors:
     spec = cast(apps_pb2.ReplicaSet, obj).spec
-    errs = _selector_and_template(
-        "replicaset", spec.selector, spec.HasField("selector"), spec.template
-    )
+    errs = _selector_and_template("replicaset", spec)
     errs += non_negative("spec.replicas", spec.replicas)
     errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
     return errs
@@ -114,9 +127,7 @@ def _replica_set(obj: Message) -> Errors:
 
 def _deployment(obj: Message) -> Errors:
     spec = cast(apps_pb2.Deployment, obj).spec
-    errs = _selector_and_template(
-        "deployment", spec.selector, spec.HasField("selector"), spec.template
-    )
+    errs = _selector_and_template("deployment", spec)
     errs += non_negative("spec.replicas", spec.replicas)
     errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
     errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
@@ -143,13 +154,12 @@ def _deployment(obj: Message) -> Errors:
     elif strategy.type == "RollingUpdate":
         path = "spec.strategy.rollingUpdate"
         rolling = strategy.rolling_update
-        unavailable, u_errs = _int_or_percent(
-            f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+        unavailable, surge, rolling_errs = _unavailable_and_surge(
+            path, rolling, surge_max_percent=False
         )
-        surge, s_errs = _int_or_percent(f"{path}.maxSurge", rolling.max_surge, max_percent=False)
-        errs += u_errs + s_errs
+        errs += rolling_errs
         # Neither adding nor removing a pod means the rollout can never progress.
-        if not u_errs and not s_errs and unavailable == 0 and surge == 0:
+        if not rolling_errs and unavailable == 0 and surge == 0:
             errs.append(
                 invalid(
                     f"{path}.maxUnavailable",
@@ -164,21 +174,18 @@ def _deployment(obj: Message) -> Errors:
 
 def _daemon_set(obj: Message) -> Errors:
     spec = cast(apps_pb2.DaemonSet, obj).spec
-    errs = _selector_and_template(
-        "daemonset", spec.selector, spec.HasField("selector"), spec.template
-    )
+    errs = _selector_and_template("daemonset", spec)
     errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
     errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
     strategy = spec.update_strategy
     if strategy.type == "RollingUpdate":
         path = "spec.updateStrategy.rollingUpdate"
         rolling = strategy.rolling_update
-        unavailable, u_errs = _int_or_percent(
-            f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+        unavailable, surge, rolling_errs = _unavailable_and_surge(
+            path, rolling, surge_max_percent=True
         )
-        surge, s_errs = _int_or_percent(f"{path}.maxSurge", rolling.max_surge, max_percent=True)
-        errs += u_errs + s_errs
-        if not u_errs and not s_errs:
+        errs += rolling_errs
+        if not rolling_errs:
             # One pod per node: a node either surges or goes unavailable, never both.
             if unavailable and surge:
                 errs.append(

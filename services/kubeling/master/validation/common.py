@@ -88,6 +88,17 @@ def check(path: str, value: str, checker: Callable[[str], list[str]]) -> Errors:
     return [invalid(path, value, message) for message in checker(value)]
 
 
+def unique_name(
+    path: str, name: str, checker: Callable[[str], list[str]], seen: set[str]
+) -> Errors:
+    """`check` of a name that must also differ from the ones in `seen` (it joins them)."""
+    errs = check(path, name, checker)
+    if name in seen:
+        errs.append(duplicate(path, name))
+    seen.add(name)
+    return errs
+
+
 def non_negative(path: str, value: int) -> Errors:
     return [] if value >= 0 else [invalid(path, value, "must be greater than or equal to 0")]
 

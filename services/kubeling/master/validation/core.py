@@ -32,6 +32,7 @@ from kubeling.master.validation.common import (
     port_number,
     required,
     show,
+    unique_name,
     unsupported,
     validate_finalizers,
     validate_labels,
@@ -194,10 +195,7 @@ def _container_ports(path: str, ports: Sequence[core_pb2.ContainerPort]) -> Erro
     for i, port in enumerate(ports):
         item = f"{path}[{i}]"
         if port.name:
-            errs += check(f"{item}.name", port.name, naming.port_name)
-            if port.name in names:
-                errs.append(duplicate(f"{item}.name", port.name))
-            names.add(port.name)
+            errs += unique_name(f"{item}.name", port.name, naming.port_name, names)
         if port.container_port == 0:
             errs.append(required(f"{item}.containerPort"))
         else:
@@ -237,10 +235,7 @@ def _container(path: str, ctr: core_pb2.Container, names: set[str], *, init: boo
     if not ctr.name:
         errs.append(required(f"{path}.name"))
     else:
-        errs += check(f"{path}.name", ctr.name, naming.dns1123_label)
-        if ctr.name in names:
-            errs.append(duplicate(f"{path}.name", ctr.name))
-        names.add(ctr.name)
+        errs += unique_name(f"{path}.name", ctr.name, naming.dns1123_label, names)
     if not ctr.image:
         errs.append(required(f"{path}.image"))
     elif any(char.isspace() for char in ctr.image):
@@ -464,10 +459,7 @@ def _service(obj: Message) -> Errors:
                 # Endpoints name their ports after these, so several must be told apart.
                 errs.append(required(f"{item}.name"))
         else:
-            errs += check(f"{item}.name", port.name, naming.dns1123_label)
-            if port.name in names:
-                errs.append(duplicate(f"{item}.name", port.name))
-            names.add(port.name)
+            errs += unique_name(f"{item}.name", port.name, naming.dns1123_label, names)
         errs += port_number(f"{item}.port", port.port)
         errs += one_of(f"{item}.protocol", port.protocol, PROTOCOLS)
         errs += _port_num_or_name(f"{item}.targetPort", port.target_port)
