@@ -5,6 +5,7 @@ kubelet's loops is restarted, counted, and the kubelet goes on working."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kubeling.client import Client
+from kubeling.kubelet.hollow import HollowCluster, HollowSettings
 from kubeling.kubelet.workers import PodState
 from kubeling.node.cni import CONFLIST_NAME
 from kubeling.v1 import core_pb2
@@ -241,3 +243,26 @@ async def test_the_pod_cidr_is_followed_after_its_loop_crashes(api: Client, tmp_
         await api.pods.create(pod)
         got = await eventually_passes(lambda: running(api, "networked"))
         assert got.status.pod_ip.startswith("10.244.9.")
+
+
+async def test_a_hollow_node_whose_loop_gives_up_fails_the_cluster(
+    api: Client, tmp_path: Path
+) -> None:
+    settings = HollowSettings(prefix="hollow-lc", relist_period=0.1, log_dir=tmp_path / "logs")
+    cluster = HollowCluster(api.target, 2, settings)
+    await cluster.start()
+    try:
+        supervisor = cluster.kubelets[1].supervisor
+        supervisor.max_crashes = 1  # the next crash is one too many
+
+        def inject() -> bool:
+            supervisor.inject_crash("relist")
+            return True
+
+        await eventually(inject, 5, retry_on=(LookupError,))
+        await asyncio.wait_for(cluster.supervisor.failed.wait(), 5)
+        assert cluster.supervisor.failure is not None
+        assert cluster.supervisor.failure.loop == "relist"
+        assert not cluster.kubelets[0].supervisor.failed.is_set()
+    finally:
+        await cluster.stop()

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import structlog
 from kubeling.client import Client
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
+from kubeling.common.supervisor import LoopFailed, Supervisor
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
@@ -48,6 +50,8 @@ class HollowCluster:
         self.settings = settings or HollowSettings()
         self.kubelets: list[Kubelet] = []
         self._clients: list[Client] = []
+        # Fails when any node's loop gave up (each kubelet supervises its own loops).
+        self.supervisor = Supervisor("hollow")
 
     def node_names(self) -> list[str]:
         return [f"{self.settings.prefix}-{i:05d}" for i in range(self.count)]
@@ -72,7 +76,9 @@ class HollowCluster:
                 lease_renew_interval=s.lease_renew_interval,
             )
             runtime = FakeRuntime(pod_cidr=cidr, images=[BUSYBOX])
-            self.kubelets.append(Kubelet(config, runtime, self._clients[i % len(self._clients)]))
+            kubelet = Kubelet(config, runtime, self._clients[i % len(self._clients)])
+            kubelet.supervisor.on_failure(self._node_failed)
+            self.kubelets.append(kubelet)
         slots = asyncio.Semaphore(parallel)
 
         async def start_one(kubelet: Kubelet) -> None:
@@ -82,18 +88,25 @@ class HollowCluster:
         await asyncio.gather(*(start_one(k) for k in self.kubelets))
         log.info("hollow nodes running", count=self.count)
 
+    def _node_failed(self, failure: LoopFailed) -> None:
+        if self.supervisor.failure is None:
+            self.supervisor.failure = failure
+            self.supervisor.failed.set()
+
     async def stop(self) -> None:
         await asyncio.gather(*(k.stop() for k in self.kubelets), return_exceptions=True)
         for client in self._clients:
             await client.close()
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace) -> int:
     cluster = HollowCluster(args.master, args.nodes, HollowSettings(prefix=args.prefix))
     await cluster.start()
+    code = 0
     with contextlib.suppress(asyncio.CancelledError):
-        await until_terminated()
+        code = await until_terminated(cluster.supervisor)
     await cluster.stop()
+    return code
 
 
 def main() -> None:
@@ -104,7 +117,7 @@ def main() -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
     setup_logging(args.log_level)
-    asyncio.run(_main(args))
+    sys.exit(asyncio.run(_main(args)))
 
 
 if __name__ == "__main__":
