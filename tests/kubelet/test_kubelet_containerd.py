@@ -17,7 +17,9 @@ import pytest
 
 from kubeling.client import Client
 from kubeling.client.pods import pod_exec, pod_logs
+from kubeling.cri.api import pb
 from kubeling.cri.client import RuntimeClient
+from kubeling.kubelet import labels
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 from kubeling.v1 import core_pb2
 from tests.kubelet.test_kubelet_fake import phase_of
@@ -233,6 +235,36 @@ async def test_graceful_stop_sends_term_and_waits(node: RealNode) -> None:
     # the 20 s grace; the pod that ignores TERM was killed when its 2 s ran out.
     assert 1.8 <= handled < 12, handled
     assert 1.8 <= ignored < 12, ignored
+
+
+async def test_a_force_delete_cuts_a_graceful_stop_short(node: RealNode) -> None:
+    """A pod ignoring TERM with 30 s to stop, then deleted again with grace 0: the
+    kubelet interrupts the stop in flight and kills it at once."""
+    ignores = sh("main", "trap '' TERM; while true; do sleep 0.2; done")
+    await node.api.pods.create(pod("stubborn", ignores, termination_grace_period_seconds=30))
+    await eventually_passes(lambda: phase_of(node.api, "stubborn", "Running"), 60)
+    await node.api.pods.delete("stubborn", "default", grace_period_seconds=30)
+
+    async def stopping() -> bool:
+        events = await node.api.events.list(
+            "default", field_selector="involvedObject.name=stubborn"
+        )
+        return "Killing" in {e.reason for e in events.items}
+
+    await eventually_passes(stopping, 30)
+    mine = {labels.POD_NAME: "stubborn"}
+    (running,) = await node.runtime.list_containers(labels=mine)
+    assert running.state == pb.CONTAINER_RUNNING  # TERM ignored: it runs on
+
+    started = time.monotonic()
+    await node.api.pods.delete("stubborn", "default", grace_period_seconds=0)
+
+    async def removed() -> bool:
+        return not await node.runtime.list_pod_sandbox(labels=mine)
+
+    await eventually_passes(removed, 30)
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0, elapsed
 
 
 async def test_kubelet_restart_keeps_pods_running(node: RealNode) -> None:
