@@ -139,8 +139,7 @@ async def test_a_shorter_grace_cuts_the_stop_in_flight_short(
     assert pods.syncs == [("a", 30), ("a", 0)]
 
 
-async def test_a_failing_sync_is_retried(running: tuple[Pods, PodWorkers, Supervisor]) -> None:
-    _, workers, _ = running
+async def test_a_failing_sync_is_retried() -> None:
     calls = 0
 
     async def flaky(uid: str) -> SyncResult:
@@ -150,9 +149,15 @@ async def test_a_failing_sync_is_retried(running: tuple[Pods, PodWorkers, Superv
             raise RuntimeError("boom")
         return SyncResult()
 
-    workers._sync = flaky
-    workers.update("a")
-    await eventually(lambda: calls == 2, 5)
+    workers = PodWorkers(flaky)
+    supervisor = Supervisor("test")
+    supervisor.start("pod-workers", workers.run)
+    try:
+        workers.update("a")
+        await eventually(lambda: calls == 2, 5)
+        assert supervisor.restarts("pod-workers") == 0  # a pod's failure is the pod's
+    finally:
+        await supervisor.stop()
 
 
 async def test_workers_resume_after_their_dispatch_loop_crashes(

@@ -4,7 +4,8 @@ Reads every container instance of the pod in the runtime snapshot. Keeps the two
 newest instances of each container in the current sandbox (the current one and
 the one before it, for `logs --previous`) and removes older exited ones and
 stopped ones of earlier sandboxes. A failed removal is logged and tried again on a
-later sync. Never stops the sync.
+later sync. Gives back the start slot (nothing is started after it). Never stops
+the sync.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class PruneOldContainers:
         self.node = node
 
     async def run(self, ctx: PodContext) -> SyncResult | None:
+        ctx.lease.release()  # nothing more to start in this sync
         current = ctx.current
         if current is None:
             return None
