@@ -1,15 +1,17 @@
 """HTTP on port 10256: /healthz and /livez with kube-proxy's semantics, and /metrics
-(Prometheus text format)."""
+(Prometheus text format); and the gRPC health of the proxy's API, which turns
+NOT_SERVING for good once a supervised loop gave up."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubeling.common import httpserve, rpc
 from kubeling.proxy.kubeproxy import KubeProxy
 
 DEFAULT_PORT = 10256
@@ -41,22 +43,25 @@ def make_app(proxy: KubeProxy) -> web.Application:
     async def livez(request: web.Request) -> web.Response:
         return _answer(proxy, check_node=False)
 
-    async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", httpserve.metrics_handler)
     return app
 
 
-async def serve_health(proxy: KubeProxy, host: str, port: int) -> web.AppRunner:
-    """Start the HTTP endpoint; the caller cleans up the returned runner. The bound
-    port is `runner.addresses[0][1]` (useful with port 0)."""
-    runner = web.AppRunner(make_app(proxy), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+async def serve_health(proxy: KubeProxy, bind: str) -> web.AppRunner:
+    """Serve on `bind` (HOST:PORT, :PORT or HOST); the caller cleans up the returned
+    runner; its port is `httpserve.bound_port(runner)` (useful with port 0)."""
+    return await httpserve.serve(make_app(proxy), bind, DEFAULT_PORT)
+
+
+def follow_supervisor(proxy: KubeProxy, grpc_server: rpc.Server) -> None:
+    """When one of the proxy's loops gives up, every gRPC service answers
+    NOT_SERVING and stays so (HTTP follows `proxy.healthy()` by itself)."""
+    pending: list[asyncio.Future[None]] = []
+
+    def not_serving(failure: object) -> None:
+        pending.append(asyncio.ensure_future(grpc_server.health.enter_graceful_shutdown()))
+
+    proxy.supervisor.on_failure(not_serving)

@@ -4,6 +4,11 @@ changes, and has the proxier apply them, one nftables transaction per sync.
 Syncing follows upstream's bounded-frequency runner: a change wakes the loop, but
 two syncs start at least `min_sync_interval` apart; every `sync_period` (and at
 start, and after a failed sync) the whole table is rewritten.
+
+The watches (services, endpointslices, the node) and the sync loop run under one
+supervisor (common/supervisor.py): a crash is logged, counted and restarted; a
+restarted sync loop begins with a full sync; a loop that cannot recover turns
+health unhealthy and `kubeling-proxy` exits non-zero.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from kubeling.api.wellknown import TRIGGER_TIME_ANNOTATION, parse_trigger_time
 from kubeling.client import Client
-from kubeling.client.informer import Informer, informers_running
+from kubeling.client.informer import Informer
+from kubeling.common.supervisor import Supervisor
 from kubeling.proxy.conntrack import Conntrack
 from kubeling.proxy.nft import NftBackend
 from kubeling.proxy.proxier import Proxier, SyncResult
@@ -93,7 +101,12 @@ def _trigger_time(endpoint_slice: discovery_pb2.EndpointSlice) -> float | None:
 
 class KubeProxy:
     def __init__(
-        self, config: ProxyConfig, api: Client, backend: NftBackend, conntrack: Conntrack
+        self,
+        config: ProxyConfig,
+        api: Client,
+        backend: NftBackend,
+        conntrack: Conntrack,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self.api = api
@@ -105,12 +118,18 @@ class KubeProxy:
         self.node: Informer[core_pb2.Node] = Informer(
             api.nodes, field_selector=f"metadata.name={config.node_name}"
         )
+        self.supervisor = supervisor or Supervisor("kubeling-proxy")
+        # Supervised loop name -> informer (the sync loop is "proxy-sync").
+        self.watches: dict[str, Informer[Any]] = {
+            "proxy-services": self.services,
+            "proxy-endpointslices": self.slices,
+            "proxy-node": self.node,
+        }
         self.state = SyncState()
         self._slices_by_service: dict[str, dict[str, discovery_pb2.EndpointSlice]] = {}
         self._dirty: dict[str, float] = {}  # service key -> change time (wall clock)
         self._needs_full = True
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.synced = asyncio.Event()  # set after the first successful sync
         self._started = time.time()
@@ -183,7 +202,10 @@ class KubeProxy:
 
     def healthy(self, now: float | None = None) -> bool:
         """Kubernetes' rule: unhealthy when a queued change has waited longer than
-        twice the sync period without being applied."""
+        twice the sync period without being applied; and for good once a supervised
+        loop gave up (the process is about to exit)."""
+        if self.supervisor.failed.is_set():
+            return False
         now = time.monotonic() if now is None else now
         queued = self.state.queued_since
         return queued is None or now - queued <= 2 * self.config.sync_period
@@ -196,22 +218,26 @@ class KubeProxy:
 
     async def start(self) -> None:
         self.state.queued_since = time.monotonic()
-        self._task = asyncio.create_task(self._run(), name="kube-proxy")
+        for name, informer in self.watches.items():
+            self.supervisor.start(name, informer.run)
+        self.supervisor.start("proxy-sync", self._sync_forever)
 
     async def stop(self) -> None:
         """Stops syncing; the rules stay in the kernel (services keep working while
         the proxy restarts; `kubeling-proxy --cleanup` removes them)."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.supervisor.stop()
         for task in list(self._background):
             task.cancel()
 
-    async def _run(self) -> None:
-        async with informers_running([self.services, self.slices, self.node], "kube-proxy"):
-            log.info("caches synced; syncing rules", node=self.config.node_name)
-            await self._sync_loop()
+    async def _sync_forever(self) -> None:
+        """The sync loop as supervised: once every cache is filled (rules are never
+        judged from a half-filled cache), a full sync, then syncs on changes. A
+        restart after a crash also begins with a full sync, which rewrites whatever
+        the crashed run left half-done."""
+        await asyncio.gather(*(i.synced.wait() for i in self.watches.values()))
+        log.info("caches synced; syncing rules", node=self.config.node_name)
+        self._needs_full = True
+        await self._sync_loop()
 
     async def _sync_loop(self) -> None:
         last_start = float("-inf")
@@ -221,8 +247,11 @@ class KubeProxy:
             next_full = last_full + self.config.sync_period
             if not self._dirty and not self._needs_full and now < next_full:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: 3.11's wait_for swallows a
+                # cancellation (stop, an injected crash) that meets a wake-up.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), next_full - now)
+                    async with asyncio.timeout(next_full - now):
+                        await self._wake.wait()
             wait = last_start + self.config.min_sync_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -247,21 +276,20 @@ class KubeProxy:
                     service_key(s.metadata.namespace, s.metadata.name) for s in self.services.list()
                 }
                 desired = {key: self.desired(key) for key in keys}
-                result = await asyncio.to_thread(self.proxier.sync_full, desired)
+                result = await _in_thread(self.proxier.sync_full, desired)
             else:
                 desired = {key: self.desired(key) for key in dirty}
-                result = await asyncio.to_thread(self.proxier.sync_partial, desired)
+                result = await _in_thread(self.proxier.sync_partial, desired)
+        except asyncio.CancelledError:
+            # Stopped, or the loop crashed: what was taken stays queued.
+            self._requeue(dirty, queued_since)
+            raise
         except Exception as exc:
             SYNC_FAILURES.inc()
             self.state.failures += 1
             self.state.last_error = str(exc)
             log.error("sync failed; a full sync follows", error=str(exc), full=full)
-            for key, when in dirty.items():
-                self._mark_dirty(key, when)
-            # The oldest of what was taken and what was queued during the sync.
-            stamps = [t for t in (queued_since, self.state.queued_since) if t is not None]
-            self.state.queued_since = min(stamps) if stamps else None
-            self._needs_full = True
+            self._requeue(dirty, queued_since)
             return False
         applied = time.time()
         (SYNC_FULL if full else SYNC_PARTIAL).observe(result.seconds)
@@ -288,6 +316,32 @@ class KubeProxy:
             task.add_done_callback(self._background.discard)
         return True
 
+    def _requeue(self, dirty: Mapping[str, float], queued_since: float | None) -> None:
+        """Put back what a sync took but did not apply; a full sync follows."""
+        for key, when in dirty.items():
+            self._mark_dirty(key, when)
+        # The oldest of what was taken and what was queued during the sync.
+        stamps = [t for t in (queued_since, self.state.queued_since) if t is not None]
+        self.state.queued_since = min(stamps) if stamps else None
+        self._needs_full = True
+
     async def _clear_flows(self, result: SyncResult) -> None:
         for flow in result.stale_flows:
             await self.conntrack.clear(flow)
+
+
+async def _in_thread(
+    sync: Callable[[Mapping[str, list[ServicePort]]], SyncResult],
+    desired: Mapping[str, list[ServicePort]],
+) -> SyncResult:
+    """Run a proxier sync in a thread. A thread cannot be stopped: when the caller is
+    cancelled (stop, or a crash of the sync loop), wait for the transaction to end
+    before returning, so that a restarted loop never runs two syncs at once."""
+    work = asyncio.ensure_future(asyncio.to_thread(sync, desired))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: a failure here is followed by a full sync
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
 import structlog
 
@@ -19,11 +20,6 @@ from kubeling.proxy.kubeproxy import KubeProxy, ProxyConfig
 from kubeling.proxy.nft import LibNftables
 
 log = structlog.get_logger(__name__)
-
-
-def _host_port(value: str, default_port: int) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return (host or "0.0.0.0"), int(port or default_port)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> int:
     backend = LibNftables()
     config = ProxyConfig(
         node_name=args.node_name,
@@ -60,17 +56,26 @@ async def run(args: argparse.Namespace) -> None:
         sync_period=args.sync_period,
     )
     api = Client(args.master)
-    proxy = KubeProxy(config, api, backend, ConntrackTool())
-    host, port = _host_port(args.healthz_bind_address, health.DEFAULT_PORT)
-    runner = await health.serve_health(proxy, host, port)
-    grpc_server = await server.serve_proxy_api(args.listen, proxy)
+    try:
+        proxy = KubeProxy(config, api, backend, ConntrackTool())
+        return await serve(proxy, args.healthz_bind_address, args.listen)
+    finally:
+        await api.close()
+
+
+async def serve(proxy: KubeProxy, healthz_bind: str, listen: str) -> int:
+    """Run `proxy` with its HTTP and gRPC endpoints until SIGTERM/SIGINT (0) or until
+    one of its supervised loops gives up (1: systemd or the lab restarts us)."""
+    runner = await health.serve_health(proxy, healthz_bind)
+    grpc_server = await server.serve_proxy_api(listen, proxy)
+    health.follow_supervisor(proxy, grpc_server)
     await proxy.start()
-    log.info("kube-proxy running", node=args.node_name, listen=args.listen)
-    await until_terminated()
+    log.info("kube-proxy running", node=proxy.config.node_name, listen=listen)
+    code = await until_terminated(proxy.supervisor)
     await proxy.stop()
     await grpc_server.stop(0.5)
     await runner.cleanup()
-    await api.close()
+    return code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cleanup:
         LibNftables().delete_table()
         return
-    asyncio.run(run(args))
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":
