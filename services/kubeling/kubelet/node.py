@@ -47,6 +47,7 @@ class NodeSettings:
     # The kubelet's data (pod logs): its filesystem is the nodefs.
     nodefs: Path = field(default_factory=lambda: Path("/var/log/pods"))
     thresholds: pressure.Thresholds = field(default_factory=pressure.Thresholds)
+    runtime_check_timeout: float = 5.0
 
 
 # (condition, True reason and message, False reason and message), as upstream's
@@ -106,13 +107,19 @@ class NodeAgent:
     async def runtime_health(self) -> tuple[bool, str, str]:
         """(ready, reason, message) from CRI Status."""
         try:
-            if not self._runtime_version:
-                version = await self.runtime.version()
-                self._runtime_version = f"{version.runtime_name}://{version.runtime_version}"
-            status = await self.runtime.status()
+            # The client retries an unreachable runtime for a while: bound the check.
+            async with asyncio.timeout(self.settings.runtime_check_timeout):
+                if not self._runtime_version:
+                    version = await self.runtime.version()
+                    self._runtime_version = f"{version.runtime_name}://{version.runtime_version}"
+                status = await self.runtime.status()
         except CRIError as exc:
             self.runtime_reachable = False
             return False, "KubeletNotReady", f"container runtime is down: {exc.details}"
+        except TimeoutError:
+            self.runtime_reachable = False
+            timeout = self.settings.runtime_check_timeout
+            return False, "KubeletNotReady", f"container runtime is down: no answer in {timeout}s"
         self.runtime_reachable = True
         for condition in status.status.conditions:
             if not condition.status:
