@@ -11,6 +11,8 @@ sync then ends with the soonest retry asked for.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,20 +58,41 @@ class StartSlots:
     A sync takes a slot (`SlotLease.acquire`) right before asking the runtime to
     create something (a sandbox, a container) and keeps it until the sync ends, so a
     pod's sandbox and containers start together; it gives the slot back while it waits
-    on anything else (an image pull, a container's graceful stop)."""
+    on anything else (an image pull, a container's graceful stop). A pod that already
+    has its sandbox (`resume`) gets the next free slot before pods that have none
+    yet: pods back from a pull finish first instead of queueing behind new ones."""
 
     def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"start slots must be at least 1, got {size}")
         self.size = size
-        self._semaphore: asyncio.Semaphore | None = None  # made in the running loop
         self.in_use = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._order = itertools.count()
 
     def lease(self) -> SlotLease:
         return SlotLease(self)
 
-    def _get(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.size)
-        return self._semaphore
+    async def _acquire(self, resume: bool) -> None:
+        if self.in_use < self.size and not self._waiters:
+            self.in_use += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (0 if resume else 1, next(self._order), turn))
+        try:
+            await turn  # a releasing sync hands its slot over (in_use stays)
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # handed over just as we were cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, turn = heapq.heappop(self._waiters)
+            if not turn.done():  # skip waiters that were cancelled
+                turn.set_result(None)
+                return
+        self.in_use -= 1
 
 
 class SlotLease:
@@ -79,17 +102,16 @@ class SlotLease:
         self._slots = slots
         self.held = False
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, resume: bool = False) -> None:
+        """Hold a slot; `resume`: the pod already has its sandbox (goes first)."""
         if not self.held:
-            await self._slots._get().acquire()
+            await self._slots._acquire(resume)
             self.held = True
-            self._slots.in_use += 1
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            self._slots.in_use -= 1
-            self._slots._get().release()
+            self._slots._release()
 
 
 @dataclass

@@ -72,7 +72,7 @@ async def start_container(
         return node.image_backoff.remaining(image_key)
     node.image_backoff.forget(image_key)
     config = container_config(pod, spec, attempt, image_ref, ctx.pod_ip, node.host_ip, init)
-    await ctx.lease.acquire()
+    await ctx.lease.acquire(resume=True)
     try:
         container_id = await node.runtime.create_container(ctx.sandbox_id, config, ctx.sandbox)
     except CRIError as exc:
