@@ -61,11 +61,11 @@ async def runtime(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterat
 # -- the contract suite's targets ------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def containerd() -> Iterator[PrivateContainerd]:
-    """One private containerd for the whole suite: starting it (and building and
-    importing its images) costs seconds. Under KUBELING_REQUIRE_REAL=1 a missing
-    containerd fails the tests instead of skipping them (tests/conftest.py)."""
+    """One private containerd for the contract suite's module: starting it (and
+    building and importing its images) costs seconds. Under KUBELING_REQUIRE_REAL=1 a
+    missing containerd fails the tests instead of skipping them (tests/conftest.py)."""
     reason = skip_reason()
     if reason:
         pytest.skip(f"containerd: {reason}")

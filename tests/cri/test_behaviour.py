@@ -98,13 +98,6 @@ async def test_exec_builtins_and_fail_after(runtime: Runtime) -> None:
     assert (result.exit_code, result.stderr) == (1, b"unhealthy\n")
 
 
-async def test_exec_in_exited_container_fails(runtime: Runtime) -> None:
-    _, container_id = await start_pod(runtime)
-    await runtime.stop_container(container_id, 0)
-    with pytest.raises(CRIError, match="CONTAINER_EXITED"):
-        await runtime.exec_sync(container_id, ["true"])
-
-
 async def test_stats_report_the_configured_usage(runtime: Runtime) -> None:
     config = container_config(env={"FAKE_MEMORY": "64Mi", "FAKE_CPU_MILLICORES": "250"})
     _, container_id = await start_pod(runtime, container=config)
