@@ -17,8 +17,9 @@ The registry does not add these finalizers yet (DeleteRequest.propagation_policy
 is only validated): "Orphan"/"Foreground" deletes need the master's delete to add
 them, as kube-apiserver does. Until then every delete behaves as Background.
 
-Events and Leases are not tracked (many, short-lived, or owned by nodes that the
-lifecycle controller handles).
+Events and Leases are not tracked, as in Kubernetes: Events have no owners and
+expire --event-ttl after their last write (master/event_ttl.py); Leases belong to
+nodes, which the lifecycle controller handles.
 """
 
 from __future__ import annotations

@@ -3,11 +3,18 @@
 The master looks up the pod and its node, then forwards the call to that node's
 kubeling.v1.Kubelet API (as the Kubernetes API server proxies to port 10250).
 Messages pass through as bytes; the kubelet's errors reach the caller unchanged.
+Channels to kubelets are kept for reuse in a bounded cache (`ChannelCache`): the
+least recently used idle one is closed beyond `max_size`, and any left idle for
+`idle_timeout` is closed at the next call, so nodes that come and go leave nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import cast
 
 import grpc
@@ -19,7 +26,7 @@ from kubeling.common.handlers import Context
 from kubeling.master.registry import Registry
 from kubeling.v1 import core_pb2, kubelet_pb2
 
-__all__ = ["DEFAULT_KUBELET_PORT", "PodProxy", "kubelet_address"]
+__all__ = ["DEFAULT_KUBELET_PORT", "ChannelCache", "PodProxy", "kubelet_address"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,14 +52,78 @@ def kubelet_address(node: core_pb2.Node) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@dataclass
+class _Cached:
+    channel: grpc.aio.Channel
+    last_used: float
+    in_use: int = 0
+
+
+class ChannelCache:
+    """Channels by address, reused while in use and recently used; a channel with a
+    call in flight (a followed log) is never closed under it."""
+
+    def __init__(
+        self,
+        make: Callable[[str], grpc.aio.Channel] = rpc.channel,
+        max_size: int = 64,
+        idle_timeout: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._make = make
+        self.max_size = max_size
+        self.idle_timeout = idle_timeout
+        self._clock = clock
+        self._cached: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._cached)
+
+    def __contains__(self, address: str) -> bool:
+        return address in self._cached
+
+    @contextlib.asynccontextmanager
+    async def use(self, address: str) -> AsyncIterator[grpc.aio.Channel]:
+        """The channel to `address`, held for the block."""
+        await self._evict(keep=address)
+        cached = self._cached.get(address)
+        if cached is None:
+            cached = self._cached[address] = _Cached(self._make(address), self._clock())
+        self._cached.move_to_end(address)
+        cached.in_use += 1
+        try:
+            yield cached.channel
+        finally:
+            cached.in_use -= 1
+            cached.last_used = self._clock()
+
+    async def _evict(self, keep: str) -> None:
+        now = self._clock()
+        excess = len(self._cached) + (keep not in self._cached) - self.max_size
+        idle = [(a, c) for a, c in self._cached.items() if not c.in_use and a != keep]
+        doomed = [a for a, c in idle if now - c.last_used >= self.idle_timeout]
+        for address, _ in idle:
+            if len(doomed) >= excess:
+                break
+            if address not in doomed:
+                doomed.append(address)
+        for address in doomed:
+            await self._cached.pop(address).channel.close()
+
+    async def close(self) -> None:
+        cached, self._cached = self._cached, OrderedDict()
+        for entry in cached.values():
+            await entry.channel.close()
+
+
 class PodProxy:
     """`methods()` are added to the Pods service (Master.extra_methods["Pod"])."""
 
     def __init__(self, pods: Registry, nodes: Registry) -> None:
         self.pods = pods
         self.nodes = nodes
-        # One channel per kubelet, reused by every call to it.
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # One channel per kubelet, reused by the calls to it.
+        self.channels = ChannelCache()
 
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -69,9 +140,7 @@ class PodProxy:
         }
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
-            await channel.close()
+        await self.channels.close()
 
     def _target(self, namespace: str, name: str) -> tuple[str, str]:
         """(node name, kubelet address) of the pod, or the error to answer with."""
@@ -84,12 +153,6 @@ class PodProxy:
         node = cast(core_pb2.Node, self.nodes.get("", node_name))
         return node_name, kubelet_address(node)
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = rpc.channel(address)
-        return channel
-
     async def logs(
         self, request: core_pb2.PodLogsRequest | handlers.Malformed, context: Context
     ) -> AsyncIterator[bytes]:
@@ -101,17 +164,18 @@ class PodProxy:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
-        call = self._channel(address).unary_stream(
-            _KUBELET + "Logs", request_serializer=handlers.serialize, response_deserializer=None
-        )(request)
-        try:
-            async for data in call:
-                yield data
-        except grpc.aio.AioRpcError as exc:
-            await self._abort(context, exc, node, address)
-        finally:
-            # The caller went away (or we are done): stop the kubelet's stream too.
-            call.cancel()
+        async with self.channels.use(address) as channel:
+            call = channel.unary_stream(
+                _KUBELET + "Logs", request_serializer=handlers.serialize, response_deserializer=None
+            )(request)
+            try:
+                async for data in call:
+                    yield data
+            except grpc.aio.AioRpcError as exc:
+                await self._abort(context, exc, node, address)
+            finally:
+                # The caller went away (or we are done): stop the kubelet's stream too.
+                call.cancel()
 
     async def exec(
         self, request: core_pb2.PodExecRequest | handlers.Malformed, context: Context
@@ -124,18 +188,19 @@ class PodProxy:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             raise AssertionError("unreachable") from None
-        call = self._channel(address).unary_unary(
-            _KUBELET + "Exec", request_serializer=handlers.serialize, response_deserializer=None
-        )
         remaining = context.time_remaining()
         # The caller's deadline, if any, bounds the kubelet call too (no deadline
         # shows as None or as a practically infinite time).
         timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else None
-        try:
-            return cast(bytes, await call(request, timeout=timeout))
-        except grpc.aio.AioRpcError as exc:
-            await self._abort(context, exc, node, address)
-            raise AssertionError("unreachable") from None
+        async with self.channels.use(address) as channel:
+            call = channel.unary_unary(
+                _KUBELET + "Exec", request_serializer=handlers.serialize, response_deserializer=None
+            )
+            try:
+                return cast(bytes, await call(request, timeout=timeout))
+            except grpc.aio.AioRpcError as exc:
+                await self._abort(context, exc, node, address)
+                raise AssertionError("unreachable") from None
 
     async def _abort(
         self, context: Context, exc: grpc.aio.AioRpcError, node: str, address: str
