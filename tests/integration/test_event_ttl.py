@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from kubeling.client import Client
+from kubeling.client import Client, WatchEvent
 from kubeling.client.events import EventRecorder
 from kubeling.master.event_ttl import EventExpiry
 from kubeling.master.server import Master, MasterConfig
@@ -49,6 +50,13 @@ async def events_about(api: Client, name: str) -> list[core_pb2.Event]:
     return list(
         (await api.events.list("default", field_selector=f"involvedObject.name={name}")).items
     )
+
+
+async def next_deleted(watch: AsyncIterator[WatchEvent[core_pb2.Event]]) -> core_pb2.Event:
+    async for event in watch:
+        if event.type == "DELETED":
+            return event.object
+    raise AssertionError("the watch ended")
 
 
 async def test_a_repeated_event_is_one_object_whose_count_grows(tmp_path: Path) -> None:
@@ -129,18 +137,14 @@ async def test_events_expire_after_the_ttl_and_a_write_renews_it(tmp_path: Path)
         renewed.count = 2
         await api.events.update(renewed)
         # The explicit signal: the store's own DELETED event for "short".
-        async for event in watch:
-            if event.type == "DELETED":
-                break
+        deleted = await asyncio.wait_for(next_deleted(watch), ttl + 10)
         elapsed = time.monotonic() - start
-        assert event.object.metadata.name == "short"
+        assert deleted.metadata.name == "short"
         assert ttl - 0.5 <= elapsed < ttl + 5
         # "renewed" was written again half a TTL later: it is still there.
         assert (await api.events.get("renewed", "default")).count == 2
-        async for event in watch:
-            if event.type == "DELETED":
-                break
-        assert event.object.metadata.name == "renewed"
+        deleted = await asyncio.wait_for(next_deleted(watch), ttl + 10)
+        assert deleted.metadata.name == "renewed"
         assert time.monotonic() - start >= ttl * 1.5 - 0.5
         await watch.aclose()
         assert (await api.events.list("default")).items == []
