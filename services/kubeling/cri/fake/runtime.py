@@ -280,6 +280,13 @@ class FakeRuntime:
     ) -> str:
         await self._enter("create_container")
         sandbox = self._sandbox(pod_sandbox_id)
+        if not sandbox.ready:
+            # containerd joins the sandbox's namespaces through its (gone) task.
+            raise CRIError(
+                _CODE.NOT_FOUND,
+                "failed to get sandbox container task: no running task found: "
+                f"task {sandbox.id} not found: not found",
+            )
         if not config.HasField("metadata"):
             raise CRIError(_CODE.INVALID_ARGUMENT, "container config must include metadata")
         image = self._find_image(config.image.image)
