@@ -2,12 +2,15 @@
 and satisfies the ``Runtime`` protocol directly, so thousands of them can live in one
 process without sockets (hollow nodes). server.py serves one over gRPC.
 
-Semantics follow containerd 1.6's CRI plugin where the kubelet can tell the
-difference, and tests/cri's contract suite runs the same tests against both:
-NOT_FOUND for unknown ids (but Remove* of an unknown id succeeds), names stay
-reserved until removal ("failed to reserve sandbox name"), StopContainer with
-timeout 0 is SIGKILL (exit 137), ImageStatus of a missing image is an empty reply,
-a failed start leaves the container EXITED with reason StartError and exit 128.
+Semantics follow containerd 1.6's CRI plugin, error messages included, and
+tests/cri/test_contract.py runs the same tests against both: NOT_FOUND for unknown
+ids (but Remove* of an unknown id succeeds), names stay reserved until removal
+("failed to reserve sandbox name"), StopContainer with timeout 0 is SIGKILL (exit
+137), a failed start leaves the container EXITED with reason StartError and exit
+128, RemovePodSandbox stops a ready sandbox first, a stopped sandbox reports no IP
+and takes no new containers, ContainerStatus names the image by its first tag,
+ListImages ignores its filter, images are found by name, id or id prefix, and
+PullImage asks the registry even for an image that is present.
 
 A sandbox whose annotations carry ``fake.kubeling.io/run-pod-sandbox-error`` fails
 RunPodSandbox with that message and leaves a NOTREADY sandbox holding its name, as
