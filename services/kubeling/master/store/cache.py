@@ -41,7 +41,12 @@ class KeyIndex:
 
     @staticmethod
     def dirs_of(key: str) -> list[str]:
-        return [key[: i + 1] for i in range(1, len(key) - 1) if key[i] == "/"]
+        found = []
+        cut = key.find("/", 1)
+        while 0 < cut < len(key) - 1:
+            found.append(key[: cut + 1])
+            cut = key.find("/", cut + 1)
+        return found
 
     def load(self, keys: Iterable[str]) -> None:
         self._dirs = {}
