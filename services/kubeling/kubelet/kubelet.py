@@ -201,7 +201,8 @@ class Kubelet:
         try:
             while not self._cni_cidr:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self.config.status_interval)
+                    async with asyncio.timeout(self.config.status_interval):
+                        await changed.wait()
                 changed.clear()
                 node = informer.get("", self.node_name)
                 if node is not None:

@@ -113,8 +113,11 @@ class PodWorkers:
                 if delay is None:
                     await worker.wake.wait()
                 else:
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                    # cancellation that arrives as the wait ends.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(worker.wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await worker.wake.wait()
                 worker.wake.clear()
                 worker.interrupted = False
                 worker.sync_grace = self._grace_of(uid)
