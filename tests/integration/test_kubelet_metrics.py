@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,9 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     master = await asyncio.to_thread(MasterProcess(tmp_path / "master").start)
     runtime = FakeRuntime(images=["busybox"], missing_images=["missing:1"])
-    endpoint = f"unix://{tmp_path}/cri.sock"
+    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+    sock_dir = Path(tempfile.mkdtemp(prefix="klm-", dir="/tmp"))
+    endpoint = f"unix://{sock_dir}/cri.sock"
     http = f"127.0.0.1:{free_port()}"
     log = tmp_path / "kubelet.log"
     command = [
@@ -76,6 +80,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await asyncio.to_thread(stop_process, rig.kubelet)
             await rig.cri.stop(0)  # the test may have replaced the first server
         master.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 async def get(url: str) -> tuple[int, str]:
@@ -161,7 +166,7 @@ async def test_kubelet_metrics_and_healthz(rig: Rig) -> None:
         return await healthz() == code
 
     await rig.cri.stop(0)
-    await eventually(lambda: healthz_is(503), 15, describe=kubelet_log)
+    await eventually(lambda: healthz_is(503), 30, describe=kubelet_log)
     rig.cri = FakeCRIServer(rig.runtime, rig.endpoint)
     await rig.cri.start()
-    await eventually(lambda: healthz_is(200), 15, describe=kubelet_log)
+    await eventually(lambda: healthz_is(200), 30, describe=kubelet_log)

@@ -11,7 +11,9 @@ from typing import cast
 import pytest
 
 from kubeling.client import Client
-from kubeling.cri.fake import FakeRuntime
+from kubeling.cri.api import pb
+from kubeling.cri.client import RuntimeClient
+from kubeling.cri.fake import FakeCRIServer, FakeRuntime
 from kubeling.kubelet import pressure
 from kubeling.kubelet.node import NodeAgent, NodeSettings
 from kubeling.kubelet.pressure import MI, FsStats, Pressure, Signals
@@ -158,3 +160,35 @@ def test_this_machine_is_measured(tmp_path: Path) -> None:
     assert 0 < signals.pid_available < signals.pid_max
     image = pressure.measure(tmp_path, Path("/"))
     assert image.imagefs.capacity > 0
+
+
+async def test_image_filesystem_comes_from_the_runtime(tmp_path: Path) -> None:
+    class Runtime(FakeRuntime):
+        calls = 0
+
+        async def image_fs_info(self) -> pb.ImageFsInfoResponse:
+            self.calls += 1
+            reply = pb.ImageFsInfoResponse()
+            reply.image_filesystems.add().fs_id.mountpoint = "/"
+            return reply
+
+    runtime = Runtime()
+    settings = NodeSettings(name="n1", node_ip="127.0.0.1", kubelet_port=10250, nodefs=tmp_path)
+    node = NodeAgent(cast(Client, None), runtime, settings)
+    assert await node._image_fs() == Path("/")
+    assert await node._image_fs() == Path("/") and runtime.calls == 1  # asked once
+    # Measured on this machine: the image filesystem is "/", the nodefs tmp_path's.
+    assert (await node.measure_pressure()) == pressure.pressure(
+        pressure.measure(tmp_path, Path("/")), settings.thresholds
+    )
+
+
+async def test_a_runtime_without_image_fs_info_shares_the_nodefs(tmp_path: Path) -> None:
+    async with (
+        FakeCRIServer(FakeRuntime()) as server,
+        RuntimeClient(server.endpoint, retry_timeout=1) as client,
+    ):
+        settings = NodeSettings(name="n1", node_ip="127.0.0.1", kubelet_port=1, nodefs=tmp_path)
+        node = NodeAgent(cast(Client, None), client, settings)
+        assert await node._image_fs() is None  # UNIMPLEMENTED: not asked again
+        assert node._imagefs_known

@@ -114,12 +114,11 @@ class NodeAgent:
                     self._runtime_version = f"{version.runtime_name}://{version.runtime_version}"
                 status = await self.runtime.status()
         except CRIError as exc:
-            self.runtime_reachable = False
-            return False, "KubeletNotReady", f"container runtime is down: {exc.details}"
+            return self._unreachable(exc.details)
         except TimeoutError:
-            self.runtime_reachable = False
-            timeout = self.settings.runtime_check_timeout
-            return False, "KubeletNotReady", f"container runtime is down: no answer in {timeout}s"
+            return self._unreachable(f"no answer in {self.settings.runtime_check_timeout}s")
+        if not self.runtime_reachable:
+            log.info("container runtime is back")
         self.runtime_reachable = True
         for condition in status.status.conditions:
             if not condition.status:
@@ -127,6 +126,12 @@ class NodeAgent:
                 detail = condition.message or condition.reason
                 return False, "KubeletNotReady", f"container {what} is not ready: {detail}"
         return True, "KubeletReady", "kubelet is posting ready status"
+
+    def _unreachable(self, why: str) -> tuple[bool, str, str]:
+        if self.runtime_reachable:
+            log.warning("container runtime is down", error=why)
+        self.runtime_reachable = False
+        return False, "KubeletNotReady", f"container runtime is down: {why}"
 
     async def health(self) -> tuple[bool, str, str]:
         """(ready, reason, message): the runtime's health, then the pod network's."""
