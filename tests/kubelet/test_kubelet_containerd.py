@@ -298,6 +298,7 @@ def test_kubelet_process_registers_and_shows_its_name(
             str(binary), "--master", master.address, "--node-name", "node-process",
             "--runtime-endpoint", containerd.endpoint, "--listen", "127.0.0.1:0",
             "--node-ip", "127.0.0.1", "--pod-log-dir", str(tmp_path / "pods"),
+            "--healthz-bind-address", "127.0.0.1:0",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
