@@ -132,6 +132,38 @@ async def test_agent_posts_conditions_with_kubernetes_reasons(tmp_path: Path) ->
     )
 
 
+async def test_pressure_stays_for_the_transition_period(tmp_path: Path) -> None:
+    signals = [dataclasses.replace(CALM, memory_available=MI)]
+    clock = [1000.0]
+    settings = NodeSettings(
+        name="n1",
+        node_ip="127.0.0.1",
+        kubelet_port=10250,
+        nodefs=tmp_path,
+        pressure_transition_period=300,
+    )
+    node = NodeAgent(
+        cast(Client, None),
+        FakeRuntime(),
+        settings,
+        signals=lambda: signals[0],
+        clock=lambda: clock[0],
+    )
+    ready = (True, "KubeletReady", "kubelet is posting ready status")
+
+    async def memory_pressure() -> str:
+        return by_type(await node.conditions(None, ready))["MemoryPressure"][0]
+
+    assert await memory_pressure() == "True"
+    signals[0] = CALM  # relieved, but not for long enough yet
+    clock[0] += 299
+    assert await memory_pressure() == "True"
+    clock[0] += 1
+    assert await memory_pressure() == "False"
+    signals[0] = dataclasses.replace(CALM, memory_available=MI)
+    assert await memory_pressure() == "True"  # a new crossing shows at once
+
+
 async def test_a_failed_measurement_keeps_the_last_verdict(tmp_path: Path) -> None:
     signals = [dataclasses.replace(CALM, memory_available=MI)]
     node = agent(signals, tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ class NodeSettings:
     nodefs: Path = field(default_factory=lambda: Path("/var/log/pods"))
     thresholds: pressure.Thresholds = field(default_factory=pressure.Thresholds)
     runtime_check_timeout: float = 5.0
+    # A pressure condition stays True this long after its last crossing, so it does
+    # not flap (upstream's --eviction-pressure-transition-period).
+    pressure_transition_period: float = 300.0
 
 
 # (condition, True reason and message, False reason and message), as upstream's
@@ -80,6 +84,7 @@ class NodeAgent:
         runtime: Runtime,
         settings: NodeSettings,
         signals: SignalSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`signals` measures the node (blocking; run in a thread); by default this
         machine's memory, PIDs, nodefs and the runtime's image filesystem."""
@@ -87,6 +92,8 @@ class NodeAgent:
         self.runtime = runtime
         self.settings = settings
         self._signals = signals
+        self._clock = clock
+        self._pressured_at: dict[str, float] = {}  # condition -> its last crossing
         self._imagefs: Path | None = None
         self._imagefs_known = False
         self.pressure = pressure.Pressure()
@@ -153,11 +160,17 @@ class NodeAgent:
         ready, reason, message = self._with_network(health or await self.runtime_health())
         self.ready = ready
         found = await self.measure_pressure()
+        at = self._clock()
         wanted = [("Ready", "True" if ready else "False", reason, message)]
         for (kind, when_true, when_false), signals in zip(
             _PRESSURE_CONDITIONS, (found.memory, found.disk, found.pid), strict=True
         ):
-            wanted.append((kind, "True", *when_true) if signals else (kind, "False", *when_false))
+            if signals:
+                self._pressured_at[kind] = at
+            last = self._pressured_at.get(kind)
+            recent = last is not None and at - last < self.settings.pressure_transition_period
+            under = bool(signals) or recent
+            wanted.append((kind, "True", *when_true) if under else (kind, "False", *when_false))
         old = {c.type: c for c in previous.status.conditions} if previous else {}
         stamp = now()
         result = []
