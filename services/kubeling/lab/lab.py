@@ -51,6 +51,8 @@ MASTER_PORT = 6443
 CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
 BRIDGE = "klbr0"
+# A node's processes, in start order (the kubelet needs containerd's socket).
+COMPONENTS = ("containerd", "kubelet", "proxy")
 
 
 class LabError(RuntimeError):
@@ -85,11 +87,21 @@ class Proc:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, os.WNOHANG)
             time.sleep(0.05)
+        self.kill()
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL (a crash, as chaos tests make), and wait until it is gone."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            # Reap it when it is our child (a zombie's cmdline is empty: not alive).
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(self.pid, os.WNOHANG)
+            time.sleep(0.01)
         with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(self.pid, 0)
+            os.waitpid(self.pid, os.WNOHANG)
 
 
 @dataclass
@@ -110,7 +122,8 @@ class LabState:
     master_netns: str
     nodes: list[NodeState] = field(default_factory=list)
     master: Proc | None = None
-    kubelet_args: list[str] = field(default_factory=list)  # kept for restarts
+    master_args: list[str] = field(default_factory=list)  # kept for restarts
+    kubelet_args: list[str] = field(default_factory=list)
     proxy_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -134,6 +147,7 @@ class LabState:
             raw["master_netns"],
             nodes,
             proc(raw.get("master")),
+            list(raw.get("master_args", [])),
             list(raw.get("kubelet_args", [])),
             list(raw.get("proxy_args", [])),
         )
@@ -255,6 +269,7 @@ class Lab:
         self.state = LabState(
             prefix=prefix,
             master_netns=f"{prefix}net",
+            master_args=list(options.master_args),
             kubelet_args=list(options.kubelet_args),
             proxy_args=list(options.proxy_args),
         )
@@ -281,23 +296,7 @@ class Lab:
         _ip("-n", net, "addr", "add", f"{MASTER_IP}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
         _ip("-n", net, "link", "set", BRIDGE, "up")
         progress(f"master on {MASTER_IP}:{MASTER_PORT} and {self.server}")
-        listen = f"{MASTER_IP}:{MASTER_PORT},{self.server}"
-        state.master = self._spawn(
-            net,
-            "master",
-            self._python(
-                "kubeling.master.main",
-                "--listen", listen,
-                "--data-dir", str(self.dir / "master"),
-                "--service-cidr", SERVICE_CIDR,
-                "--cluster-cidr", CLUSTER_CIDR,
-                "--join-token-file", str(self.token_file),
-                *options.master_args,
-            ),
-            str(self.dir / "master"),
-        )  # fmt: skip
-        self._save()
-        self._wait_master()
+        self.start_master()
         hosts = list(LAB_NETWORK.hosts())
         for index in range(1, options.nodes + 1):
             name = f"worker-{index}"
@@ -315,6 +314,30 @@ class Lab:
         progress("waiting for the nodes to register and get pod CIDRs")
         self._wait_pod_cidrs()
         self._save()
+
+    def start_master(self) -> None:
+        """Start the master (again, after `kill("master")`: same data, same flags)
+        and wait until it serves."""
+        state = self._require()
+        if state.master is not None and state.master.alive():
+            raise LabError(f"the master already runs (PID {state.master.pid})")
+        listen = f"{MASTER_IP}:{MASTER_PORT},{self.server}"
+        state.master = self._spawn(
+            state.master_netns,
+            "master",
+            self._python(
+                "kubeling.master.main",
+                "--listen", listen,
+                "--data-dir", str(self.dir / "master"),
+                "--service-cidr", SERVICE_CIDR,
+                "--cluster-cidr", CLUSTER_CIDR,
+                "--join-token-file", str(self.token_file),
+                *state.master_args,
+            ),
+            str(self.dir / "master"),
+        )  # fmt: skip
+        self._save()
+        self._wait_master()
 
     def _wait_master(self, timeout: float = 60.0) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -351,11 +374,51 @@ class Lab:
 
     def start_node(self, name: str) -> None:
         """Start (or restart) a node's containerd, kubelet and kube-proxy."""
-        state = self._require()
-        node = self.node(name)
         self.stop_node(name)  # whatever still runs of it: never two of anything
+        for component in COMPONENTS:
+            self.start_component(name, component)
+
+    def start_component(self, name: str, component: str) -> None:
+        """Start one of a node's processes ("containerd", "kubelet" or "proxy"), or
+        the master (name "master"), if it does not run: how the lab restarts what
+        `kill` crashed, as systemd would."""
+        if name == "master":
+            self.start_master()
+            return
+        if component not in COMPONENTS:
+            raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
+        node = self.node(name)
+        running: Proc | None = getattr(node, component)
+        if running is not None and running.alive():
+            raise LabError(f"{component} on {name} already runs (PID {running.pid})")
         base = self.node_dir(name)
         base.mkdir(parents=True, exist_ok=True)
+        starter = {
+            "containerd": self._start_containerd,
+            "kubelet": self._start_kubelet,
+            "proxy": self._start_proxy,
+        }[component]
+        setattr(node, component, starter(node, base))
+        self._save()
+
+    def kill(self, name: str, component: str = "") -> int:
+        """kill -9 one process: the master (name "master") or one of a node's
+        ("containerd", "kubelet", "proxy"); returns the PID killed. Nothing else is
+        touched: a containerd's shims and pods keep running, as after a real crash."""
+        proc = self._require().master if name == "master" else None
+        if name != "master":
+            if component not in COMPONENTS:
+                raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
+            proc = getattr(self.node(name), component)
+        what = "the master" if name == "master" else f"{component} on {name}"
+        if proc is None or not proc.alive():
+            raise LabError(f"{what} does not run")
+        proc.kill()
+        if proc.alive():
+            raise LabError(f"{what} (PID {proc.pid}) survived SIGKILL")
+        return proc.pid
+
+    def _start_containerd(self, node: NodeState, base: Path) -> Proc:
         socket = base / "containerd.sock"
         config = write_containerd_config(
             base / "containerd.toml",
@@ -369,24 +432,26 @@ class Lab:
             config,
             address=str(socket),
             netns=node.netns,
-            log_path=self.logs / f"{name}-containerd.log",
+            log_path=self.logs / f"{node.name}-containerd.log",
         )
         try:
             containerd.start()
         except ContainerdError as exc:
-            raise LabError(f"containerd on {name} did not start: {exc}") from exc
+            raise LabError(f"containerd on {node.name} did not start: {exc}") from exc
         assert containerd.pid is not None
-        node.containerd = Proc(containerd.pid, str(config))
-        master = f"{MASTER_IP}:{MASTER_PORT}"
-        node.kubelet = self._spawn(
+        return Proc(containerd.pid, str(config))
+
+    def _start_kubelet(self, node: NodeState, base: Path) -> Proc:
+        name = node.name
+        return self._spawn(
             node.netns,
             f"{name}-kubelet",
             self._python(
                 "kubeling.kubelet.main",
-                "--master", master,
+                "--master", f"{MASTER_IP}:{MASTER_PORT}",
                 "--node-name", name,
                 "--token", self.token_file.read_text().strip(),
-                "--runtime-endpoint", f"unix://{socket}",
+                "--runtime-endpoint", f"unix://{base / 'containerd.sock'}",
                 "--listen", "0.0.0.0:10250",
                 "--node-ip", node.ip,
                 "--cni-conf-dir", str(base / "net.d"),
@@ -395,24 +460,26 @@ class Lab:
                 "--sync-pod-routes",
                 "--image-dir", str(self.dir / "images"),
                 "--pod-log-dir", str(base / "pods"),
-                *state.kubelet_args,
+                *self._require().kubelet_args,
             ),
             f"--node-name {name} --token",
         )  # fmt: skip
-        node.proxy = self._spawn(
+
+    def _start_proxy(self, node: NodeState, base: Path) -> Proc:
+        name = node.name
+        return self._spawn(
             node.netns,
             f"{name}-proxy",
             self._python(
                 "kubeling.proxy.main",
-                "--master", master,
+                "--master", f"{MASTER_IP}:{MASTER_PORT}",
                 "--node-name", name,
                 "--cluster-cidr", CLUSTER_CIDR,
                 "--listen", f"0.0.0.0:10249,unix:{self.proxy_socket(name)}",
-                *state.proxy_args,
+                *self._require().proxy_args,
             ),
             f"--node-name {name} --cluster-cidr",
         )  # fmt: skip
-        self._save()
 
     def stop_node(self, name: str) -> None:
         """Node loss: stop the node's kubelet, kube-proxy and containerd (its pods'
