@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -295,7 +295,7 @@ async def read_log(
     options: LogOptions | None = None,
     is_running: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.time,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Yield the log at `path` as text chunks of whole lines.
 
     With follow, waits for more output until `is_running()` says the container has

@@ -62,6 +62,7 @@ def observe_relist(pods: Mapping[str, RuntimePod], seconds: float) -> None:
     containers it found (every state is set, so one that emptied shows 0)."""
     RELIST_DURATION.observe(seconds)
     RUNNING_PODS.set(sum(1 for pod in pods.values() if any(s.ready for s in pod.sandboxes)))
-    states = Tally(_STATES.get(int(c.state), "unknown") for pod in pods.values() for c in pod.containers)
+    containers = (c for pod in pods.values() for c in pod.containers)
+    states = Tally(_STATES.get(int(c.state), "unknown") for c in containers)
     for state in (*_STATES.values(), "unknown"):
         RUNNING_CONTAINERS.labels(state).set(states[state])
