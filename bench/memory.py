@@ -92,6 +92,11 @@ async def count_events(api: Client) -> int:
     return len((await api.events.list(NAMESPACE)).items)
 
 
+async def any_event(api: Client) -> bool:
+    """Cheaper than a count while polling (one item on the wire, not 50,000)."""
+    return bool((await api.events.list_page(NAMESPACE, limit=1)).items)
+
+
 async def run(args: argparse.Namespace) -> Table:
     with tempfile.TemporaryDirectory(prefix="kubeling-memory-") as data:
         master = MasterProcess(
@@ -120,12 +125,11 @@ async def run(args: argparse.Namespace) -> Table:
                 rows.append((f"+ {args.events:,} events", rss_mib(pid), f"written in {took:.0f} s"))
                 # Wait for the TTL, then for the store to be empty of events.
                 for tick in itertools.count():
-                    left = await count_events(api)
-                    if left == 0:
+                    if not await any_event(api):
                         break
-                    if tick % 20 == 0:
+                    if tick % 30 == 0:
                         waited = time.monotonic() - first_event
-                        print(f"  {left:,} events left, {waited:.0f} s after the first write")
+                        print(f"  waiting for the TTL, {waited:.0f} s after the first write")
                     await asyncio.sleep(1.0)
                 gone = time.monotonic() - first_event
                 pods = len((await api.pods.list(NAMESPACE)).items)
