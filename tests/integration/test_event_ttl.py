@@ -9,14 +9,17 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from kubeling.client import Client, WatchEvent
 from kubeling.client.events import EventRecorder
 from kubeling.master.event_ttl import EventExpiry
+from kubeling.master.main import parse_args
 from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2
 from tests.support.inprocess import in_process_master, serving
+from tests.support.processes import running_master
 from tests.support.waiting import eventually
 
 
@@ -191,3 +194,23 @@ async def test_expiry_tracks_every_event_and_only_events(tmp_path: Path) -> None
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def test_event_ttl_flag_takes_seconds_or_a_duration() -> None:
+    assert parse_args([]).event_ttl == 3600.0
+    assert parse_args(["--event-ttl", "90"]).event_ttl == 90.0
+    assert parse_args(["--event-ttl", "1h30m"]).event_ttl == 5400.0
+    for bad in ("0", "-5", "an hour"):
+        with pytest.raises(SystemExit):
+            parse_args(["--event-ttl", bad])
+
+
+async def test_a_master_process_expires_events_by_its_flag(tmp_path: Path) -> None:
+    with running_master(tmp_path, "--controllers=", "--event-ttl", "1s") as master:
+        async with Client(master.address, timeout=10) as api:
+            listed = await api.events.list("default")
+            watch = api.events.watch("default", resource_version=listed.resource_version)
+            await api.events.create(new_event("flagged"))
+            deleted = await asyncio.wait_for(next_deleted(watch), 15)
+            assert deleted.metadata.name == "flagged"
+            await watch.aclose()
