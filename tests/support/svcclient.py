@@ -19,6 +19,7 @@ Standard library only: the namespace runs the project's interpreter, nothing els
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import signal
@@ -29,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 
+PR_SET_PDEATHSIG = 1
 _EVENT = re.compile(r"sport=(\d+) .*\] src=(\S+)")
 
 
@@ -40,6 +42,12 @@ def _error(exc: OSError) -> str:
     if isinstance(exc, ConnectionResetError):
         return "reset"
     return type(exc).__name__
+
+
+def _die_with_parent() -> None:
+    # conntrack -E never ends by itself: it must not outlive a client killed with -9.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class DnatWatch:
@@ -54,6 +62,7 @@ class DnatWatch:
             ["conntrack", "-E", "-e", "NEW", "-p", "tcp", "--orig-dst", host,
              "--orig-port-dst", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
 
