@@ -214,3 +214,23 @@ async def test_a_master_process_expires_events_by_its_flag(tmp_path: Path) -> No
             deleted = await asyncio.wait_for(next_deleted(watch), 15)
             assert deleted.metadata.name == "flagged"
             await watch.aclose()
+
+
+async def test_the_expiry_loop_recovers_from_a_crash(tmp_path: Path) -> None:
+    master = Master(
+        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(), event_ttl=1.0)
+    )
+    async with serving(master) as api:
+
+        def crash() -> bool:
+            master.supervisor.inject_crash("event-ttl")  # LookupError until it runs
+            return True
+
+        await eventually(crash, retry_on=(LookupError,))
+        await eventually(lambda: master.supervisor.restarts("event-ttl") == 1)
+        listed = await api.events.list("default")
+        watch = api.events.watch("default", resource_version=listed.resource_version)
+        await api.events.create(new_event("after-crash"))
+        deleted = await asyncio.wait_for(next_deleted(watch), 15)
+        assert deleted.metadata.name == "after-crash"
+        await watch.aclose()

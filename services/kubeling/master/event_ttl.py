@@ -134,7 +134,10 @@ class EventExpiry:
                 deadline = self.next_deadline()
                 timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
                 try:
-                    batch = await asyncio.wait_for(watch.next_batch(), timeout)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                    # cancellation (the supervisor's stop or an injected crash).
+                    async with asyncio.timeout(timeout):
+                        batch = await watch.next_batch()
                 except TimeoutError:
                     continue
                 except (WatchClosedError, TooOldError):

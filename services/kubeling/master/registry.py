@@ -566,7 +566,9 @@ class Registry:
                 yield WatchItem("BOOKMARK", self._bookmark(start_rev, initial_end=True))
             while True:
                 try:
-                    batch = await asyncio.wait_for(watch.next_batch(), self._bookmark_interval)
+                    # Not wait_for: on 3.11 it can swallow the stream's cancellation.
+                    async with asyncio.timeout(self._bookmark_interval):
+                        batch = await watch.next_batch()
                 except TimeoutError:
                     # Nothing pending for us: every event up to now was delivered.
                     yield WatchItem("BOOKMARK", self._bookmark(self.store.revision))
