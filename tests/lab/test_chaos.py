@@ -41,7 +41,7 @@ import pytest
 
 from kubeling.client import Client
 from kubeling.lab.lab import Lab, running_lab
-from tests.support.chaos import KILLED, Chaos, Report, lab_options
+from tests.support.chaos import KILLED, Chaos, Kill, Report, Request, excuse, lab_options
 from tests.support.containerd import skip_reason
 
 pytestmark = [
@@ -103,3 +103,29 @@ def test_the_service_answers_every_request_but_the_excused(chaos: Chaos) -> None
     assert {r.node for r in report.requests} == {"worker-1", "worker-2", "worker-3"}
     details = [f"{r} during {[k.name for k in report.overlapping(r)]}" for r in report.unexcused]
     assert not report.unexcused, "\n".join([report.table(), *details])
+
+
+def test_only_the_clients_proxy_and_the_pods_containerd_excuse_a_failure() -> None:
+    def node_of_ip(ip: str) -> str:
+        return {"10.244.0.5": "worker-1", "10.244.1.5": "worker-2"}.get(ip, "")
+
+    kills = [
+        Kill(1, "worker-1", "proxy", start=10, end=12),
+        Kill(1, "worker-2", "containerd", start=20, end=22),
+        Kill(1, "master", "master", start=30, end=50),
+        Kill(1, "worker-2", "kubelet", start=60, end=62),
+    ]
+
+    def why(node: str, t0: float, t1: float, dst: str = "") -> str:
+        return excuse(Request(node, t0, t1, error="refused", dst=dst), kills, node_of_ip)
+
+    assert why("worker-1", 11, 13) == "proxy of worker-1 down"
+    assert why("worker-1", 9, 10.5) == "proxy of worker-1 down"  # overlaps the kill
+    assert why("worker-2", 11, 11.5) == ""  # another node's proxy
+    assert why("worker-1", 12.5, 13) == ""  # after the proxy was back
+    pod_node_down = "containerd of worker-2 (pod 10.244.1.5) down"
+    assert why("worker-3", 21, 21.5, dst="10.244.1.5") == pod_node_down
+    assert why("worker-3", 21, 21.5, dst="10.244.0.5") == ""  # a pod on another node
+    assert why("worker-3", 21, 21.5) == ""  # no pod: never excused
+    assert why("worker-1", 40, 41, dst="10.244.0.5") == ""  # the master's window
+    assert why("worker-1", 61, 61.5, dst="10.244.1.5") == ""  # the pod's kubelet's window
