@@ -28,7 +28,9 @@ from kubeling.client import Client
 from kubeling.lab.lab import Lab
 
 
-async def soak(lab: Lab, rounds: int, seed: int, work: Path) -> tuple[Report, list[str]]:
+async def soak(
+    lab: Lab, rounds: int, seed: int, work: Path, overlap: bool
+) -> tuple[Report, list[str]]:
     """Run the rounds and check every invariant; returns the report and the
     invariants that failed (with why)."""
     failed: list[str] = []
@@ -38,7 +40,7 @@ async def soak(lab: Lab, rounds: int, seed: int, work: Path) -> tuple[Report, li
         print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
     async with Client(lab.server, timeout=20) as api:
-        chaos = Chaos(lab, api, seed, work, progress=progress)
+        chaos = Chaos(lab, api, seed, work, progress=progress, overlap=overlap)
         report = await chaos.run(rounds)
         for name, check in (
             ("pods", chaos.check_pods),
@@ -64,6 +66,9 @@ def main() -> int:
     parser.add_argument(
         "--dir", type=Path, default=None, help="the lab's folder (default: a new /tmp/klsoak-*)"
     )
+    parser.add_argument(
+        "--overlap", action="store_true", help="a round's kills overlap (several down at once)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the lab's logs in --dir")
     args = parser.parse_args()
     # Short: unix socket paths are limited to 108 bytes.
@@ -73,7 +78,7 @@ def main() -> int:
     try:
         lab.up(lab_options(f"kls{secrets.token_hex(2)}-", args.nodes), progress=print)
         work.mkdir(parents=True, exist_ok=True)
-        report, failed = asyncio.run(soak(lab, args.rounds, args.seed, work))
+        report, failed = asyncio.run(soak(lab, args.rounds, args.seed, work, args.overlap))
     except BaseException:
         traceback.print_exc()
         print(f"logs: {lab.logs}")
@@ -83,6 +88,7 @@ def main() -> int:
     for kill in report.kills:
         print(f"round {kill.round}: {kill.name} (PID {kill.pid}) down {kill.seconds:.1f}s")
     print()
+    print(f"kills: {'overlapping within each round' if args.overlap else 'one at a time'}")
     print(report.table())
     for request in report.unexcused:
         during = ", ".join(k.name for k in report.overlapping(request)) or "no kill"

@@ -119,6 +119,8 @@ class Kill:
     round: int
     target: str  # "master" or a node's name
     component: str  # "master", "kubelet", "proxy" or "containerd"
+    delay: float = 0.0  # seconds before the SIGKILL (drawn from the seed)
+    down: float = 0.0  # seconds between the SIGKILL and the restart (drawn too)
     pid: int = 0
     start: float = 0.0  # time.monotonic(), just before the SIGKILL
     end: float = float("inf")  # back and healthy (inf: never)
@@ -244,8 +246,13 @@ class Chaos:
         seed: int,
         work_dir: Path,
         progress: Callable[[str], None] = lambda _: None,
+        overlap: bool = False,
     ) -> None:
+        """`overlap`: a round's kills start at drawn times within a few seconds, not
+        one after the other, so several components are down at once."""
         self.lab = lab
+        self.overlap = overlap
+        self.lab_calls = asyncio.Lock()  # the lab's record is written by one at a time
         self.api = api
         self.rng = random.Random(seed)
         self.report = Report(seed)
@@ -292,23 +299,31 @@ class Chaos:
     # -- kills ----------------------------------------------------------------------
 
     def plan(self, round_: int) -> list[Kill]:
+        """The master, and the kubelet, proxy and containerd of drawn nodes, in a
+        drawn order with drawn pauses: the same seed gives the same plan."""
         kills = [Kill(round_, "master", "master")] + [
             Kill(round_, self.rng.choice(self.nodes), component)
             for component in ("kubelet", "proxy", "containerd")
         ]
         self.rng.shuffle(kills)
+        for kill in kills:
+            # Overlapping: offsets from the round's start; else pauses between kills.
+            kill.delay = self.rng.uniform(0.0, 8.0) if self.overlap else self.rng.uniform(0.5, 3.0)
+            kill.down = self.rng.uniform(0.5, 2.0)  # until "systemd" restarts it
         return kills
 
     async def crash(self, kill: Kill) -> None:
-        await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+        await asyncio.sleep(kill.delay)
         component = "" if kill.target == "master" else kill.component
-        kill.start = time.monotonic()
-        kill.pid = await asyncio.to_thread(self.lab.kill, kill.target, component)
+        async with self.lab_calls:
+            kill.start = time.monotonic()
+            kill.pid = await asyncio.to_thread(self.lab.kill, kill.target, component)
         self.report.kills.append(kill)
         self.progress(f"round {kill.round}: killed {kill.name}")
-        await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # down, until "systemd" restarts it
+        await asyncio.sleep(kill.down)
         restarted = time.time()
-        await asyncio.to_thread(self.lab.start_component, kill.target, component)
+        async with self.lab_calls:
+            await asyncio.to_thread(self.lab.start_component, kill.target, component)
         await self._wait_healthy(kill, restarted)
         kill.end = time.monotonic()
         self.progress(f"round {kill.round}: {kill.name} back in {kill.seconds:.1f}s")
@@ -447,8 +462,12 @@ class Chaos:
                 for round_ in range(1, rounds + 1):
                     started = time.monotonic()
                     await self.roll(round_)
-                    for kill in self.plan(round_):
-                        await self.crash(kill)
+                    plan = self.plan(round_)
+                    if self.overlap:
+                        await asyncio.gather(*(self.crash(kill) for kill in plan))
+                    else:
+                        for kill in plan:
+                            await self.crash(kill)
                     await self.wait_rollout(within=300)
                     self.report.rollout_seconds.append(time.monotonic() - started)
                     self.report.rounds = round_
