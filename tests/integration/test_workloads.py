@@ -183,9 +183,7 @@ async def test_replicaset_keeps_replicas(cluster: Cluster) -> None:
     # replica, so any extra deletion would already have been issued.
     async def settled() -> bool:
         rs = await api.replica_sets.get("web", NS)
-        return rs.status.observed_generation == rs.metadata.generation and (
-            rs.status.replicas == 1
-        )
+        return rs.status.observed_generation == rs.metadata.generation and (rs.status.replicas == 1)
 
     await eventually(settled)
     assert len(await cluster.pods("app=web")) == 1
