@@ -41,18 +41,22 @@ async def soak(
 
     async with Client(lab.server, timeout=20) as api:
         chaos = Chaos(lab, api, seed, work, progress=progress, overlap=overlap)
-        report = await chaos.run(rounds)
-        for name, check in (
-            ("pods", chaos.check_pods),
-            ("sandboxes", chaos.check_sandboxes),
-            ("writes", chaos.check_writes),
-        ):
-            try:
-                await check()
-                progress(f"invariant {name}: ok")
-            except AssertionError as exc:
-                failed.append(f"{name}: {exc}")
-                progress(f"invariant {name}: FAILED {exc}")
+        try:
+            report = await chaos.run(rounds)
+            for name, check in (
+                ("pods", chaos.check_pods),
+                ("pod history", chaos.check_pod_history),
+                ("sandboxes", chaos.check_sandboxes),
+                ("writes", chaos.check_writes),
+            ):
+                try:
+                    await check()
+                    progress(f"invariant {name}: ok")
+                except AssertionError as exc:
+                    failed.append(f"{name}: {exc}")
+                    progress(f"invariant {name}: FAILED {exc}")
+        finally:
+            await chaos.close()
     if report.unexcused:
         failed.append(f"traffic: {len(report.unexcused)} failures outside the excused windows")
     return report, failed

@@ -68,11 +68,14 @@ async def api(lab: Lab) -> AsyncIterator[Client]:
 
 
 @pytest.fixture(scope="module")
-async def chaos(lab: Lab, api: Client) -> Chaos:
+async def chaos(lab: Lab, api: Client) -> AsyncIterator[Chaos]:
     runner = Chaos(lab, api, SEED, lab.dir / "chaos")
     runner.work_dir.mkdir()
-    await runner.run(ROUNDS)
-    return runner
+    try:
+        await runner.run(ROUNDS)
+        yield runner
+    finally:
+        await runner.close()
 
 
 def test_every_component_was_killed_and_came_back(chaos: Chaos) -> None:
@@ -85,6 +88,10 @@ def test_every_component_was_killed_and_came_back(chaos: Chaos) -> None:
 
 async def test_the_rollout_completes_with_no_pod_lost_or_duplicated(chaos: Chaos) -> None:
     await chaos.check_pods()
+
+
+async def test_each_replica_set_created_exactly_its_pods(chaos: Chaos) -> None:
+    await chaos.check_pod_history()
 
 
 async def test_no_sandbox_or_container_is_left_behind(chaos: Chaos) -> None:

@@ -11,7 +11,7 @@ One round:
    lab recorded; after a drawn pause (as systemd's RestartSec) the lab starts the
    process again. Its **window** runs from just before the SIGKILL until it is back
    and healthy (what "healthy" means per component: `_wait_healthy`). Kills are one
-   at a time;
+   at a time, or with `overlap` at drawn offsets within 8 s (several down at once);
 3. wait until the rollout completes.
 
 Traffic safety: the clients run inside the lab's node namespaces (no route off the
@@ -171,6 +171,9 @@ class Report:
     excused: list[tuple[Request, str]] = field(default_factory=list)
     unexcused: list[Request] = field(default_factory=list)
     rollout_seconds: list[float] = field(default_factory=list)
+    # Every pod of the Deployment ever created: uid -> (name, owning ReplicaSet uid).
+    pods_created: dict[str, tuple[str, str]] = field(default_factory=dict)
+    watch_gaps: int = 0  # times the pod watch could not resume where it stopped
 
     def longest(self, component: str) -> float:
         return max(k.seconds for k in self.kills if k.component == component)
@@ -260,11 +263,14 @@ class Chaos:
         self.progress = progress
         assert lab.state is not None
         self.nodes = [n.name for n in lab.state.nodes]
+        self.pod_watch: asyncio.Task[None] | None = None
 
     # -- the workload ---------------------------------------------------------------
 
     async def deploy(self) -> str:
         """The Deployment and its Service, all replicas ready; returns the ClusterIP."""
+        since = (await self.api.pods.list(NS)).resource_version
+        self.pod_watch = asyncio.create_task(self.watch_pods(since))
         await self.api.deployments.create(parse(DEPLOYMENT, apps_pb2.Deployment()))
         service = await self.api.services.create(parse(SERVICE, core_pb2.Service()))
         await self.wait_rollout(within=180)
@@ -449,6 +455,27 @@ class Chaos:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.2)
 
+    async def watch_pods(self, version: str) -> None:
+        """Record every pod of the Deployment ever created, across master restarts
+        (the watch resumes from the last revision it saw)."""
+        created = self.report.pods_created
+        while True:
+            try:
+                async for event in self.api.pods.watch(
+                    NS, label_selector=f"app={APP}", resource_version=version
+                ):
+                    version = event.resource_version
+                    pod = event.object
+                    if event.type != "BOOKMARK" and pod.metadata.uid not in created:
+                        owner = [o.uid for o in pod.metadata.owner_references]
+                        created[pod.metadata.uid] = (pod.metadata.name, ",".join(owner))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    self.report.watch_gaps += 1  # history lost: start over from now
+                    version = (await self.api.pods.list(NS)).resource_version
+                else:
+                    await asyncio.sleep(0.2)  # the master is down
+
     # -- the whole run --------------------------------------------------------------
 
     async def run(self, rounds: int) -> Report:
@@ -543,6 +570,35 @@ class Chaos:
         await waiting.eventually_passes(
             settled, within=DRAIN_SECONDS + 60, interval=0.5, describe=self.describe
         )
+
+    async def close(self) -> None:
+        """Stop the pod watch (after check_pod_history, or when the run failed)."""
+        if self.pod_watch is not None:
+            self.pod_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pod_watch
+
+    async def check_pod_history(self) -> None:
+        """Every ReplicaSet of the run created exactly REPLICAS pods in its life: a
+        master restart made no controller create a pod twice (or lose one and make
+        another)."""
+        pods = (await self.api.pods.list(NS, label_selector=f"app={APP}")).items
+
+        def caught_up() -> bool:  # the watch has seen the last pods made
+            return all(p.metadata.uid in self.report.pods_created for p in pods)
+
+        await waiting.eventually(caught_up, within=30, interval=0.2)
+        await self.close()
+        assert self.report.watch_gaps == 0, "the pod watch lost history: pods may be missed"
+        per_owner = Counter(owner for _, owner in self.report.pods_created.values())
+        deployment = await self.api.deployments.get(APP, NS)
+        sets = [
+            rs.metadata.uid
+            for rs in (await self.api.replica_sets.list(NS)).items
+            if any(o.uid == deployment.metadata.uid for o in rs.metadata.owner_references)
+        ]
+        assert len(sets) == self.report.rounds + 1, f"{len(sets)} ReplicaSets"
+        assert per_owner == dict.fromkeys(sets, REPLICAS), per_owner
 
     async def check_sandboxes(self) -> None:
         """On every node: each pod bound there has exactly one sandbox, READY; no
