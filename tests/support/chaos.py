@@ -203,6 +203,7 @@ class Report:
             ("failures outside every window", sum(not r.ok for r in outside)),
             ("failures excused", len(self.excused)),
             ("failures not excused", len(self.unexcused)),
+            ("pods created", len(self.pods_created)),
             ("writes acked", len(self.writes.acked) + self.writes.counter_acked),
             ("writes unknown (failed)", len(self.writes.unknown)),
         ]
