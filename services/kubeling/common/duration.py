@@ -11,13 +11,15 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds; ValueError for anything else."""
+def parse_duration(text: str, bare_seconds: bool = True) -> float:
+    """Seconds; ValueError for anything else. `bare_seconds=False` insists on units
+    (as kubectl's --since does)."""
     text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    if bare_seconds:
+        try:
+            return float(text)
+        except ValueError:
+            pass
     parts = _PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"invalid duration {text!r} (e.g. 3600, 90s, 1h30m)")

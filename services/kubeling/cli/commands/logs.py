@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import re
 
 import grpc
 
@@ -16,9 +15,7 @@ from kubeling.cli.errors import CliError
 from kubeling.cli.options import add_namespace, namespace_for
 from kubeling.cli.resources import resolve_kind
 from kubeling.client.pods import pod_logs
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+from kubeling.common.duration import parse_duration
 
 
 def register(subparsers: SubParsers) -> None:
@@ -52,10 +49,10 @@ def register(subparsers: SubParsers) -> None:
 
 def since_seconds(text: str) -> int:
     """Whole seconds (rounded up, as kubectl does) of a Go duration like "1h30m"."""
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 10s, 5m, 1h)")
-    seconds = math.ceil(sum(float(n) * _UNITS[u] for n, u in parts))
+    try:
+        seconds = math.ceil(parse_duration(text, bare_seconds=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 10s, 5m, 1h)") from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError("--since must be greater than 0")
     return seconds

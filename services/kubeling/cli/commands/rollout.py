@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import time
 
 import grpc
@@ -16,6 +15,7 @@ from kubeling.cli.errors import CliError
 from kubeling.cli.options import add_namespace, namespace_for
 from kubeling.cli.resources import object_name, parse_targets
 from kubeling.client import Client
+from kubeling.common import duration as common_duration
 from kubeling.controllers import podutil
 from kubeling.controllers.deployment import CHANGE_CAUSE, REVISION, revision_of, strip_hash
 from kubeling.v1 import apps_pb2
@@ -52,14 +52,10 @@ def _name(args: argparse.Namespace) -> str:
 
 def parse_duration(text: str) -> float:
     """kubectl-style durations: "90", "60s", "2m", "1h30m"."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise CliError(f'error: invalid duration "{text}"')
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        return common_duration.parse_duration(text)
+    except ValueError:
+        raise CliError(f'error: invalid duration "{text.strip()}"') from None
 
 
 def rollout_message(deployment: apps_pb2.Deployment) -> tuple[str, bool]:

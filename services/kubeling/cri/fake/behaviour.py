@@ -30,35 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kubeling.common.duration import parse_duration
 from kubeling.cri.api import pb
 
 __all__ = ["Behaviour", "parse_behaviour", "parse_bytes", "parse_duration"]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 _BYTE_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2}
 _BYTE_UNITS["Gi"] = 1024**3
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a Go-style duration ("1m30s", "500ms") or a bare number of seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
 def parse_bytes(text: str) -> int:
