@@ -7,6 +7,14 @@ node's namespace calls the ClusterIP ten times a second (a new connection each),
 a writer creates Leases and bumps a counter Lease, recording what the master
 acknowledged. bench/soak.py runs the same for many rounds.
 
+What must hold afterwards: the last rollout completed (6 updated and available, every
+older ReplicaSet at 0); exactly 6 pods, all of the new template, Running and Ready,
+none without a living owner; each ReplicaSet created exactly 6 pods in its life (a
+watch that resumes across master restarts saw them all); on every node, one READY
+sandbox per pod bound there and nothing else (through CRI on the node's containerd);
+every write the master acknowledged is still there with its value; and no failed
+request but the excused ones below.
+
 A kill's *window* runs from just before its SIGKILL until the process is back and
 healthy (master: serving and leading again; kubelet: /healthz and a renewed node
 Lease; proxy: /healthz with a sync since its restart; containerd: CRI ready and the
