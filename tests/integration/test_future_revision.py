@@ -1,4 +1,4 @@
-"""A Watch or a List continued at a resourceVersion the store has not reached is
+"""A Watch, a List or a List continued at a resourceVersion the store has not reached is
 refused ("Too large resource version", OUT_OF_RANGE), by the Python client and by
 grpcurl alike, against a real master process."""
 
@@ -69,6 +69,25 @@ async def test_list_continued_at_a_future_revision_is_refused(api: Client) -> No
     # The server's own token still pages through.
     second = await api.pods.list_page("default", limit=1, continue_token=first.continue_token)
     assert second.items[0].metadata.name > first.items[0].metadata.name
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_list_at_a_future_revision_is_refused(api: Client) -> None:
+    await api.pods.create(make_pod("future-plain-list"))
+    current = await current_revision(api)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await api.pods.list_page("default", resource_version=str(current + 7))
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert info.value.details() == (
+        f"Too large resource version: {current + 7}, current: {current}"
+    )
+    # A revision already reached (or "0") is served from the current state.
+    page = await api.pods.list_page("default", resource_version=str(current))
+    assert "future-plain-list" in {p.metadata.name for p in page.items}
+    assert int(page.resource_version) >= current
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await api.pods.list_page("default", resource_version="yesterday")
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_grpcurl_watch_from_a_future_revision(master: MasterProcess, bin_path: Path) -> None:

@@ -85,12 +85,14 @@ class ResourceClient(Generic[T]):
         field_selector: str = "",
         limit: int = 0,
         continue_token: str = "",
+        resource_version: str = "",
     ) -> ListResult[T]:
         request = meta_pb2.ListRequest(
             namespace=namespace,
             label_selector=label_selector,
             field_selector=field_selector,
             limit=limit,
+            resource_version=resource_version,
             continue_token=continue_token,
         )
         result: Any = await self._list(request, timeout=self._timeout)

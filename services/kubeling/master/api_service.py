@@ -92,6 +92,7 @@ class ResourceService:
             request.field_selector,
             request.limit,
             request.continue_token,
+            request.resource_version,
         )
         result = self.kind.list_message()
         result.metadata.resource_version = rev  # type: ignore[attr-defined]

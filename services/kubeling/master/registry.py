@@ -225,11 +225,16 @@ class Registry:
         field_selector: str = "",
         limit: int = 0,
         continue_token: str = "",
+        resource_version: str = "",
     ) -> tuple[list[Message], str, str]:
-        """Items, the list's resourceVersion and the continue token (empty when done)."""
+        """Items, the list's resourceVersion and the continue token (empty when done).
+        A `resource_version` asks for a state at least that new: the current one
+        always is, unless the revision is in the future."""
         labels, fields = self.selectors(label_selector, field_selector)
         if limit < 0 or limit > _MAX_LIST_LIMIT:
             raise errors.bad_request("limit", f"must be between 0 and {_MAX_LIST_LIMIT}")
+        if resource_version not in ("", "0"):
+            self._check_not_future(_parse_revision(resource_version))
         at_rev: int | None = None
         start_after = ""
         if continue_token:
@@ -515,14 +520,7 @@ class Registry:
             entries, start_rev, watch = self.store.list_and_watch(prefix, trigger)
             initial = [e.value for e in entries if matches(e.value)]
         else:
-            try:
-                start_rev = int(resource_version)
-            except ValueError:
-                raise errors.bad_request(
-                    "resource_version", f'"{resource_version}" is not a valid resource version'
-                ) from None
-            if start_rev < 0:
-                raise errors.bad_request("resource_version", "must not be negative")
+            start_rev = _parse_revision(resource_version)
             self._check_not_future(start_rev)
             try:
                 watch = self.store.watch(prefix, start_rev, trigger)
@@ -649,3 +647,16 @@ def namespace_checker(store: Store) -> Callable[[str], Awaitable[None]]:
             )
 
     return check
+
+
+def _parse_revision(resource_version: str) -> int:
+    """A request's resourceVersion as a revision; INVALID_ARGUMENT naming the field."""
+    try:
+        rev = int(resource_version)
+    except ValueError:
+        raise errors.bad_request(
+            "resource_version", f'"{resource_version}" is not a valid resource version'
+        ) from None
+    if rev < 0:
+        raise errors.bad_request("resource_version", "must not be negative")
+    return rev
