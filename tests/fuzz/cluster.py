@@ -1,0 +1,152 @@
+"""The servers the fuzz suite attacks, run on an event loop in a background thread
+so that the (synchronous) hypothesis tests can call them over plain gRPC:
+
+- `master`: an in-process master (no controllers) holding a namespace, a Node
+  whose kubelet address is the hollow kubelet's, and a pod bound to it (so that
+  Pods/Logs and Pods/Exec really reach a kubelet);
+- `kubelet`: a real kubelet on the fake CRI runtime, running that pod. It reports
+  to a second master of its own, so that its status writes never change the data
+  of the master under test;
+- `proxy`: kubeling.v1.Proxy over a KubeProxy whose fake nftables hold one Service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from kubeling.client import Client
+from kubeling.master.server import Master, MasterConfig
+from kubeling.proxy.nft import FakeNftables
+from kubeling.proxy.proxier import Proxier
+from kubeling.proxy.server import serve_proxy_api
+from kubeling.v1 import core_pb2
+from tests.support.hollow import BUSYBOX, hollow_node, kubelet_config
+from tests.support.waiting import eventually
+from tests.unit.proxy.builders import make_kube_proxy, sp
+
+T = TypeVar("T")
+
+NODE = "node-1"
+
+
+def seed_pod(namespace: str = "default", name: str = "web") -> core_pb2.Pod:
+    pod = core_pb2.Pod()
+    pod.metadata.name = name
+    pod.metadata.namespace = namespace
+    pod.spec.node_name = NODE
+    pod.spec.containers.add(name="app", image=BUSYBOX)
+    return pod
+
+
+class FuzzCluster:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fuzz-cluster")
+        self._stack = contextlib.AsyncExitStack()
+        self.master: Master | None = None
+        self.addresses: dict[str, str] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self._start())
+
+    def stop(self) -> None:
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+            self.loop.close()
+
+    @property
+    def revision(self) -> int:
+        """The master's store revision: any write, by anyone, moves it."""
+        assert self.master is not None
+        return self.master.store.revision
+
+    async def _master(self, name: str) -> tuple[Master, Client]:
+        master = Master(
+            MasterConfig(listen="127.0.0.1:0", data_dir=self.base / name, controllers=set())
+        )
+        port = await master.start()
+        self._stack.push_async_callback(master.stop)
+        api = Client(f"127.0.0.1:{port}", timeout=10)
+        self._stack.push_async_callback(api.close)
+        return master, api
+
+    async def _start(self) -> None:
+        # The kubelet, on its own master, running the pod.
+        _, kapi = await self._master("kubelet-master")
+        config = kubelet_config(kapi.target, self.base, NODE)
+        node = await self._stack.enter_async_context(hollow_node(config, kapi, "10.88.0.0/16"))
+        assert node.kubelet.server is not None
+        kubelet_port = int(node.kubelet.server.port)
+        await kapi.pods.create(seed_pod())
+        await eventually(lambda: _running(kapi), within=30, describe=lambda: _pods_of(kapi))
+        self.addresses["kubelet"] = f"127.0.0.1:{kubelet_port}"
+
+        self.master, api = await self._master("master")
+        self.addresses["master"] = api.target
+        self._api = api
+        self._kubelet_port = kubelet_port
+        await self.reseed()
+
+        backend = FakeNftables()
+        Proxier(backend, "").sync_full(
+            {"default/web": [sp(endpoints=["10.244.0.5", "10.244.0.6"], node_port=30080)]}
+        )
+        server = await serve_proxy_api("127.0.0.1:0", make_kube_proxy(backend))
+        self._stack.push_async_callback(server.stop, 0)
+        self.addresses["proxy"] = f"127.0.0.1:{server.port}"
+
+    async def reseed(self) -> None:
+        """Put back what the fuzzing may have deleted: the Node pointing at the
+        kubelet and the pod bound to it (the master runs no controllers, so nothing
+        else recreates them)."""
+        api = self._api
+        node = core_pb2.Node()
+        node.metadata.name = NODE
+        node.status.addresses.add(type="InternalIP", address="127.0.0.1")
+        node.status.daemon_endpoints.kubelet_endpoint.port = self._kubelet_port
+        namespace = core_pb2.Namespace()
+        namespace.metadata.name = "default"
+        seeds: list[tuple[Any, Any]] = [
+            (namespace, api.namespaces),
+            (node, api.nodes),
+            (seed_pod(), api.pods),
+        ]
+        for obj, client in seeds:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await client.create(obj)
+        # Created without status: the kubelet address lives in Node.status.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            current = await api.nodes.get(NODE)
+            if current.status.daemon_endpoints.kubelet_endpoint.port != self._kubelet_port:
+                current.status.CopyFrom(node.status)
+                await api.nodes.update_status(current)
+
+    def reseed_sync(self) -> None:
+        self.run(self.reseed())
+
+    def channel_target(self, server: str) -> str:
+        return self.addresses[server]
+
+
+async def _running(api: Client) -> bool:
+    pod = await api.pods.get("web", "default")
+    return bool(pod.status.phase == "Running")
+
+
+async def _pods_of(api: Client) -> str:
+    return str(await api.pods.list(""))
