@@ -1,46 +1,204 @@
-"""The join token: a shared secret a node presents to register with the master.
+"""Bootstrap tokens (kubeadm's): what a new node presents to register its Node.
 
-The master keeps it in a file (made on first start, mode 0600) and refuses
-`Nodes/Create` without it; clients send it as `authorization: Bearer TOKEN` on
-every call. It keeps machines from joining by accident or by guessing; it is not
-authentication of the API as a whole (no TLS yet: see deploy/README.md).
+A token is `ID.SECRET` (`[a-z0-9]{6}.[a-z0-9]{16}`) with an expiry (default 24 h)
+and a description. The master keeps them in its data directory
+(`bootstrap-tokens.json`, mode 0600) as an HMAC-SHA256 of the secret under a key
+of its own (`bootstrap-tokens.key`, 0600, a separate file so that a copy of the
+token list alone reveals nothing), and compares in constant time. Tokens are
+made, listed and deleted through `kubeling.v1.Tokens` (master/tokens.py,
+`kubeling token ...`). Clients send the token as `authorization: Bearer TOKEN`;
+the master checks it on `Nodes/Create` only: a registered kubelet does not need
+it again (it finds its Node with Get), so an expired token does not stop a
+restart. It is not authentication of the API as a whole (no TLS yet: see
+deploy/README.md).
+
+A file rather than objects in the store: the store's objects are readable by
+anyone through List/Watch until the API has authorization, and a single writer
+(this master) keeps the file consistent without a new kind. Several masters
+sharing one store will need the tokens moved into it, with authorization.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import os
+import re
 import secrets
+import string
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 HEADER = "authorization"
-# The calls that need the token: registering a node.
+# The calls that need a token: registering a node.
 GUARDED_METHODS = frozenset({"/kubeling.v1.Nodes/Create"})
+DEFAULT_TTL = 24 * 3600.0
+TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
+ID_RE = re.compile(r"^[a-z0-9]{6}$")
+_ALPHABET = string.ascii_lowercase + string.digits
+# Expired tokens are kept this long (to say "expired" rather than "unknown"), then dropped.
+_KEEP_EXPIRED = 7 * 24 * 3600.0
+_HOW_TO_JOIN = (
+    "give the kubelet a bootstrap token with --token-file FILE or KUBELING_TOKEN "
+    "(make one on the master: kubeling token create)"
+)
 
 
-def load_or_create(path: Path) -> str:
-    """The token in `path`, made (random, 0600) when the file does not exist."""
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{secrets.token_hex(3)}.{secrets.token_hex(8)}"  # kubeadm's shape
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
+class TokenRefused(Exception):
+    """Why a presented token does not allow joining (the message says which)."""
+
+
+def generate() -> str:
+    def pick(n: int) -> str:
+        return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+    return f"{pick(6)}.{pick(16)}"
+
+
+def split(token: str) -> tuple[str, str]:
+    """(ID, SECRET); ValueError when `token` is not of kubeadm's shape."""
+    match = TOKEN_RE.match(token)
+    if match is None:
+        raise ValueError(
+            "a bootstrap token looks like abcdef.0123456789abcdef ([a-z0-9]{6}.[a-z0-9]{16})"
+        )
+    return match.group(1), match.group(2)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (surrounding whitespace ignored); ValueError if malformed."""
+    token = path.read_text().strip()
+    split(token)
     return token
 
 
-class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Rejects the guarded calls that do not carry the token (UNAUTHENTICATED)."""
+def write_private(path: Path, data: str) -> None:
+    """Write `data` to `path` with mode 0600 from the start, replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+
+@dataclass(frozen=True)
+class StoredToken:
+    id: str
+    hash: str  # hex HMAC-SHA256(key, secret)
+    description: str
+    created: float  # unix seconds
+    expires: float  # unix seconds; 0: never
+
+    def expired(self, now: float) -> bool:
+        return self.expires != 0 and now >= self.expires
+
+
+class TokenStore:
+    """The master's bootstrap tokens, persisted in `directory` (one writer: this process)."""
+
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = directory / "bootstrap-tokens.json"
+        self.key_path = directory / "bootstrap-tokens.key"
+        self._clock = clock
+        if self.key_path.exists():
+            self._key = bytes.fromhex(self.key_path.read_text().strip())
+        else:
+            self._key = secrets.token_bytes(32)
+            write_private(self.key_path, self._key.hex() + "\n")
+        self._tokens: dict[str, StoredToken] = {}
+        if self.path.exists():
+            for entry in json.loads(self.path.read_text() or "[]"):
+                stored = StoredToken(**entry)
+                self._tokens[stored.id] = stored
+
+    def _hash(self, secret: str) -> str:
+        return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
+
+    def _save(self) -> None:
+        entries = [asdict(t) for t in sorted(self._tokens.values(), key=lambda t: t.created)]
+        write_private(self.path, json.dumps(entries, indent=1) + "\n")
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def exists(self) -> bool:
+        """Whether tokens were ever stored here (false before the first start)."""
+        return self.path.exists()
+
+    def create(self, ttl: float = DEFAULT_TTL, description: str = "") -> tuple[str, StoredToken]:
+        """A new token (ID.SECRET, the only time the secret is seen) and what is kept.
+        `ttl` 0: never expires."""
+        if ttl < 0:
+            raise ValueError("ttl must not be negative (0: never expires)")
+        now = self._clock()
+        while True:
+            token = generate()
+            token_id, secret = split(token)
+            if token_id not in self._tokens:
+                break
+        stored = StoredToken(
+            token_id, self._hash(secret), description, now, now + ttl if ttl else 0
+        )
+        # Long-expired tokens go with the next write, as kubeadm's token cleaner does.
+        self._tokens = {
+            i: t
+            for i, t in self._tokens.items()
+            if not (t.expires and now - t.expires > _KEEP_EXPIRED)
+        }
+        self._tokens[token_id] = stored
+        self._save()
+        return token, stored
+
+    def list(self) -> list[StoredToken]:
+        return sorted(self._tokens.values(), key=lambda t: t.created)
+
+    def delete(self, token_id: str) -> bool:
+        """False when there is no such token."""
+        if self._tokens.pop(token_id, None) is None:
+            return False
+        self._save()
+        return True
+
+    def check(self, token: str) -> str:
+        """The token's ID when it allows joining now; TokenRefused saying why not."""
+        if not token:
+            raise TokenRefused(f"joining needs a bootstrap token: {_HOW_TO_JOIN}")
+        try:
+            token_id, secret = split(token)
+        except ValueError as exc:
+            raise TokenRefused(f"malformed bootstrap token: {exc}") from None
+        stored = self._tokens.get(token_id)
+        # An unknown ID and a wrong secret answer alike; the hash is compared either way.
+        expected = stored.hash if stored is not None else "0" * 64
+        if not hmac.compare_digest(self._hash(secret), expected) or stored is None:
+            raise TokenRefused(
+                f"unknown bootstrap token {token_id} (deleted, or never made here): {_HOW_TO_JOIN}"
+            )
+        if stored.expired(self._clock()):
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored.expires))
+            raise TokenRefused(f"bootstrap token {token_id} expired at {when}: {_HOW_TO_JOIN}")
+        return token_id
+
+
+class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Rejects the guarded calls without a valid bootstrap token (UNAUTHENTICATED)."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
 
     async def intercept_service(
         self,
@@ -49,18 +207,17 @@ class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         if details.method not in GUARDED_METHODS:
             return await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get(HEADER, "")
-        if hmac.compare_digest(str(sent).encode(), self._expected):
-            return await continuation(details)
+        sent = str(dict(details.invocation_metadata or ()).get(HEADER, ""))
+        try:
+            self._store.check(sent.removeprefix("Bearer ").strip())
+        except TokenRefused as refused:
+            reason = str(refused)
 
-        async def refuse(request: Any, context: Any) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "joining needs the master's join token: kubeling-kubelet --token TOKEN "
-                "(kubeling-master prints the join command)",
-            )
+            async def refuse(request: Any, context: Any) -> None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
-        return grpc.unary_unary_rpc_method_handler(refuse)
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        return await continuation(details)
 
 
 class _SendToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
@@ -82,3 +239,21 @@ class _SendToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
 
 def client_interceptors(token: str) -> list[Any]:
     return [_SendToken(token)] if token else []
+
+
+def create_token_sync(server: str, ttl: float, description: str, timeout: float = 30.0) -> str:
+    """Ask the master at `server` (its unix socket or loopback) for a new token, from
+    synchronous code (the lab)."""
+    from google.protobuf.duration_pb2 import Duration
+
+    from kubeling.v1 import tokens_pb2
+
+    request = tokens_pb2.CreateTokenRequest(ttl=Duration(seconds=int(ttl)), description=description)
+    with grpc.insecure_channel(server) as channel:
+        call = channel.unary_unary(
+            "/kubeling.v1.Tokens/Create",
+            request_serializer=tokens_pb2.CreateTokenRequest.SerializeToString,
+            response_deserializer=tokens_pb2.CreateTokenResponse.FromString,
+        )
+        reply: tokens_pb2.CreateTokenResponse = call(request, timeout=timeout)
+    return reply.token

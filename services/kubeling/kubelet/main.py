@@ -16,6 +16,7 @@ from kubeling.common.httpserve import serve_http
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
+from kubeling.common.token import read_token_file
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet import metrics
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
@@ -23,15 +24,39 @@ from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 log = structlog.get_logger(__name__)
 
 
+class _TokenOnArgv(argparse.Action):
+    """A token on the command line is visible to every user through `ps`: refused."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error(
+            "--token is not accepted (a command line is visible to everyone through ps): "
+            "put the token in a file readable only by root and pass --token-file FILE, "
+            "or set KUBELING_TOKEN"
+        )
+
+
+def join_token(args: argparse.Namespace) -> str:
+    """The bootstrap token from --token-file or KUBELING_TOKEN ("" when neither)."""
+    if args.token_file is not None:
+        try:
+            return read_token_file(args.token_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"kubeling-kubelet: --token-file {args.token_file}: {exc}") from None
+    return os.environ.get("KUBELING_TOKEN", "").strip()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kubeling-kubelet", description=__doc__)
     p.add_argument("--master", default=os.environ.get("KUBELING_SERVER", "localhost:6443"))
     p.add_argument("--node-name", default=machine.hostname())
     p.add_argument(
-        "--token",
-        default=os.environ.get("KUBELING_TOKEN", ""),
-        help="the master's join token (kubeling-master prints the join command)",
+        "--token-file",
+        type=Path,
+        default=None,
+        help="a file (mode 0600) holding the bootstrap token to register the Node with "
+        "(kubeling token create); or the environment's KUBELING_TOKEN",
     )
+    p.add_argument("--token", action=_TokenOnArgv, help=argparse.SUPPRESS)
     p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")
     p.add_argument("--listen", default="0.0.0.0:10250", help="the kubelet API (logs, exec)")
     p.add_argument(
@@ -100,6 +125,7 @@ def healthy(kubelet: Kubelet) -> bool:
 
 
 async def run(args: argparse.Namespace) -> int:
+    token = join_token(args)  # a bad token file fails before anything starts
     config = config_from(args)
     if args.image_dir:
         from kubeling.node.images import import_images
@@ -107,7 +133,7 @@ async def run(args: argparse.Namespace) -> int:
         address = config.runtime_endpoint.removeprefix("unix://")
         await asyncio.to_thread(import_images, Path(args.image_dir), address)
     runtime = RuntimeClient(config.runtime_endpoint, observe=metrics.observe_runtime_operation)
-    api = Client(config.master, token=args.token)
+    api = Client(config.master, token=token)
     kubelet = Kubelet(config, runtime, api)
     # Up before registering, so a kubelet waiting for its master can be watched.
     http = await serve_http(args.healthz_bind_address, 10248, lambda: healthy(kubelet))

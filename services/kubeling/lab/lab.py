@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grpc
 
+from kubeling.common.token import DEFAULT_TTL, create_token_sync, write_private
 from kubeling.node.containerd import (
     ContainerdError,
     ContainerdProcess,
@@ -200,7 +201,8 @@ class Lab:
 
     @property
     def token_file(self) -> Path:
-        return self.dir / "master" / "join-token"
+        """The kubelets' bootstrap token (0600), passed as --token-file, never on argv."""
+        return self.dir / "join-token"
 
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
@@ -297,6 +299,8 @@ class Lab:
         _ip("-n", net, "link", "set", BRIDGE, "up")
         progress(f"master on {MASTER_IP}:{MASTER_PORT} and {self.server}")
         self.start_master()
+        token = create_token_sync(self.server, DEFAULT_TTL, "kubeling lab: the lab's kubelets")
+        write_private(self.token_file, token + "\n")
         hosts = list(LAB_NETWORK.hosts())
         for index in range(1, options.nodes + 1):
             name = f"worker-{index}"
@@ -331,7 +335,7 @@ class Lab:
                 "--data-dir", str(self.dir / "master"),
                 "--service-cidr", SERVICE_CIDR,
                 "--cluster-cidr", CLUSTER_CIDR,
-                "--join-token-file", str(self.token_file),
+                "--bootstrap-tokens",
                 *state.master_args,
             ),
             str(self.dir / "master"),
@@ -450,7 +454,7 @@ class Lab:
                 "kubeling.kubelet.main",
                 "--master", f"{MASTER_IP}:{MASTER_PORT}",
                 "--node-name", name,
-                "--token", self.token_file.read_text().strip(),
+                "--token-file", str(self.token_file),
                 "--runtime-endpoint", f"unix://{base / 'containerd.sock'}",
                 "--listen", "0.0.0.0:10250",
                 "--node-ip", node.ip,
@@ -462,7 +466,7 @@ class Lab:
                 "--pod-log-dir", str(base / "pods"),
                 *self._require().kubelet_args,
             ),
-            f"--node-name {name} --token",
+            f"--node-name {name} --token-file",
         )  # fmt: skip
 
     def _start_proxy(self, node: NodeState, base: Path) -> Proc:

@@ -28,18 +28,25 @@ from kubeling.client import Client
 from kubeling.common.httpserve import bound_port, serve_http
 from kubeling.common.rpc import Server
 from kubeling.common.supervisor import LoopFailed, Supervisor
-from kubeling.common.token import RequireToken
+from kubeling.common.token import RequireToken, TokenStore
 from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
 from kubeling.master.api_service import ResourceService
 from kubeling.master.binding import PodBinder
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
+from kubeling.master.limits import (
+    DEFAULT_MAX_REQUESTS_INFLIGHT,
+    DEFAULT_MAX_WATCHES_PER_CLIENT,
+    RequestLimits,
+)
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker, register_indexes
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
+from kubeling.master.tokens import SERVICE_NAME as TOKENS_SERVICE
+from kubeling.master.tokens import TokensService
 from kubeling.scheduler.scheduler import Scheduler
 from kubeling.v1 import core_pb2
 
@@ -62,14 +69,18 @@ class MasterConfig:
     # names to pick some, empty for none (then they can run as their own process).
     controllers: set[str] = field(default_factory=lambda: {"*"})
     controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
-    # When set, registering a Node (Nodes/Create) needs this token (common/token.py).
-    join_token: str = ""
+    # When set, registering a Node (Nodes/Create) needs a bootstrap token, kept in
+    # data_dir (common/token.py; made with kubeling.v1.Tokens, master/tokens.py).
+    bootstrap_tokens: bool = False
     # HOST:PORT for /metrics /healthz /livez ("" serves none; port 0 picks one).
     metrics_bind: str = ""
     # A loop that crashes this often within 5 minutes gives up: the master is unhealthy.
     loop_crash_limit: int = 10
     # Events are deleted this many seconds after their last write (master/event_ttl.py).
     event_ttl: float = DEFAULT_EVENT_TTL
+    # Short requests served at once, and watches per client (master/limits.py); 0: no limit.
+    max_requests_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT
+    max_watches_per_client: int = DEFAULT_MAX_WATCHES_PER_CLIENT
 
 
 def self_address(listen: str, port: int) -> str:
@@ -109,6 +120,8 @@ class Master:
         self.pod_proxy = PodProxy(self.registries[POD.name], self.registries[NODE.name])
         binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
         self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
+        self.tokens = TokenStore(config.data_dir) if config.bootstrap_tokens else None
+        self.limits = RequestLimits(config.max_requests_inflight, config.max_watches_per_client)
         self.server: Server | None = None
         self.elector: LeaderElector | None = None
         self.metrics: web.AppRunner | None = None
@@ -135,11 +148,14 @@ class Master:
         self.server = Server(
             self.config.listen,
             [
-                ResourceService(r).handler(self.extra_methods.get(r.kind.name))
-                for r in self.registries.values()
+                *(
+                    ResourceService(r, self.limits).handler(self.extra_methods.get(r.kind.name))
+                    for r in self.registries.values()
+                ),
+                TokensService(self.tokens).handler(),
             ],
-            [kind.service for kind in ALL_KINDS],
-            [RequireToken(self.config.join_token)] if self.config.join_token else [],
+            [*(kind.service for kind in ALL_KINDS), TOKENS_SERVICE],
+            [RequireToken(self.tokens)] if self.tokens is not None else [],
         )
         await self.server.start()
         if self.config.metrics_bind:

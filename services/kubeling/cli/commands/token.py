@@ -1,0 +1,125 @@
+"""`kubeling token create|list|delete`: the master's bootstrap tokens (kubeadm token),
+through kubeling.v1.Tokens. The master answers these only on its own machine (its
+unix socket or loopback) until the API has authorization."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+
+from kubeling.cli.commands.base import SubParsers, add_command
+from kubeling.cli.context import Context
+from kubeling.cli.errors import CliError
+from kubeling.cli.printers import table_text
+from kubeling.cli.timefmt import human_duration
+from kubeling.common import rpc
+from kubeling.common.duration import parse_duration
+from kubeling.v1 import tokens_pb2
+
+_SERVICE = "/kubeling.v1.Tokens/"
+
+
+def register(subparsers: SubParsers) -> None:
+    parser = add_command(
+        subparsers, "token", _usage, "Manage the bootstrap tokens nodes join with."
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    create = add_command(
+        actions, "create", run_create, "Make a token and print it (the only time it is shown)."
+    )
+    create.add_argument(
+        "--ttl", default="24h", help='how long it is valid: 24h, 90m, 3600 ("0": never expires)'
+    )
+    create.add_argument("--description", default="", help="what the token is for")
+    add_command(actions, "list", run_list, "The tokens: ID, time left, description (no secrets).")
+    delete = add_command(
+        actions, "delete", run_delete, "Delete tokens: nodes can no longer use them."
+    )
+    delete.add_argument("ids", nargs="+", metavar="ID")
+
+
+async def _usage(args: argparse.Namespace, ctx: Context) -> int:
+    raise CliError("error: give an action: token create | token list | token delete ID")
+
+
+async def _call(ctx: Context, method: str, request: Message, response: type[Message]) -> Message:
+    async with rpc.channel(ctx.server) as channel:
+        call = channel.unary_unary(
+            _SERVICE + method,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response.FromString,
+        )
+        try:
+            reply: Message = await call(request, timeout=ctx.timeout)
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ):
+                raise CliError(f"error: {exc.details()}") from None
+            raise
+
+
+async def run_create(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise CliError(f"error: --ttl: {exc}") from None
+    if ttl < 0:
+        raise CliError("error: --ttl must not be negative (0: never expires)")
+    request = tokens_pb2.CreateTokenRequest(description=args.description)
+    request.ttl.CopyFrom(Duration(seconds=int(ttl), nanos=int((ttl % 1) * 1e9)))
+    reply = await _call(ctx, "Create", request, tokens_pb2.CreateTokenResponse)
+    assert isinstance(reply, tokens_pb2.CreateTokenResponse)
+    ctx.out(reply.token)
+    return 0
+
+
+def _left(token: tokens_pb2.BootstrapToken, now: float) -> str:
+    if not token.HasField("expires"):
+        return "<forever>"
+    if token.expired:
+        return "<expired>"
+    return human_duration(token.expires.seconds - now)
+
+
+async def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    reply = await _call(ctx, "List", tokens_pb2.ListTokensRequest(), tokens_pb2.ListTokensResponse)
+    assert isinstance(reply, tokens_pb2.ListTokensResponse)
+    now = time.time()
+    rows = [
+        [
+            t.id,
+            _left(t, now),
+            t.expires.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+            if t.HasField("expires")
+            else "<never>",
+            t.description or "<none>",
+        ]
+        for t in reply.tokens
+    ]
+    if not rows:
+        ctx.err("No bootstrap tokens.")
+        return 0
+    ctx.stdout.write(table_text(["ID", "TTL", "EXPIRES", "DESCRIPTION"], rows))
+    ctx.stdout.flush()
+    return 0
+
+
+async def run_delete(args: argparse.Namespace, ctx: Context) -> int:
+    for token_id in args.ids:
+        await _call(
+            ctx,
+            "Delete",
+            tokens_pb2.DeleteTokenRequest(id=token_id),
+            tokens_pb2.DeleteTokenResponse,
+        )
+        ctx.out(f"bootstrap token {token_id.partition('.')[0]} deleted")
+    return 0

@@ -1,0 +1,131 @@
+"""kubeling.v1.Tokens: make, list and delete bootstrap tokens (common/token.py).
+
+Until the API has authorization, only a caller on the master's own machine may
+use it: a unix-socket peer or loopback; anyone else gets PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kubeling.api.errors import ApiError
+from kubeling.common import handlers
+from kubeling.common.handlers import Context
+from kubeling.common.token import DEFAULT_TTL, ID_RE, StoredToken, TokenStore
+from kubeling.v1 import tokens_pb2
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME: str = tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name
+_MAX_DESCRIPTION = 256
+
+
+def local_peer(peer: str) -> bool:
+    """Whether grpc's peer string ("unix:...", "ipv4:127.0.0.1:5000",
+    "ipv6:[::1]:5000") is this machine: a unix socket or a loopback address."""
+    if peer.startswith("unix"):
+        return True
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class TokensService:
+    def __init__(self, store: TokenStore | None) -> None:
+        """`store` None: this master does not require tokens, and says so."""
+        self.store = store
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Create": handlers.unary(self.create, tokens_pb2.CreateTokenRequest, "master"),
+                "List": handlers.unary(self.list, tokens_pb2.ListTokensRequest, "master"),
+                "Delete": handlers.unary(self.delete, tokens_pb2.DeleteTokenRequest, "master"),
+            },
+        )
+
+    def _allowed(self, context: Context) -> TokenStore:
+        peer = str(context.peer())
+        if not local_peer(peer):
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"bootstrap tokens are managed only from the master's machine (unix socket or "
+                f"loopback), not from {peer}",
+            )
+        if self.store is None:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this master does not require bootstrap tokens to join (start it with "
+                "--bootstrap-tokens)",
+            )
+        return self.store
+
+    def _info(self, token: StoredToken, now: float) -> tokens_pb2.BootstrapToken:
+        info = tokens_pb2.BootstrapToken(
+            id=token.id, description=token.description, created=_timestamp(token.created)
+        )
+        if token.expires:
+            info.expires.CopyFrom(_timestamp(token.expires))
+            info.expired = token.expired(now)
+        return info
+
+    async def create(
+        self, request: tokens_pb2.CreateTokenRequest, context: Context
+    ) -> tokens_pb2.CreateTokenResponse:
+        store = self._allowed(context)
+        ttl = DEFAULT_TTL
+        if request.HasField("ttl"):
+            ttl = request.ttl.ToNanoseconds() / 1e9
+            if ttl < 0:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "ttl must not be negative (0: never expires)"
+                )
+        description = request.description
+        if len(description) > _MAX_DESCRIPTION or not description.isprintable():
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"description must be printable and at most {_MAX_DESCRIPTION} characters",
+            )
+        token, stored = store.create(ttl, description)
+        log.info("bootstrap token created", id=stored.id, ttl=ttl, peer=context.peer())
+        return tokens_pb2.CreateTokenResponse(token=token, info=self._info(stored, stored.created))
+
+    async def list(
+        self, request: tokens_pb2.ListTokensRequest, context: Context
+    ) -> tokens_pb2.ListTokensResponse:
+        store = self._allowed(context)
+        return tokens_pb2.ListTokensResponse(
+            tokens=[self._info(t, store.now()) for t in store.list()]
+        )
+
+    async def delete(
+        self, request: tokens_pb2.DeleteTokenRequest, context: Context
+    ) -> tokens_pb2.DeleteTokenResponse:
+        store = self._allowed(context)
+        # The whole token names its ID too (kubeadm token delete takes either).
+        token_id = request.id.partition(".")[0]
+        if not ID_RE.match(token_id):
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f'"{request.id}" is not a token ID ([a-z0-9]{{6}}) or token',
+            )
+        if not store.delete(token_id):
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"bootstrap token {token_id} not found")
+        log.info("bootstrap token deleted", id=token_id, peer=context.peer())
+        return tokens_pb2.DeleteTokenResponse()
