@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from kubeling.client import Client
-from kubeling.common.token import TOKEN_RE
+from kubeling.common.token import TOKEN_RE, create_token_sync
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
 from kubeling.v1 import core_pb2
 from tests.support.processes import MasterProcess, free_port, running_master, stop_process
@@ -115,14 +115,18 @@ def test_token_create_list_and_delete(guarded: MasterProcess) -> None:
     master = guarded
     forever = create(master, "--ttl", "0", "--description", "for ever")
     daily = create(master, "--description", "default ttl")
+    # What the lab uses, from synchronous code.
+    lab = create_token_sync(master.address, 3600, "the lab")
+    assert TOKEN_RE.match(lab)
     listing = kubeling(master, "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
     assert listing.stdout.splitlines()[0].split() == ["ID", "TTL", "EXPIRES", "DESCRIPTION"]
     assert "<forever>" in rows[forever[:6]] and "for ever" in rows[forever[:6]]
     assert re.search(r"\b2[34]h\b", rows[daily[:6]]), rows[daily[:6]]
+    assert re.search(r"\b(59m|60m)\b", rows[lab[:6]]) and "the lab" in rows[lab[:6]]
     # The list never shows a secret.
-    for token in (forever, daily):
+    for token in (forever, daily, lab):
         assert token.split(".")[1] not in listing.stdout
     result = kubeling(master, "delete", forever, daily[:6])  # whole token or ID
     assert result.returncode == 0, result.stderr
