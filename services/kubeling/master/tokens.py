@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = tokens_pb2.DESCRIPTOR.services_by_name["Tokens"].full_name
 _MAX_DESCRIPTION = 256
+# Longer is "never" in practice, which is ttl 0, said plainly.
+_MAX_TTL = 10 * 365 * 24 * 3600
 
 
 def local_peer(peer: str) -> bool:
@@ -92,9 +94,10 @@ class TokensService:
         ttl = DEFAULT_TTL
         if request.HasField("ttl"):
             ttl = request.ttl.ToNanoseconds() / 1e9
-            if ttl < 0:
+            if not 0 <= ttl <= _MAX_TTL:
                 raise ApiError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "ttl must not be negative (0: never expires)"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "ttl must be between 0 (never expires) and 10 years",
                 )
         description = request.description
         if len(description) > _MAX_DESCRIPTION or not description.isprintable():
