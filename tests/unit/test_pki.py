@@ -97,6 +97,7 @@ def test_key_files_are_0600(tmp_path: Path, ca: pki.Issued) -> None:
 @dataclass
 class Seen:
     common_names: list[bytes] = field(default_factory=list)
+    subjects: list[bytes] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -109,6 +110,8 @@ async def mtls_server(ca: pki.Issued) -> AsyncIterator[tuple[int, Seen]]:
         auth = context.auth_context()
         names = auth.get("x509_common_name", [])
         seen.common_names.extend(names)
+        # The groups (O) are only in the subject: what an authorizer reads them from.
+        seen.subjects.extend(auth.get("x509_subject", []))
         return b",".join(names)
 
     serving = pki.serving_cert(ca, "kubeling-master", ips=["127.0.0.1"], dns_names=["localhost"])
@@ -153,6 +156,7 @@ async def test_mutual_tls_serves_a_client_with_a_certificate_from_the_ca(
     assert await call(port, ca.cert_pem, node) == b"system:node:worker-1"
     assert await call(port, ca.cert_pem, node, name="localhost") == b"system:node:worker-1"
     assert seen.common_names == [b"system:node:worker-1"] * 2
+    assert seen.subjects == [b"CN=system:node:worker-1,O=system:nodes"] * 2
 
 
 async def test_mutual_tls_refuses_no_certificate_another_ca_and_a_wrong_name(
