@@ -110,6 +110,9 @@ def test_local_peers() -> None:
     assert local_peer("ipv4:127.0.0.1:40000")
     assert local_peer("ipv4:127.8.9.10:40000")
     assert local_peer("ipv6:[::1]:40000")
+    assert local_peer("ipv6:%5B::1%5D:40000")  # as grpcio 1.85 writes it
+    assert not local_peer("ipv6:%5B2001:db8::1%5D:40000")
+    assert local_peer("ipv6:[::ffff:127.0.0.1]:40000")
     assert not local_peer("ipv4:10.0.0.5:40000")
     assert not local_peer("ipv6:[2001:db8::1]:40000")
     assert not local_peer("ipv6:[::ffff:10.0.0.5]:40000")
@@ -242,3 +245,23 @@ def test_the_labs_kubelet_command_line_has_no_token(
     assert not any("0123456789abcdef" in arg for arg in command)
     assert command[command.index("--token-file") + 1] == str(lab.token_file)
     assert "--token" not in command
+
+
+async def test_local_callers_over_ipv4_and_ipv6_loopback_are_served(tmp_path: Path) -> None:
+    """Through real gRPC: peers as grpcio writes them (IPv6 percent-encoded)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((TokensService(TokenStore(tmp_path)).handler(),))
+    port = server.add_insecure_port("[::]:0")
+    await server.start()
+    try:
+        for host in ("127.0.0.1", "[::1]"):
+            async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+                call = channel.unary_unary(
+                    "/kubeling.v1.Tokens/List",
+                    request_serializer=tokens_pb2.ListTokensRequest.SerializeToString,
+                    response_deserializer=tokens_pb2.ListTokensResponse.FromString,
+                )
+                reply = await call(tokens_pb2.ListTokensRequest(), timeout=10)
+                assert list(reply.tokens) == []
+    finally:
+        await server.stop(0)
