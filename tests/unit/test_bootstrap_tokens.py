@@ -95,6 +95,13 @@ def test_secrets_are_kept_only_as_keyed_hashes_in_0600_files(tmp_path: Path) -> 
         again.check(token)
 
 
+def test_a_damaged_tokens_file_is_reported_clearly(tmp_path: Path) -> None:
+    TokenStore(tmp_path).create()
+    (tmp_path / "bootstrap-tokens.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"cannot read the bootstrap tokens in .* move"):
+        TokenStore(tmp_path)
+
+
 def test_long_expired_tokens_are_dropped_on_the_next_write(tmp_path: Path) -> None:
     clock = Clock()
     store = TokenStore(tmp_path, clock)

@@ -113,16 +113,22 @@ class TokenStore:
         self.path = directory / "bootstrap-tokens.json"
         self.key_path = directory / "bootstrap-tokens.key"
         self._clock = clock
-        if self.key_path.exists():
-            self._key = bytes.fromhex(self.key_path.read_text().strip())
-        else:
-            self._key = secrets.token_bytes(32)
-            write_private(self.key_path, self._key.hex() + "\n")
         self._tokens: dict[str, StoredToken] = {}
-        if self.path.exists():
-            for entry in json.loads(self.path.read_text() or "[]"):
-                stored = StoredToken(**entry)
-                self._tokens[stored.id] = stored
+        try:
+            if self.key_path.exists():
+                self._key = bytes.fromhex(self.key_path.read_text().strip())
+            else:
+                self._key = secrets.token_bytes(32)
+                write_private(self.key_path, self._key.hex() + "\n")
+            if self.path.exists():
+                for entry in json.loads(self.path.read_text() or "[]"):
+                    stored = StoredToken(**entry)
+                    self._tokens[stored.id] = stored
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"cannot read the bootstrap tokens in {directory} ({exc}); move "
+                f"{self.path.name} and {self.key_path.name} away to start with none"
+            ) from None
 
     def _hash(self, secret: str) -> str:
         return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
