@@ -74,6 +74,11 @@ def main() -> int:
         "--overlap", action="store_true", help="a round's kills overlap (several down at once)"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the lab's logs in --dir")
+    parser.add_argument(
+        "--keep-lab-on-failure",
+        action="store_true",
+        help="leave a failed run's lab up to look at (then: kubeling lab down --dir DIR)",
+    )
     args = parser.parse_args()
     # Short: unix socket paths are limited to 108 bytes.
     directory = args.dir or Path(f"/tmp/klsoak-{secrets.token_hex(3)}")
@@ -86,7 +91,10 @@ def main() -> int:
     except BaseException:
         traceback.print_exc()
         print(f"logs: {lab.logs}")
-        lab.down(progress=lambda _: None, keep_logs=True)
+        if args.keep_lab_on_failure and lab.state is not None:
+            print(f"the lab is still up: kubeling lab down --dir {directory}")
+        else:
+            lab.down(progress=lambda _: None, keep_logs=True)
         return 1
     print()
     for kill in report.kills:
@@ -99,7 +107,10 @@ def main() -> int:
         print(f"unexcused failure: {request} during: {during}")
     for line in failed:
         print(f"INVARIANT FAILED: {line}")
-    lab.down(progress=lambda _: None, keep_logs=args.keep_logs or bool(failed))
+    if failed and args.keep_lab_on_failure:
+        print(f"the lab is still up: kubeling lab down --dir {directory}")
+    else:
+        lab.down(progress=lambda _: None, keep_logs=args.keep_logs or bool(failed))
     return 1 if failed else 0
 
 

@@ -496,7 +496,7 @@ class Chaos:
                     else:
                         for kill in plan:
                             await self.crash(kill)
-                    await self.wait_rollout(within=300)
+                    await self.wait_rollout(within=180)
                     self.report.rollout_seconds.append(time.monotonic() - started)
                     self.report.rounds = round_
                     self.progress(f"round {round_}: rollout complete")
@@ -666,9 +666,17 @@ class Chaos:
         with contextlib.suppress(grpc.aio.AioRpcError):
             for pod in (await self.api.pods.list(NS)).items:
                 lines.append(
-                    f"  {pod.metadata.name} node={pod.spec.node_name} phase={pod.status.phase} "
-                    f"ready={_ready(pod)} deleting={pod.metadata.HasField('deletion_timestamp')}"
+                    f"  {pod.metadata.name} uid={pod.metadata.uid} node={pod.spec.node_name} "
+                    f"phase={pod.status.phase} ready={_ready(pod)} "
+                    f"deleting={pod.metadata.HasField('deletion_timestamp')}"
                 )
+                if not _ready(pod):
+                    for status in pod.status.container_statuses:
+                        state = json_format.MessageToDict(status.state)
+                        lines.append(f"    {status.name}: {state}")
+                    for event in (await self.api.events.list(NS)).items:
+                        if event.involved_object.uid == pod.metadata.uid:
+                            lines.append(f"    event {event.reason}: {event.message}")
             deployment = await self.api.deployments.get(APP, NS)
             lines.append(f"deployment: {json_format.MessageToDict(deployment.status)}")
         return "\n".join(lines)
