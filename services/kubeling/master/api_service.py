@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from kubeling.api.errors import ApiError
 from kubeling.common import handlers
 from kubeling.common.handlers import Context
+from kubeling.master.limits import RequestLimits
 from kubeling.master.metrics import instrument
 from kubeling.master.registry import Registry, WatchItem
 from kubeling.master.store.base import (
@@ -40,9 +41,10 @@ log = structlog.get_logger(__name__)
 class ResourceService:
     """Create/Get/List/Update/UpdateStatus/Delete/Watch for one kind."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, limits: RequestLimits | None = None) -> None:
         self.registry = registry
         self.kind = registry.kind
+        self.limits = limits
 
     def handler(self, extra: dict[str, Any] | None = None) -> grpc.GenericRpcHandler:
         """The kind's service; `extra` adds methods beyond CRUD and Watch (e.g. the
@@ -67,6 +69,8 @@ class ResourceService:
             response_serializer=handlers.serialize,
         )
         methods.update(extra or {})
+        if self.limits is not None:  # inside instrument: refusals are counted too
+            methods = {name: self.limits.wrap(h, name) for name, h in methods.items()}
         counted = {name: instrument(h, name, kind.plural) for name, h in methods.items()}
         return grpc.method_handlers_generic_handler(kind.service, counted)
 

@@ -17,6 +17,7 @@ from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
 from kubeling.controllers.manager import ControllerSettings
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL
+from kubeling.master.limits import DEFAULT_MAX_REQUESTS_INFLIGHT, DEFAULT_MAX_WATCHES_PER_CLIENT
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
@@ -109,6 +110,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a loop (controller, scheduler, ...) crashing this often in 5 minutes gives "
         "up: health turns NOT_SERVING and the master exits 1 (for systemd to restart it)",
     )
+    parser.add_argument(
+        "--max-requests-inflight",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS_INFLIGHT,
+        help="short requests served at once; more are answered RESOURCE_EXHAUSTED (0: no limit)",
+    )
+    parser.add_argument(
+        "--max-watches-per-client",
+        type=int,
+        default=DEFAULT_MAX_WATCHES_PER_CLIENT,
+        help="Watch streams one client (by peer address) may hold open (0: no limit)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -168,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         bootstrap_tokens=args.bootstrap_tokens,
         metrics_bind=args.metrics_bind_address,
         loop_crash_limit=args.loop_crash_limit,
+        max_requests_inflight=args.max_requests_inflight,
+        max_watches_per_client=args.max_watches_per_client,
         listen=args.listen,
         data_dir=args.data_dir or default_data_dir(),
         service_cidr=args.service_cidr,

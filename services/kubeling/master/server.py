@@ -35,6 +35,11 @@ from kubeling.master.api_service import ResourceService
 from kubeling.master.binding import PodBinder
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
+from kubeling.master.limits import (
+    DEFAULT_MAX_REQUESTS_INFLIGHT,
+    DEFAULT_MAX_WATCHES_PER_CLIENT,
+    RequestLimits,
+)
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker, register_indexes
@@ -73,6 +78,9 @@ class MasterConfig:
     loop_crash_limit: int = 10
     # Events are deleted this many seconds after their last write (master/event_ttl.py).
     event_ttl: float = DEFAULT_EVENT_TTL
+    # Short requests served at once, and watches per client (master/limits.py); 0: no limit.
+    max_requests_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT
+    max_watches_per_client: int = DEFAULT_MAX_WATCHES_PER_CLIENT
 
 
 def self_address(listen: str, port: int) -> str:
@@ -113,6 +121,7 @@ class Master:
         binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
         self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
         self.tokens = TokenStore(config.data_dir) if config.bootstrap_tokens else None
+        self.limits = RequestLimits(config.max_requests_inflight, config.max_watches_per_client)
         self.server: Server | None = None
         self.elector: LeaderElector | None = None
         self.metrics: web.AppRunner | None = None
@@ -140,7 +149,7 @@ class Master:
             self.config.listen,
             [
                 *(
-                    ResourceService(r).handler(self.extra_methods.get(r.kind.name))
+                    ResourceService(r, self.limits).handler(self.extra_methods.get(r.kind.name))
                     for r in self.registries.values()
                 ),
                 TokensService(self.tokens).handler(),

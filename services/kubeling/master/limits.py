@@ -1,0 +1,112 @@
+"""Request limits of the master's API, as kube-apiserver's `--max-requests-inflight`:
+
+- at most `max_inflight` short requests (every unary call but Exec) are served at
+  once, in total; one more is answered RESOURCE_EXHAUSTED "too many requests in
+  flight, retry later" (Kubernetes' 429) instead of queueing without bound;
+- at most `max_watches` Watch streams are open per client; the next one is refused
+  the same way. Long-running calls (watches, log streams, exec) do not count as in
+  flight, as in Kubernetes.
+
+A client is keyed by its peer host (`peer_host`) until TLS identities exist; the
+key function is the one piece to replace then. 0 disables a limit. Everything runs
+on the server's one event loop, so plain counters suffice.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+DEFAULT_MAX_REQUESTS_INFLIGHT = 400
+DEFAULT_MAX_WATCHES_PER_CLIENT = 100
+
+# Unary methods that may legitimately run for minutes.
+LONG_RUNNING_UNARY = frozenset({"Exec"})
+
+ClientKey = Callable[[Any], str]
+
+
+def peer_host(context: Any) -> str:
+    """The host part of the caller's address: "ipv4:10.0.0.5:51000" -> "10.0.0.5",
+    "ipv6:[::1]:51000" -> "::1"; a unix socket peer is keyed as a whole."""
+    peer = str(context.peer() or "")
+    scheme, _, address = peer.partition(":")
+    if scheme == "ipv4":
+        return address.rpartition(":")[0]
+    if scheme == "ipv6":
+        return address.rpartition(":")[0].strip("[]")
+    return peer
+
+
+class RequestLimits:
+    def __init__(
+        self,
+        max_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT,
+        max_watches: int = DEFAULT_MAX_WATCHES_PER_CLIENT,
+        client_key: ClientKey = peer_host,
+    ) -> None:
+        self.max_inflight = max_inflight
+        self.max_watches = max_watches
+        self.client_key = client_key
+        self.inflight = 0
+        self.watches: Counter[str] = Counter()
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler` (gRPC method `method`) with the limit that applies to it."""
+        if handler.unary_unary is not None and method not in LONG_RUNNING_UNARY:
+            return grpc.unary_unary_rpc_method_handler(
+                self._counted(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and method == "Watch":
+            return grpc.unary_stream_rpc_method_handler(
+                self._per_client(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _counted(
+        self, fn: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def call(request: Any, context: Any) -> Any:
+            if self.max_inflight and self.inflight >= self.max_inflight:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight, retry later"
+                )
+            self.inflight += 1
+            try:
+                return await fn(request, context)
+            finally:
+                self.inflight -= 1
+
+        return call
+
+    def _per_client(
+        self, fn: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        @functools.wraps(fn)
+        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
+            key = self.client_key(context)
+            if self.max_watches and self.watches[key] >= self.max_watches:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many watches open from {key} (limit {self.max_watches}); "
+                    "close some and retry",
+                )
+            self.watches[key] += 1
+            try:
+                async for item in fn(request, context):
+                    yield item
+            finally:
+                self.watches[key] -= 1
+                if not self.watches[key]:
+                    del self.watches[key]
+
+        return call

@@ -1,0 +1,129 @@
+"""The master's request limits (master/limits.py): --max-requests-inflight and
+--max-watches-per-client, answered RESOURCE_EXHAUSTED."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from kubeling.api.kinds import NAMESPACE
+from kubeling.common import rpc
+from kubeling.master.limits import peer_host
+from kubeling.master.server import Master, MasterConfig
+from kubeling.v1 import core_pb2, meta_pb2
+from tests.support.inprocess import serving
+from tests.support.waiting import eventually
+
+WATCH = "/kubeling.v1.Namespaces/Watch"
+
+
+def namespace(name: str) -> core_pb2.Namespace:
+    ns = core_pb2.Namespace()
+    ns.metadata.name = name
+    return ns
+
+
+async def test_requests_over_the_inflight_limit_are_refused_and_below_it_are_served(
+    tmp_path: Path,
+) -> None:
+    master = Master(
+        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(),
+                     max_requests_inflight=3)
+    )  # fmt: skip
+    registry = master.registries[NAMESPACE.name]
+    create = registry.create
+    entered = 0
+    release = asyncio.Event()
+
+    async def held_create(obj: Any) -> Any:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return await create(obj)
+
+    async with serving(master) as api:
+        registry.create = held_create  # type: ignore[method-assign]  # after start's own creates
+        held = [asyncio.create_task(api.namespaces.create(namespace(f"n{i}"))) for i in range(3)]
+        await eventually(lambda: entered == 3)
+        # The fourth request of any kind is refused while three are being served...
+        for extra in (api.namespaces.create(namespace("n3")), api.pods.list("default")):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await extra
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "too many requests in flight, retry later"
+        # ...but a watch is long-running and does not count.
+        events = api.namespaces.watch()
+        first = await asyncio.wait_for(anext(aiter(events)), 10)
+        assert first.type == "ADDED"
+        await events.aclose()  # type: ignore[attr-defined]
+        release.set()
+        created = await asyncio.wait_for(asyncio.gather(*held), 10)
+        assert [n.metadata.name for n in created] == ["n0", "n1", "n2"]
+        assert entered == 3  # the refused create never reached the registry
+        await api.namespaces.create(namespace("n3"))  # below the limit again
+        assert master.limits.inflight == 0
+
+
+async def open_watch(channel: grpc.aio.Channel) -> Any:
+    """A Namespaces watch, once it delivered its first event (so it is counted)."""
+    call = channel.unary_stream(
+        WATCH,
+        request_serializer=meta_pb2.WatchRequest.SerializeToString,
+        response_deserializer=core_pb2.NamespaceWatchEvent.FromString,
+    )(meta_pb2.WatchRequest())
+    await asyncio.wait_for(call.read(), 10)
+    return call
+
+
+async def test_a_client_beyond_its_watch_limit_is_refused(tmp_path: Path) -> None:
+    master = Master(
+        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(),
+                     max_watches_per_client=2)
+    )  # fmt: skip
+    async with serving(master):
+        channel = rpc.channel(f"127.0.0.1:{master.server.port}")  # type: ignore[union-attr]
+        try:
+            watches = [await open_watch(channel) for _ in range(2)]
+            assert master.limits.watches == {"127.0.0.1": 2}
+            third = channel.unary_stream(
+                WATCH, request_serializer=meta_pb2.WatchRequest.SerializeToString
+            )(meta_pb2.WatchRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await asyncio.wait_for(third.read(), 10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many watches open from 127.0.0.1 (limit 2)" in (
+                refused.value.details() or ""
+            )
+            # Closing one makes room for another.
+            watches[0].cancel()
+            await eventually(lambda: master.limits.watches["127.0.0.1"] == 1)
+            watches[0] = await open_watch(channel)
+            for call in watches:
+                call.cancel()
+        finally:
+            await channel.close()
+
+
+class Peer:
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+@pytest.mark.parametrize(
+    ("peer", "key"),
+    [
+        ("ipv4:10.0.0.5:51000", "10.0.0.5"),
+        ("ipv6:[::1]:51000", "::1"),
+        ("ipv6:[fd00::5]:6443", "fd00::5"),
+        ("unix:/run/kubeling.sock", "unix:/run/kubeling.sock"),
+    ],
+)
+def test_clients_are_keyed_by_peer_host(peer: str, key: str) -> None:
+    assert peer_host(Peer(peer)) == key
