@@ -1,13 +1,10 @@
 """The cluster's PKI: a CA, serving and client certificates, CSRs, kubeadm's CA pin.
 
-Keys are EC P-256. The CA lives 10 years; what it signs carries only the
-extensions its use needs (serverAuth with SANs, or clientAuth). A CSR is signed
-only when its subject is the one the caller expects (as Kubernetes' CSR approver
-checks `CN=system:node:NAME, O=system:nodes`) and its own signature holds.
-
-Backend: the `openssl` command (OpenSSL 3), run with keys in a private temporary
-directory, because the `cryptography` package is not a dependency yet; the
-functions here are the interface, so moving to `cryptography` changes no caller.
+Keys are EC P-256 (`cryptography`). The CA lives 10 years; what it signs carries
+only the extensions its use needs (serverAuth with SANs, or clientAuth). A CSR is
+signed only when its own signature holds and its subject is exactly the one the
+caller expects (as Kubernetes' CSR approver checks `CN=system:node:NAME,
+O=system:nodes`): the signer decides the identity, not the requester.
 Nothing here is wired into common/rpc.py yet.
 """
 
@@ -16,20 +13,25 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-import secrets
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubeling.common.token import write_private
 
 CA_DAYS = 3650
-_OPENSSL = "openssl"
-# Characters with meaning in an OpenSSL subject ("/CN=a/O=b") or config value.
+# Certificates start a little in the past: a peer's clock may be behind ours.
+_BACKDATE = timedelta(minutes=5)
+# Names end up in gRPC's x509_subject ("CN=a,O=b"), which an authorizer reads: no
+# character that could be mistaken for a separator or another attribute.
 _UNSAFE = re.compile(r"[/\\=,+\n\r\x00\"<>;#]")
+_DNS = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class PkiError(Exception):
@@ -53,63 +55,75 @@ class CertInfo:
     ips: tuple[str, ...]
 
 
-def _run(args: Sequence[str], cwd: Path, stdin: bytes | None = None) -> bytes:
-    result = subprocess.run(
-        [_OPENSSL, *args], cwd=cwd, input=stdin, capture_output=True, timeout=60, check=False
-    )
-    if result.returncode != 0:
-        raise PkiError(f"openssl {args[0]}: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
-
-
-def _subject(common_name: str, organizations: Sequence[str] = ()) -> str:
+def _name(common_name: str, organizations: Sequence[str] = ()) -> x509.Name:
     for part in (common_name, *organizations):
         if not part or _UNSAFE.search(part):
             raise PkiError(f"{part!r} is not a usable name (empty or with / \\ = , + ...)")
-    return "".join(f"/O={o}" for o in organizations) + f"/CN={common_name}"
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
 
 
-def _workdir() -> tempfile.TemporaryDirectory[str]:
-    # mkdtemp makes it 0700: keys written into it are never readable by others.
-    return tempfile.TemporaryDirectory(prefix="kubeling-pki-")
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"not a usable private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PkiError(f"unsupported key type {type(key).__name__}")
+    return key
+
+
+def _load_cert(cert_pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise PkiError(f"not a certificate: {exc}") from None
 
 
 def make_key() -> bytes:
     """A new EC P-256 private key, PEM (PKCS#8)."""
-    with _workdir() as work:
-        return _run(
-            ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], Path(work)
-        )
+    return _pem_key(ec.generate_private_key(ec.SECP256R1()))
 
 
 def make_ca(common_name: str = "kubeling-ca", days: int = CA_DAYS) -> Issued:
     """A self-signed CA certificate (basicConstraints CA:TRUE, keyCertSign) and its key."""
-    key = make_key()
-    with _workdir() as work:
-        path = Path(work)
-        (path / "ca.key").write_bytes(key)
-        cert = _run(
-            [
-                "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", str(days),
-                "-subj", _subject(common_name), "-set_serial", str(_serial()),
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-                "-addext", "subjectKeyIdentifier=hash",
-            ],
-            path,
-        )  # fmt: skip
-    return Issued(cert, key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 
 
 def make_csr(key_pem: bytes, common_name: str, organizations: Sequence[str] = ()) -> bytes:
     """A CSR (PEM) for `key_pem` with subject O=..., CN=common_name."""
-    with _workdir() as work:
-        path = Path(work)
-        (path / "k").write_bytes(key_pem)
-        return _run(
-            ["req", "-new", "-key", "k", "-sha256", "-subj", _subject(common_name, organizations)],
-            path,
-        )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(common_name, organizations))
+        .sign(_load_key(key_pem), hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def sign_csr(
@@ -128,39 +142,51 @@ def sign_csr(
     signature holds and its subject is exactly CN=common_name, O=organizations."""
     if not (server or client):
         raise PkiError("a certificate is for a server, a client or both")
-    expected = _subject(common_name, organizations)
-    usages = [u for u, wanted in (("serverAuth", server), ("clientAuth", client)) if wanted]
-    lines = [
-        "basicConstraints=critical,CA:FALSE",
-        "keyUsage=critical,digitalSignature,keyEncipherment",
-        f"extendedKeyUsage={','.join(usages)}",
-        "authorityKeyIdentifier=keyid",
-        "subjectKeyIdentifier=hash",
+    expected = _name(common_name, organizations)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise PkiError(f"not a certificate signing request: {exc}") from None
+    if not csr.is_signature_valid:
+        raise PkiError("the CSR's signature does not match its key")
+    if csr.subject != expected:
+        raise PkiError(
+            f"the CSR asks for {csr.subject.rfc4514_string() or 'no subject'}, "
+            f"not {expected.rfc4514_string()}"
+        )
+    ca_cert = _load_cert(ca.cert_pem)
+    ca_key = _load_key(ca.key_pem)
+    usages = [
+        oid
+        for oid, wanted in (
+            (ExtendedKeyUsageOID.SERVER_AUTH, server),
+            (ExtendedKeyUsageOID.CLIENT_AUTH, client),
+        )
+        if wanted
     ]
-    sans = [f"DNS:{_dns_name(n)}" for n in dns_names] + [
-        f"IP:{ipaddress.ip_address(i)}" for i in ips
-    ]
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+    )
+    sans: list[x509.GeneralName] = [x509.DNSName(_dns_name(n)) for n in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     if sans:
-        lines.append(f"subjectAltName={','.join(sans)}")
-    with _workdir() as work:
-        path = Path(work)
-        (path / "csr").write_bytes(csr_pem)
-        (path / "ca.crt").write_bytes(ca.cert_pem)
-        (path / "ca.key").write_bytes(ca.key_pem)
-        (path / "ext").write_text("\n".join(lines) + "\n")
-        _run(["req", "-in", "csr", "-noout", "-verify"], path)
-        subject = _run(["req", "-in", "csr", "-noout", "-subject", "-nameopt", "compat"], path)
-        got = subject.decode().strip().removeprefix("subject=")
-        if got != expected:
-            raise PkiError(f"the CSR asks for {got or 'no subject'}, not {expected}")
-        return _run(
-            [
-                "x509", "-req", "-in", "csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-set_serial", str(_serial()), "-days", str(days), "-sha256",
-                "-extfile", "ext",
-            ],
-            path,
-        )  # fmt: skip
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def issue(
@@ -199,37 +225,33 @@ def serving_cert(
 
 def ca_pin(cert_pem: bytes) -> str:
     """kubeadm's --discovery-token-ca-cert-hash: sha256 of the SubjectPublicKeyInfo DER."""
-    with _workdir() as work:
-        path = Path(work)
-        (path / "c").write_bytes(cert_pem)
-        public = _run(["x509", "-in", "c", "-noout", "-pubkey"], path)
-        der = _run(["pkey", "-pubin", "-outform", "DER"], path, stdin=public)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    spki = (
+        _load_cert(cert_pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def cert_info(cert_pem: bytes) -> CertInfo:
     """Subject, expiry and SANs of a certificate."""
-    with _workdir() as work:
-        path = Path(work)
-        (path / "c").write_bytes(cert_pem)
-        text = _run(
-            ["x509", "-in", "c", "-noout", "-subject", "-enddate", "-nameopt", "compat",
-             "-ext", "subjectAltName"],
-            path,
-        ).decode()  # fmt: skip
-    subject = re.search(r"^subject=(.*)$", text, re.M)
-    end = re.search(r"^notAfter=(.*)$", text, re.M)
-    if subject is None or end is None:
-        raise PkiError("not a certificate")
-    parts = [p.split("=", 1) for p in subject.group(1).split("/") if "=" in p]
-    sans = re.findall(r"(DNS|IP Address):([^,\s]+)", text)
-    not_after = datetime.strptime(end.group(1).strip(), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=UTC)
+    cert = _load_cert(cert_pem)
+
+    def values(oid: x509.ObjectIdentifier) -> tuple[str, ...]:
+        return tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(oid))
+
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(sans.get_values_for_type(x509.DNSName))
+        ips = tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = (), ()
     return CertInfo(
-        common_name=next((v for k, v in parts if k == "CN"), ""),
-        organizations=tuple(v for k, v in parts if k == "O"),
-        not_after=not_after,
-        dns_names=tuple(v for k, v in sans if k == "DNS"),
-        ips=tuple(str(ipaddress.ip_address(v)) for k, v in sans if k == "IP Address"),
+        common_name=next(iter(values(NameOID.COMMON_NAME)), ""),
+        organizations=values(NameOID.ORGANIZATION_NAME),
+        not_after=cert.not_valid_after_utc,
+        dns_names=dns,
+        ips=ips,
     )
 
 
@@ -238,11 +260,21 @@ def write_key(path: Path, key_pem: bytes) -> None:
     write_private(path, key_pem.decode())
 
 
-def _serial() -> int:
-    return secrets.randbits(127) | 1
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=not cert_sign,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _dns_name(name: str) -> str:
-    if not re.fullmatch(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", name):
+    if not _DNS.fullmatch(name):
         raise PkiError(f"{name!r} is not a DNS name")
     return name
