@@ -1,8 +1,8 @@
 """The PKI library (common/pki.py): a CA, serving and client certificates, CSRs signed
 only for the expected subject, kubeadm's CA pin, 0600 key files; and grpc.aio mutual
 TLS built from them: a client with a certificate from the CA is served and its CN
-shows in `context.auth_context()`; no certificate, another CA's certificate, or a
-server name outside the SANs are refused. Everything stays on loopback."""
+shows in `context.auth_context()`; no certificate, another CA's or an expired
+certificate, or a server name outside the SANs are refused. Everything stays on loopback."""
 
 from __future__ import annotations
 
@@ -169,9 +169,12 @@ async def test_mutual_tls_refuses_no_certificate_another_ca_and_a_wrong_name(
     port, seen = mtls_server
     node = pki.issue(ca, "system:node:worker-1", ["system:nodes"])
     stranger = pki.issue(other_ca, "system:node:worker-1", ["system:nodes"])
+    # days=0: valid from 5 minutes ago until the moment it was made.
+    expired = pki.issue(ca, "system:node:worker-1", ["system:nodes"], days=0)
     refused = [
         (ca.cert_pem, None, None),  # no client certificate
         (ca.cert_pem, stranger, None),  # a certificate from another CA
+        (ca.cert_pem, expired, None),  # an expired certificate
         (other_ca.cert_pem, node, None),  # the client does not trust the server
         (ca.cert_pem, node, "master.example"),  # a name outside the server's SANs
     ]
