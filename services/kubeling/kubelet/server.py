@@ -24,6 +24,7 @@ from kubeling.v1 import core_pb2, kubelet_pb2
 
 __all__ = [
     "DEFAULT_PORT",
+    "MAX_EXEC_TIMEOUT",
     "SERVICE_NAME",
     "KubeletService",
     "serve_kubelet_api",
@@ -33,6 +34,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = kubelet_pb2.DESCRIPTOR.services_by_name["Kubelet"].full_name
 DEFAULT_PORT = 10250
+# Seconds an Exec may run: its timeoutSeconds when smaller, else this.
+MAX_EXEC_TIMEOUT = 600
 _CODE = grpc.StatusCode
 
 
@@ -167,15 +170,14 @@ class KubeletService:
         )
         if not ref.running:
             raise not_running
+        # No timeout, or a longer one, is the cap: an exec never holds a runtime call
+        # (and the master's forwarded call) open for good.
+        timeout = min(request.timeout_seconds or MAX_EXEC_TIMEOUT, MAX_EXEC_TIMEOUT)
         try:
-            result = await self.runtime.exec_sync(
-                ref.container_id, list(request.command), request.timeout_seconds
-            )
+            result = await self.runtime.exec_sync(ref.container_id, list(request.command), timeout)
         except CRIError as exc:
             if exc.code == _CODE.DEADLINE_EXCEEDED:
-                raise ApiError(
-                    exc.code, f"command timed out after {request.timeout_seconds}s"
-                ) from None
+                raise ApiError(exc.code, f"command timed out after {timeout}s") from None
             if exc.code in (_CODE.NOT_FOUND, _CODE.UNKNOWN):
                 # The container stopped (or went away) between the lookup and the exec.
                 raise not_running from None

@@ -1,0 +1,52 @@
+"""Regression tests for what hostile-input work found or bounded (one per finding)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubeling.cri.runtime import ExecResult
+from kubeling.kubelet.directory import ContainerRef
+from kubeling.kubelet.server import MAX_EXEC_TIMEOUT, KubeletService
+from kubeling.v1 import core_pb2
+
+
+class OnePod:
+    node_name = "node-1"
+
+    def __init__(self) -> None:
+        self.pod = core_pb2.Pod()
+        self.pod.metadata.name = "web"
+        self.pod.metadata.namespace = "default"
+        self.pod.spec.containers.add(name="app")
+
+    def pods(self) -> list[core_pb2.Pod]:
+        return [self.pod]
+
+    def find_pod(self, namespace: str, name: str) -> core_pb2.Pod | None:
+        return self.pod if (namespace, name) == ("default", "web") else None
+
+    def find_container(self, *args: Any, **kwargs: Any) -> ContainerRef:
+        return ContainerRef("c1", "app", "/dev/null", running=True)
+
+
+class RecordingRuntime:
+    def __init__(self) -> None:
+        self.timeouts: list[int] = []
+
+    async def exec_sync(self, container_id: str, cmd: Any, timeout_seconds: int) -> ExecResult:
+        self.timeouts.append(timeout_seconds)
+        return ExecResult(b"", b"", 0)
+
+
+@pytest.mark.parametrize(
+    ("asked", "used"),
+    [(0, MAX_EXEC_TIMEOUT), (5, 5), (MAX_EXEC_TIMEOUT + 1, MAX_EXEC_TIMEOUT), (2**31 - 1, 600)],
+)
+async def test_exec_timeout_is_honoured_and_capped(asked: int, used: int) -> None:
+    runtime = RecordingRuntime()
+    service = KubeletService(OnePod(), runtime)  # type: ignore[arg-type]
+    request = core_pb2.PodExecRequest(name="web", command=["true"], timeout_seconds=asked)
+    await service.exec(request, None)
+    assert runtime.timeouts == [used]
