@@ -1352,3 +1352,80 @@ def test_update_of_other_kinds_checks_metadata_only() -> None:
     assert update_paths(kinds.NAMESPACE, old, changed(old, "metadata.name", "x")) == [
         "metadata.name"
     ]
+
+
+# -- Node addresses (hostile input: the master dials them, kubelets route via them)
+
+
+def node_with_address(kind: str, address: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "n"},
+        "status": {
+            "addresses": [{"type": "Hostname", "address": "n"}, {"type": kind, "address": address}]
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "address", "problem"),
+    [
+        ("InternalIP", "10.99.0.11", ""),
+        ("ExternalIP", "2001:db8::5", ""),
+        ("InternalIP", "127.0.0.1", ""),  # loopback: left to the master's strategy
+        ("InternalIP", "", "must be a valid IP address"),
+        ("InternalIP", "10.99.0.256", "must be a valid IP address"),
+        ("InternalIP", "node-a", "must be a valid IP address"),
+        ("InternalIP", "fe80::1%eth0", "must be a valid IP address"),
+        ("InternalIP", "0.0.0.0", "may not be unspecified"),
+        ("ExternalIP", "::", "may not be unspecified"),
+        ("InternalIP", "::ffff:0.0.0.0", "may not be unspecified"),
+        ("InternalIP", "224.0.0.1", "may not be in the link-local multicast range"),
+        ("InternalIP", "ff02::1", "may not be in the link-local multicast range"),
+        ("ExternalIP", "239.1.2.3", "may not be a multicast address"),
+        ("Hostname", "node-a.example.com", ""),
+        ("InternalDNS", "Node_A", "a lowercase RFC 1123 subdomain"),
+        ("Hostname", "", "a lowercase RFC 1123 subdomain"),
+    ],
+)
+def test_node_addresses(kind: str, address: str, problem: str) -> None:
+    found = describe(kinds.NODE, node_with_address(kind, address))
+    if not problem:
+        assert found == {}
+        return
+    assert list(found) == ["status.addresses[1].address"]
+    assert problem in found["status.addresses[1].address"]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_loopback_node_addresses_only_on_a_master_no_other_machine_reaches(address: str) -> None:
+    from kubeling.master.server import loopback_only
+    from kubeling.master.strategies import strategy_for
+
+    node = build(kinds.NODE, node_with_address("InternalIP", address))
+    reachable = strategy_for(kinds.NODE, loopback_node_addresses=loopback_only("0.0.0.0:6443"))
+    assert [(v.field, v.description) for v in reachable.validate(node)] == [
+        (
+            "status.addresses[1].address",
+            f'Invalid value: "{address}": may not be in the loopback range (127.0.0.0/8, ::1/128)',
+        )
+    ]
+    local = strategy_for(kinds.NODE, loopback_node_addresses=loopback_only("127.0.0.1:0,unix:/m"))
+    assert local.validate(node) == []
+
+
+@pytest.mark.parametrize(
+    ("listen", "only"),
+    [
+        ("127.0.0.1:6443", True),
+        ("[::1]:6443", True),
+        ("127.0.0.1:0,unix:/run/m.sock", True),
+        ("0.0.0.0:6443", False),
+        ("[::]:6443", False),
+        ("10.0.0.1:6443,127.0.0.1:6443", False),
+        ("master.example:6443", False),
+    ],
+)
+def test_loopback_only_listen(listen: str, only: bool) -> None:
+    from kubeling.master.server import loopback_only
+
+    assert loopback_only(listen) is only

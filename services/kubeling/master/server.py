@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -95,6 +96,24 @@ def self_address(listen: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def loopback_only(listen: str) -> bool:
+    """Whether every listen address is loopback or a unix socket: then no other
+    machine can register a Node, and loopback node addresses (tests, a one-machine
+    setup) are accepted."""
+    for address in (a.strip() for a in listen.split(",")):
+        if address.startswith("unix:"):
+            continue
+        host = address.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
 class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
@@ -109,7 +128,7 @@ class Master:
             kind.name: Registry(
                 kind,
                 self.store,
-                strategy_for(kind, config.service_cidr),
+                strategy_for(kind, config.service_cidr, loopback_only(config.listen)),
                 namespace_check=check,
                 bookmark_interval=config.bookmark_interval,
             )

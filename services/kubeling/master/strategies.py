@@ -15,6 +15,7 @@ from kubeling.api.kinds import NAMESPACE, NODE, POD, SERVICE, Kind
 from kubeling.master.allocators import AllocationError, IPAllocator, PortAllocator
 from kubeling.master.registry import Strategy
 from kubeling.master.validation import NODE_PORT_RANGE
+from kubeling.master.validation.core import node_loopback_addresses
 from kubeling.v1 import core_pb2
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
@@ -37,6 +38,17 @@ class PodStrategy(Strategy):
 
 class NodeStrategy(Strategy):
     keeps_status_on_create = True
+
+    def __init__(self, kind: Kind, loopback_addresses: bool = False) -> None:
+        super().__init__(kind)
+        # Only a master no other machine can reach accepts loopback node addresses.
+        self.loopback_addresses = loopback_addresses
+
+    def validate(self, obj: Message) -> list[FieldViolation]:
+        errs = super().validate(obj)
+        if not self.loopback_addresses:
+            errs += node_loopback_addresses(cast(core_pb2.Node, obj).status.addresses)
+        return errs
 
 
 class NamespaceStrategy(Strategy):
@@ -176,11 +188,13 @@ class ServiceStrategy(Strategy):
                 self.node_ports.release(port.node_port)
 
 
-def strategy_for(kind: Kind, service_cidr: str = DEFAULT_SERVICE_CIDR) -> Strategy:
+def strategy_for(
+    kind: Kind, service_cidr: str = DEFAULT_SERVICE_CIDR, loopback_node_addresses: bool = False
+) -> Strategy:
     if kind is POD:
         return PodStrategy(kind)
     if kind is NODE:
-        return NodeStrategy(kind)
+        return NodeStrategy(kind, loopback_node_addresses)
     if kind is NAMESPACE:
         return NamespaceStrategy(kind)
     if kind is SERVICE:

@@ -550,6 +550,70 @@ def _pod_cidr(path: str, text: str) -> Errors:
     return []
 
 
+# Node addresses: the master dials them (Exec, Logs) and kubelets route pod ranges
+# through them, so an address that means "this machine" or "everyone" is refused.
+NODE_IP_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+NODE_DNS_ADDRESS_TYPES = ("Hostname", "InternalDNS", "ExternalDNS")
+_LOOPBACK = "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+
+
+def _special_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why `ip` cannot be a node's address ("" if it can), as Kubernetes words it;
+    loopback is judged separately (node_loopback_addresses)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return _special_ip(ip.ipv4_mapped)
+    if ip.is_unspecified:
+        return "may not be unspecified (0.0.0.0, ::)"
+    if ip in _LINK_LOCAL_MULTICAST[ip.version]:
+        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/16)"
+    if ip.is_multicast:
+        return "may not be a multicast address (224.0.0.0/4, ff00::/8)"
+    return ""
+
+
+_LINK_LOCAL_MULTICAST = {
+    4: ipaddress.ip_network("224.0.0.0/24"),
+    6: ipaddress.ip_network("ff02::/16"),
+}
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if "%" in text:  # a zone ("fe80::1%eth0") names an interface of the reader's machine
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def node_addresses(addresses: Sequence[core_pb2.NodeAddress]) -> Errors:
+    errs: Errors = []
+    for i, entry in enumerate(addresses):
+        path = f"status.addresses[{i}].address"
+        if entry.type in NODE_IP_ADDRESS_TYPES:
+            ip = _parse_ip(entry.address)
+            if ip is None:
+                errs.append(invalid(path, entry.address, "must be a valid IP address"))
+            elif reason := _special_ip(ip):
+                errs.append(invalid(path, entry.address, reason))
+        elif entry.type in NODE_DNS_ADDRESS_TYPES:
+            errs += check(path, entry.address, naming.dns1123_subdomain)
+    return errs
+
+
+def node_loopback_addresses(addresses: Sequence[core_pb2.NodeAddress]) -> Errors:
+    """Loopback IP addresses among `addresses`: refused by a master that other
+    machines can reach (NodeStrategy), allowed by one serving only on loopback."""
+    errs: Errors = []
+    for i, entry in enumerate(addresses):
+        ip = _parse_ip(entry.address) if entry.type in NODE_IP_ADDRESS_TYPES else None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip is not None and ip.is_loopback:
+            errs.append(invalid(f"status.addresses[{i}].address", entry.address, _LOOPBACK))
+    return errs
+
+
 def _node(obj: Message) -> Errors:
     node = cast(core_pb2.Node, obj)
     spec = node.spec
@@ -588,6 +652,7 @@ def _node(obj: Message) -> Errors:
             item = f"status.{field}[{name}]"
             errs += check(item, name, naming.label_key)
             errs += _quantity(item, resources[name])[1]
+    errs += node_addresses(node.status.addresses)
     return errs
 
 
