@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from kubeling.api.kinds import ALL_KINDS
 from kubeling.client import Client
 from kubeling.master.server import Master, MasterConfig
 from kubeling.proxy.nft import FakeNftables
 from kubeling.proxy.proxier import Proxier
 from kubeling.proxy.server import serve_proxy_api
 from kubeling.v1 import core_pb2
+from tests.fuzz.seeds import seed_object
 from tests.support.hollow import BUSYBOX, hollow_node, kubelet_config
 from tests.support.waiting import eventually
 from tests.unit.proxy.builders import make_kube_proxy, sp
@@ -126,6 +128,8 @@ class FuzzCluster:
             (node, api.nodes),
             (seed_pod(), api.pods),
         ]
+        # The seed requests' objects, so that their Updates, Gets and Deletes find them.
+        seeds += [(seed_object(kind), api.resource(kind)) for kind in ALL_KINDS]
         for obj, client in seeds:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await client.create(obj)

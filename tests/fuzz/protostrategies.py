@@ -90,57 +90,100 @@ def _is_map(field: FieldDescriptor) -> bool:
     return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
+def _field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | None:
+    """Values for `field` as a whole (a list, a dict, a message or a scalar)."""
+    if _is_map(field):
+        key = _scalar(field.message_type.fields_by_name["key"])
+        value = _value(field.message_type.fields_by_name["value"], depth)
+        return None if value is None else st.dictionaries(key, value, max_size=MAX_REPEATED)
+    value = _value(field, depth)
+    if value is not None and field.label == FieldDescriptor.LABEL_REPEATED:
+        return st.lists(value, max_size=MAX_REPEATED)
+    return value
+
+
+def _assign(message: Message, field: FieldDescriptor, value: Any) -> None:
+    target = getattr(message, field.name)
+    if _is_map(field):
+        for k, v in value.items():
+            if isinstance(v, Message):
+                target[k].CopyFrom(v)
+            else:
+                target[k] = v
+    elif field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value:
+                target.add().CopyFrom(item)
+        else:
+            target.extend(value)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        target.CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
 @functools.cache
 def messages(descriptor: Descriptor, depth: int = MAX_DEPTH) -> st.SearchStrategy[Message]:
     """Messages of `descriptor`'s type, nested at most `depth` levels."""
     cls = GetMessageClass(descriptor)
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
-        if _is_map(field):
-            key = _scalar(field.message_type.fields_by_name["key"])
-            value = _value(field.message_type.fields_by_name["value"], depth)
-            if value is not None:
-                optional[field.name] = st.dictionaries(key, value, max_size=MAX_REPEATED)
-            continue
-        value = _value(field, depth)
-        if value is None:
-            continue
-        if field.label == FieldDescriptor.LABEL_REPEATED:
-            value = st.lists(value, max_size=MAX_REPEATED)
-        optional[field.name] = value
+        values = _field_values(field, depth)
+        if values is not None:
+            optional[field.name] = values
     fields_of = {f.name: f for f in descriptor.fields}
 
     def build(values: dict[str, Any]) -> Message:
         message = cls()
         for name, value in values.items():
-            field = fields_of[name]
-            target = getattr(message, name)
-            if _is_map(field):
-                for k, v in value.items():
-                    if isinstance(v, Message):
-                        target[k].CopyFrom(v)
-                    else:
-                        target[k] = v
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
-                if field.type == FieldDescriptor.TYPE_MESSAGE:
-                    for item in value:
-                        target.add().CopyFrom(item)
-                else:
-                    target.extend(value)
-            elif field.type == FieldDescriptor.TYPE_MESSAGE:
-                target.CopyFrom(value)
-            else:
-                setattr(message, name, value)
+            _assign(message, fields_of[name], value)
         return message
 
     return st.fixed_dictionaries({}, optional=optional).map(build)
 
 
-def payloads(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
+def payloads(descriptor: Descriptor, seed: Message | None = None) -> st.SearchStrategy[bytes]:
     """Wire bytes for an RPC taking `descriptor`: well-typed random messages, the
-    same cut short, and raw random bytes."""
+    same cut short, raw random bytes and, given a valid `seed` request, that seed
+    with a few fields changed."""
     encoded = messages(descriptor).map(lambda m: m.SerializeToString())
     truncated = st.tuples(encoded.filter(len), st.integers(1, 64)).map(
         lambda pair: pair[0][: max(0, len(pair[0]) - pair[1])]
     )
-    return st.one_of(encoded, encoded, truncated, st.binary(max_size=96))
+    mixes = [encoded, truncated, st.binary(max_size=96)]
+    if seed is not None:
+        near_valid = mutated(seed).map(lambda m: m.SerializeToString())
+        mixes = [near_valid, near_valid, st.just(seed.SerializeToString()), *mixes]
+    return st.one_of(*mixes)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: Message, max_mutations: int = 3) -> Message:
+    """`seed` (a valid message) with one to `max_mutations` fields somewhere in it
+    replaced by random values: requests that pass most checks and probe the rest."""
+    message = type(seed)()
+    message.CopyFrom(seed)
+    for _ in range(draw(st.integers(1, max_mutations))):
+        _mutate(draw, message, depth=MAX_DEPTH)
+    return message
+
+
+def _mutate(draw: st.DrawFn, message: Message, depth: int) -> None:
+    fields = list(message.DESCRIPTOR.fields)
+    if not fields:
+        return
+    field = draw(st.sampled_from(fields))
+    target = getattr(message, field.name)
+    nested = field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field)
+    if nested and depth > 1 and draw(st.booleans()):
+        if field.label != FieldDescriptor.LABEL_REPEATED:
+            _mutate(draw, target, depth - 1)
+            return
+        if len(target) and draw(st.booleans()):
+            _mutate(draw, target[draw(st.integers(0, len(target) - 1))], depth - 1)
+            return
+    # Replace the field's value with a random one of its type (or clear it).
+    message.ClearField(field.name)
+    values = _field_values(field, min(depth, 3))
+    if values is not None:
+        _assign(message, field, draw(values))

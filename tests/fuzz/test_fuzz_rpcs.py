@@ -27,6 +27,7 @@ from kubeling.v1 import kubelet_pb2, proxy_pb2  # noqa: F401  (their services, i
 from tests.fuzz.cluster import FuzzCluster
 from tests.fuzz.conftest import TALLY
 from tests.fuzz.protostrategies import payloads
+from tests.fuzz.seeds import seed_request
 
 _C = grpc.StatusCode
 ALLOWED = {
@@ -39,7 +40,7 @@ STREAM_WINDOW = 0.1
 UNARY_TIMEOUT = 15.0
 # Examples per RPC, sized so that the whole suite stays well under its 90 s budget;
 # KUBELING_FUZZ_EXAMPLES raises it for a longer hunt.
-EXAMPLES = int(os.environ.get("KUBELING_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("KUBELING_FUZZ_EXAMPLES", "50"))
 # Reproducible by default; KUBELING_FUZZ_RANDOM=1 draws new examples each run.
 DERANDOMIZE = os.environ.get("KUBELING_FUZZ_RANDOM") != "1"
 
@@ -132,7 +133,7 @@ def test_rpc_answers_hostile_requests_properly(
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(payloads(method.input_type))
+    @given(payloads(method.input_type, seed_request(method.containing_service.name, method.name)))
     def check(payload: bytes) -> None:
         before = fuzz_cluster.revision
         code = _send(channel, path, streaming, payload)

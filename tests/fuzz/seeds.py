@@ -1,0 +1,88 @@
+"""A valid request for each RPC the fuzz suite attacks, for it to mutate: requests
+that get past the first checks reach the deeper ones (update rules, strategies,
+forwarding to the kubelet). The objects are the valid ones of the validation tests;
+the fuzz cluster's master holds each of them, so Update/Get/Delete find them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from kubeling.api import kinds
+from kubeling.api.kinds import ALL_KINDS, Kind
+from kubeling.v1 import core_pb2, kubelet_pb2, meta_pb2, proxy_pb2
+from tests.unit.test_validation import (
+    DAEMON_SET,
+    DEPLOYMENT,
+    ENDPOINT_SLICE,
+    NODE,
+    POD,
+    REPLICA_SET,
+    SERVICE,
+)
+
+OBJECTS: dict[str, dict[str, Any]] = {
+    kinds.POD.name: POD,
+    kinds.DEPLOYMENT.name: DEPLOYMENT,
+    kinds.REPLICA_SET.name: REPLICA_SET,
+    kinds.DAEMON_SET.name: DAEMON_SET,
+    kinds.SERVICE.name: SERVICE,
+    kinds.ENDPOINT_SLICE.name: ENDPOINT_SLICE,
+    kinds.NODE.name: NODE,
+    kinds.NAMESPACE.name: {"metadata": {"name": "team-a"}},
+    kinds.LEASE.name: {
+        "metadata": {"name": "node-1", "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40},
+    },
+    kinds.EVENT.name: {
+        "metadata": {"name": "web-0.17a", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": "default"},
+        "reason": "Scheduled",
+        "type": "Normal",
+    },
+}
+
+
+def seed_object(kind: Kind) -> Message:
+    data = {k: v for k, v in OBJECTS[kind.name].items() if k not in ("apiVersion", "kind")}
+    return json_format.ParseDict(data, kind.message())
+
+
+_KIND_BY_SERVICE = {kind.service.rsplit(".", 1)[1]: kind for kind in ALL_KINDS}
+
+
+def seed_request(service: str, method: str) -> Message | None:
+    """A valid request for `service`/`method` (short service names), or None."""
+    kind = _KIND_BY_SERVICE.get(service)
+    if kind is not None:
+        obj = seed_object(kind)
+        meta = obj.metadata  # type: ignore[attr-defined]
+        where = {"namespace": meta.namespace, "name": meta.name}
+        if method in ("Create", "Update", "UpdateStatus"):
+            request = kind.create_request() if method == "Create" else kind.update_request()
+            getattr(request, kind.request_field).CopyFrom(obj)
+            return request  # type: ignore[no-any-return]
+        simple: dict[str, Message] = {
+            "Get": meta_pb2.GetRequest(**where),
+            "Delete": meta_pb2.DeleteRequest(**where),
+            "List": meta_pb2.ListRequest(namespace=meta.namespace, label_selector="app=web"),
+            "Watch": meta_pb2.WatchRequest(namespace=meta.namespace),
+            "Bind": core_pb2.BindRequest(**where, node_name="node-1"),
+            "Exec": core_pb2.PodExecRequest(
+                namespace="default", name="web", command=["echo", "hi"], timeout_seconds=5
+            ),
+            "Logs": core_pb2.PodLogsRequest(namespace="default", name="web", tail_lines=10),
+        }
+        return simple.get(method)
+    return {
+        ("Kubelet", "ListPods"): kubelet_pb2.KubeletListPodsRequest(),
+        ("Kubelet", "Exec"): core_pb2.PodExecRequest(
+            namespace="default", name="web", command=["echo", "hi"], timeout_seconds=5
+        ),
+        ("Kubelet", "Logs"): core_pb2.PodLogsRequest(namespace="default", name="web"),
+        ("Kubelet", "Stats"): kubelet_pb2.StatsRequest(namespace="default"),
+        ("Proxy", "Explain"): proxy_pb2.ExplainRequest(address="10.96.0.10", port=80),
+        ("Proxy", "Status"): proxy_pb2.ProxyStatusRequest(),
+    }.get((service, method))
