@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
 from kubeling.cri.runtime import ExecResult
 from kubeling.kubelet.directory import ContainerRef
 from kubeling.kubelet.server import MAX_EXEC_TIMEOUT, KubeletService
-from kubeling.v1 import core_pb2
+from kubeling.v1 import core_pb2, meta_pb2
+from tests.fuzz.cluster import FuzzCluster
 
 
 class OnePod:
@@ -50,3 +52,15 @@ async def test_exec_timeout_is_honoured_and_capped(asked: int, used: int) -> Non
     request = core_pb2.PodExecRequest(name="web", command=["true"], timeout_seconds=asked)
     await service.exec(request, None)
     assert runtime.timeouts == [used]
+
+
+def test_a_request_over_16_mib_is_refused_and_the_master_carries_on(
+    fuzz_cluster: FuzzCluster,
+) -> None:
+    with grpc.insecure_channel(fuzz_cluster.channel_target("master")) as channel:
+        get = channel.unary_unary("/kubeling.v1.Namespaces/Get")
+        with pytest.raises(grpc.RpcError) as refused:
+            get(b"\x12" + b"\xff\xff\xff\x08" + b"a" * (17 * 1024 * 1024), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        reply = get(meta_pb2.GetRequest(name="default").SerializeToString(), timeout=10)
+        assert core_pb2.Namespace.FromString(reply).metadata.name == "default"
