@@ -259,8 +259,12 @@ async def run(nodes: int, pods: int, bare: bool, console: Console) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="kubeling-bench-") as tmp:
         data = Path(tmp)
         master = MasterProcess(
-            data / "master", None, "--controllers", "scheduler", "--log-level", "warning"
-        )
+            data / "master",
+            None,
+            "--controllers", "scheduler", "--log-level", "warning",
+            # Every hollow kubelet connects from this machine's one address.
+            "--max-watches-per-client", "0", "--max-requests-inflight", "0",
+        )  # fmt: skip
         master.start()
         hollow: subprocess.Popen[bytes] | None = None
         try:
