@@ -7,9 +7,13 @@ from typing import Any
 import grpc
 import pytest
 
+from kubeling.api import kinds
 from kubeling.cri.runtime import ExecResult
 from kubeling.kubelet.directory import ContainerRef
 from kubeling.kubelet.server import MAX_EXEC_TIMEOUT, KubeletService
+from kubeling.master.defaults import apply_defaults
+from kubeling.master.validation import validate
+from kubeling.master.validation.core import MAX_GRACE_PERIOD_SECONDS
 from kubeling.v1 import core_pb2, meta_pb2
 from tests.fuzz.cluster import FuzzCluster
 
@@ -64,3 +68,36 @@ def test_a_request_over_16_mib_is_refused_and_the_master_carries_on(
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         reply = get(meta_pb2.GetRequest(name="default").SerializeToString(), timeout=10)
         assert core_pb2.Namespace.FromString(reply).metadata.name == "default"
+
+
+# Found by the fuzz suite: Pods/Delete of a bound pod with grace_period_seconds near
+# 2**63 overflowed the deletion Timestamp (INTERNAL); a Pod whose spec asked for such
+# a grace period did the same on a plain Delete. Both are now INVALID_ARGUMENT.
+@pytest.mark.parametrize("grace", [2**63 - 1, MAX_GRACE_PERIOD_SECONDS + 1])
+def test_a_grace_period_beyond_a_valid_timestamp_is_refused(
+    fuzz_cluster: FuzzCluster, grace: int
+) -> None:
+    fuzz_cluster.reseed_sync()  # the pod "web", bound to node-1
+    before = fuzz_cluster.revision
+    with grpc.insecure_channel(fuzz_cluster.channel_target("master")) as channel:
+        delete = channel.unary_unary("/kubeling.v1.Pods/Delete")
+        request = meta_pb2.DeleteRequest(
+            namespace="default", name="web", grace_period_seconds=grace
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            delete(request.SerializeToString(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "grace_period_seconds: must be no more than" in refused.value.details()  # type: ignore[attr-defined]
+    assert fuzz_cluster.revision == before
+
+
+def test_a_pod_asking_for_a_grace_period_beyond_a_valid_timestamp_is_invalid() -> None:
+    pod = core_pb2.Pod()
+    pod.metadata.name = "slow"
+    pod.metadata.namespace = "default"
+    pod.spec.containers.add(name="app", image="busybox")
+    pod.spec.termination_grace_period_seconds = 2**62
+    apply_defaults(kinds.POD, pod)
+    assert [v.field for v in validate(kinds.POD, pod)] == ["spec.terminationGracePeriodSeconds"]
+    pod.spec.termination_grace_period_seconds = MAX_GRACE_PERIOD_SECONDS
+    assert validate(kinds.POD, pod) == []

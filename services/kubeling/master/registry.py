@@ -48,6 +48,7 @@ from kubeling.master.store.base import (
     TooOldError,
     Watch,
 )
+from kubeling.master.validation.core import MAX_GRACE_PERIOD_SECONDS
 
 _PROPAGATION_FINALIZERS = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}
 
@@ -436,6 +437,10 @@ class Registry:
             )
         if grace_period_seconds is not None and grace_period_seconds < 0:
             raise errors.bad_request("grace_period_seconds", "must be greater than or equal to 0")
+        if grace_period_seconds is not None and grace_period_seconds > MAX_GRACE_PERIOD_SECONDS:
+            raise errors.bad_request(
+                "grace_period_seconds", f"must be no more than {MAX_GRACE_PERIOD_SECONDS}"
+            )
         # Retry on our own conflicts: deletion must not fail because a status
         # update landed between our read and our write.
         for _ in range(10):

@@ -49,6 +49,10 @@ _STANDARD_CONTAINER_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"}
 _QUANTITY_MESSAGE = (
     "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
 )
+# Deletion marks an object with now + its grace period as a Timestamp, which must
+# stay a valid one (before year 10000): longer graces are refused.
+MAX_GRACE_PERIOD_SECONDS = 100 * 365 * 24 * 3600
+_GRACE_TOO_LONG = f"must be no more than {MAX_GRACE_PERIOD_SECONDS} (100 years)"
 # A pod range wider than this would swallow other networks: kubelets route the
 # node's pod CIDR, and 0.0.0.0/0 would replace their default route.
 _MIN_POD_CIDR_PREFIX = {4: 8, 6: 48}
@@ -396,9 +400,10 @@ def pod_spec(path: str, spec: core_pb2.PodSpec) -> Errors:
     errs += _affinity(f"{path}.affinity", spec.affinity)
     errs += _tolerations(f"{path}.tolerations", spec.tolerations)
     if spec.HasField("termination_grace_period_seconds"):
-        errs += non_negative(
-            f"{path}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds
-        )
+        grace = spec.termination_grace_period_seconds
+        errs += non_negative(f"{path}.terminationGracePeriodSeconds", grace)
+        if grace > MAX_GRACE_PERIOD_SECONDS:
+            errs.append(invalid(f"{path}.terminationGracePeriodSeconds", grace, _GRACE_TOO_LONG))
     if spec.node_name:
         errs += check(f"{path}.nodeName", spec.node_name, naming.dns1123_subdomain)
     if spec.scheduler_name:
