@@ -60,13 +60,17 @@ def seed_request(service: str, method: str) -> Message | None:
         obj = seed_object(kind)
         meta = obj.metadata  # type: ignore[attr-defined]
         where = {"namespace": meta.namespace, "name": meta.name}
+        bound = {"namespace": "default", "name": "web"}  # the pod the kubelet runs
         if method in ("Create", "Update", "UpdateStatus"):
             request = kind.create_request() if method == "Create" else kind.update_request()
             getattr(request, kind.request_field).CopyFrom(obj)
             return request  # type: ignore[no-any-return]
         simple: dict[str, Message] = {
             "Get": meta_pb2.GetRequest(**where),
-            "Delete": meta_pb2.DeleteRequest(**where),
+            # A pod bound to a node is marked with a grace period, not removed at once.
+            "Delete": meta_pb2.DeleteRequest(
+                **(bound if kind is kinds.POD else where), grace_period_seconds=30
+            ),
             "List": meta_pb2.ListRequest(namespace=meta.namespace, label_selector="app=web"),
             "Watch": meta_pb2.WatchRequest(namespace=meta.namespace),
             "Bind": core_pb2.BindRequest(**where, node_name="node-1"),
