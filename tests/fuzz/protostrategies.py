@@ -97,7 +97,7 @@ def _field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] 
         value = _value(field.message_type.fields_by_name["value"], depth)
         return None if value is None else st.dictionaries(key, value, max_size=MAX_REPEATED)
     value = _value(field, depth)
-    if value is not None and field.label == FieldDescriptor.LABEL_REPEATED:
+    if value is not None and field.is_repeated:
         return st.lists(value, max_size=MAX_REPEATED)
     return value
 
@@ -110,7 +110,7 @@ def _assign(message: Message, field: FieldDescriptor, value: Any) -> None:
                 target[k].CopyFrom(v)
             else:
                 target[k] = v
-    elif field.label == FieldDescriptor.LABEL_REPEATED:
+    elif field.is_repeated:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             for item in value:
                 target.add().CopyFrom(item)
@@ -176,7 +176,7 @@ def _mutate(draw: st.DrawFn, message: Message, depth: int) -> None:
     target = getattr(message, field.name)
     nested = field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field)
     if nested and depth > 1 and draw(st.booleans()):
-        if field.label != FieldDescriptor.LABEL_REPEATED:
+        if not field.is_repeated:
             _mutate(draw, target, depth - 1)
             return
         if len(target) and draw(st.booleans()):

@@ -61,6 +61,9 @@ def _rpcs() -> Iterator[tuple[str, MethodDescriptor]]:
 
 RPCS = list(_rpcs())
 
+# Hypothesis warns that the seeded strategies have a long repr (the seed objects).
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+
 
 @pytest.fixture(scope="module")
 def channels(fuzz_cluster: FuzzCluster) -> Iterator[dict[str, grpc.Channel]]:
