@@ -75,26 +75,35 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
         return st.binary(max_size=32)
     if t == FieldDescriptor.TYPE_ENUM:
         # proto3 enums are open: numbers the schema does not name arrive too.
+        assert field.enum_type is not None
         known = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(known), st.integers(-5, 1000))
     raise TypeError(f"no strategy for field {field.full_name} of type {t}")
 
 
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    assert field.message_type is not None
+    return field.message_type
+
+
 def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return messages(field.message_type, depth - 1) if depth > 0 else None
+        return messages(_message_type(field), depth - 1) if depth > 0 else None
     return _scalar(field)
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    if field.type != FieldDescriptor.TYPE_MESSAGE:
+        return False
+    return bool(_message_type(field).GetOptions().map_entry)
 
 
 def _field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any] | None:
     """Values for `field` as a whole (a list, a dict, a message or a scalar)."""
     if _is_map(field):
-        key = _scalar(field.message_type.fields_by_name["key"])
-        value = _value(field.message_type.fields_by_name["value"], depth)
+        entry = _message_type(field)
+        key = _scalar(entry.fields_by_name["key"])
+        value = _value(entry.fields_by_name["value"], depth)
         return None if value is None else st.dictionaries(key, value, max_size=MAX_REPEATED)
     value = _value(field, depth)
     if value is not None and field.is_repeated:
@@ -169,10 +178,10 @@ def mutated(draw: st.DrawFn, seed: Message, max_mutations: int = 3) -> Message:
 
 
 def _mutate(draw: st.DrawFn, message: Message, depth: int) -> None:
-    fields = list(message.DESCRIPTOR.fields)
+    fields: list[FieldDescriptor] = [*message.DESCRIPTOR.fields]
     if not fields:
         return
-    field = draw(st.sampled_from(fields))
+    field: FieldDescriptor = draw(st.sampled_from(fields))
     target = getattr(message, field.name)
     nested = field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field)
     if nested and depth > 1 and draw(st.booleans()):

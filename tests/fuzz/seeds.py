@@ -64,7 +64,7 @@ def seed_request(service: str, method: str) -> Message | None:
         if method in ("Create", "Update", "UpdateStatus"):
             request = kind.create_request() if method == "Create" else kind.update_request()
             getattr(request, kind.request_field).CopyFrom(obj)
-            return request  # type: ignore[no-any-return]
+            return request
         simple: dict[str, Message] = {
             "Get": meta_pb2.GetRequest(**where),
             # A pod bound to a node is marked with a grace period, not removed at once.

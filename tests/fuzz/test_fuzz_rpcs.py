@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE
-from kubeling.v1 import kubelet_pb2, proxy_pb2  # noqa: F401  (their services, in the pool)
+from kubeling.v1 import core_pb2, kubelet_pb2, proxy_pb2  # noqa: F401  (services in the pool)
 from tests.fuzz.cluster import FuzzCluster
 from tests.fuzz.conftest import TALLY
 from tests.fuzz.protostrategies import payloads
@@ -87,7 +88,7 @@ def _send(channel: grpc.Channel, path: str, streaming: bool, payload: bytes) -> 
         else:
             channel.unary_unary(path)(payload, timeout=UNARY_TIMEOUT)
     except grpc.RpcError as exc:
-        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+        code: grpc.StatusCode = exc.code()
         if streaming and code == _C.DEADLINE_EXCEEDED:
             return _C.OK  # open until our window closed: answered properly so far
         if code == _C.CANCELLED and streaming:
@@ -101,8 +102,13 @@ def _settle(cluster: FuzzCluster) -> None:
     follow-up writes must not be blamed on the next request."""
     assert cluster.master is not None
     namespaces = cluster.master.registries[NAMESPACE.name]
+
+    async def terminating() -> bool:  # read on the servers' loop, not beside it
+        items = cast(list[core_pb2.Namespace], namespaces.list_objects("")[0])
+        return any(n.metadata.HasField("deletion_timestamp") for n in items)
+
     deadline = time.monotonic() + 20
-    while any(n.metadata.HasField("deletion_timestamp") for n in namespaces.list_objects("")[0]):
+    while cluster.run(terminating()):
         assert time.monotonic() < deadline, "a namespace is stuck terminating"
         time.sleep(0.05)
 
