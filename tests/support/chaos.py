@@ -340,8 +340,9 @@ class Chaos:
         - master: serving, and leading again (the controller Lease names its new PID);
         - kubelet: /healthz answers 200 and the node's Lease was renewed since the restart;
         - proxy: /healthz answers 200 with a sync made since the restart;
-        - containerd: CRI says runtime and network ready, and the kubelet's /healthz
-          (which includes "the runtime answers") is 200.
+        - containerd: CRI says runtime and network ready, the kubelet's /healthz
+          (which includes "the runtime answers") is 200, and the kubelet relisted the
+          runtime twice since (kubelet_pleg_relist_duration_seconds_count).
         """
         state = self.lab.state
         assert state is not None
@@ -385,11 +386,32 @@ class Chaos:
                 retry = (*waiting.TRANSIENT_ERRORS, CRIError)
                 await waiting.eventually(ready, within=60, interval=0.2, retry_on=retry)
             await waiting.eventually(lambda: self._healthz(node, 10248), within=60, interval=0.2)
+            # The kubelet relists the runtime again (its /healthz would not say if
+            # its relist loop had died with the old connection).
+            before = await self._relists(node)
 
-    async def _healthz(self, node: str, port: int) -> str:
-        """The body of a 200 from http://127.0.0.1:PORT/healthz inside the node ("" if not)."""
+            async def relisting() -> bool:
+                return await self._relists(node) >= before + 2
+
+            async def stuck() -> str:
+                count = await self._relists(node)
+                return f"\nkubelet on {node}: kubelet_pleg_relist_duration_seconds_count {count}"
+
+            await waiting.eventually(relisting, within=30, interval=0.5, describe=stuck)
+
+    async def _relists(self, node: str) -> float:
+        """How many relists the node's kubelet has made (-1: no answer)."""
+        metric = "kubelet_pleg_relist_duration_seconds_count "
+        for line in (await self._healthz(node, 10248, "/metrics")).splitlines():
+            if line.startswith(metric):
+                return float(line.removeprefix(metric))
+        return -1.0
+
+    async def _healthz(self, node: str, port: int, path: str = "/healthz") -> str:
+        """The body of a 200 from http://127.0.0.1:PORT/healthz (or `path`) inside the
+        node ("" if not)."""
         argv = self.lab.exec_command(
-            node, ["curl", "-sf", "-m", "2", f"http://127.0.0.1:{port}/healthz"]
+            node, ["curl", "-sf", "-m", "2", f"http://127.0.0.1:{port}{path}"]
         )
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
