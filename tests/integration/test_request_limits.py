@@ -127,3 +127,12 @@ class Peer:
 )
 def test_clients_are_keyed_by_peer_host(peer: str, key: str) -> None:
     assert peer_host(Peer(peer)) == key
+
+
+def test_the_limits_are_flags_of_the_master() -> None:
+    from kubeling.master.main import parse_args
+
+    defaults = parse_args([])
+    assert (defaults.max_requests_inflight, defaults.max_watches_per_client) == (400, 100)
+    args = parse_args(["--max-requests-inflight", "5", "--max-watches-per-client", "0"])
+    assert (args.max_requests_inflight, args.max_watches_per_client) == (5, 0)
