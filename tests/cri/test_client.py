@@ -89,3 +89,18 @@ async def test_exec_timeout_is_deadline_exceeded(server: FakeCRIServer) -> None:
             await client.exec_sync(container_id, ["sleep", "5"], 1)
         assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - began < 2
+
+
+async def test_a_call_in_flight_survives_a_reopen(server: FakeCRIServer) -> None:
+    # reopen() (after another call saw the runtime go) must not cancel calls still
+    # running on the old channel: grpc.aio would raise CancelledError in their tasks,
+    # which nobody asked for and which ended the kubelet's loops (chaos soak, seed 42).
+    sandbox, config = sandbox_config(), container_config(env={"FAKE_EXEC_DELAY": "0.5s"})
+    async with RuntimeClient(server.endpoint, timeout=5) as client:
+        _, container_id = await start_pod(client, sandbox, config)
+        slow = asyncio.create_task(client.exec_sync(container_id, ["echo", "hi"], 5))
+        await asyncio.sleep(0.1)  # the exec is on the wire
+        await client.reopen()
+        result = await slow
+        assert result.exit_code == 0
+        assert (await client.version()).runtime_name == "kubeling-fake"

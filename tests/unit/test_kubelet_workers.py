@@ -160,6 +160,29 @@ async def test_a_failing_sync_is_retried() -> None:
         await supervisor.stop()
 
 
+async def test_a_sync_cancelled_from_inside_is_retried() -> None:
+    # A CRI call whose channel was closed raises CancelledError in the sync although
+    # the worker was not cancelled: the worker retries instead of ending for good.
+    calls = 0
+
+    async def cut(uid: str) -> SyncResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+        return SyncResult()
+
+    workers = PodWorkers(cut)
+    supervisor = Supervisor("test")
+    supervisor.start("pod-workers", workers.run)
+    try:
+        workers.update("a")
+        await eventually(lambda: calls == 2, 5)
+        assert workers.state("a") is PodState.SYNCING
+    finally:
+        await supervisor.stop()
+
+
 async def test_workers_resume_after_their_dispatch_loop_crashes(
     running: tuple[Pods, PodWorkers, Supervisor],
 ) -> None:

@@ -134,3 +134,25 @@ async def test_cancelling_a_supervised_loop_stops_it() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert supervisor.restarts("t-cancel") == 0
+
+
+async def test_a_loop_raising_cancelled_error_by_itself_is_a_crash() -> None:
+    # A grpc.aio channel closed under a pending call raises CancelledError in the
+    # caller although nobody cancelled it; the loop must restart, not end silently.
+    runs = 0
+    back = asyncio.Event()
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise asyncio.CancelledError
+        back.set()
+        await asyncio.Event().wait()
+
+    before = crashes("t-stray")
+    supervisor = Supervisor("test", initial_backoff=0.01)
+    supervisor.start("t-stray", loop)
+    await asyncio.wait_for(back.wait(), 5)
+    assert runs == 2 and crashes("t-stray") - before == 1
+    await supervisor.stop()

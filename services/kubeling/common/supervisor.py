@@ -57,6 +57,10 @@ class _InjectedCrash(Exception):
     """Raised in place of a loop's cancellation by `inject_crash`."""
 
 
+class _StrayCancellation(Exception):
+    """A loop ended with CancelledError although its supervisor was not cancelled."""
+
+
 @dataclass
 class _LoopState:
     crashes: deque[float] = field(default_factory=deque)
@@ -162,6 +166,11 @@ class Supervisor:
             current = asyncio.current_task()
             if injected and current is not None and current.uncancel() == 0:
                 raise _InjectedCrash("crash injected by a test") from None
+            if current is not None and current.cancelling() == 0:
+                # Nobody cancelled us: the loop's own code raised CancelledError (a
+                # closed grpc.aio channel does that to its pending calls). That is a
+                # crash, not a stop; left as it is, the loop would end silently.
+                raise _StrayCancellation("the loop raised CancelledError") from None
             raise
         finally:
             state.task = None

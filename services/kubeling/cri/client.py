@@ -14,6 +14,7 @@ seconds, failed)`` under upstream's operation names ("run_podsandbox",
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import time
@@ -63,10 +64,17 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 # A local runtime that restarts (containerd) should be redialled within seconds,
 # not after gRPC's default back-off of up to two minutes.
+# No keepalive pings on an idle channel: containerd (grpc-go's default enforcement)
+# answers pings more often than every 5 minutes without calls with "too_many_pings"
+# and drops the connection. A local socket needs no keepalive to notice a dead peer.
 _RUNTIME_CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_permit_without_calls", 0),
 )
+# How long calls still running on a replaced channel may take to finish.
+_CLOSE_GRACE = 30.0
 
 
 class RuntimeClient:
@@ -89,6 +97,7 @@ class RuntimeClient:
         self._channel: Any = rpc.channel(endpoint, _RUNTIME_CHANNEL_OPTIONS)
         self._calls: dict[str, Any] = {}
         self._generation = 0
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> RuntimeClient:
         return self
@@ -97,15 +106,22 @@ class RuntimeClient:
         await self.close()
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
         await self._channel.close()
 
     async def reopen(self) -> None:
-        """Drop the channel and dial again (e.g. after the socket was recreated)."""
+        """Drop the channel and dial again (e.g. after the socket was recreated).
+        The old channel closes in the background with a grace period: closing it at
+        once would cancel the calls other tasks still have on it, and grpc.aio
+        delivers that as a CancelledError nobody asked for."""
         old = self._channel
         self._channel = rpc.channel(self.endpoint, _RUNTIME_CHANNEL_OPTIONS)
         self._calls = {}
         self._generation += 1
-        await old.close()
+        task = asyncio.create_task(old.close(grace=_CLOSE_GRACE), name="cri-channel-close")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -127,6 +143,15 @@ class RuntimeClient:
             result: R = await self._method(path, response)(request, timeout=deadline)
         except grpc.aio.AioRpcError as exc:
             raise CRIError(exc.code(), exc.details() or "") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() == 0:
+                # Not our task's cancellation: the channel under the call was closed.
+                # The runtime is as good as unreachable for this call: retry it.
+                raise CRIError(
+                    grpc.StatusCode.UNAVAILABLE, "call cancelled by its channel closing"
+                ) from None
+            raise
         return result
 
     async def _call(

@@ -52,6 +52,9 @@ from kubeling.v1 import core_pb2
 
 log = structlog.get_logger(__name__)
 
+# As upstream's PLEG: a relist loop silent this long makes the kubelet unhealthy.
+RELIST_THRESHOLD = 180.0
+
 NO_POD_CIDR_MESSAGE = "network not ready: no pod CIDR assigned"
 
 
@@ -92,6 +95,7 @@ class Kubelet:
         self.recorder = EventRecorder(api, "kubelet", config.node_name)
         self.desired: dict[str, core_pb2.Pod] = {}
         self.runtime_pods: dict[str, RuntimePod] = {}
+        self.relist_seen = time.monotonic()  # the relist loop's last round
         self.posted: dict[str, core_pb2.PodStatus] = {}
         self.relister = Relister(runtime)
         # Wall-clock: the syncer compares with CRI timestamps (finishedAt).
@@ -289,7 +293,13 @@ class Kubelet:
                         self.workers.update(uid)
             except CRIError as exc:
                 log.warning("relist failed", error=exc.details)
+            self.relist_seen = time.monotonic()
             await asyncio.sleep(self.config.relist_period)
+
+    def relist_active(self) -> bool:
+        """Upstream's PLEG health: the relist loop went round within the last
+        RELIST_THRESHOLD seconds (a loop stuck or gone makes the kubelet unhealthy)."""
+        return time.monotonic() - self.relist_seen <= RELIST_THRESHOLD
 
     def _probe_changed(self, pod_uid: str, container: str, kind: str, value: bool) -> None:
         self.workers.update(pod_uid)

@@ -118,8 +118,9 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
 
 
 def healthy(kubelet: Kubelet) -> bool:
-    """/healthz: no supervised loop gave up and the runtime answers CRI calls."""
-    if kubelet.supervisor.failed.is_set():
+    """/healthz: no supervised loop gave up, the relist loop goes round (PLEG) and
+    the runtime answers CRI calls."""
+    if kubelet.supervisor.failed.is_set() or not kubelet.relist_active():
         return False
     return kubelet.agent is None or kubelet.agent.runtime_reachable
 

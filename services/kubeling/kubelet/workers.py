@@ -128,10 +128,17 @@ class PodWorkers:
                     result = await worker.sync
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
-                    if worker.interrupted and task is not None and not task.cancelling():
+                    if task is None or task.cancelling():
+                        raise  # the worker itself is being stopped
+                    if worker.interrupted:
                         delay = 0.0  # cut short by update(): sync again now
                         continue
-                    raise
+                    # The sync raised CancelledError on its own (a grpc.aio channel
+                    # closed under a call does that): a failure to retry, or the
+                    # worker would end with nothing left to wake it.
+                    log.error("pod sync cancelled from inside; retrying", uid=uid)
+                    delay = _ERROR_RETRY
+                    continue
                 except Exception:
                     log.exception("pod sync failed; retrying", uid=uid)
                     delay = _ERROR_RETRY
