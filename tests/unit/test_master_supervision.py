@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from kubeling.client import Client
+from kubeling.client.pods import pod_bind
 from kubeling.common.supervisor import Supervisor
 from kubeling.controllers.manager import ControllerSettings
 from kubeling.master.codec import ProtoCodec
@@ -301,6 +302,7 @@ async def test_while_the_writer_is_down_writes_fail_fast_and_resume_after_its_re
     async with master_running(tmp_path, controllers=set()) as (master, api):
         master.supervisor.initial_backoff = 2.0  # a long enough gap to write into
         await api.pods.create(make_pod("before"))
+        await api.nodes.create(make_node("node-1"))
         master.supervisor.inject_crash("store-writer")
         await asyncio.sleep(0)  # let the writer see its crash
         started = time.monotonic()
@@ -309,6 +311,11 @@ async def test_while_the_writer_is_down_writes_fail_fast_and_resume_after_its_re
         assert time.monotonic() - started < 1.0  # refused, not queued until the restart
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "writer is not running" in (info.value.details() or "")
+        # Writes beyond CRUD (Pods/Bind) answer the same, not a bare INTERNAL.
+        with pytest.raises(grpc.aio.AioRpcError) as bind:
+            await pod_bind(api, "before", "node-1", NS)
+        assert bind.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "writer is not running" in (bind.value.details() or "")
         await eventually(lambda: master.supervisor.restarts("store-writer") == 1)
         after = await api.pods.create(make_pod("after"))
         assert after.metadata.resource_version

@@ -10,7 +10,6 @@ as INTERNAL, and the server carries on. Every method is counted and timed
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,11 +25,6 @@ from kubeling.master.limits import RequestLimits
 from kubeling.master.metrics import instrument
 from kubeling.master.registry import Registry, WatchItem
 from kubeling.master.store.base import (
-    ConflictError,
-    KeyExistsError,
-    KeyNotFoundError,
-    StoreError,
-    TooOldError,
     WatchClosedError,
 )
 from kubeling.v1 import meta_pb2
@@ -60,8 +54,7 @@ class ResourceService:
         if kind.has_status:
             unary["UpdateStatus"] = (self.update_status, kind.update_request)
         methods: dict[str, grpc.RpcMethodHandler] = {
-            name: handlers.unary(_store_unavailable(fn), request, "master")
-            for name, (fn, request) in unary.items()
+            name: handlers.unary(fn, request, "master") for name, (fn, request) in unary.items()
         }
         methods["Watch"] = grpc.unary_stream_rpc_method_handler(
             self.watch,
@@ -141,28 +134,6 @@ class ResourceService:
                 yield encode(item)
         except WatchClosedError as exc:
             await context.abort(grpc.StatusCode.ABORTED, f"watch closed: {exc}")
-
-
-# Store errors that the registry turns into API errors itself.
-_HANDLED = (ConflictError, KeyExistsError, KeyNotFoundError, TooOldError, WatchClosedError)
-
-
-def _store_unavailable(
-    fn: Callable[[Any, Context], Awaitable[Message]],
-) -> Callable[[Any, Context], Awaitable[Message]]:
-    """A write the store refused for its own reasons (its writer failed the group
-    or is restarting) answers UNAVAILABLE with the reason, not a bare INTERNAL."""
-
-    @functools.wraps(fn)
-    async def call(request: Any, context: Context) -> Message:
-        try:
-            return await fn(request, context)
-        except StoreError as exc:
-            if isinstance(exc, _HANDLED):
-                raise
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"storage: {exc}") from exc
-
-    return call
 
 
 class _EventEncoder:

@@ -14,9 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
+
+from kubeling.api.errors import ApiError
+
 
 class StoreError(Exception):
     """Base of the store's errors; the API layer maps each to a gRPC status."""
+
+
+class StoreUnavailableError(ApiError, StoreError):
+    """The store takes no writes now (its writer failed the group, or is restarting
+    or stopped). An ApiError too, so every RPC that writes, CRUD or not (Bind), answers
+    UNAVAILABLE with the reason instead of a bare INTERNAL."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, f"storage: {reason}")
 
 
 class KeyExistsError(StoreError):

@@ -10,7 +10,7 @@ changes (compacted as it grows) so that watches can resume across a restart, and
 `meta` the global revision.
 
 The writer never stops on a bad group: an exception while planning or committing
-a group fails that group's writes with a StoreError (the callers see it) and the
+a group fails that group's writes with a StoreUnavailableError (the callers see it) and the
 writer goes on with the next group. A commit in flight always finishes and reaches
 the watch cache, even when the writer is being stopped, so the cache never falls
 behind the database. While the writer is not running (stopped, or restarting after
@@ -42,6 +42,7 @@ from kubeling.master.store.base import (
     KeyExistsError,
     KeyNotFoundError,
     StoreError,
+    StoreUnavailableError,
 )
 from kubeling.master.store.cache import CacheWatch, WatchCache
 
@@ -197,9 +198,9 @@ class SqliteStore:
         self, type_: EventType, key: str, value: Any, expected_rev: int | None
     ) -> Event:
         if self._writer is None:
-            raise StoreError("store is not open")
+            raise StoreUnavailableError("store is not open")
         if not self._writer_running:
-            raise StoreError("the store's writer is not running (restarting or stopped)")
+            raise StoreUnavailableError("the store's writer is not running (restarting or stopped)")
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Op(type_, key, value, expected_rev, future))
         return await future
@@ -219,7 +220,7 @@ class SqliteStore:
             while not self._queue.empty():
                 op = self._queue.get_nowait()
                 if not op.future.done():
-                    op.future.set_exception(StoreError(reason))
+                    op.future.set_exception(StoreUnavailableError(reason))
 
     async def _write_loop(self) -> None:
         while True:
@@ -248,7 +249,7 @@ class SqliteStore:
             log.exception("store write failed; the group's writes are refused", writes=len(ops))
             for op in ops:
                 if not op.future.done():
-                    op.future.set_exception(StoreError(f"store write failed: {exc!r}"))
+                    op.future.set_exception(StoreUnavailableError(f"store write failed: {exc!r}"))
             return
         STORAGE_COMMIT_DURATION.observe(time.monotonic() - started)
         STORAGE_GROUP_SIZE.observe(len(rows))
