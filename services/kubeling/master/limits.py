@@ -21,6 +21,8 @@ from typing import Any
 
 import grpc
 
+from kubeling.common import peer
+
 DEFAULT_MAX_REQUESTS_INFLIGHT = 400
 DEFAULT_MAX_WATCHES_PER_CLIENT = 100
 
@@ -33,13 +35,7 @@ ClientKey = Callable[[Any], str]
 def peer_host(context: Any) -> str:
     """The host part of the caller's address: "ipv4:10.0.0.5:51000" -> "10.0.0.5",
     "ipv6:[::1]:51000" -> "::1"; a unix socket peer is keyed as a whole."""
-    peer = str(context.peer() or "")
-    scheme, _, address = peer.partition(":")
-    if scheme == "ipv4":
-        return address.rpartition(":")[0]
-    if scheme == "ipv6":
-        return address.rpartition(":")[0].strip("[]")
-    return peer
+    return peer.peer_host(str(context.peer() or ""))
 
 
 class RequestLimits:

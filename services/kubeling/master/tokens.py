@@ -6,9 +6,6 @@ use it: a unix-socket peer or loopback; anyone else gets PERMISSION_DENIED.
 
 from __future__ import annotations
 
-import ipaddress
-import urllib.parse
-
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kubeling.api.errors import ApiError
 from kubeling.common import handlers
 from kubeling.common.handlers import Context
+from kubeling.common.peer import is_local
 from kubeling.common.token import DEFAULT_TTL, ID_RE, StoredToken, TokenStore
 from kubeling.v1 import tokens_pb2
 
@@ -30,20 +28,7 @@ _MAX_TTL = 10 * 365 * 24 * 3600
 def local_peer(peer: str) -> bool:
     """Whether grpc's peer string ("unix:...", "ipv4:127.0.0.1:5000",
     "ipv6:%5B::1%5D:5000") is this machine: a unix socket or a loopback address."""
-    if peer.startswith("unix"):
-        return True
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return False
-    # grpcio percent-encodes the brackets of an IPv6 peer: "ipv6:%5B::1%5D:5000".
-    host = urllib.parse.unquote(rest).rpartition(":")[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    # A dual-stack listener ([::]:6443) sees 127.0.0.1 as ::ffff:127.0.0.1.
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool((mapped or address).is_loopback)
+    return is_local(peer)
 
 
 def _timestamp(seconds: float) -> Timestamp:
