@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubeling.client import Client
+from tests.support.containerd import PrivateContainerd, private_containerd, skip_reason
 from tests.support.processes import MasterProcess, running_master
 
 
@@ -17,6 +18,18 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     base = tmp_path_factory.mktemp("master")
     with running_master(base, "--bookmark-interval", "1", "--controllers=") as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[PrivateContainerd]:
+    """One private containerd per test module (in a network namespace with no route
+    off the machine): starting it and importing its images costs seconds. Under
+    KUBELING_REQUIRE_REAL=1 a missing containerd fails instead of skipping."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(f"containerd: {reason}")
+    with private_containerd() as started:
+        yield started
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from kubeling.cri.errors import CRIError
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
 from kubeling.cri.runtime import Runtime
 from tests.cri.helpers import Target
-from tests.support.containerd import POD_CIDR, PrivateContainerd, private_containerd, skip_reason
+from tests.support.containerd import POD_CIDR, PrivateContainerd
 
 FAKE_POD_CIDR = "10.88.0.0/24"
 
@@ -59,18 +59,6 @@ async def runtime(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterat
 
 
 # -- the contract suite's targets ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[PrivateContainerd]:
-    """One private containerd for the contract suite's module: starting it (and
-    building and importing its images) costs seconds. Under KUBELING_REQUIRE_REAL=1 a
-    missing containerd fails the tests instead of skipping them (tests/conftest.py)."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(f"containerd: {reason}")
-    with private_containerd() as started:
-        yield started
 
 
 async def _remove_all_sandboxes(runtime: Runtime) -> None:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubeling.client import Client
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
 from kubeling.v1 import core_pb2
-from tests.support.containerd import POD_CIDR, PrivateContainerd, private_containerd, skip_reason
+from tests.support.containerd import POD_CIDR, PrivateContainerd
 from tests.support.processes import MasterProcess, free_port, stop_process
 from tests.support.waiting import eventually, eventually_passes
 
@@ -184,15 +184,6 @@ async def test_kubelet_metrics_and_healthz_on_the_fake_runtime(tmp_path: Path) -
     finally:
         await cri.stop(0)
         shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[PrivateContainerd]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with private_containerd() as started:
-        yield started
 
 
 @pytest.mark.slow

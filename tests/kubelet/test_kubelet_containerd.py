@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -23,22 +23,13 @@ from kubeling.kubelet import labels
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 from kubeling.v1 import core_pb2
 from tests.kubelet.test_kubelet_fake import phase_of
-from tests.support.containerd import POD_CIDR, PrivateContainerd, private_containerd, skip_reason
+from tests.support.containerd import POD_CIDR, PrivateContainerd
 from tests.support.processes import MasterProcess, stop_process
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow  # asyncio tests run on the session loop (pyproject)
 
 NODE = "node-real"
-
-
-@pytest.fixture(scope="module")
-def containerd() -> Iterator[PrivateContainerd]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    with private_containerd() as started:
-        yield started
 
 
 def config(master: MasterProcess, node: PrivateContainerd) -> KubeletConfig:
