@@ -8,8 +8,10 @@ async with Client("localhost:6443") as api:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -18,7 +20,9 @@ from google.protobuf.message import Message
 
 from kubeling.api import kinds
 from kubeling.api.kinds import Kind
+from kubeling.client.config import ConfigError, find_config
 from kubeling.common.rpc import channel as make_channel
+from kubeling.common.tls import Credentials
 from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
 
 T = TypeVar("T", bound=Message)
@@ -47,6 +51,11 @@ class ResourceClient(Generic[T]):
     def __init__(self, kind: Kind, channel: grpc.aio.Channel, timeout: float | None) -> None:
         self.kind = kind
         self._timeout = timeout
+        self.connect(channel)
+
+    def connect(self, channel: grpc.aio.Channel) -> None:
+        """Send the calls from now on over `channel` (the client's credentials changed)."""
+        kind = self.kind
         base = f"/{kind.service}/"
 
         def unary(method: str, response: type[Message]) -> Any:
@@ -170,10 +179,47 @@ class ResourceClient(Generic[T]):
 
 
 class Client:
-    def __init__(self, target: str, timeout: float | None = 30.0, token: str = "") -> None:
-        """`token`: the master's join token, which a node needs to register."""
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 30.0,
+        token: str = "",
+        credentials: Credentials | None = None,
+    ) -> None:
+        """`credentials`: TLS with the cluster CA and this client's certificate
+        (client/config.py reads them from a config file: `Client.from_config()`);
+        None talks plaintext, to a master run without TLS on loopback."""
         self.target = target
-        self.channel = make_channel(target, token=token)
+        self._timeout = timeout
+        self._token = token
+        self.channel = make_channel(target, token=token, credentials=credentials)
+        self._closing: list[asyncio.TimerHandle] = []
+        self._bind(timeout)
+
+    @classmethod
+    def from_config(cls, path: Path | None = None, timeout: float | None = 30.0) -> Client:
+        """A client for the master and identity of a config file (client/config.py:
+        the given path, $KUBELING_CONFIG, ~/.kubeling/config, a local master's admin)."""
+        config = find_config(path)
+        if not config.server:
+            where = config.path or "any config file"
+            raise ConfigError(f"no server in {where}")
+        return cls(config.server, timeout, credentials=config.credentials)
+
+    async def use_credentials(self, credentials: Credentials, grace: float = 30.0) -> None:
+        """Switch to new credentials (a renewed certificate): new calls go over a new
+        channel; the old one is closed after `grace` seconds for calls in flight
+        (its watches end then, and informers start them again)."""
+        old = self.channel
+        self.channel = make_channel(self.target, token=self._token, credentials=credentials)
+        for resource in self._resources():
+            resource.connect(self.channel)
+        closing = asyncio.get_running_loop().call_later(
+            grace, lambda: asyncio.ensure_future(old.close())
+        )
+        self._closing.append(closing)
+
+    def _bind(self, timeout: float | None) -> None:
         self.namespaces: ResourceClient[core_pb2.Namespace] = self._make(kinds.NAMESPACE, timeout)
         self.nodes: ResourceClient[core_pb2.Node] = self._make(kinds.NODE, timeout)
         self.pods: ResourceClient[core_pb2.Pod] = self._make(kinds.POD, timeout)
@@ -195,13 +241,18 @@ class Client:
         client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)
         return client
 
+    def _resources(self) -> list[ResourceClient[Any]]:
+        return [value for value in vars(self).values() if isinstance(value, ResourceClient)]
+
     def resource(self, kind: Kind) -> ResourceClient[Any]:
-        for value in vars(self).values():
-            if isinstance(value, ResourceClient) and value.kind is kind:
+        for value in self._resources():
+            if value.kind is kind:
                 return value
         raise KeyError(kind.name)
 
     async def close(self) -> None:
+        for handle in self._closing:
+            handle.cancel()
         await self.channel.close()
 
     async def __aenter__(self) -> Client:

@@ -30,3 +30,13 @@ def is_local(peer: str) -> bool:
     # A dual-stack listener ([::]:6443) sees 127.0.0.1 as ::ffff:127.0.0.1.
     mapped = getattr(address, "ipv4_mapped", None)
     return bool((mapped or address).is_loopback)
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether a listen host ("127.0.0.1", "::1", "localhost") is loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

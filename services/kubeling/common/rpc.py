@@ -1,18 +1,23 @@
 """The one place where gRPC servers and channels are made.
 
-Every process (master, kubelet, proxy) and every client goes through here, so that
-TLS and authentication can be added in one spot later. Servers always carry server
-reflection (grpcurl needs it) and grpc.health.v1.
+Every process (master, kubelet, proxy) and every client goes through here. A
+server serves TLS and requires a client certificate from the cluster CA
+(common/tls.py) unless it is built without TLS, which is allowed only on loopback
+addresses and unix sockets. Servers always carry server reflection (grpcurl needs
+it) and grpc.health.v1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kubeling.common.peer import is_loopback_address
+from kubeling.common.tls import CredentialDir, Credentials, channel_credentials, server_credentials
 from kubeling.common.token import client_interceptors
 
 # Big enough for a list of thousands of pods; keepalives so dead peers are noticed
@@ -37,6 +42,20 @@ _SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's TLS: its certificate (a directory is re-read after renewal) and,
+    for the master's join port, addresses served without asking for a client
+    certificate (what a caller may do there is the authorizer's business)."""
+
+    source: CredentialDir | Credentials
+    without_client_cert: str = ""
+
+
+class PlaintextRefused(ValueError):
+    """A server without TLS asked to listen beyond loopback."""
+
+
 class Server:
     """A grpc.aio server with reflection and health for the given services."""
 
@@ -46,6 +65,7 @@ class Server:
         handlers: Iterable[grpc.GenericRpcHandler],
         services: Iterable[str],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tls: ServerTls | None = None,
     ) -> None:
         self._server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=list(interceptors))
         self._server.add_generic_rpc_handlers(tuple(handlers))
@@ -57,13 +77,34 @@ class Server:
         )
         self._services = names
         # Several addresses, comma-separated: e.g. a TCP port and a local unix socket.
-        ports = []
-        for address in (a.strip() for a in listen.split(",")):
-            port = self._server.add_insecure_port(address)
-            if port == 0:
-                raise OSError(f"cannot listen on {address}")
-            ports.append(port)
+        addresses = [a.strip() for a in listen.split(",") if a.strip()]
+        if tls is None:
+            wide = [a for a in addresses if not a.startswith("unix:") and not _loopback(a)]
+            if wide:
+                raise PlaintextRefused(
+                    f"without TLS a server listens only on loopback or a unix socket, "
+                    f"not {', '.join(wide)}"
+                )
+            creds = None
+        else:
+            creds = server_credentials(tls.source, require_client_cert=True)
+        ports = [self._add_port(address, creds) for address in addresses]
         self.port = ports[0]  # of the first address (a unix socket counts as 1)
+        self.join_port = 0
+        if tls is not None and tls.without_client_cert:
+            open_creds = server_credentials(tls.source, require_client_cert=False)
+            joins = [a.strip() for a in tls.without_client_cert.split(",") if a.strip()]
+            join_ports = [self._add_port(a, open_creds) for a in joins]
+            self.join_port = join_ports[0]
+
+    def _add_port(self, address: str, creds: grpc.ServerCredentials | None) -> int:
+        if creds is None:
+            port = self._server.add_insecure_port(address)
+        else:
+            port = self._server.add_secure_port(address, creds)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return int(port)
 
     @property
     def raw(self) -> grpc.aio.Server:
@@ -83,14 +124,33 @@ class Server:
         await self._server.wait_for_termination()
 
 
+def _loopback(address: str) -> bool:
+    return is_loopback_address(address.rpartition(":")[0].strip("[]"))
+
+
 def channel(
-    target: str, options: Sequence[tuple[str, int | str]] = (), token: str = ""
+    target: str,
+    options: Sequence[tuple[str, int | str]] = (),
+    token: str = "",
+    credentials: Credentials | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
     local runtime socket (unix://...); `options` override the defaults; `token`, the
-    join token, is sent with every call (see common/token.py)."""
+    join token, is sent with every call (see common/token.py). With `credentials`
+    the channel is TLS, trusting only their CA and presenting their certificate;
+    without, plaintext (a local runtime socket, or a server run without TLS)."""
     merged = dict(_CHANNEL_OPTIONS)
     merged.update(dict(options))
-    return grpc.aio.insecure_channel(
-        target, options=list(merged.items()), interceptors=client_interceptors(token)
+    interceptors = client_interceptors(token)
+    if credentials is None:
+        return grpc.aio.insecure_channel(
+            target, options=list(merged.items()), interceptors=interceptors
+        )
+    if credentials.server_name:
+        merged["grpc.ssl_target_name_override"] = credentials.server_name
+    return grpc.aio.secure_channel(
+        target,
+        channel_credentials(credentials),
+        options=list(merged.items()),
+        interceptors=interceptors,
     )
