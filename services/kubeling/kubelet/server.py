@@ -3,18 +3,29 @@
 It knows pods only through a `PodDirectory` and containers only through the CRI
 `Runtime`, so it can be served by the real kubelet or, in tests, over a fake.
 Errors read like the ones kubectl shows for the same mistakes.
+
+Served over TLS from the node's credential directory (its node certificate, which
+the master checks, and the cluster CA, which callers' certificates must come
+from), it answers only the master's own client identity (`kubeling:master` in
+`system:masters`): Exec and Logs reach every container of the node, so not even
+an admin calls the kubelet directly, as with Kubernetes' kubelet authorizing only
+the API server. Everyone else gets PERMISSION_DENIED naming them. Without TLS
+(`--insecure`, loopback only) every caller is the local admin.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from kubeling.api.errors import ApiError
-from kubeling.common import handlers, rpc
+from kubeling.common import handlers, identity, rpc
 from kubeling.common.handlers import Context
+from kubeling.common.tls import CredentialDir
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
 from kubeling.kubelet import labels as pod_labels
@@ -44,27 +55,71 @@ def _runtime_error(exc: CRIError, doing: str) -> ApiError:
     return ApiError(exc.code, f"{doing}: {exc.details}")
 
 
+def master_only(caller: identity.Identity, method: str) -> None:
+    """PERMISSION_DENIED unless `caller` is the master's client identity."""
+    if caller.user == identity.MASTER_USER and identity.GROUP_MASTERS in caller.groups:
+        return
+    raise ApiError(
+        _CODE.PERMISSION_DENIED,
+        f"{caller} may not call kubeling.v1.Kubelet/{method}: the kubelet API answers "
+        f"only the master ({identity.MASTER_USER}); go through the master "
+        "(kubeling logs, kubeling exec)",
+    )
+
+
 class KubeletService:
-    """Serves `directory` and `runtime` as kubeling.v1.Kubelet."""
+    """Serves `directory` and `runtime` as kubeling.v1.Kubelet. With
+    `authenticated` (TLS with client certificates) only the master may call."""
 
     service_name = SERVICE_NAME
 
     def __init__(
-        self, directory: PodDirectory, runtime: Runtime, poll_interval: float = 0.15
+        self,
+        directory: PodDirectory,
+        runtime: Runtime,
+        poll_interval: float = 0.15,
+        authenticated: bool = False,
     ) -> None:
         self.directory = directory
         self.runtime = runtime
         self.poll_interval = poll_interval
+        self.authenticated = authenticated
+
+    def _check(self, context: Context, method: str) -> None:
+        if self.authenticated:
+            master_only(identity.identity_of(context), method)
+
+    def _unary(
+        self,
+        method: str,
+        fn: Callable[[Any, Context], Awaitable[Any]],
+        request: type[Message],
+    ) -> grpc.RpcMethodHandler:
+        # The caller is checked before anything of the request is looked at.
+        inner = handlers.guarded(fn, "kubelet")
+
+        async def checked(message: Any, context: Context) -> Any:
+            try:
+                self._check(context, method)
+            except ApiError as exc:
+                await context.abort_with_status(exc.to_status())
+            return await inner(message, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=handlers.parser(request),
+            response_serializer=handlers.serialize,
+        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
-                "ListPods": handlers.unary(
-                    self.list_pods, kubelet_pb2.KubeletListPodsRequest, "kubelet"
+                "ListPods": self._unary(
+                    "ListPods", self.list_pods, kubelet_pb2.KubeletListPodsRequest
                 ),
-                "Exec": handlers.unary(self.exec, core_pb2.PodExecRequest, "kubelet"),
-                "Stats": handlers.unary(self.stats, kubelet_pb2.StatsRequest, "kubelet"),
+                "Exec": self._unary("Exec", self.exec, core_pb2.PodExecRequest),
+                "Stats": self._unary("Stats", self.stats, kubelet_pb2.StatsRequest),
                 "Logs": grpc.unary_stream_rpc_method_handler(
                     self.logs,
                     request_deserializer=handlers.parser(core_pb2.PodLogsRequest),
@@ -119,6 +174,7 @@ class KubeletService:
         self, request: core_pb2.PodLogsRequest | handlers.Malformed, context: Context
     ) -> AsyncIterator[core_pb2.LogChunk]:
         try:
+            self._check(context, "Logs")
             if isinstance(request, handlers.Malformed):
                 raise request.to_error()
             if request.HasField("tail_lines") and request.tail_lines < 0:
@@ -233,12 +289,27 @@ def _waiting_reason(pod: core_pb2.Pod, container: str) -> str:
     return ""
 
 
+def kubelet_server(
+    listen: str, service: KubeletService, credentials: CredentialDir | None
+) -> rpc.Server:
+    """The kubelet API's server: TLS from `credentials` (re-read after renewal),
+    callers need a certificate from its CA, and only the master is answered;
+    without credentials plaintext, which rpc.Server allows on loopback only."""
+    service.authenticated = credentials is not None
+    tls = rpc.ServerTls(credentials) if credentials is not None else None
+    return rpc.Server(listen, [service.handler()], [SERVICE_NAME], tls=tls)
+
+
 async def serve_kubelet_api(
-    listen: str, directory: PodDirectory, runtime: Runtime, poll_interval: float = 0.15
+    listen: str,
+    directory: PodDirectory,
+    runtime: Runtime,
+    poll_interval: float = 0.15,
+    credentials: CredentialDir | None = None,
 ) -> rpc.Server:
     """Start serving the kubelet API on `listen` ("0.0.0.0:10250", "127.0.0.1:0");
     the caller stops the returned server. Its `port` is the one actually bound."""
     service = KubeletService(directory, runtime, poll_interval)
-    server = rpc.Server(listen, [service.handler()], [SERVICE_NAME])
+    server = kubelet_server(listen, service, credentials)
     await server.start()
     return server
