@@ -24,6 +24,7 @@ def test_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     path = config.save_config("10.0.0.5:7000")
     assert path == tmp_path / ".kubeling" / "config"
     assert yaml.safe_load(path.read_text()) == {"server": "10.0.0.5:7000"}
+    assert path.stat().st_mode & 0o777 == 0o600
     assert config.resolve_server() == "10.0.0.5:7000"
     monkeypatch.setenv("KUBELING_SERVER", "env-host:1234")
     assert config.resolve_server() == "env-host:1234"

@@ -1,31 +1,67 @@
-"""Which server the CLI talks to, and the small config file that remembers it.
+"""Which server the CLI talks to, with which credentials.
 
-Resolution order, most specific first: ``--server``, ``$KUBELING_SERVER``,
-``~/.kubeling/config`` (YAML ``server: HOST:PORT``), then ``localhost:6443``.
+The credentials come from a config file (client/config.py, like a kubeconfig:
+`server`, the cluster CA, a client certificate and key), found in this order:
+``--config PATH``, ``$KUBELING_CONFIG``, ``~/.kubeling/config``, then the
+``admin.conf`` of a master on this machine. The server address is, most specific
+first: ``--server``, ``$KUBELING_SERVER``, the config's ``server``, then
+``localhost:6443``; an address given by flag or environment keeps the config's
+credentials (the same cluster reached another way).
+
+Without a config the CLI talks plaintext, which only a master run with
+``--insecure`` (loopback only) answers.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kubeling.cli.errors import CliError
+from kubeling.client.config import CONFIG_ENV, ConfigError, find_config, user_config_path
+from kubeling.common.tls import Credentials
+from kubeling.common.token import write_private
 
 DEFAULT_SERVER = "localhost:6443"
 DEFAULT_PORT = 6443
 SERVER_ENV = "KUBELING_SERVER"
+_TLS_KEYS = ("certificate-authority", "client-certificate", "client-key")
+# Over a unix socket gRPC checks the server's certificate against the socket path;
+# the master's serving certificate names localhost, so that is the name to check.
+UNIX_SERVER_NAME = "localhost"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the CLI's calls go and who it is there."""
+
+    server: str
+    credentials: Credentials | None = None
+    config: Path | None = None  # the config file the credentials came from
+
+    @property
+    def source(self) -> str:
+        """Where the credentials came from, for error messages."""
+        if self.config is None:
+            return (
+                f"no credentials: no --config, ${CONFIG_ENV}, ~/.kubeling/config or "
+                "readable master admin.conf"
+            )
+        if self.credentials is None:
+            return f"config {self.config}, which has no client certificate"
+        return f"credentials from {self.config}"
 
 
 def config_path() -> Path:
-    # Path.home() reads $HOME, which lets tests and `lab` sandboxes redirect it.
-    return Path.home() / ".kubeling" / "config"
+    return user_config_path()
 
 
 def load_config(path: Path | None = None) -> dict[str, Any]:
-    """The config file's mapping; empty when there is no file."""
+    """The config file's mapping as is; empty when there is no file."""
     path = path or config_path()
     try:
         text = path.read_text()
@@ -44,16 +80,23 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return data
 
 
-def save_config(server: str, path: Path | None = None) -> Path:
-    """Remember `server` as the default, keeping any other keys in the file."""
+def save_config(
+    server: str,
+    path: Path | None = None,
+    tls_files: tuple[Path, Path, Path] | None = None,
+) -> Path:
+    """Remember `server` as the default, keeping any other keys in the file; with
+    `tls_files` (CA certificate, client certificate, client key) also the
+    credentials, by path (nothing secret is copied). Written 0600."""
     path = path or config_path()
     data = load_config(path)
     data["server"] = normalize_server(server)
+    if tls_files is not None:
+        for key, file in zip(_TLS_KEYS, tls_files, strict=True):
+            data.pop(f"{key}-data", None)
+            data[key] = str(file.resolve())
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Write then rename so a crash never leaves a half-written config behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
-    tmp.replace(path)
+    write_private(path, yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
     return path
 
 
@@ -63,7 +106,7 @@ def normalize_server(server: str) -> str:
     text = server.strip()
     if text.startswith("unix:"):
         return text
-    for scheme in ("grpc://", "http://"):
+    for scheme in ("grpc://", "http://", "https://"):
         text = text.removeprefix(scheme)
     if not text:
         raise CliError("the server address is empty; expected HOST:PORT")
@@ -76,13 +119,26 @@ def normalize_server(server: str) -> str:
     return text
 
 
-def resolve_server(flag: str | None = None) -> str:
-    if flag:
-        return normalize_server(flag)
+def resolve(server_flag: str | None = None, config_flag: Path | None = None) -> Target:
+    """The server and credentials to use (see the module's order)."""
+    try:
+        found = find_config(config_flag)
+    except ConfigError as exc:
+        raise CliError(f"error: {exc}") from None
     from_env = os.environ.get(SERVER_ENV, "").strip()
-    if from_env:
-        return normalize_server(from_env)
-    from_file = load_config().get("server")
-    if from_file:
-        return normalize_server(str(from_file))
-    return DEFAULT_SERVER
+    if server_flag:
+        server = normalize_server(server_flag)
+    elif from_env:
+        server = normalize_server(from_env)
+    elif found.server:
+        server = normalize_server(found.server)
+    else:
+        server = DEFAULT_SERVER
+    credentials = found.credentials
+    if credentials is not None and server.startswith("unix:") and not credentials.server_name:
+        credentials = credentials.with_server_name(UNIX_SERVER_NAME)
+    return Target(server, credentials, found.path)
+
+
+def resolve_server(flag: str | None = None) -> str:
+    return resolve(flag).server

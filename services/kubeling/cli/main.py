@@ -10,13 +10,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
 from kubeling.cli.commands import register_all
-from kubeling.cli.config import SERVER_ENV, resolve_server
+from kubeling.cli.config import SERVER_ENV, resolve
 from kubeling.cli.context import DEFAULT_TIMEOUT, Context
 from kubeling.cli.errors import CliError, server_error
+from kubeling.client.config import CONFIG_ENV
 
 EXIT_INTERRUPTED = 130
 
@@ -33,7 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-s",
         default=None,
         metavar="HOST:PORT",
-        help=f"the API server (default: ${SERVER_ENV}, ~/.kubeling/config, localhost:6443)",
+        help=f"the API server (default: ${SERVER_ENV}, the config's server, localhost:6443)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"the config with the server, CA and client certificate (default: ${CONFIG_ENV}, "
+        "~/.kubeling/config, a local master's admin.conf)",
     )
     parser.add_argument(
         "--request-timeout",
@@ -46,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_all(subparsers)
     for sub in subparsers.choices.values():
         sub.add_argument("--server", "-s", default=argparse.SUPPRESS, metavar="HOST:PORT")
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH")
     return parser
 
 
@@ -54,14 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ctx: Context | None = None
     try:
-        ctx = Context(server=resolve_server(args.server), timeout=args.request_timeout)
+        ctx = Context(resolve(args.server, args.config), timeout=args.request_timeout)
         status: int = asyncio.run(args.run(args, ctx))
         return status
     except CliError as exc:
         print(exc.message, file=sys.stderr)
         return exc.exit_code
     except grpc.RpcError as exc:
-        print(server_error(exc, ctx.server if ctx else "?"), file=sys.stderr)
+        if ctx is None:
+            print(server_error(exc, "?"), file=sys.stderr)
+        else:
+            print(server_error(exc, ctx.server, source=ctx.target.source), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C is how a watch ends, so that is a clean exit.

@@ -18,9 +18,10 @@ from kubeling.cli.commands import proxy as proxy
 from kubeling.cli.commands import rollout as rollout
 from kubeling.cli.commands import scale as scale
 from kubeling.cli.commands import token as token
+from kubeling.cli.commands import user as user
 from kubeling.cli.commands.base import SubParsers
 
-COMMANDS = (get, describe, apply, delete, logs, exec, scale, rollout, proxy, token, lab)
+COMMANDS = (get, describe, apply, delete, logs, exec, scale, rollout, proxy, token, user, lab)
 
 
 def register_all(subparsers: SubParsers) -> None:

@@ -53,10 +53,21 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             try:
                 outcome = await apply_object(client, manifest.obj)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                ):
                     raise
                 failed = True
-                ctx.err(server_error(exc, ctx.server, f'error when applying "{manifest.source}"'))
+                ctx.err(
+                    server_error(
+                        exc,
+                        ctx.server,
+                        f'error when applying "{manifest.source}"',
+                        source=ctx.target.source,
+                    )
+                )
                 continue
             ctx.out(f"{object_name(manifest.kind, manifest.name)} {outcome}")
     return 1 if failed else 0

@@ -1,6 +1,6 @@
 """`kubeling token create|list|delete`: the master's bootstrap tokens (kubeadm token),
-through kubeling.v1.Tokens. The master answers these only on its own machine (its
-unix socket or loopback) until the API has authorization."""
+through kubeling.v1.Tokens, with the CLI's credentials (an admin's: the master
+authorizes these calls like any other)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.printers import table_text
 from kubeling.cli.timefmt import human_duration
-from kubeling.common import rpc
 from kubeling.common.duration import parse_duration
 from kubeling.v1 import tokens_pb2
 
@@ -47,7 +46,7 @@ async def _usage(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _call(ctx: Context, method: str, request: Message, response: type[Message]) -> Message:
-    async with rpc.channel(ctx.server) as channel:
+    async with ctx.channel() as channel:
         call = channel.unary_unary(
             _SERVICE + method,
             request_serializer=lambda m: m.SerializeToString(),
@@ -57,8 +56,8 @@ async def _call(ctx: Context, method: str, request: Message, response: type[Mess
             reply: Message = await call(request, timeout=ctx.timeout)
             return reply
         except grpc.aio.AioRpcError as exc:
+            # PERMISSION_DENIED goes to main, which names the credentials used.
             if exc.code() in (
-                grpc.StatusCode.PERMISSION_DENIED,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 grpc.StatusCode.NOT_FOUND,
                 grpc.StatusCode.INVALID_ARGUMENT,
