@@ -12,14 +12,19 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from kubeling.cli.commands.base import SubParsers, add_command
+from kubeling.cli.config import DEFAULT_PORT
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.printers import table_text
 from kubeling.cli.timefmt import human_duration
+from kubeling.common import machine, pki
 from kubeling.common.duration import parse_duration
+from kubeling.common.peer import is_loopback_address
 from kubeling.v1 import tokens_pb2
 
 _SERVICE = "/kubeling.v1.Tokens/"
+# Where deploy/README.md and the master's join command keep a worker's token.
+TOKEN_PATH = "/etc/kubeling/join-token"
 
 
 def register(subparsers: SubParsers) -> None:
@@ -34,6 +39,12 @@ def register(subparsers: SubParsers) -> None:
         "--ttl", default="24h", help='how long it is valid: 24h, 90m, 3600 ("0": never expires)'
     )
     create.add_argument("--description", default="", help="what the token is for")
+    create.add_argument(
+        "--print-join-command",
+        action="store_true",
+        help="print the commands a worker runs to join with it (token file, kubelet flags "
+        "with the CA pin) instead of the bare token",
+    )
     add_command(actions, "list", run_list, "The tokens: ID, time left, description (no secrets).")
     delete = add_command(
         actions, "delete", run_delete, "Delete tokens: nodes can no longer use them."
@@ -75,10 +86,43 @@ async def run_create(args: argparse.Namespace, ctx: Context) -> int:
         raise CliError("error: --ttl must not be negative (0: never expires)")
     request = tokens_pb2.CreateTokenRequest(description=args.description)
     request.ttl.CopyFrom(Duration(seconds=int(ttl), nanos=int((ttl % 1) * 1e9)))
+    pin = ""
+    if args.print_join_command:
+        # Checked before the token exists: no token is made that cannot be used.
+        if ctx.target.credentials is None:
+            raise CliError(
+                f"error: --print-join-command needs the cluster's CA from a config "
+                f"({ctx.target.source})"
+            )
+        pin = pki.ca_pin(ctx.target.credentials.ca_pem)
     reply = await _call(ctx, "Create", request, tokens_pb2.CreateTokenResponse)
     assert isinstance(reply, tokens_pb2.CreateTokenResponse)
-    ctx.out(reply.token)
+    if not args.print_join_command:
+        ctx.out(reply.token)
+        return 0
+    master = worker_address(ctx.server)
+    # `echo` is a shell builtin: the token is in no process's command line.
+    ctx.out(f"(umask 077; mkdir -p /etc/kubeling; echo {reply.token} > {TOKEN_PATH})")
+    ctx.out(
+        f"kubeling-kubelet --master {master} --token-file {TOKEN_PATH} "
+        f"--discovery-token-ca-cert-hash {pin}"
+    )
+    ctx.out(
+        f"kubeling-proxy --master {master} --token-file {TOKEN_PATH} "
+        f"--discovery-token-ca-cert-hash {pin}"
+    )
     return 0
+
+
+def worker_address(server: str) -> str:
+    """The master's address as workers reach it: the CLI's server, unless that is
+    this machine's loopback or socket (then this machine's address, port 6443)."""
+    if server.startswith("unix:"):
+        return f"{machine.node_ip()}:{DEFAULT_PORT}"
+    host, _, port = server.rpartition(":")
+    if is_loopback_address(host.strip("[]")):
+        return f"{machine.node_ip()}:{port}"
+    return server
 
 
 def _left(token: tokens_pb2.BootstrapToken, now: float) -> str:
