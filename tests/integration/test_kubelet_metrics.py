@@ -71,6 +71,7 @@ async def running_kubelet(tmp_path: Path, endpoint: str, *extra: str) -> AsyncIt
         sys.executable, "-m", "kubeling.kubelet.main",
         "--master", master.address,
         "--node-name", NODE,
+        "--insecure",  # the test master is plaintext on loopback
         "--node-ip", "127.0.0.1",
         "--runtime-endpoint", endpoint,
         "--listen", "127.0.0.1:0",

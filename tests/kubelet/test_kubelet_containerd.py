@@ -286,7 +286,7 @@ def test_kubelet_process_registers_and_shows_its_name(
     log = (tmp_path / "kubelet.log").open("wb")
     process = subprocess.Popen(
         [
-            str(binary), "--master", master.address, "--node-name", "node-process",
+            str(binary), "--master", master.address, "--node-name", "node-process", "--insecure",
             "--runtime-endpoint", containerd.endpoint, "--listen", "127.0.0.1:0",
             "--node-ip", "127.0.0.1", "--pod-log-dir", str(tmp_path / "pods"),
             "--healthz-bind-address", "127.0.0.1:0",

@@ -45,6 +45,7 @@ class ProxyProcess:
             sys.executable, "-m", "kubeling.proxy.main",
             "--master", self.master,
             "--node-name", NODE,
+            "--insecure",  # the test master is plaintext on a unix socket
             "--cluster-cidr", POD_CIDR,
             "--min-sync-interval", "0.1",
             "--sync-period", "5",

@@ -20,7 +20,10 @@ A new node has a bootstrap token (a secret) and the master's CA pin
    the process switch its client (`Client.use_credentials`).
 
 `load_or_join` is what a process calls at start: the stored credentials while
-they are valid and for the right identity, else a join.
+they are valid and for the right identity, else a join. `add_node_flags`,
+`finish_node_args` and `connect` are the command-line side that kubeling-kubelet
+and kubeling-proxy share (--token-file, --join-address,
+--discovery-token-ca-cert-hash, --cert-dir, --insecure).
 
 The lifetime the 80% is taken of starts when the certificate was written here
 (the file's mtime) when that is later than its notBefore: the master backdates
@@ -30,6 +33,7 @@ certificate due for renewal the moment it arrives.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
@@ -38,6 +42,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import structlog
@@ -45,8 +50,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from kubeling.client.client import Client
 from kubeling.common import identity, pki, rpc
+from kubeling.common.peer import is_loopback_address
 from kubeling.common.tls import CredentialDir, Credentials
+from kubeling.common.token import read_token_file
 from kubeling.v1 import certificates_pb2, certificates_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -456,3 +464,149 @@ class CertificateRenewer:
             retry_in=round(wait, 1),
             expires=expires,
         )
+
+
+# -- the command line of kubeling-kubelet and kubeling-proxy ------------------------
+
+TOKEN_ENV = "KUBELING_TOKEN"
+
+
+class _TokenOnArgv(argparse.Action):
+    """A token on the command line is visible to every user through `ps`: refused."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error(
+            "--token is not accepted (a command line is visible to everyone through ps): "
+            "put the token in a file readable only by root and pass --token-file FILE, "
+            f"or set {TOKEN_ENV}"
+        )
+
+
+def default_cert_dir(component: str) -> Path:
+    """/var/lib/kubeling/COMPONENT/pki for root, else under $XDG_DATA_HOME."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/kubeling") / component / "pki"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kubeling" / component / "pki"
+
+
+def is_local_target(target: str) -> bool:
+    """A unix socket or a loopback HOST:PORT: all that plaintext may talk to."""
+    if target.startswith("unix:"):
+        return True
+    try:
+        host, _ = split_address(target)
+    except BootstrapError:
+        return False
+    return is_loopback_address(host)
+
+
+def add_node_flags(p: argparse.ArgumentParser, component: str) -> None:
+    """The joining and TLS flags: --token-file (and the refused --token),
+    --join-address, --discovery-token-ca-cert-hash, --cert-dir, --insecure."""
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="a file (mode 0600) holding the bootstrap token to join with "
+        f"(kubeling token create); or the environment's {TOKEN_ENV}. Needed only "
+        "while --cert-dir holds no valid certificate",
+    )
+    p.add_argument("--token", action=_TokenOnArgv, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--join-address",
+        default="",
+        help=f"the master's join port, HOST:PORT (default: --master's host, port {JOIN_PORT})",
+    )
+    p.add_argument(
+        _HASH_FLAG,
+        dest="ca_cert_hash",
+        default="",
+        metavar="sha256:HASH",
+        help="the cluster CA's pin (the master prints it with the join command); joining "
+        "stops before the token is sent if the master's CA differs",
+    )
+    p.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=default_cert_dir(component),
+        help="the certificate, its key and the cluster CA, mode 0600 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS: plaintext to the master and a plaintext API, both only on loopback "
+        "or a unix socket",
+    )
+
+
+def finish_node_args(
+    p: argparse.ArgumentParser, args: argparse.Namespace, secure_listen: str, insecure_listen: str
+) -> argparse.Namespace:
+    """Defaults that depend on other flags (--listen, --join-address), and
+    --insecure refused beyond this machine."""
+    if args.listen is None:
+        args.listen = insecure_listen if args.insecure else secure_listen
+    if args.insecure:
+        if not is_local_target(args.master):
+            p.error(
+                "--insecure talks plaintext, so only to a master on this machine "
+                f"(loopback or unix:PATH), not {args.master}"
+            )
+        wide = [a.strip() for a in args.listen.split(",") if not is_local_target(a.strip())]
+        if wide:
+            p.error(
+                "--insecure serves its API in plaintext, so only on loopback or unix:PATH, "
+                f"not {', '.join(wide)} (give --listen {insecure_listen})"
+            )
+    elif not args.join_address:
+        try:
+            args.join_address = default_join_address(args.master)
+        except BootstrapError as exc:
+            p.error(f"--master: {exc}")
+    return args
+
+
+def token_from(args: argparse.Namespace, prog: str) -> str:
+    """The bootstrap token from --token-file or $KUBELING_TOKEN ("" when neither);
+    SystemExit naming the file when it cannot be read or holds no token."""
+    if args.token_file is not None:
+        try:
+            return read_token_file(args.token_file)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{prog}: --token-file {args.token_file}: {exc}") from None
+    return os.environ.get(TOKEN_ENV, "").strip()
+
+
+async def connect(
+    args: argparse.Namespace,
+    prog: str,
+    cred_dir: CredentialDir | None,
+    role: str,
+    node_name: str,
+    addresses: Sequence[str] = (),
+) -> tuple[Client, CertificateRenewer | None]:
+    """The client to the master (`args.master`): with the credentials in
+    `cred_dir`, joining first when there are none (SystemExit saying what is
+    missing when that cannot be done), and the renewer that keeps them valid and
+    switches the client; plaintext without `cred_dir` (--insecure)."""
+    token = token_from(args, prog)  # a bad token file fails even when not needed
+    if cred_dir is None:
+        return Client(args.master), None
+    try:
+        credentials = await load_or_join(
+            cred_dir,
+            role=role,
+            node_name=node_name,
+            join_address=args.join_address,
+            pin=args.ca_cert_hash,
+            token=token,
+            addresses=addresses,
+        )
+    except BootstrapError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
+    api = Client(args.master, credentials=credentials)
+    renewer = CertificateRenewer(
+        args.master, cred_dir, role, node_name, addresses, on_renewed=api.use_credentials
+    )
+    return api, renewer

@@ -8,11 +8,14 @@ Pieces (each testable alone):
 - `PodSyncer` (sync.py): the steps (steps/) that bring one pod to its desired state.
 - `compute_status` (status.py): pod status posted to the master on change.
 - `ProbeManager` (probes.py), `Backoff` (backoff.py).
-- `KubeletService` (server.py): the kubelet's gRPC API (logs, exec, stats).
+- `KubeletService` (server.py): the kubelet's gRPC API (logs, exec, stats),
+  TLS from the node's credential directory, for the master only.
+- `CertificateRenewer` (client/bootstrap.py): the node certificate renewed
+  before it expires; the API server re-reads it, the client switches channels.
 
 Its long-running loops (pod watch, relist, pod workers, node status, lease, pod
-CIDR and pod routes) run under `self.supervisor`: a crash is logged, counted and
-restarted; a loop that keeps crashing sets `supervisor.failed` (main exits).
+CIDR, pod routes and certificate renewal) run under `self.supervisor`: a crash
+is logged, counted and restarted; a loop that keeps crashing sets `supervisor.failed` (main exits).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from kubeling.api.objects import clone
 from kubeling.client import Client
+from kubeling.client.bootstrap import CertificateRenewer
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import Informer
 from kubeling.common.rpc import Server
 from kubeling.common.supervisor import Supervisor
+from kubeling.common.tls import CredentialDir
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
 from kubeling.kubelet import metrics
@@ -42,7 +47,7 @@ from kubeling.kubelet.node import NodeAgent, NodeSettings
 from kubeling.kubelet.probes import ProbeManager
 from kubeling.kubelet.routes import PodRouteSync
 from kubeling.kubelet.runtime_state import Relister, RuntimePod
-from kubeling.kubelet.server import KubeletService
+from kubeling.kubelet.server import KubeletService, kubelet_server
 from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
 from kubeling.kubelet.steps import SyncResult, grace_period
 from kubeling.kubelet.sync import PodSyncer
@@ -84,11 +89,23 @@ class KubeletConfig:
     service_cidr: str = "10.96.0.0/12"
     # Route to the other nodes' pod CIDRs via their addresses (nodes on one L2).
     sync_pod_routes: bool = False
+    # The node's certificate, key and the cluster CA: the kubelet API serves TLS
+    # from here (re-read after renewal) to the master only. None: plaintext, on
+    # loopback only (--insecure, tests).
+    credentials: CredentialDir | None = None
 
 
 class Kubelet:
-    def __init__(self, config: KubeletConfig, runtime: Runtime, api: Client) -> None:
+    def __init__(
+        self,
+        config: KubeletConfig,
+        runtime: Runtime,
+        api: Client,
+        renewer: CertificateRenewer | None = None,
+    ) -> None:
+        """`renewer`: renews the node certificate (a supervised loop)."""
         self.config = config
+        self.renewer = renewer
         self.node_name = config.node_name
         self.runtime = runtime
         self.api = api
@@ -132,7 +149,7 @@ class Kubelet:
         port = 10250
         if self.config.listen:  # hollow nodes run without the kubelet API
             service = KubeletService(self, self.runtime)
-            self.server = Server(self.config.listen, [service.handler()], [service.service_name])
+            self.server = kubelet_server(self.config.listen, service, self.config.credentials)
             await self.server.start()
             port = int(self.server.port)
         settings = NodeSettings(
@@ -158,6 +175,8 @@ class Kubelet:
                 await self.agent.register()
         agent = self.agent
         supervisor = self.supervisor
+        if self.renewer is not None:
+            supervisor.start("certificate-renewal", self.renewer.run)
         supervisor.start("pod-workers", self.workers.run)
         supervisor.start("pod-watch", self.pod_informer.run)
         supervisor.start("relist", self._relist_loop)

@@ -1,4 +1,14 @@
-"""`kubeling-kubelet`: the node agent that runs pods through CRI."""
+"""`kubeling-kubelet`: the node agent that runs pods through CRI.
+
+Secure by default: the kubelet talks to the master with its node certificate
+(`CN=system:node:NAME, O=system:nodes`) from --cert-dir, and serves its own API
+over TLS with the same certificate, to the master only. A node without a
+certificate joins first (client/bootstrap.py): it checks the CA on the master's
+join port against --discovery-token-ca-cert-hash, then sends its bootstrap token
+(--token-file or KUBELING_TOKEN, never argv) and a CSR. The certificate is
+renewed before it expires, without a restart. --insecure is plaintext both ways,
+for a master on this machine only.
+"""
 
 from __future__ import annotations
 
@@ -10,55 +20,45 @@ from pathlib import Path
 
 import structlog
 
-from kubeling.client import Client
+from kubeling.client.bootstrap import (
+    ROLE_NODE,
+    add_node_flags,
+    connect,
+    finish_node_args,
+    token_from,
+)
 from kubeling.common import machine
 from kubeling.common.httpserve import serve_http
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
-from kubeling.common.token import read_token_file
+from kubeling.common.tls import CredentialDir
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet import metrics
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
 log = structlog.get_logger(__name__)
 
-
-class _TokenOnArgv(argparse.Action):
-    """A token on the command line is visible to every user through `ps`: refused."""
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
-        parser.error(
-            "--token is not accepted (a command line is visible to everyone through ps): "
-            "put the token in a file readable only by root and pass --token-file FILE, "
-            "or set KUBELING_TOKEN"
-        )
+PROG = "kubeling-kubelet"
+CERT_NAME = "kubelet"  # DIR/kubelet.crt, DIR/kubelet.key, DIR/ca.crt
 
 
 def join_token(args: argparse.Namespace) -> str:
     """The bootstrap token from --token-file or KUBELING_TOKEN ("" when neither)."""
-    if args.token_file is not None:
-        try:
-            return read_token_file(args.token_file)
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"kubeling-kubelet: --token-file {args.token_file}: {exc}") from None
-    return os.environ.get("KUBELING_TOKEN", "").strip()
+    return token_from(args, PROG)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="kubeling-kubelet", description=__doc__)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--master", default=os.environ.get("KUBELING_SERVER", "localhost:6443"))
     p.add_argument("--node-name", default=machine.hostname())
-    p.add_argument(
-        "--token-file",
-        type=Path,
-        default=None,
-        help="a file (mode 0600) holding the bootstrap token to register the Node with "
-        "(kubeling token create); or the environment's KUBELING_TOKEN",
-    )
-    p.add_argument("--token", action=_TokenOnArgv, help=argparse.SUPPRESS)
+    add_node_flags(p, "kubelet")
     p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")
-    p.add_argument("--listen", default="0.0.0.0:10250", help="the kubelet API (logs, exec)")
+    p.add_argument(
+        "--listen",
+        default=None,
+        help="the kubelet API (logs, exec): default 0.0.0.0:10250, with --insecure 127.0.0.1:10250",
+    )
     p.add_argument(
         "--healthz-bind-address",
         default="127.0.0.1:10248",
@@ -91,11 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backoff-max", type=float, default=300.0)
     p.add_argument("--backoff-reset", type=float, default=600.0)
     p.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
-    return p.parse_args(argv)
+    return finish_node_args(p, p.parse_args(argv), "0.0.0.0:10250", "127.0.0.1:10250")
 
 
 def config_from(args: argparse.Namespace) -> KubeletConfig:
     return KubeletConfig(
+        credentials=None if args.insecure else CredentialDir(args.cert_dir, CERT_NAME),
         master=args.master,
         node_name=args.node_name,
         runtime_endpoint=args.runtime_endpoint,
@@ -126,7 +127,7 @@ def healthy(kubelet: Kubelet) -> bool:
 
 
 async def run(args: argparse.Namespace) -> int:
-    token = join_token(args)  # a bad token file fails before anything starts
+    join_token(args)  # a bad token file fails before anything starts
     config = config_from(args)
     if args.image_dir:
         from kubeling.node.images import import_images
@@ -134,8 +135,11 @@ async def run(args: argparse.Namespace) -> int:
         address = config.runtime_endpoint.removeprefix("unix://")
         await asyncio.to_thread(import_images, Path(args.image_dir), address)
     runtime = RuntimeClient(config.runtime_endpoint, observe=metrics.observe_runtime_operation)
-    api = Client(config.master, token=token)
-    kubelet = Kubelet(config, runtime, api)
+    addresses = [config.node_ip] if config.node_ip else []
+    api, renewer = await connect(
+        args, PROG, config.credentials, ROLE_NODE, config.node_name, addresses
+    )
+    kubelet = Kubelet(config, runtime, api, renewer=renewer)
     # Up before registering, so a kubelet waiting for its master can be watched.
     http = await serve_http(args.healthz_bind_address, 10248, lambda: healthy(kubelet))
     await kubelet.start()
@@ -149,7 +153,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    set_process_name("kubeling-kubelet")
+    set_process_name(PROG)
     setup_logging(args.log_level)
     sys.exit(asyncio.run(run(args)))
 

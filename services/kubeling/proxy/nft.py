@@ -148,18 +148,27 @@ _ELEMENT = re.compile(r"elements = \{ (.*?) \}", re.S)
 
 
 class LibNftables:
-    """nftables through libnftables (ctypes): a script is one kernel transaction."""
+    """nftables through libnftables (ctypes): a script is one kernel transaction.
+
+    Two contexts: one applies the syncs' transactions, one reads for Explain and
+    dumps. A libnftables context is not thread-safe, so each has its lock; with
+    one context a long read (a big chain listed) would hold up the next sync.
+    The kernel gives each read a consistent view of one ruleset generation."""
 
     def __init__(self) -> None:
         import nftables  # the Debian libnftables1 binding, from pip-nftables
 
         self._nft = nftables.Nftables()
         self._nft.set_stateless_output(True)
-        self._lock = threading.Lock()  # one libnftables context is not thread-safe
+        self._lock = threading.Lock()  # the sync lock: only transactions take it
+        self._reader = nftables.Nftables()
+        self._reader.set_stateless_output(True)
+        self._read_lock = threading.Lock()
 
-    def _cmd(self, script: str) -> str:
-        with self._lock:
-            rc, output, error = self._nft.cmd(script)
+    def _cmd(self, script: str, read: bool = False) -> str:
+        nft, lock = (self._reader, self._read_lock) if read else (self._nft, self._lock)
+        with lock:
+            rc, output, error = nft.cmd(script)
         if rc != 0:
             raise NftError(str(error).strip() or f"nft failed with code {rc}")
         return str(output)
@@ -170,7 +179,7 @@ class LibNftables:
 
     def map_value(self, map_name: str, key: str) -> str | None:
         try:
-            text = self._cmd(f"get element {FAMILY} {TABLE} {map_name} {{ {key} }}")
+            text = self._cmd(f"get element {FAMILY} {TABLE} {map_name} {{ {key} }}", read=True)
         except NftError:
             return None  # nft says "No such file or directory" for a missing element
         match = _ELEMENT.search(text)
@@ -180,7 +189,7 @@ class LibNftables:
 
     def chain_rules(self, chain: str) -> list[str] | None:
         try:
-            text = self._cmd(f"list chain {FAMILY} {TABLE} {chain}")
+            text = self._cmd(f"list chain {FAMILY} {TABLE} {chain}", read=True)
         except NftError:
             return None
         lines = [line.strip() for line in text.splitlines()]
@@ -197,7 +206,7 @@ class LibNftables:
 
     def dump(self) -> str:
         try:
-            return self._cmd(f"list table {FAMILY} {TABLE}")
+            return self._cmd(f"list table {FAMILY} {TABLE}", read=True)
         except NftError:
             return ""
 

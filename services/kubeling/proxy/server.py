@@ -1,16 +1,34 @@
-"""The proxy's own gRPC API, kubeling.v1.Proxy: Status and Explain."""
+"""The proxy's own gRPC API, kubeling.v1.Proxy: Status and Explain.
+
+Served over TLS with the proxy's certificate (`CN=system:kube-proxy:NODE`) from
+its credential directory; callers need a certificate from the cluster CA and a
+role that may read (admin, which includes the master, edit or view): anyone else
+gets PERMISSION_DENIED naming them. Without TLS (`--insecure`, loopback or a unix
+socket only) every caller is the local admin.
+
+Explain reads the kernel's rules, which takes a while on a big table. It must
+never hold up rule programming: it reads through its own libnftables context
+(nft.py), not the one the sync lock guards, on a thread of its own rather than
+the default executor the syncs run on, one at a time, with at most
+`MAX_EXPLAIN_WAITING` calls waiting (RESOURCE_EXHAUSTED beyond).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kubeling.api.errors import ApiError
-from kubeling.common import handlers, rpc
+from kubeling.common import handlers, identity, rpc
 from kubeling.common.handlers import Context
+from kubeling.common.tls import CredentialDir
 from kubeling.proxy import nft
 from kubeling.proxy.explain import explain
 from kubeling.proxy.kubeproxy import KubeProxy
@@ -20,18 +38,64 @@ SERVICE_NAME: str = proxy_pb2.DESCRIPTOR.services_by_name["Proxy"].full_name
 # kube-proxy's own port number (its metrics port upstream).
 DEFAULT_PORT = 10249
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
+# Who may ask the proxy what it programmed: every role that may read the cluster.
+READERS = frozenset({identity.ADMIN, identity.EDIT, identity.VIEW})
+MAX_EXPLAIN_WAITING = 16
+
+
+def may_read(caller: identity.Identity, method: str) -> None:
+    """PERMISSION_DENIED unless `caller` is an admin (the master too), edit or view."""
+    if caller.role in READERS:
+        return
+    raise ApiError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{caller} may not call kubeling.v1.Proxy/{method}: it needs the admin, edit or view role",
+    )
 
 
 class ProxyService:
-    def __init__(self, proxy: KubeProxy) -> None:
+    """kubeling.v1.Proxy for `proxy`; with `authenticated` (TLS with client
+    certificates) only readers of the cluster may call."""
+
+    def __init__(self, proxy: KubeProxy, authenticated: bool = False) -> None:
         self.proxy = proxy
+        self.authenticated = authenticated
+        self._explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxy-explain")
+        self._explain_slot = asyncio.Semaphore(1)
+        self._explain_waiting = 0
+
+    def close(self) -> None:
+        self._explainer.shutdown(wait=False, cancel_futures=True)
+
+    def _unary(
+        self,
+        method: str,
+        fn: Callable[[Any, Context], Awaitable[Any]],
+        request: type[Message],
+    ) -> grpc.RpcMethodHandler:
+        # The caller is checked before anything of the request is looked at.
+        inner = handlers.guarded(fn, "proxy")
+
+        async def checked(message: Any, context: Context) -> Any:
+            if self.authenticated:
+                try:
+                    may_read(identity.identity_of(context), method)
+                except ApiError as exc:
+                    await context.abort_with_status(exc.to_status())
+            return await inner(message, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=handlers.parser(request),
+            response_serializer=handlers.serialize,
+        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
-                "Status": handlers.unary(self.status, proxy_pb2.ProxyStatusRequest, "proxy"),
-                "Explain": handlers.unary(self.explain, proxy_pb2.ExplainRequest, "proxy"),
+                "Status": self._unary("Status", self.status, proxy_pb2.ProxyStatusRequest),
+                "Explain": self._unary("Explain", self.explain, proxy_pb2.ExplainRequest),
             },
         )
 
@@ -80,9 +144,25 @@ class ProxyService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"protocol: {request.protocol!r} is not one of TCP, UDP, SCTP",
             )
-        found = await asyncio.to_thread(
-            explain, self.proxy.backend, request.address, request.port, protocol
-        )
+        if self._explain_waiting >= MAX_EXPLAIN_WAITING:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._explain_waiting} Explain calls are waiting already; try again later",
+            )
+        self._explain_waiting += 1
+        try:
+            async with self._explain_slot:
+                loop = asyncio.get_running_loop()
+                found = await loop.run_in_executor(
+                    self._explainer,
+                    explain,
+                    self.proxy.backend,
+                    request.address,
+                    request.port,
+                    protocol,
+                )
+        finally:
+            self._explain_waiting -= 1
         return proxy_pb2.ExplainResponse(
             verdict=found.verdict,
             service=found.service,
@@ -94,7 +174,13 @@ class ProxyService:
         )
 
 
-async def serve_proxy_api(listen: str, proxy: KubeProxy) -> rpc.Server:
-    server = rpc.Server(listen, [ProxyService(proxy).handler()], [SERVICE_NAME])
+async def serve_proxy_api(
+    listen: str, proxy: KubeProxy, credentials: CredentialDir | None = None
+) -> rpc.Server:
+    """Serve kubeling.v1.Proxy on `listen`: TLS from `credentials` (re-read after
+    renewal) to readers of the cluster; without, plaintext (loopback only)."""
+    service = ProxyService(proxy, authenticated=credentials is not None)
+    tls = rpc.ServerTls(credentials) if credentials is not None else None
+    server = rpc.Server(listen, [service.handler()], [SERVICE_NAME], tls=tls)
     await server.start()
     return server

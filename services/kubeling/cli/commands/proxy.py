@@ -12,6 +12,7 @@ from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.common import rpc
+from kubeling.common.tls import Credentials
 from kubeling.lab.lab import Lab
 from kubeling.proxy.server import DEFAULT_PORT
 from kubeling.v1 import proxy_pb2
@@ -66,8 +67,22 @@ async def _proxy_address(args: argparse.Namespace, ctx: Context) -> str:
     raise CliError(f'error: node "{args.node}" has no InternalIP; give --proxy ADDRESS')
 
 
-async def _call(address: str, method: str, request: Message, response: type[Message]) -> Message:
-    async with rpc.channel(address) as channel:
+def _credentials(args: argparse.Namespace, ctx: Context) -> Credentials | None:
+    """The CLI's credentials, checking the proxy's certificate for the node's name
+    (a SAN of every node's and proxy's certificate): the address may be an IP or a
+    lab node's unix socket. None (plaintext) when the CLI has none."""
+    credentials = ctx.target.credentials
+    return credentials.with_server_name(args.node) if credentials is not None else None
+
+
+async def _call(
+    address: str,
+    method: str,
+    request: Message,
+    response: type[Message],
+    credentials: Credentials | None = None,
+) -> Message:
+    async with rpc.channel(address, credentials=credentials) as channel:
         call = channel.unary_unary(
             _SERVICE + method,
             request_serializer=lambda m: m.SerializeToString(),
@@ -88,7 +103,9 @@ async def run_explain(args: argparse.Namespace, ctx: Context) -> int:
     host, port, protocol = parse_target(args.target)
     address = await _proxy_address(args, ctx)
     request = proxy_pb2.ExplainRequest(address=host, port=port, protocol=protocol)
-    reply = await _call(address, "Explain", request, proxy_pb2.ExplainResponse)
+    reply = await _call(
+        address, "Explain", request, proxy_pb2.ExplainResponse, _credentials(args, ctx)
+    )
     assert isinstance(reply, proxy_pb2.ExplainResponse)
     target = f"{host}:{port}/{protocol}"
     if reply.verdict == "none":
@@ -114,7 +131,13 @@ async def run_explain(args: argparse.Namespace, ctx: Context) -> int:
 
 async def run_status(args: argparse.Namespace, ctx: Context) -> int:
     address = await _proxy_address(args, ctx)
-    reply = await _call(address, "Status", proxy_pb2.ProxyStatusRequest(), proxy_pb2.ProxyStatus)
+    reply = await _call(
+        address,
+        "Status",
+        proxy_pb2.ProxyStatusRequest(),
+        proxy_pb2.ProxyStatus,
+        _credentials(args, ctx),
+    )
     assert isinstance(reply, proxy_pb2.ProxyStatus)
     last = reply.last_sync_time.ToDatetime().isoformat() if reply.syncs else "never"
     ctx.out(f"node:            {reply.node_name}")
