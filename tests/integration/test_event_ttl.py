@@ -172,7 +172,9 @@ async def test_events_older_than_the_ttl_go_when_a_master_starts(tmp_path: Path)
 
 
 async def test_expiry_tracks_every_event_and_only_events(tmp_path: Path) -> None:
-    master = Master(MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set()))
+    master = Master(
+        MasterConfig(listen="127.0.0.1:0", tls=False, data_dir=tmp_path, controllers=set())
+    )
     async with serving(master) as api:
         for i in range(3):
             await api.events.create(new_event(f"e{i}"))
@@ -218,7 +220,9 @@ async def test_a_master_process_expires_events_by_its_flag(tmp_path: Path) -> No
 
 async def test_the_expiry_loop_recovers_from_a_crash(tmp_path: Path) -> None:
     master = Master(
-        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(), event_ttl=1.0)
+        MasterConfig(
+            listen="127.0.0.1:0", tls=False, data_dir=tmp_path, controllers=set(), event_ttl=1.0
+        )
     )
     async with serving(master) as api:
 

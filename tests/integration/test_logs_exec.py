@@ -73,7 +73,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     base = tmp_path_factory.mktemp("logs-exec")
     node = CountingNode(FakeRuntime(), base / "pods")
     kubelet = await serve_kubelet_api("127.0.0.1:0", node, node.runtime, poll_interval=0.02)
-    master = Master(MasterConfig(listen="127.0.0.1:0", data_dir=base / "master"))
+    master = Master(MasterConfig(listen="127.0.0.1:0", tls=False, data_dir=base / "master"))
     proxy = PodProxy(master.registries["Pod"], master.registries["Node"])
     master.extra_methods["Pod"] = proxy.methods()
     try:

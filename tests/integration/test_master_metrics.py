@@ -121,6 +121,7 @@ def test_a_master_whose_loop_keeps_crashing_exits_non_zero(tmp_path: Path) -> No
                 sys.executable, "-c", _BROKEN_MASTER,
                 "--listen", f"127.0.0.1:{port}",
                 "--data-dir", str(tmp_path / "data"),
+                "--insecure",
                 "--metrics-bind-address", "127.0.0.1:0",
                 "--controllers", "",
                 "--loop-crash-limit", "3",

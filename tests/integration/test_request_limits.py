@@ -31,7 +31,7 @@ async def test_requests_over_the_inflight_limit_are_refused_and_below_it_are_ser
     tmp_path: Path,
 ) -> None:
     master = Master(
-        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(),
+        MasterConfig(listen="127.0.0.1:0", tls=False, data_dir=tmp_path, controllers=set(),
                      max_requests_inflight=3)
     )  # fmt: skip
     registry = master.registries[NAMESPACE.name]
@@ -81,7 +81,7 @@ async def open_watch(channel: grpc.aio.Channel) -> Any:
 
 async def test_a_client_beyond_its_watch_limit_is_refused(tmp_path: Path) -> None:
     master = Master(
-        MasterConfig(listen="127.0.0.1:0", data_dir=tmp_path, controllers=set(),
+        MasterConfig(listen="127.0.0.1:0", tls=False, data_dir=tmp_path, controllers=set(),
                      max_watches_per_client=2)
     )  # fmt: skip
     async with serving(master):

@@ -36,7 +36,10 @@ async def in_process_master(
     **config: Any,
 ) -> AsyncIterator[Client]:
     """A master running just `controllers` ("*" for all; none by default) with
-    `settings`; `config`: further MasterConfig fields (bookmark_interval, ...)."""
+    `settings`; `config`: further MasterConfig fields (bookmark_interval, ...).
+    Plaintext on loopback unless `tls=True` is passed (tests/integration/test_tls_*
+    make their own TLS clients)."""
+    config.setdefault("tls", False)
     master = Master(
         MasterConfig(
             listen="127.0.0.1:0",

@@ -58,7 +58,8 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 class MasterProcess:
-    """A real `kubeling-master` on loopback with its own data directory.
+    """A real `kubeling-master` on loopback with its own data directory, plaintext
+    (--insecure) so that tests reach it without credentials.
 
     `address`: where it listens instead (such as `unix:/path/master.sock`)."""
 
@@ -80,6 +81,7 @@ class MasterProcess:
                 sys.executable, "-m", "kubeling.master.main",
                 "--listen", self.address,
                 "--data-dir", str(self.data_dir),
+                "--insecure",
                 # Tests may run several masters: no fixed metrics port unless asked.
                 *([] if "--metrics-bind-address" in self.extra
                   else ["--metrics-bind-address", "127.0.0.1:0"]),

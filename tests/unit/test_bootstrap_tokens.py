@@ -225,11 +225,21 @@ def test_the_join_command_puts_the_token_in_a_file_not_on_argv() -> None:
     text = master_main.join_command("10.0.0.5:6443", "", "abcdef.0123456789abcdef")
     kubelet_line = next(line for line in text.splitlines() if "kubeling-kubelet" in line)
     assert "abcdef.0123456789abcdef" not in kubelet_line
-    assert "--master 10.0.0.5:6443 --token-file /etc/kubeling/join-token" in kubelet_line
+    assert (
+        "--master 10.0.0.5:6443 --join-address 10.0.0.5:6444 --token-file /etc/kubeling/join-token"
+        in kubelet_line
+    )
     assert "umask 077" in text and "echo abcdef.0123456789abcdef >" in text
     assert "--master master.example:6443 " in master_main.join_command(
         "0.0.0.0:6443,unix:/x", "master.example", "t"
     )
+    pinned = master_main.join_command(
+        "unix:/x,10.0.0.5:6443", "", "t", "0.0.0.0:7444", "sha256:" + "ab" * 32
+    )
+    assert (
+        "kubeling-kubelet --master 10.0.0.5:6443 --join-address 10.0.0.5:7444 "
+        f"--token-file /etc/kubeling/join-token --discovery-token-ca-cert-hash sha256:{'ab' * 32}"
+    ) in pinned
 
 
 def test_the_labs_kubelet_command_line_has_no_token(

@@ -65,6 +65,7 @@ async def master_running(
     master = Master(
         MasterConfig(
             listen="127.0.0.1:0",
+            tls=False,
             data_dir=tmp_path,
             controller_settings=settings or ControllerSettings(cluster_cidr="10.244.0.0/16"),
             bookmark_interval=1.0,

@@ -1,4 +1,4 @@
-"""Bootstrap tokens (kubeadm's): what a new node presents to register its Node.
+"""Bootstrap tokens (kubeadm's): what a new node presents to get its certificate.
 
 A token is `ID.SECRET` (`[a-z0-9]{6}.[a-z0-9]{16}`) with an expiry (default 24 h)
 and a description. The master keeps them in its data directory
@@ -6,16 +6,13 @@ and a description. The master keeps them in its data directory
 of its own (`bootstrap-tokens.key`, 0600, a separate file so that a copy of the
 token list alone reveals nothing), and compares in constant time. Tokens are
 made, listed and deleted through `kubeling.v1.Tokens` (master/tokens.py,
-`kubeling token ...`). Clients send the token as `authorization: Bearer TOKEN`;
-the master checks it on `Nodes/Create` only: a registered kubelet does not need
-it again (it finds its Node with Get), so an expired token does not stop a
-restart. It is not authentication of the API as a whole (no TLS yet: see
-deploy/README.md).
+`kubeling token ...`, admins only). A joining kubelet or proxy sends one in
+`Certificates/Join` (master/certificates.py) and gets a certificate; from then on
+its certificate authenticates it, so an expired token does not stop a restart.
 
-A file rather than objects in the store: the store's objects are readable by
-anyone through List/Watch until the API has authorization, and a single writer
-(this master) keeps the file consistent without a new kind. Several masters
-sharing one store will need the tokens moved into it, with authorization.
+A file rather than objects in the store: a single writer (this master) keeps the
+file consistent without a new kind, and the secrets' hashes stay out of what
+List/Watch serve. Several masters sharing one store will need them moved into it.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +33,6 @@ from typing import Any
 import grpc
 
 HEADER = "authorization"
-# The calls that need a token: registering a node.
-GUARDED_METHODS = frozenset({"/kubeling.v1.Nodes/Create"})
 DEFAULT_TTL = 24 * 3600.0
 TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 ID_RE = re.compile(r"^[a-z0-9]{6}$")
@@ -200,32 +195,6 @@ class TokenStore:
         return token_id
 
 
-class RequireToken(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Rejects the guarded calls without a valid bootstrap token (UNAUTHENTICATED)."""
-
-    def __init__(self, store: TokenStore) -> None:
-        self._store = store
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if details.method not in GUARDED_METHODS:
-            return await continuation(details)
-        sent = str(dict(details.invocation_metadata or ()).get(HEADER, ""))
-        try:
-            self._store.check(sent.removeprefix("Bearer ").strip())
-        except TokenRefused as refused:
-            reason = str(refused)
-
-            async def refuse(request: Any, context: Any) -> None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-
-            return grpc.unary_unary_rpc_method_handler(refuse)
-        return await continuation(details)
-
-
 class _SendToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self._pair = (HEADER, f"Bearer {token}")
@@ -247,15 +216,30 @@ def client_interceptors(token: str) -> list[Any]:
     return [_SendToken(token)] if token else []
 
 
-def create_token_sync(server: str, ttl: float, description: str, timeout: float = 30.0) -> str:
-    """Ask the master at `server` (its unix socket or loopback) for a new token, from
-    synchronous code (the lab)."""
+def create_token_sync(
+    server: str,
+    ttl: float,
+    description: str,
+    timeout: float = 30.0,
+    credentials: Any = None,
+) -> str:
+    """Ask the master at `server` for a new token, from synchronous code (the lab).
+    `credentials` (common/tls.Credentials, an admin's): TLS; None: plaintext, to a
+    master run with --insecure (its unix socket or loopback)."""
     from google.protobuf.duration_pb2 import Duration
 
+    from kubeling.common.tls import channel_credentials
     from kubeling.v1 import tokens_pb2
 
     request = tokens_pb2.CreateTokenRequest(ttl=Duration(seconds=int(ttl)), description=description)
-    with grpc.insecure_channel(server) as channel:
+    if credentials is None:
+        channel = grpc.insecure_channel(server)
+    else:
+        options = []
+        if credentials.server_name:
+            options.append(("grpc.ssl_target_name_override", credentials.server_name))
+        channel = grpc.secure_channel(server, channel_credentials(credentials), options=options)
+    with channel:
         call = channel.unary_unary(
             "/kubeling.v1.Tokens/Create",
             request_serializer=tokens_pb2.CreateTokenRequest.SerializeToString,

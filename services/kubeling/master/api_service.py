@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from kubeling.api.errors import ApiError
 from kubeling.common import handlers
 from kubeling.common.handlers import Context
+from kubeling.master.authz import Authorizer
 from kubeling.master.limits import RequestLimits
 from kubeling.master.metrics import instrument
 from kubeling.master.registry import Registry, WatchItem
@@ -35,10 +36,16 @@ log = structlog.get_logger(__name__)
 class ResourceService:
     """Create/Get/List/Update/UpdateStatus/Delete/Watch for one kind."""
 
-    def __init__(self, registry: Registry, limits: RequestLimits | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        limits: RequestLimits | None = None,
+        authz: Authorizer | None = None,
+    ) -> None:
         self.registry = registry
         self.kind = registry.kind
         self.limits = limits
+        self.authz = authz
 
     def handler(self, extra: dict[str, Any] | None = None) -> grpc.GenericRpcHandler:
         """The kind's service; `extra` adds methods beyond CRUD and Watch (e.g. the
@@ -62,6 +69,8 @@ class ResourceService:
             response_serializer=handlers.serialize,
         )
         methods.update(extra or {})
+        if self.authz is not None:  # innermost: its refusals are limited and counted too
+            methods = self.authz.wrap_kind(kind, methods)
         if self.limits is not None:  # inside instrument: refusals are counted too
             methods = {name: self.limits.wrap(h, name) for name, h in methods.items()}
         counted = {name: instrument(h, name, kind.plural) for name, h in methods.items()}

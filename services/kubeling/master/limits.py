@@ -7,9 +7,9 @@
   the same way. Long-running calls (watches, log streams, exec) do not count as in
   flight, as in Kubernetes.
 
-A client is keyed by its peer host (`peer_host`) until TLS identities exist; the
-key function is the one piece to replace then. 0 disables a limit. Everything runs
-on the server's one event loop, so plain counters suffice.
+A client is keyed by the identity in its certificate (`identity_key`) when the
+master serves TLS, by its peer host (`peer_host`) when it does not. 0 disables a
+limit. Everything runs on the server's one event loop, so plain counters suffice.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from kubeling.common import peer
+from kubeling.common import identity, peer
 
 DEFAULT_MAX_REQUESTS_INFLIGHT = 400
 DEFAULT_MAX_WATCHES_PER_CLIENT = 100
@@ -36,6 +36,11 @@ def peer_host(context: Any) -> str:
     """The host part of the caller's address: "ipv4:10.0.0.5:51000" -> "10.0.0.5",
     "ipv6:[::1]:51000" -> "::1"; a unix socket peer is keyed as a whole."""
     return peer.peer_host(str(context.peer() or ""))
+
+
+def identity_key(context: Any) -> str:
+    """The user of the caller's certificate (one key for all of a node's connections)."""
+    return identity.identity_of(context).user
 
 
 class RequestLimits:

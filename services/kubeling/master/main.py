@@ -1,21 +1,30 @@
-"""`kubeling-master`: the API server (with its in-process controllers)."""
+"""`kubeling-master`: the API server (with its in-process controllers).
+
+Secure by default: mutual TLS with the cluster CA made at the first start in
+DATA_DIR/pki, authorization of every call, a join port (--join-listen) for new
+nodes. --insecure serves plaintext, on loopback or a unix socket only, without
+authorization (tests, a one-machine experiment)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 
 import structlog
 
-from kubeling.common import machine
+from kubeling.common import machine, pki
 from kubeling.common.duration import parse_duration
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.proctitle import set_process_name
+from kubeling.common.rpc import PlaintextRefused
 from kubeling.controllers.manager import ControllerSettings
+from kubeling.master import cluster_ca
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL
 from kubeling.master.limits import DEFAULT_MAX_REQUESTS_INFLIGHT, DEFAULT_MAX_WATCHES_PER_CLIENT
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
@@ -41,12 +50,42 @@ def _duration(text: str) -> float:
     return seconds
 
 
+_DAYS = re.compile(r"^(\d+(?:\.\d*)?)d(.*)$")
+
+
+def _validity(text: str) -> float:
+    """A duration that may also count days: 365d, 30d12h, 8760h, 3600."""
+    match = _DAYS.match(text.strip())
+    seconds = 0.0
+    if match:
+        seconds, text = float(match.group(1)) * 86400, match.group(2)
+        if not text:
+            return seconds if seconds > 0 else _duration("0")
+    return seconds + _duration(text)
+
+
+def _sans(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if not (cluster_ca.pki_dns_ok(name) or _is_ip(name)):
+            raise argparse.ArgumentTypeError(f"{name!r} is neither an IP address nor a DNS name")
+    return names
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class _Replaced(argparse.Action):
     """The old single, never-expiring token file: refused with what replaces it."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         parser.error(
-            "--join-token-file is gone: use --bootstrap-tokens and make tokens with "
+            "--join-token-file is gone: make bootstrap tokens with "
             "`kubeling token create` (see deploy/README.md)"
         )
 
@@ -86,17 +125,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--node-cidr-mask-size", type=int, default=24, help="prefix length of each Node's pod CIDR"
     )
     parser.add_argument(
-        "--bootstrap-tokens",
+        "--insecure",
         action="store_true",
-        help="registering a Node needs a bootstrap token (kubeling token create; kept hashed "
-        "in the data dir); on a terminal, the first start prints a join command with one",
+        help="serve plaintext without authorization: only on loopback or a unix socket "
+        "(tests, one-machine experiments); no join port, no certificates",
     )
+    parser.add_argument(
+        "--join-listen",
+        default="0.0.0.0:6444",
+        help="HOST:PORT where new nodes join (TLS without a client certificate; only "
+        'Certificates/Join with a bootstrap token is served there); "" for none',
+    )
+    parser.add_argument(
+        "--tls-san",
+        type=_sans,
+        action="append",
+        default=[],
+        help="another IP or DNS name for the serving certificate (repeatable, or a comma list)",
+    )
+    parser.add_argument(
+        "--cert-validity",
+        type=_validity,
+        default=cluster_ca.DEFAULT_CERT_VALIDITY,
+        help="how long the certificates the master signs are valid: 365d, 720h, seconds (365d)",
+    )
+    # Bootstrap tokens are always on now; the flag stays accepted.
+    parser.add_argument("--bootstrap-tokens", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--join-token-file", action=_Replaced, help=argparse.SUPPRESS, nargs="?")
     parser.add_argument(
         "--advertise-address",
         default="",
-        help="the address workers use, for the join command (default: the listen host "
-        "or this machine's address)",
+        help="the address workers use: in the serving certificate, admin.conf and the join "
+        "command (default: the listen host or this machine's address)",
     )
     parser.add_argument(
         "--metrics-bind-address",
@@ -120,33 +180,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-watches-per-client",
         type=int,
         default=DEFAULT_MAX_WATCHES_PER_CLIENT,
-        help="Watch streams one client (by peer address) may hold open (0: no limit)",
+        help="Watch streams one client (by certificate identity; with --insecure by peer "
+        "address) may hold open (0: no limit)",
     )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.tls_san = [name for names in args.tls_san for name in names]
+    return args
 
 
 TOKEN_PATH = "/etc/kubeling/join-token"
 
 
-def join_command(listen: str, advertise: str, token: str) -> str:
+def _reachable(address: str, advertise: str, default_port: int) -> str:
+    """HOST:PORT other machines use for a listen address: the advertise address or
+    the listen host (a wildcard: this machine's address)."""
+    host, _, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if advertise:
+        host = advertise
+    elif host in ("", "0.0.0.0", "::"):
+        host = machine.node_ip()
+    return cluster_ca.host_port(host, port or default_port)
+
+
+def join_command(
+    listen: str, advertise: str, token: str, join_listen: str = "0.0.0.0:6444", pin: str = ""
+) -> str:
     """What to run on a worker to join this master: the token goes into a file
-    (`echo` is a shell builtin, so it never shows in `ps`), not onto argv."""
-    first = listen.split(",")[0].strip()
-    host, _, port = first.rpartition(":")
-    if not advertise:
-        advertise = host if host not in ("", "0.0.0.0", "[::]") else machine.node_ip()
-    return (
+    (`echo` is a shell builtin, so it never shows in `ps`), not onto argv; the CA
+    pin lets the kubelet check the master before it sends the token."""
+    first = next((a for a in listen.split(",") if not a.strip().startswith("unix:")), ":6443")
+    master = _reachable(first, advertise, 6443)
+    command = (
         f"(umask 077; mkdir -p {TOKEN_PATH.rpartition('/')[0]}; echo {token} > {TOKEN_PATH})\n"
-        f"  kubeling-kubelet --master {advertise}:{port or 6443} --token-file {TOKEN_PATH} "
-        "--node-name $(hostname)"
+        f"  kubeling-kubelet --master {master}"
     )
+    join = join_listen.split(",")[0].strip()
+    if join:
+        # A wildcard join host is reached where the master is.
+        host, _, port = join.rpartition(":")
+        if advertise or host.strip("[]") in ("", "0.0.0.0", "::"):
+            host = master.rpartition(":")[0]
+        command += f" --join-address {host}:{port or 6444}"
+    command += f" --token-file {TOKEN_PATH}"
+    if pin:
+        command += f" --discovery-token-ca-cert-hash {pin}"
+    return command
 
 
 def first_token(master: Master, config: MasterConfig, advertise: str) -> None:
     """On the first start, a token and the join command, for a person at a terminal
     only: a secret printed otherwise ends up in a log."""
-    if master.tokens is None or master.tokens.exists:
+    if master.ca is None or not config.join_listen or master.tokens.exists:
         return
     if not sys.stdout.isatty():
         log.info(
@@ -158,15 +244,26 @@ def first_token(master: Master, config: MasterConfig, advertise: str) -> None:
     print(
         "To join a worker (token valid 24h; more: kubeling token create), run on it, "
         "with containerd running (see deploy/README.md):\n  "
-        + join_command(config.listen, advertise, token),
+        + join_command(config.listen, advertise, token, config.join_listen, master.ca.pin)
+        + f"\nThe admin credential is {master.admin_conf} (copy it to ~/.kubeling/config).",
         flush=True,
     )
 
 
 async def serve(config: MasterConfig, advertise: str = "") -> int:
     """Serve until SIGTERM/SIGINT (0) or until a supervised loop gives up (1)."""
-    master = Master(config)
-    await master.start()
+    try:
+        master = Master(config)
+    except (ValueError, OSError, pki.PkiError) as exc:
+        # PlaintextRefused is a ValueError; CA trouble names its files.
+        print(f"kubeling-master: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        await master.start()
+    except PlaintextRefused as exc:
+        print(f"kubeling-master: {exc} (drop --insecure to serve TLS)", file=sys.stderr)
+        await master.stop()
+        return 2
     first_token(master, config, advertise)
     code = await until_terminated(master.supervisor)
     await master.stop()
@@ -178,7 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     set_process_name("kubeling-master")
     setup_logging(args.log_level)
     config = MasterConfig(
-        bootstrap_tokens=args.bootstrap_tokens,
+        tls=not args.insecure,
+        join_listen="" if args.insecure else args.join_listen,
+        tls_sans=args.tls_san,
+        cert_validity=args.cert_validity,
+        advertise_address=args.advertise_address,
         metrics_bind=args.metrics_bind_address,
         loop_crash_limit=args.loop_crash_limit,
         max_requests_inflight=args.max_requests_inflight,

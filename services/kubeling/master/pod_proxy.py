@@ -3,7 +3,13 @@
 The master looks up the pod and its node, then forwards the call to that node's
 kubeling.v1.Kubelet API (as the Kubernetes API server proxies to port 10250).
 Messages pass through as bytes; the kubelet's errors reach the caller unchanged.
-Channels to kubelets are kept for reuse in a bounded cache (`ChannelCache`): the
+With TLS the master presents its own client certificate (`kubeling:master`, the
+only identity a kubelet's API accepts) and checks that the kubelet's certificate
+names the node (`system:node:NAME` certificates carry NAME as a DNS SAN): a Node
+whose addresses point elsewhere gets no call through. Without TLS (a master on
+loopback, --insecure) the kubelet is dialled in plaintext.
+Channels to kubelets are kept for reuse in a bounded cache (`ChannelCache`), keyed
+by (address, node name): the
 least recently used idle one is closed beyond `max_size`, and any left idle for
 `idle_timeout` is closed at the next call, so nodes that come and go leave nothing.
 """
@@ -13,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -23,6 +29,7 @@ import structlog
 from kubeling.api.errors import ApiError
 from kubeling.common import handlers, rpc
 from kubeling.common.handlers import Context
+from kubeling.common.tls import Credentials
 from kubeling.master.registry import Registry
 from kubeling.v1 import core_pb2, kubelet_pb2
 
@@ -59,13 +66,18 @@ class _Cached:
     in_use: int = 0
 
 
+# What a channel is kept under: an address, or (address, node name) with TLS.
+CacheKey = Hashable
+
+
 class ChannelCache:
-    """Channels by address, reused while in use and recently used; a channel with a
-    call in flight (a followed log) is never closed under it."""
+    """Channels by key (an address, or an address and the name its certificate must
+    carry), reused while in use and recently used; a channel with a call in flight
+    (a followed log) is never closed under it."""
 
     def __init__(
         self,
-        make: Callable[[str], grpc.aio.Channel] = rpc.channel,
+        make: Callable[[Any], grpc.aio.Channel] = rpc.channel,
         max_size: int = 64,
         idle_timeout: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
@@ -74,17 +86,17 @@ class ChannelCache:
         self.max_size = max_size
         self.idle_timeout = idle_timeout
         self._clock = clock
-        self._cached: OrderedDict[str, _Cached] = OrderedDict()  # least recently used first
+        self._cached: OrderedDict[CacheKey, _Cached] = OrderedDict()  # least recently used first
 
     def __len__(self) -> int:
         return len(self._cached)
 
-    def __contains__(self, address: str) -> bool:
+    def __contains__(self, address: object) -> bool:
         return address in self._cached
 
     @contextlib.asynccontextmanager
-    async def use(self, address: str) -> AsyncIterator[grpc.aio.Channel]:
-        """The channel to `address`, held for the block."""
+    async def use(self, address: CacheKey) -> AsyncIterator[grpc.aio.Channel]:
+        """The channel for `address` (a cache key), held for the block."""
         await self._evict(keep=address)
         cached = self._cached.get(address)
         if cached is None:
@@ -97,7 +109,7 @@ class ChannelCache:
             cached.in_use -= 1
             cached.last_used = self._clock()
 
-    async def _evict(self, keep: str) -> None:
+    async def _evict(self, keep: CacheKey) -> None:
         now = self._clock()
         excess = len(self._cached) + (keep not in self._cached) - self.max_size
         idle = [(a, c) for a, c in self._cached.items() if not c.in_use and a != keep]
@@ -119,11 +131,23 @@ class ChannelCache:
 class PodProxy:
     """`methods()` are added to the Pods service (Master.extra_methods["Pod"])."""
 
-    def __init__(self, pods: Registry, nodes: Registry) -> None:
+    def __init__(
+        self, pods: Registry, nodes: Registry, credentials: Credentials | None = None
+    ) -> None:
+        """`credentials`: the master's client identity and the cluster CA (None:
+        plaintext, for a master without TLS)."""
         self.pods = pods
         self.nodes = nodes
+        self.credentials = credentials
         # One channel per kubelet, reused by the calls to it.
-        self.channels = ChannelCache()
+        self.channels = ChannelCache(self._dial)
+
+    def _dial(self, key: CacheKey) -> grpc.aio.Channel:
+        address, node = cast(tuple[str, str], key)
+        if self.credentials is None:
+            return rpc.channel(address)
+        # The kubelet's certificate must name its node, whatever address it has.
+        return rpc.channel(address, credentials=self.credentials.with_server_name(node))
 
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -164,7 +188,7 @@ class PodProxy:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
-        async with self.channels.use(address) as channel:
+        async with self.channels.use((address, node)) as channel:
             call = channel.unary_stream(
                 _KUBELET + "Logs", request_serializer=handlers.serialize, response_deserializer=None
             )(request)
@@ -192,7 +216,7 @@ class PodProxy:
         # The caller's deadline, if any, bounds the kubelet call too (no deadline
         # shows as None or as a practically infinite time).
         timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else None
-        async with self.channels.use(address) as channel:
+        async with self.channels.use((address, node)) as channel:
             call = channel.unary_unary(
                 _KUBELET + "Exec", request_serializer=handlers.serialize, response_deserializer=None
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import os
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 from aiohttp import web
 
@@ -27,19 +29,26 @@ from kubeling.api.errors import ApiError
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
 from kubeling.client import Client
 from kubeling.common.httpserve import bound_port, serve_http
-from kubeling.common.rpc import Server
+from kubeling.common.rpc import Server, ServerTls
 from kubeling.common.supervisor import LoopFailed, Supervisor
-from kubeling.common.token import RequireToken, TokenStore
+from kubeling.common.tls import Credentials
+from kubeling.common.token import TokenStore
 from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
+from kubeling.master import cluster_ca
 from kubeling.master.api_service import ResourceService
+from kubeling.master.authz import Authorizer
 from kubeling.master.binding import PodBinder
+from kubeling.master.certificates import SERVICE_NAME as CERTIFICATES_SERVICE
+from kubeling.master.certificates import CertificatesService
 from kubeling.master.codec import ProtoCodec
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
 from kubeling.master.limits import (
     DEFAULT_MAX_REQUESTS_INFLIGHT,
     DEFAULT_MAX_WATCHES_PER_CLIENT,
     RequestLimits,
+    identity_key,
+    peer_host,
 )
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
@@ -70,8 +79,20 @@ class MasterConfig:
     # names to pick some, empty for none (then they can run as their own process).
     controllers: set[str] = field(default_factory=lambda: {"*"})
     controller_settings: ControllerSettings = field(default_factory=ControllerSettings)
-    # When set, registering a Node (Nodes/Create) needs a bootstrap token, kept in
-    # data_dir (common/token.py; made with kubeling.v1.Tokens, master/tokens.py).
+    # Mutual TLS with the cluster CA of data_dir/pki (master/cluster_ca.py) and
+    # authorization of every call (master/authz.py). False: plaintext, loopback and
+    # unix sockets only, every caller the local admin, no joining.
+    tls: bool = True
+    # HOST:PORT of the join port (TLS without a client certificate, for
+    # Certificates/Join with a bootstrap token); "" serves none.
+    join_listen: str = ""
+    # More names and IPs for the serving certificate.
+    tls_sans: list[str] = field(default_factory=list)
+    # How long the certificates the master signs are valid (seconds).
+    cert_validity: float = cluster_ca.DEFAULT_CERT_VALIDITY
+    # The address other machines reach this master at (SANs, admin.conf, join command).
+    advertise_address: str = ""
+    # Accepted and ignored: bootstrap tokens are always on (common/token.py).
     bootstrap_tokens: bool = False
     # HOST:PORT for /metrics /healthz /livez ("" serves none; port 0 picks one).
     metrics_bind: str = ""
@@ -128,7 +149,12 @@ class Master:
             kind.name: Registry(
                 kind,
                 self.store,
-                strategy_for(kind, config.service_cidr, loopback_only(config.listen)),
+                strategy_for(
+                    kind,
+                    config.service_cidr,
+                    loopback_only(config.listen),
+                    cluster_cidr=config.controller_settings.cluster_cidr,
+                ),
                 namespace_check=check,
                 bookmark_interval=config.bookmark_interval,
             )
@@ -136,11 +162,30 @@ class Master:
         }
         # Methods beyond CRUD/Watch, by kind name (the Pods service's Logs and Exec).
         self.extra_methods: dict[str, dict[str, Any]] = {}
-        self.pod_proxy = PodProxy(self.registries[POD.name], self.registries[NODE.name])
+        # The CA and the master's own credentials: made (or renewed) before serving.
+        self.ca: cluster_ca.ClusterCa | None = None
+        if config.tls:
+            self.ca = cluster_ca.load_or_create(
+                config.data_dir,
+                [*config.listen.split(","), *config.join_listen.split(",")],
+                config.advertise_address,
+                config.tls_sans,
+                config.cert_validity,
+            )
+        credentials = self.ca.master_credentials() if self.ca is not None else None
+        self.pod_proxy = PodProxy(
+            self.registries[POD.name], self.registries[NODE.name], credentials
+        )
         binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
         self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
-        self.tokens = TokenStore(config.data_dir) if config.bootstrap_tokens else None
-        self.limits = RequestLimits(config.max_requests_inflight, config.max_watches_per_client)
+        self.tokens = TokenStore(config.data_dir)
+        self.authz = Authorizer(self.registries, enabled=config.tls)
+        self.limits = RequestLimits(
+            config.max_requests_inflight,
+            config.max_watches_per_client,
+            # Clients are who their certificate says; without TLS, where they call from.
+            identity_key if config.tls else peer_host,
+        )
         self.server: Server | None = None
         self.elector: LeaderElector | None = None
         self.metrics: web.AppRunner | None = None
@@ -164,19 +209,34 @@ class Master:
         assert isinstance(services.strategy, ServiceStrategy)
         services.strategy.load(services.list_objects("")[0])
         await self._ensure_namespaces()
+        certificates = CertificatesService(self.ca, self.tokens, loopback_only(self.config.listen))
+        tls = None
+        if self.ca is not None:
+            tls = ServerTls(self.ca.server, without_client_cert=self.config.join_listen)
         self.server = Server(
             self.config.listen,
             [
                 *(
-                    ResourceService(r, self.limits).handler(self.extra_methods.get(r.kind.name))
+                    ResourceService(r, self.limits, self.authz).handler(
+                        self.extra_methods.get(r.kind.name)
+                    )
                     for r in self.registries.values()
                 ),
-                TokensService(self.tokens).handler(),
+                TokensService(self.tokens, local_only=not self.config.tls).handler(self.authz),
+                grpc.method_handlers_generic_handler(
+                    CERTIFICATES_SERVICE,
+                    self.authz.wrap_service(CERTIFICATES_SERVICE, certificates.methods()),
+                ),
             ],
-            [*(kind.service for kind in ALL_KINDS), TOKENS_SERVICE],
-            [RequireToken(self.tokens)] if self.tokens is not None else [],
+            [*(kind.service for kind in ALL_KINDS), TOKENS_SERVICE, CERTIFICATES_SERVICE],
+            tls=tls,
         )
         await self.server.start()
+        if self.ca is not None:
+            server = cluster_ca.admin_server(
+                self.config.listen, self.server.port, self.config.advertise_address
+            )
+            cluster_ca.write_admin_conf(self.ca, self.admin_conf, server)
         if self.config.metrics_bind:
             await self._serve_metrics(self.config.metrics_bind)
         namespaces = NamespaceController(self.registries)
@@ -188,8 +248,27 @@ class Master:
             self._tasks.append(
                 self.supervisor.start("leader-election", lambda: self._elected_controllers(own))
             )
-        log.info("master serving", listen=self.config.listen, port=self.server.port)
+        log.info(
+            "master serving",
+            listen=self.config.listen,
+            port=self.server.port,
+            tls=self.config.tls,
+            join_port=self.server.join_port or None,
+        )
         return int(self.server.port)
+
+    @property
+    def admin_conf(self) -> Path:
+        """The admin credential (client/config.py) written at start with TLS."""
+        return self.config.data_dir / "admin.conf"
+
+    @property
+    def join_port(self) -> int:
+        return self.server.join_port if self.server is not None else 0
+
+    def own_credentials(self) -> Credentials | None:
+        """What the master's own clients present: its `kubeling:master` identity."""
+        return self.ca.master_credentials() if self.ca is not None else None
 
     async def _serve_metrics(self, bind: str) -> None:
         try:
@@ -203,9 +282,17 @@ class Master:
         """Controllers and scheduler run only while this master holds the
         kube-system/kubeling-controller-manager Lease, so several masters can run
         with one active set."""
-        async with Client(own) as api:
-            identity = f"{socket.gethostname()}_{own}_{os.getpid()}"
-            self.elector = LeaderElector(api, identity=identity, supervisor=self.supervisor)
+        credentials = self.own_credentials()
+        # run_controllers makes its own client; it takes credentials once
+        # controllers/manager.py passes them on (until then: plaintext masters only).
+        more: dict[str, Any] = {}
+        if "credentials" in inspect.signature(run_controllers).parameters:
+            more["credentials"] = credentials
+        elif credentials is not None:
+            log.warning("controllers cannot authenticate: run_controllers takes no credentials")
+        async with Client(own, credentials=credentials) as api:
+            holder = f"{socket.gethostname()}_{own}_{os.getpid()}"
+            self.elector = LeaderElector(api, identity=holder, supervisor=self.supervisor)
             await self.elector.run(
                 lambda: run_controllers(
                     own,
@@ -215,6 +302,7 @@ class Master:
                     # The scheduler is a loop like the controllers, registered here so
                     # that the controllers and the scheduler never import each other.
                     extra={"scheduler": Scheduler},
+                    **more,
                 )
             )
         # The controllers run until cancelled: ending otherwise is a crash to restart.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from typing import cast
 
@@ -37,18 +38,69 @@ class PodStrategy(Strategy):
 
 
 class NodeStrategy(Strategy):
+    """Node addresses are checked (loopback only for a loopback-only master); a pod
+    range must lie inside the master's --cluster-cidr when it has one: kubelets
+    route pod ranges to nodes, so a range elsewhere would capture other traffic.
+    The range is checked when it is set (create, or "" to a range), so Nodes made
+    before the cluster CIDR changed keep working."""
+
     keeps_status_on_create = True
 
-    def __init__(self, kind: Kind, loopback_addresses: bool = False) -> None:
+    def __init__(
+        self, kind: Kind, loopback_addresses: bool = False, cluster_cidr: str = ""
+    ) -> None:
         super().__init__(kind)
         # Only a master no other machine can reach accepts loopback node addresses.
         self.loopback_addresses = loopback_addresses
+        self.cluster_cidrs = [
+            ipaddress.ip_network(c.strip(), strict=False)
+            for c in cluster_cidr.split(",")
+            if c.strip()
+        ]
 
     def validate(self, obj: Message) -> list[FieldViolation]:
         errs = super().validate(obj)
         if not self.loopback_addresses:
             errs += node_loopback_addresses(cast(core_pb2.Node, obj).status.addresses)
         return errs
+
+    def _outside_cluster_cidr(self, node: core_pb2.Node, old: core_pb2.Node | None) -> None:
+        if not self.cluster_cidrs:
+            return
+        errs = []
+        ranges = [("spec.podCIDR", node.spec.pod_cidr)] + [
+            (f"spec.podCIDRs[{i}]", c) for i, c in enumerate(node.spec.pod_cidrs)
+        ]
+        before = {old.spec.pod_cidr, *old.spec.pod_cidrs} if old is not None else set()
+        allowed = ", ".join(str(c) for c in self.cluster_cidrs)
+        for path, text in ranges:
+            if not text or text in before:
+                continue
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                continue  # validation says why
+            inside = any(
+                network.version == c.version and network.subnet_of(c)  # type: ignore[arg-type]
+                for c in self.cluster_cidrs
+            )
+            if not inside:
+                errs.append(
+                    FieldViolation(
+                        path,
+                        f"Invalid value: {text!r}: must be inside the cluster CIDR ({allowed})",
+                    )
+                )
+        if errs:
+            raise errors.invalid("Node", node.metadata.name, errs)
+
+    async def before_create(self, obj: Message) -> Callable[[], None]:
+        self._outside_cluster_cidr(cast(core_pb2.Node, obj), None)
+        return await super().before_create(obj)
+
+    async def before_update(self, new: Message, old: Message) -> Callable[[], None]:
+        self._outside_cluster_cidr(cast(core_pb2.Node, new), cast(core_pb2.Node, old))
+        return await super().before_update(new, old)
 
 
 class NamespaceStrategy(Strategy):
@@ -189,12 +241,15 @@ class ServiceStrategy(Strategy):
 
 
 def strategy_for(
-    kind: Kind, service_cidr: str = DEFAULT_SERVICE_CIDR, loopback_node_addresses: bool = False
+    kind: Kind,
+    service_cidr: str = DEFAULT_SERVICE_CIDR,
+    loopback_node_addresses: bool = False,
+    cluster_cidr: str = "",
 ) -> Strategy:
     if kind is POD:
         return PodStrategy(kind)
     if kind is NODE:
-        return NodeStrategy(kind, loopback_node_addresses)
+        return NodeStrategy(kind, loopback_node_addresses, cluster_cidr)
     if kind is NAMESPACE:
         return NamespaceStrategy(kind)
     if kind is SERVICE:

@@ -1,7 +1,9 @@
 """kubeling.v1.Tokens: make, list and delete bootstrap tokens (common/token.py).
 
-Until the API has authorization, only a caller on the master's own machine may
-use it: a unix-socket peer or loopback; anyone else gets PERMISSION_DENIED.
+With TLS only admins may (master/authz.py decides, from the caller's certificate).
+A master run without TLS (--insecure, loopback only) has no identities: there only
+a caller on the master's own machine may, a unix-socket peer or loopback; anyone
+else gets PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kubeling.api.errors import ApiError
-from kubeling.common import handlers
+from kubeling.common import handlers, identity
 from kubeling.common.handlers import Context
 from kubeling.common.peer import is_local
 from kubeling.common.token import DEFAULT_TTL, ID_RE, StoredToken, TokenStore
+from kubeling.master.authz import Authorizer
 from kubeling.v1 import tokens_pb2
 
 log = structlog.get_logger(__name__)
@@ -38,23 +41,25 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 class TokensService:
-    def __init__(self, store: TokenStore | None) -> None:
-        """`store` None: this master does not require tokens, and says so."""
+    def __init__(self, store: TokenStore | None, local_only: bool = True) -> None:
+        """`store` None: this master keeps no tokens, and says so. `local_only`: only
+        callers on this machine (a master without TLS, hence without identities)."""
         self.store = store
+        self.local_only = local_only
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Create": handlers.unary(self.create, tokens_pb2.CreateTokenRequest, "master"),
-                "List": handlers.unary(self.list, tokens_pb2.ListTokensRequest, "master"),
-                "Delete": handlers.unary(self.delete, tokens_pb2.DeleteTokenRequest, "master"),
-            },
-        )
+    def handler(self, authz: Authorizer | None = None) -> grpc.GenericRpcHandler:
+        methods = {
+            "Create": handlers.unary(self.create, tokens_pb2.CreateTokenRequest, "master"),
+            "List": handlers.unary(self.list, tokens_pb2.ListTokensRequest, "master"),
+            "Delete": handlers.unary(self.delete, tokens_pb2.DeleteTokenRequest, "master"),
+        }
+        if authz is not None:
+            methods = authz.wrap_service(SERVICE_NAME, methods)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
     def _allowed(self, context: Context) -> TokenStore:
         peer = str(context.peer())
-        if not local_peer(peer):
+        if self.local_only and not local_peer(peer):
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"bootstrap tokens are managed only from the master's machine (unix socket or "
@@ -63,8 +68,8 @@ class TokensService:
         if self.store is None:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "this master does not require bootstrap tokens to join (start it with "
-                "--bootstrap-tokens)",
+                "this master keeps no bootstrap tokens (it was built without a token "
+                "store; kubeling-master always has one: --bootstrap-tokens is the default)",
             )
         return self.store
 
@@ -96,7 +101,7 @@ class TokensService:
                 f"description must be printable and at most {_MAX_DESCRIPTION} characters",
             )
         token, stored = store.create(ttl, description)
-        log.info("bootstrap token created", id=stored.id, ttl=ttl, peer=context.peer())
+        log.info("bootstrap token created", id=stored.id, ttl=ttl, peer=_caller(context))
         return tokens_pb2.CreateTokenResponse(token=token, info=self._info(stored, stored.created))
 
     async def list(
@@ -120,5 +125,13 @@ class TokensService:
             )
         if not store.delete(token_id):
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"bootstrap token {token_id} not found")
-        log.info("bootstrap token deleted", id=token_id, peer=context.peer())
+        log.info("bootstrap token deleted", id=token_id, peer=_caller(context))
         return tokens_pb2.DeleteTokenResponse()
+
+
+def _caller(context: Context) -> str:
+    """Who asked, for the log: the certificate's user with TLS, else the peer."""
+    user = identity.identity_of(context) if hasattr(context, "auth_context") else None
+    if user is not None and user.authenticated:
+        return user.user
+    return str(context.peer())
