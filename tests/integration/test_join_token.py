@@ -1,8 +1,9 @@
-"""A master started with --bootstrap-tokens registers only nodes that present a
-valid token: made, listed and deleted with `kubeling token` over the master's unix
-socket; expired, deleted and unknown tokens refused; the first start prints a join
-command on a terminal only; a real kubelet joins with --token-file and no secret on
-its command line or in any log."""
+"""Joining a real master with TLS (kubeadm's flow), with real processes: bootstrap
+tokens made, listed and deleted with `kubeling token` as the master's admin (a view
+user may not); expired, deleted and unknown tokens refused at the join port; the
+first start prints a join command, with the CA's pin, on a terminal only; a real
+kubelet joins with --token-file, keeps its certificate 0600, registers with it,
+and no secret is on its command line or in any log."""
 
 from __future__ import annotations
 
@@ -17,37 +18,99 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubeling.client import Client
-from kubeling.common.token import TOKEN_RE, create_token_sync
+from kubeling.client import Client, bootstrap
+from kubeling.client.config import read_config
+from kubeling.common import pki
+from kubeling.common.tls import CredentialDir
+from kubeling.common.token import TOKEN_RE
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
-from kubeling.v1 import core_pb2
-from tests.support.processes import MasterProcess, free_port, running_master, stop_process
+from tests.support.processes import free_port, stop_process
 from tests.support.waiting import eventually_passes
 
 KUBELING = Path(sys.executable).parent / "kubeling"
 SECRET = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 
 
+@dataclass
+class TlsMaster:
+    address: str
+    join_address: str
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_conf(self) -> Path:
+        return self.data_dir / "admin.conf"
+
+    @property
+    def pin(self) -> str:
+        return pki.ca_pin((self.data_dir / "pki" / "ca.crt").read_bytes())
+
+    def log(self) -> str:
+        try:
+            return (self.data_dir / "master.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "kubeling.master.main",
+            "--listen", self.address, "--join-listen", self.join_address,
+            "--data-dir", str(self.data_dir), "--controllers=", "--metrics-bind-address", "",
+        ]  # fmt: skip
+
+
+def wait_serving(master: TlsMaster, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert master.process is not None
+        if master.process.poll() is not None:
+            raise RuntimeError(f"the master exited: {master.log()[-3000:]}")
+        if master.admin_conf.exists():
+            config = read_config(master.admin_conf)
+            assert config.credentials is not None
+            creds = grpc.ssl_channel_credentials(
+                config.credentials.ca_pem, config.credentials.key_pem, config.credentials.cert_pem
+            )
+            with grpc.secure_channel(master.address, creds) as channel:
+                try:
+                    health = health_pb2_grpc.HealthStub(channel)
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no TLS master at {master.address}: {master.log()[-3000:]}")
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[MasterProcess]:
-    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-    base = Path(tempfile.mkdtemp(prefix="kljoin-", dir="/tmp"))
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMaster]:
+    """A real master, TLS on (the default), loopback only, no controllers."""
+    base = tmp_path_factory.mktemp("joinmaster")
+    tls = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", base)
+    with (base / "master.log").open("ab") as log:
+        tls.process = subprocess.Popen(
+            tls.command(), stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     try:
-        address = f"unix:{base}/master.sock"
-        with running_master(base, "--controllers=", "--bootstrap-tokens", address=address) as proc:
-            yield proc
+        wait_serving(tls)
+        yield tls
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        stop_process(tls.process)
 
 
-def kubeling(master: MasterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def kubeling(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [str(KUBELING), "--server", master.address, "token", *args],
+        [str(KUBELING), "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,119 +119,117 @@ def kubeling(master: MasterProcess, *args: str) -> subprocess.CompletedProcess[s
     return result
 
 
-def create(master: MasterProcess, *args: str) -> str:
-    result = kubeling(master, "create", *args)
+def create(master: TlsMaster, *args: str) -> str:
+    result = kubeling(master.admin_conf, "token", "create", *args)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert TOKEN_RE.match(token), token
     return token
 
 
-def node(name: str) -> core_pb2.Node:
-    obj = core_pb2.Node()
-    obj.metadata.name = name
-    return obj
+async def join_refused(master: TlsMaster, token: str, tmp_path: Path) -> str:
+    """Join as a node with `token`: the master's UNAUTHENTICATED answer."""
+    ca = await asyncio.to_thread(bootstrap.fetch_ca, master.join_address, master.pin)
+    cred_dir = CredentialDir(tmp_path / "refused", "kubelet")
+    with pytest.raises(bootstrap.BootstrapError) as refused:
+        await bootstrap.join(
+            master.join_address, ca, token, bootstrap.ROLE_NODE, "late", ["127.0.0.1"], cred_dir
+        )
+    assert "UNAUTHENTICATED" in str(refused.value), refused.value
+    assert not cred_dir.exists()
+    return str(refused.value)
 
 
-async def refused(master: MasterProcess, token: str, name: str) -> str:
-    async with Client(master.address, token=token) as api:
-        with pytest.raises(grpc.aio.AioRpcError) as error:
-            await api.nodes.create(node(name))
-    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    return error.value.details() or ""
-
-
-async def test_registering_a_node_needs_a_valid_token(guarded: MasterProcess) -> None:
-    master = guarded
-    assert "unknown" not in await refused(master, "", "anonymous")
-    assert "--token-file" in await refused(master, "", "anonymous")
-    assert "malformed" in await refused(master, "wrong.token", "guess")
-    details = await refused(master, "zzzzzz.0123456789abcdef", "guess")
-    assert "unknown bootstrap token zzzzzz" in details
-
-    token = create(master, "--ttl", "1h", "--description", "worker one")
-    async with Client(master.address, token=token) as worker:
-        created = await worker.nodes.create(node("worker-1"))
-        assert created.metadata.uid
-        # The token rides on streams too, and guards joining only.
-        events = worker.nodes.watch()
-        first = await anext(aiter(events))
-        assert first.object.metadata.name == "worker-1"
-    async with Client(master.address) as anonymous:
-        assert [n.metadata.name for n in (await anonymous.nodes.list()).items] == ["worker-1"]
-
-    # Expired: a token whose ttl has passed by the time it is used (1 ms).
-    short = create(master, "--ttl", "1ms")
-    assert f"bootstrap token {short[:6]} expired at" in await refused(master, short, "late")
-
-    # Deleted: refused as unknown from then on.
-    result = kubeling(master, "delete", token[:6])
-    assert result.returncode == 0, result.stderr
-    assert "unknown bootstrap token" in await refused(master, token, "worker-2")
-
-    # Nothing the master logged contains a secret.
-    for made in (token, short):
-        assert made.split(".")[1] not in master.log()
-
-
-def test_token_create_list_and_delete(guarded: MasterProcess) -> None:
-    master = guarded
+def test_token_create_list_and_delete(master: TlsMaster, tmp_path: Path) -> None:
     forever = create(master, "--ttl", "0", "--description", "for ever")
     daily = create(master, "--description", "default ttl")
-    # What the lab uses, from synchronous code.
-    lab = create_token_sync(master.address, 3600, "the lab")
-    assert TOKEN_RE.match(lab)
-    listing = kubeling(master, "list")
+    hourly = create(master, "--ttl", "1h", "--description", "the lab")
+    listing = kubeling(master.admin_conf, "token", "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
     assert listing.stdout.splitlines()[0].split() == ["ID", "TTL", "EXPIRES", "DESCRIPTION"]
     assert "<forever>" in rows[forever[:6]] and "for ever" in rows[forever[:6]]
     assert re.search(r"\b2[34]h\b", rows[daily[:6]]), rows[daily[:6]]
-    assert re.search(r"\b(59m|60m)\b", rows[lab[:6]]) and "the lab" in rows[lab[:6]]
+    assert re.search(r"\b(59m|60m)\b", rows[hourly[:6]]) and "the lab" in rows[hourly[:6]]
     # The list never shows a secret.
-    for token in (forever, daily, lab):
+    for token in (forever, daily, hourly):
         assert token.split(".")[1] not in listing.stdout
-    result = kubeling(master, "delete", forever, daily[:6])  # whole token or ID
+    result = kubeling(master.admin_conf, "token", "delete", forever, daily[:6])  # token or ID
     assert result.returncode == 0, result.stderr
-    listing = kubeling(master, "list").stdout
-    assert forever[:6] not in listing and daily[:6] not in listing
-    missing = kubeling(master, "delete", "abcdef")
+    listing = kubeling(master.admin_conf, "token", "list")
+    assert forever[:6] not in listing.stdout and daily[:6] not in listing.stdout
+    missing = kubeling(master.admin_conf, "token", "delete", "abcdef")
     assert missing.returncode == 1 and "abcdef not found" in missing.stderr
-    bad = kubeling(master, "create", "--ttl", "soon")
+    bad = kubeling(master.admin_conf, "token", "create", "--ttl", "soon")
     assert bad.returncode == 1 and "--ttl" in bad.stderr
     # The tokens file keeps hashes only, mode 0600.
     stored = master.data_dir / "bootstrap-tokens.json"
     assert stored.stat().st_mode & 0o777 == 0o600
     assert forever.split(".")[1] not in stored.read_text()
 
+    # Tokens are an admin's business: a view user is refused, in one line naming
+    # the config it used.
+    users = tmp_path / "users"
+    added = kubeling(master.admin_conf, "user", "add", "viewer", "--role", "view", "-o", str(users))
+    assert added.returncode == 0, added.stderr
+    denied = kubeling(users / "viewer.conf", "token", "create")
+    assert denied.returncode == 1 and denied.stdout == ""
+    assert denied.stderr.startswith("Error from server (Forbidden):"), denied.stderr
+    assert "viewer" in denied.stderr and str(users / "viewer.conf") in denied.stderr
+    # Without any credential the master does not even talk.
+    plain = tmp_path / "plain.conf"
+    plain.write_text(f"server: {master.address}\n")
+    refused = kubeling(plain, "token", "list")
+    assert refused.returncode == 1, refused.stderr
+    assert "has no client certificate" in refused.stderr and "--config PATH" in refused.stderr
+
+
+async def test_expired_deleted_and_unknown_tokens_are_refused_at_join(
+    master: TlsMaster, tmp_path: Path
+) -> None:
+    short = await asyncio.to_thread(create, master, "--ttl", "1ms")
+    assert f"bootstrap token {short[:6]} expired at" in await join_refused(master, short, tmp_path)
+    gone = await asyncio.to_thread(create, master)
+    deleted = await asyncio.to_thread(kubeling, master.admin_conf, "token", "delete", gone[:6])
+    assert deleted.returncode == 0, deleted.stderr
+    assert "unknown bootstrap token" in await join_refused(master, gone, tmp_path)
+    assert "unknown bootstrap token" in await join_refused(
+        master, "zzzzzz.0123456789abcdef", tmp_path
+    )
+    assert "malformed" in await join_refused(master, "wrong.token", tmp_path)
+    for token in (short, gone):
+        assert token.split(".")[1] not in master.log()
+
 
 def test_the_first_start_prints_a_join_command_on_a_terminal_only(tmp_path: Path) -> None:
     # Not a terminal (a log file): no token is made or printed, only where to get one.
-    with running_master(tmp_path / "quiet", "--controllers=", "--bootstrap-tokens") as quiet:
+    quiet = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", tmp_path / "quiet")
+    quiet.data_dir.mkdir()
+    with (quiet.data_dir / "master.log").open("ab") as log:
+        quiet.process = subprocess.Popen(quiet.command(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(quiet)
         deadline = time.monotonic() + 30
         while "kubeling token create" not in quiet.log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "no join token printed (not a terminal)" in quiet.log()
-    assert not (tmp_path / "quiet" / "bootstrap-tokens.json").exists()
+    finally:
+        stop_process(quiet.process)
+    assert not (quiet.data_dir / "bootstrap-tokens.json").exists()
 
-    data = tmp_path / "tty"
+    tty = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", tmp_path / "tty")
     leader, follower = pty.openpty()
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "kubeling.master.main",
-            "--listen", f"127.0.0.1:{port}", "--data-dir", str(data),
-            "--metrics-bind-address", "", "--controllers=", "--bootstrap-tokens",
-        ],
+    tty.process = subprocess.Popen(
+        tty.command(),
         stdout=follower,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    )
     os.close(follower)
     try:
         seen = b""
         deadline = time.monotonic() + 60
-        while b"--token-file" not in seen and time.monotonic() < deadline:
+        while b"admin credential" not in seen and time.monotonic() < deadline:
             ready, _, _ = select.select([leader], [], [], 1)
             if ready:
                 seen += os.read(leader, 4096)
@@ -177,25 +238,31 @@ def test_the_first_start_prints_a_join_command_on_a_terminal_only(tmp_path: Path
         (token,) = SECRET.findall(text)
         kubelet_line = next(line for line in text.splitlines() if "kubeling-kubelet" in line)
         assert token not in kubelet_line
+        assert f"--discovery-token-ca-cert-hash {tty.pin}" in kubelet_line
+        assert f"--join-address {tty.join_address}" in kubelet_line
 
         async def join() -> None:
-            async with Client(f"127.0.0.1:{port}", token=token) as api:
-                await eventually_passes(lambda: api.nodes.create(node("first")), 30)
+            ca = await asyncio.to_thread(bootstrap.fetch_ca, tty.join_address, tty.pin)
+            cred_dir = CredentialDir(tmp_path / "first", "kubelet")
+            await bootstrap.join(
+                tty.join_address, ca, token, bootstrap.ROLE_NODE, "first", ["127.0.0.1"], cred_dir
+            )
+            assert cred_dir.exists()
 
         asyncio.run(join())
     finally:
-        stop_process(process)
+        stop_process(tty.process)
         os.close(leader)
 
 
 async def test_a_kubelet_joins_with_a_token_file_kept_off_its_command_line(
-    guarded: MasterProcess, tmp_path: Path
+    master: TlsMaster, tmp_path: Path
 ) -> None:
-    master = guarded
     token = await asyncio.to_thread(create, master, "--description", "kubelet test")
     token_file = tmp_path / "join-token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
+    cert_dir = tmp_path / "kubelet-pki"
     sock_dir = Path(tempfile.mkdtemp(prefix="klj-", dir="/tmp"))
     endpoint = f"unix://{sock_dir}/cri.sock"
     cri = FakeCRIServer(FakeRuntime(), endpoint)
@@ -208,9 +275,12 @@ async def test_a_kubelet_joins_with_a_token_file_kept_off_its_command_line(
                 [
                     sys.executable, "-m", "kubeling.kubelet.main",
                     "--master", master.address, "--node-name", "joined",
+                    "--join-address", master.join_address,
+                    "--discovery-token-ca-cert-hash", master.pin,
+                    "--token-file", str(token_file), "--cert-dir", str(cert_dir),
                     "--node-ip", "127.0.0.1", "--runtime-endpoint", endpoint,
                     "--listen", "127.0.0.1:0", "--healthz-bind-address", "127.0.0.1:0",
-                    "--pod-log-dir", str(tmp_path / "pods"), "--token-file", str(token_file),
+                    "--pod-log-dir", str(tmp_path / "pods"),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -221,8 +291,19 @@ async def test_a_kubelet_joins_with_a_token_file_kept_off_its_command_line(
             async def describe() -> str:
                 return log.read_text(errors="replace")[-3000:]
 
-            async with Client(master.address) as api:
-                await eventually_passes(lambda: api.nodes.get("joined"), 30, describe=describe)
+            async with Client.from_config(master.admin_conf) as api:
+                node = await eventually_passes(
+                    lambda: api.nodes.get("joined"), 30, describe=describe
+                )
+            assert node.metadata.name == "joined"
+            # Its own certificate, private, for its own identity.
+            key = cert_dir / "kubelet.key"
+            assert key.stat().st_mode & 0o777 == 0o600
+            info = pki.cert_info((cert_dir / "kubelet.crt").read_bytes())
+            assert (info.common_name, info.organizations) == (
+                "system:node:joined",
+                ("system:nodes",),
+            )
             # What `ps` shows: the kubelet's command line has no secret.
             proc_file = Path(f"/proc/{process.pid}/cmdline")
             cmdline = (await asyncio.to_thread(proc_file.read_bytes)).decode()
