@@ -71,7 +71,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 async def api(lab: Lab) -> AsyncIterator[Client]:
-    async with Client(lab.server, timeout=20) as client:
+    async with lab.client(timeout=20) as client:
         yield client
 
 

@@ -121,7 +121,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture
 async def api(lab: Lab) -> AsyncIterator[Client]:
-    async with Client(lab.server, timeout=20) as client:
+    async with lab.client(timeout=20) as client:
         yield client
 
 
@@ -225,11 +225,13 @@ async def test_cli_explains_a_lab_nodes_proxy(lab: Lab, api: Client) -> None:
     done = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "kubeling.cli.main", "--server", lab.server,
+            # The lab's admin config names its master's socket and the credential.
+            sys.executable, "-m", "kubeling.cli.main",
             "proxy", "explain", "worker-2", f"{service.spec.cluster_ip}:80",
         ],
         capture_output=True, text=True, timeout=60,
-        env={**os.environ, "KUBELING_LAB_DIR": str(lab.dir)},
+        env={**os.environ, "KUBELING_LAB_DIR": str(lab.dir),
+             "KUBELING_CONFIG": str(lab.config_path)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "ClusterIP of service default/web:http" in done.stdout
@@ -296,3 +298,37 @@ async def test_lost_node_is_replaced_then_cleaned_up_and_used_again(lab: Lab, ap
         return len(found) == 9 and any(p.spec.node_name == lost for p in found)
 
     await eventually(scheduled_there, within=180, describe=lambda: snapshot(api))
+
+
+def test_no_secret_on_a_command_line_or_in_a_log(lab: Lab) -> None:
+    """The lab's master, kubelets and proxies joined with a token and hold keys:
+    neither shows in `ps` nor in any log, and the files holding them are 0600."""
+    token = lab.token_file("worker-1").read_text().strip()
+    secret = token.partition(".")[2]
+    assert len(secret) == 16
+    ps = subprocess.run(
+        ["ps", "-e", "-ww", "-o", "args="], capture_output=True, text=True, check=True
+    ).stdout
+    # The lab's processes are there (so this looks at the right thing) ...
+    for node in ("worker-1", "worker-2", "worker-3"):
+        assert f"--node-name {node} --join-address" in ps
+        assert f"--token-file {lab.token_file(node)}" in ps
+    # ... without the token, its secret, or any key material.
+    assert secret not in ps
+    assert "PRIVATE KEY" not in ps and "BEGIN CERTIFICATE" not in ps
+    logs = sorted(lab.logs.glob("*.log"))
+    assert {"master.log", "worker-1-kubelet.log", "worker-1-proxy.log"} <= {p.name for p in logs}
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert secret not in text, f"{log} holds the bootstrap token's secret"
+        assert "PRIVATE KEY" not in text, f"{log} holds a private key"
+    secrets_at_rest = [
+        lab.pki_dir / "ca.key",
+        lab.pki_dir / "admin.key",
+        lab.config_path,
+        *(lab.token_file(n) for n in ("worker-1", "worker-2", "worker-3")),
+        *lab.node_dir("worker-1").glob("*-pki/*.key"),
+    ]
+    assert len(secrets_at_rest) >= 8  # the kubelet's and the proxy's keys among them
+    for path in secrets_at_rest:
+        assert path.stat().st_mode & 0o777 == 0o600, path

@@ -153,3 +153,16 @@ def test_a_closed_connection_suggests_the_credentials_and_plain_refusal_does_not
     refused = "failed to connect to all addresses; last error: UNKNOWN: Connection refused"
     line = server_error(FakeError(grpc.StatusCode.UNAVAILABLE, refused), "m:6443", source=SOURCE)
     assert line.startswith("error: cannot reach the kubeling server at m:6443")
+
+
+def test_forgetting_a_gone_labs_server_keeps_other_settings(tmp_path: Path) -> None:
+    files = (tmp_path / "ca.crt", tmp_path / "a.crt", tmp_path / "a.key")
+    path = config.save_config("unix:/lab/master.sock", tls_files=files)
+    assert not config.forget_server("unix:/other.sock")  # not the default: untouched
+    assert config.load_config(path)["server"] == "unix:/lab/master.sock"
+    assert config.forget_server("unix:/lab/master.sock")
+    assert not path.exists()
+    path.write_text("server: unix:/lab/master.sock\nclient-key: /lab/k\neditor: vi\n")
+    assert config.forget_server("unix:/lab/master.sock")
+    assert yaml.safe_load(path.read_text()) == {"editor": "vi"}
+    assert config.resolve().server == "localhost:6443"

@@ -100,6 +100,22 @@ def save_config(
     return path
 
 
+def forget_server(server: str, path: Path | None = None) -> bool:
+    """Drop `server` and its credentials from the config file if it is the default
+    there (a lab that is gone); the file goes when nothing else is left in it."""
+    path = path or config_path()
+    data = load_config(path)
+    if data.get("server") != server:
+        return False
+    for key in ("server", *_TLS_KEYS, *(f"{k}-data" for k in _TLS_KEYS)):
+        data.pop(key, None)
+    if data:
+        write_private(path, yaml.safe_dump(data, default_flow_style=False, sort_keys=True))
+    else:
+        path.unlink(missing_ok=True)
+    return True
+
+
 def normalize_server(server: str) -> str:
     """HOST:PORT, adding the default port when only a host is given; or a local
     socket, unix:PATH (a master on one machine, or reached from a lab's namespaces)."""

@@ -1,9 +1,22 @@
 """The lab: a whole cluster on one machine, one network namespace per node.
 
-    [kl-net]  bridge klbr0 10.99.0.1/24, the master (10.99.0.1:6443 and a unix socket)
+    [kl-net]  bridge klbr0 10.99.0.1/24, the master (10.99.0.1:6443, join port
+       |      10.99.0.1:6444, and a unix socket)
        |---- veth ---- [kl-worker-1] eth0 10.99.0.11: containerd, kubelet, kube-proxy,
        |                             cni0 with the node's pod CIDR (from the master)
        |---- veth ---- [kl-worker-2] eth0 10.99.0.12: ...
+
+Security is as on real machines: the master serves mutual TLS only (its CA made at
+its first start in `master/pki`), and the nodes join as kubeadm's do. The lab
+creates a bootstrap token over TLS with the master's admin credential, writes it
+to a 0600 file per worker (`nodes/NAME/join-token`) and starts the kubelet and
+kube-proxy with `--token-file`, `--join-address 10.99.0.1:6444` and
+`--discovery-token-ca-cert-hash` (the CA's pin): each checks the CA before it sends
+the token, and stores its own certificate (`nodes/NAME/{kubelet,proxy}-pki`, 0600).
+No secret is on a command line or in a log. The CLI reaches the master through its
+unix socket as the master's admin: `admin.conf` in the lab's folder names the
+socket and the master's `pki/admin.{crt,key}` (nothing secret is copied), and
+`kubeling lab up` makes it the default (`~/.kubeling/config`).
 
 Every process is a real, separate process (the ones a real node runs), started in its
 node's namespace with `nsenter --net` (`ip netns exec` remounts /sys and hides the
@@ -35,7 +48,10 @@ from pathlib import Path
 
 import grpc
 
-from kubeling.common.token import DEFAULT_TTL, create_token_sync, write_private
+from kubeling.client import Client
+from kubeling.common import pki
+from kubeling.common.tls import Credentials
+from kubeling.common.token import DEFAULT_TTL, write_private
 from kubeling.node.containerd import (
     ContainerdError,
     ContainerdProcess,
@@ -49,6 +65,9 @@ from kubeling.node.images import PAUSE_IMAGE, build_images
 LAB_NETWORK = ipaddress.IPv4Network("10.99.0.0/24")
 MASTER_IP = "10.99.0.1"
 MASTER_PORT = 6443
+JOIN_PORT = 6444
+# The name the master's serving certificate is checked against over its unix socket.
+SOCKET_SERVER_NAME = "localhost"
 CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
 BRIDGE = "klbr0"
@@ -199,10 +218,59 @@ class Lab:
         """The master's address for the CLI and clients on this machine."""
         return f"unix:{self.master_socket}"
 
+    def token_file(self, name: str) -> Path:
+        """A node's bootstrap token (0600), passed as --token-file, never on argv."""
+        return self.node_dir(name) / "join-token"
+
     @property
-    def token_file(self) -> Path:
-        """The kubelets' bootstrap token (0600), passed as --token-file, never on argv."""
-        return self.dir / "join-token"
+    def pki_dir(self) -> Path:
+        """The master's CA and certificates (made by the master at its first start)."""
+        return self.dir / "master" / "pki"
+
+    @property
+    def config_path(self) -> Path:
+        """The CLI's config for the lab (client/config.py): the master's socket and
+        its admin credential, by path."""
+        return self.dir / "admin.conf"
+
+    def admin_files(self) -> tuple[Path, Path, Path]:
+        """The CA certificate, the admin's certificate and key (for grpcurl too)."""
+        return (self.pki_dir / "ca.crt", self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+
+    def credentials(self) -> Credentials:
+        """The master's admin credential, for a client on the lab's unix socket."""
+        ca, cert, key = (path.read_bytes() for path in self.admin_files())
+        return Credentials(ca, cert, key, SOCKET_SERVER_NAME)
+
+    def client(self, timeout: float | None = 20.0) -> Client:
+        """An asyncio client for the lab's master, as its admin."""
+        return Client(self.server, timeout=timeout, credentials=self.credentials())
+
+    def ca_pin(self) -> str:
+        """--discovery-token-ca-cert-hash for the lab's nodes."""
+        return pki.ca_pin(self.admin_files()[0].read_bytes())
+
+    def _admin_channel(self) -> grpc.Channel:
+        """A blocking channel to the master as its admin (lab code is synchronous)."""
+        creds = self.credentials()
+        return grpc.secure_channel(
+            self.server,
+            grpc.ssl_channel_credentials(creds.ca_pem, creds.key_pem, creds.cert_pem),
+            options=[("grpc.ssl_target_name_override", SOCKET_SERVER_NAME)],
+        )
+
+    def write_config(self) -> Path:
+        """`admin.conf` in the lab's folder (0600): the socket and the admin's files."""
+        ca, cert, key = self.admin_files()
+        text = (
+            f"# kubeling lab: its master as admin (KUBELING_CONFIG={self.config_path})\n"
+            f"server: {self.server}\n"
+            f"certificate-authority: {ca}\n"
+            f"client-certificate: {cert}\n"
+            f"client-key: {key}\n"
+        )
+        write_private(self.config_path, text)
+        return self.config_path
 
     def node_dir(self, name: str) -> Path:
         return self.dir / "nodes" / name
@@ -297,10 +365,11 @@ class Lab:
         _ip("-n", net, "link", "add", BRIDGE, "type", "bridge")
         _ip("-n", net, "addr", "add", f"{MASTER_IP}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
         _ip("-n", net, "link", "set", BRIDGE, "up")
-        progress(f"master on {MASTER_IP}:{MASTER_PORT} and {self.server}")
+        progress(f"master on {MASTER_IP}:{MASTER_PORT} (join port {JOIN_PORT}) and {self.server}")
         self.start_master()
-        token = create_token_sync(self.server, DEFAULT_TTL, "kubeling lab: the lab's kubelets")
-        write_private(self.token_file, token + "\n")
+        self.write_config()
+        progress(f"cluster CA {self.ca_pin()}; admin config {self.config_path}")
+        token = self._create_token(DEFAULT_TTL, "kubeling lab: the lab's nodes")
         hosts = list(LAB_NETWORK.hosts())
         for index in range(1, options.nodes + 1):
             name = f"worker-{index}"
@@ -314,6 +383,8 @@ class Lab:
             self._save()
             progress(f"node {name}: namespace {node.netns}, {node.ip}")
             self._make_node_network(node)
+            # Each node its own copy, as each machine would have.
+            write_private(self.token_file(name), token + "\n")
             self.start_node(name)
         progress("waiting for the nodes to register and get pod CIDRs")
         self._wait_pod_cidrs()
@@ -332,10 +403,12 @@ class Lab:
             self._python(
                 "kubeling.master.main",
                 "--listen", listen,
+                "--join-listen", f"{MASTER_IP}:{JOIN_PORT}",
+                # Every address the nodes use (listen IPs are in the SANs anyway).
+                "--tls-san", MASTER_IP,
                 "--data-dir", str(self.dir / "master"),
                 "--service-cidr", SERVICE_CIDR,
                 "--cluster-cidr", CLUSTER_CIDR,
-                "--bootstrap-tokens",
                 *state.master_args,
             ),
             str(self.dir / "master"),
@@ -347,15 +420,48 @@ class Lab:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.server) as channel:
+        failed = LabError(f"the master did not start; see {self.logs / 'master.log'}")
+        # The master makes its CA and the admin credential at its first start.
+        while not all(path.exists() for path in self.admin_files()):
+            if time.monotonic() > deadline:
+                raise failed
+            time.sleep(0.1)
+        with self._admin_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 with contextlib.suppress(grpc.RpcError):
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                         return
                 if time.monotonic() > deadline:
-                    raise LabError(f"the master did not start; see {self.logs / 'master.log'}")
+                    raise failed
                 time.sleep(0.1)
+
+    def _create_token(self, ttl: float, description: str) -> str:
+        """A bootstrap token from the master (kubeling token create), as its admin."""
+        from google.protobuf.duration_pb2 import Duration
+
+        from kubeling.v1 import tokens_pb2
+
+        request = tokens_pb2.CreateTokenRequest(
+            ttl=Duration(seconds=int(ttl)), description=description
+        )
+        with self._admin_channel() as channel:
+            call = channel.unary_unary(
+                "/kubeling.v1.Tokens/Create",
+                request_serializer=tokens_pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=tokens_pb2.CreateTokenResponse.FromString,
+            )
+            reply: tokens_pb2.CreateTokenResponse = call(request, timeout=30)
+        return reply.token
+
+    def _join_args(self, name: str, cert_dir: Path) -> list[str]:
+        """How a node's kubelet or proxy joins: no secret here, only the token's file."""
+        return [
+            "--join-address", f"{MASTER_IP}:{JOIN_PORT}",
+            "--token-file", str(self.token_file(name)),
+            "--discovery-token-ca-cert-hash", self.ca_pin(),
+            "--cert-dir", str(cert_dir),
+        ]  # fmt: skip
 
     def _make_node_network(self, node: NodeState) -> None:
         state = self._require()
@@ -454,7 +560,7 @@ class Lab:
                 "kubeling.kubelet.main",
                 "--master", f"{MASTER_IP}:{MASTER_PORT}",
                 "--node-name", name,
-                "--token-file", str(self.token_file),
+                *self._join_args(name, base / "kubelet-pki"),
                 "--runtime-endpoint", f"unix://{base / 'containerd.sock'}",
                 "--listen", "0.0.0.0:10250",
                 "--node-ip", node.ip,
@@ -466,7 +572,8 @@ class Lab:
                 "--pod-log-dir", str(base / "pods"),
                 *self._require().kubelet_args,
             ),
-            f"--node-name {name} --token-file",
+            # (The process renames itself, kubeling-kubelet: the marker is in its arguments.)
+            f"--node-name {name} --join-address",
         )  # fmt: skip
 
     def _start_proxy(self, node: NodeState, base: Path) -> Proc:
@@ -479,6 +586,7 @@ class Lab:
                 "--master", f"{MASTER_IP}:{MASTER_PORT}",
                 "--node-name", name,
                 "--cluster-cidr", CLUSTER_CIDR,
+                *self._join_args(name, base / "proxy-pki"),
                 "--listen", f"0.0.0.0:10249,unix:{self.proxy_socket(name)}",
                 *self._require().proxy_args,
             ),
@@ -499,7 +607,7 @@ class Lab:
 
         state = self._require()
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.server) as channel:
+        with self._admin_channel() as channel:
             list_nodes = channel.unary_unary(
                 "/kubeling.v1.Nodes/List",
                 request_serializer=meta_pb2.ListRequest.SerializeToString,

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubeling.cli.commands.base import SubParsers, add_command
-from kubeling.cli.config import save_config
+from kubeling.cli.config import config_path, forget_server, save_config
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.lab.lab import Lab, LabError, LabOptions, default_dir
@@ -62,8 +62,11 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 async def run_up(args: argparse.Namespace, ctx: Context) -> int:
     lab = _lab(args)
     await _run(lab.up, LabOptions(nodes=args.nodes), lambda m: ctx.out(f"==> {m}"))
-    path = save_config(lab.server)
-    ctx.out(f"lab is up; `kubeling` now talks to {lab.server} (saved in {path})")
+    path = save_config(lab.server, tls_files=lab.admin_files())
+    ctx.out(
+        f"lab is up; `kubeling` now talks to {lab.server} as the lab's admin (saved in {path}; "
+        f"elsewhere: export KUBELING_CONFIG={lab.config_path})"
+    )
     return 0
 
 
@@ -79,7 +82,11 @@ async def run_status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def run_down(args: argparse.Namespace, ctx: Context) -> int:
-    await _run(_lab(args).down, lambda m: ctx.out(f"==> {m}"))
+    lab = _lab(args)
+    await _run(lab.down, lambda m: ctx.out(f"==> {m}"))
+    # The default config named the lab's master and its (now removed) credential.
+    if forget_server(lab.server):
+        ctx.out(f"removed the lab's master from {config_path()}")
     ctx.out("lab is down")
     return 0
 
