@@ -3,11 +3,15 @@
 # and per worker a network namespace with containerd, kubelet and kube-proxy), apply
 # the demo, wait until its service answers through its ClusterIP from inside the lab,
 # and show what runs. `make down` removes it all. Needs root (namespaces, containerd).
+# TLS is on as across machines: the lab's master makes its CA, the nodes join with a
+# bootstrap token from a 0600 file and the CA's pin; the CLI here is the master's
+# admin through the lab's admin.conf (no key is copied anywhere).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
 NODES=${NODES:-2}
 KUBELING="$VENV/bin/kubeling"
+LAB_DIR=${KUBELING_LAB_DIR:-$HOME/.kubeling/lab}
 mkdir -p .kubeling
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -43,6 +47,9 @@ else
   step "starting a lab with $NODES worker nodes"
   "$KUBELING" lab up --nodes "$NODES"
 fi
+# Every command below is the lab master's admin, whatever ~/.kubeling/config holds.
+export KUBELING_CONFIG="$LAB_DIR/admin.conf"
+[[ -r $KUBELING_CONFIG ]] || { echo "no $KUBELING_CONFIG: is the lab up?" >&2; exit 1; }
 
 step "waiting for the nodes to be Ready"
 for _ in $(seq 1 120); do
@@ -50,7 +57,7 @@ for _ in $(seq 1 120); do
   [[ $ready -ge $NODES ]] && break
   sleep 1
 done
-[[ $ready -ge $NODES ]] || { echo "nodes are not Ready; see ~/.kubeling/lab/logs" >&2; exit 1; }
+[[ $ready -ge $NODES ]] || { echo "nodes are not Ready; see $LAB_DIR/logs" >&2; exit 1; }
 "$KUBELING" get nodes -o wide
 
 step "applying deploy/examples/demo.yaml (a Deployment of 3 web pods and a Service)"
@@ -68,7 +75,7 @@ for _ in $(seq 1 120); do
   fi
   sleep 1
 done
-[[ -n $answer ]] || { echo "the service did not answer; see ~/.kubeling/lab/logs" >&2; exit 1; }
+[[ -n $answer ]] || { echo "the service did not answer; see $LAB_DIR/logs" >&2; exit 1; }
 echo "    $answer"
 
 step "what is running"
@@ -78,6 +85,9 @@ step "what is running"
 
 cat <<NEXT
 
+kubeling talks to the lab's master over mutual TLS as its admin: ~/.kubeling/config
+(elsewhere: export KUBELING_CONFIG=$KUBELING_CONFIG).
+
 Try next:
   $KUBELING get nodes -o wide
   $KUBELING lab exec worker-2 -- python3 -c '$fetch' http://$ip/
@@ -86,5 +96,7 @@ Try next:
   $KUBELING proxy explain worker-1 $ip:80      (what kube-proxy installed for it)
   $KUBELING logs -n demo POD                   (a pod name from 'get pods')
   $KUBELING lab stop worker-2                  (node loss: NotReady after 50 s, pods move 5 min later)
+  $KUBELING user add alice --role view -o .kubeling/users   (a read-only credential)
+  $KUBELING --config .kubeling/users/alice.conf get pods -A
   make down                                    (removes the whole lab)
 NEXT
