@@ -136,3 +136,47 @@ def test_the_limits_are_flags_of_the_master() -> None:
     assert (defaults.max_requests_inflight, defaults.max_watches_per_client) == (400, 100)
     args = parse_args(["--max-requests-inflight", "5", "--max-watches-per-client", "0"])
     assert (args.max_requests_inflight, args.max_watches_per_client) == (5, 0)
+
+
+async def test_with_tls_clients_are_their_identities(tmp_path: Path) -> None:
+    """In flight and watches are counted per certificate user, not per address:
+    every client here calls from 127.0.0.1."""
+    from kubeling.common import identity
+    from tests.integration.test_tls_master import client_as, tls_master
+
+    async with tls_master(
+        tmp_path, max_requests_inflight_per_client=2, max_watches_per_client=1
+    ) as (master, admin):
+        registry = master.registries[NAMESPACE.name]
+        create = registry.create
+        entered = 0
+        release = asyncio.Event()
+
+        async def held_create(obj: Any) -> Any:
+            nonlocal entered
+            entered += 1
+            await release.wait()
+            return await create(obj)
+
+        registry.create = held_create  # type: ignore[method-assign]
+        held = [asyncio.create_task(admin.namespaces.create(namespace(f"n{i}"))) for i in range(2)]
+        await eventually(lambda: entered == 2)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.pods.list("default")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many requests in flight from kubeling-admin (limit 2)" in (
+            refused.value.details() or ""
+        )
+        async with client_as(master, "viewer", identity.GROUP_VIEW) as viewer:
+            await viewer.pods.list("default")  # another identity: its own share
+            watch = await open_watch(viewer.channel)
+            assert master.limits.watches == {"viewer": 1}
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await open_watch(viewer.channel)
+            assert "too many watches open from viewer (limit 1)" in (refused.value.details() or "")
+            admin_watch = await open_watch(admin.channel)
+            watch.cancel()
+            admin_watch.cancel()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*held), 10)
+        assert master.limits.inflight_by_client == {}

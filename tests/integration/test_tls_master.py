@@ -27,10 +27,11 @@ Code = grpc.StatusCode
 @contextlib.asynccontextmanager
 async def tls_master(data_dir: Path, **config: object) -> AsyncIterator[tuple[Master, Client]]:
     """A TLS master and a client with its admin.conf."""
+    config.setdefault("controllers", set())
     master = Master(
         MasterConfig(
             listen="127.0.0.1:0", join_listen="127.0.0.1:0", data_dir=data_dir,
-            controllers=set(), **config,  # type: ignore[arg-type]
+            **config,  # type: ignore[arg-type]
         )
     )  # fmt: skip
     async with serving(master) as plain:

@@ -3,6 +3,8 @@
 - at most `max_inflight` short requests (every unary call but Exec) are served at
   once, in total; one more is answered RESOURCE_EXHAUSTED "too many requests in
   flight, retry later" (Kubernetes' 429) instead of queueing without bound;
+- at most `max_inflight_per_client` of them from one client, so that one caller
+  (a runaway script, a hostile node) cannot take every slot from the others;
 - at most `max_watches` Watch streams are open per client; the next one is refused
   the same way. Long-running calls (watches, log streams, exec) do not count as in
   flight, as in Kubernetes.
@@ -25,6 +27,7 @@ from kubeling.common import identity, peer
 
 DEFAULT_MAX_REQUESTS_INFLIGHT = 400
 DEFAULT_MAX_WATCHES_PER_CLIENT = 100
+DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT = 200
 
 # Unary methods that may legitimately run for minutes.
 LONG_RUNNING_UNARY = frozenset({"Exec"})
@@ -49,11 +52,14 @@ class RequestLimits:
         max_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT,
         max_watches: int = DEFAULT_MAX_WATCHES_PER_CLIENT,
         client_key: ClientKey = peer_host,
+        max_inflight_per_client: int = 0,
     ) -> None:
         self.max_inflight = max_inflight
         self.max_watches = max_watches
         self.client_key = client_key
+        self.max_inflight_per_client = max_inflight_per_client
         self.inflight = 0
+        self.inflight_by_client: Counter[str] = Counter()
         self.watches: Counter[str] = Counter()
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -81,11 +87,24 @@ class RequestLimits:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests in flight, retry later"
                 )
+            key = self.client_key(context) if self.max_inflight_per_client else ""
+            if key and self.inflight_by_client[key] >= self.max_inflight_per_client:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many requests in flight from {key} (limit "
+                    f"{self.max_inflight_per_client}), retry later",
+                )
             self.inflight += 1
+            if key:
+                self.inflight_by_client[key] += 1
             try:
                 return await fn(request, context)
             finally:
                 self.inflight -= 1
+                if key:
+                    self.inflight_by_client[key] -= 1
+                    if not self.inflight_by_client[key]:
+                        del self.inflight_by_client[key]
 
         return call
 

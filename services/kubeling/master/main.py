@@ -26,7 +26,11 @@ from kubeling.common.rpc import PlaintextRefused
 from kubeling.controllers.manager import ControllerSettings
 from kubeling.master import cluster_ca
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL
-from kubeling.master.limits import DEFAULT_MAX_REQUESTS_INFLIGHT, DEFAULT_MAX_WATCHES_PER_CLIENT
+from kubeling.master.limits import (
+    DEFAULT_MAX_REQUESTS_INFLIGHT,
+    DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT,
+    DEFAULT_MAX_WATCHES_PER_CLIENT,
+)
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
@@ -177,6 +181,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="short requests served at once; more are answered RESOURCE_EXHAUSTED (0: no limit)",
     )
     parser.add_argument(
+        "--max-requests-inflight-per-client",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT,
+        help="short requests one client (by certificate identity; with --insecure by peer "
+        "address) may have in flight; more are answered RESOURCE_EXHAUSTED (0: no limit)",
+    )
+    parser.add_argument(
         "--max-watches-per-client",
         type=int,
         default=DEFAULT_MAX_WATCHES_PER_CLIENT,
@@ -284,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         loop_crash_limit=args.loop_crash_limit,
         max_requests_inflight=args.max_requests_inflight,
         max_watches_per_client=args.max_watches_per_client,
+        max_requests_inflight_per_client=args.max_requests_inflight_per_client,
         listen=args.listen,
         data_dir=args.data_dir or default_data_dir(),
         service_cidr=args.service_cidr,

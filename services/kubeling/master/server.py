@@ -45,6 +45,7 @@ from kubeling.master.codec import ProtoCodec
 from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
 from kubeling.master.limits import (
     DEFAULT_MAX_REQUESTS_INFLIGHT,
+    DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT,
     DEFAULT_MAX_WATCHES_PER_CLIENT,
     RequestLimits,
     identity_key,
@@ -103,6 +104,7 @@ class MasterConfig:
     # Short requests served at once, and watches per client (master/limits.py); 0: no limit.
     max_requests_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT
     max_watches_per_client: int = DEFAULT_MAX_WATCHES_PER_CLIENT
+    max_requests_inflight_per_client: int = DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT
 
 
 def self_address(listen: str, port: int) -> str:
@@ -185,6 +187,7 @@ class Master:
             config.max_watches_per_client,
             # Clients are who their certificate says; without TLS, where they call from.
             identity_key if config.tls else peer_host,
+            config.max_requests_inflight_per_client,
         )
         self.server: Server | None = None
         self.elector: LeaderElector | None = None
