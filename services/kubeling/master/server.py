@@ -212,7 +212,9 @@ class Master:
         assert isinstance(services.strategy, ServiceStrategy)
         services.strategy.load(services.list_objects("")[0])
         await self._ensure_namespaces()
-        certificates = CertificatesService(self.ca, self.tokens, loopback_only(self.config.listen))
+        # Loopback SANs only when no other machine can reach either port.
+        reachable = ",".join(a for a in (self.config.listen, self.config.join_listen) if a)
+        certificates = CertificatesService(self.ca, self.tokens, loopback_only(reachable))
         tls = None
         if self.ca is not None:
             tls = ServerTls(self.ca.server, without_client_cert=self.config.join_listen)
