@@ -12,7 +12,7 @@ import yaml
 
 from kubeling.cli import config
 from kubeling.cli.errors import CliError, server_error
-from kubeling.client.config import ClientConfig
+from kubeling.client.config import CONFIG_ENV, ClientConfig
 from kubeling.common import pki
 from kubeling.common.tls import Credentials
 
@@ -21,7 +21,7 @@ CREDS = Credentials(b"CA\n", b"CERT\n", b"KEY\n")
 
 @pytest.fixture(autouse=True)
 def _no_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(config.CONFIG_ENV, raising=False)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
 
 
 def test_credentials_and_server_come_from_the_config(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_server_flag_and_env_keep_the_configs_credentials(
 ) -> None:
     path = tmp_path / "alice.conf"
     ClientConfig("10.0.0.1:6443", CREDS).save(path)
-    monkeypatch.setenv(config.CONFIG_ENV, str(path))
+    monkeypatch.setenv(CONFIG_ENV, str(path))
     assert config.resolve().server == "10.0.0.1:6443"
     monkeypatch.setenv(config.SERVER_ENV, "env-host")
     assert config.resolve().server == "env-host:6443"
@@ -51,7 +51,7 @@ def test_the_order_of_config_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ClientConfig("env:2", CREDS).save(tmp_path / "env.conf")
     ClientConfig("flag:3", CREDS).save(tmp_path / "flag.conf")
     assert config.resolve().server == "home:1"
-    monkeypatch.setenv(config.CONFIG_ENV, str(tmp_path / "env.conf"))
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "env.conf"))
     assert config.resolve().server == "env:2"
     assert config.resolve(None, tmp_path / "flag.conf").server == "flag:3"
 
@@ -100,7 +100,7 @@ def test_saved_lab_config_points_at_files_and_is_private(tmp_path: Path) -> None
     )
 
 
-class FakeError(grpc.RpcError):
+class FakeError(grpc.RpcError):  # type: ignore[misc]
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self._code, self._details = code, details
 

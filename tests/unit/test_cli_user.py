@@ -178,7 +178,7 @@ async def test_token_create_prints_a_join_command_with_the_ca_pin(
 def test_the_join_command_names_the_master_as_workers_reach_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(token_command.machine, "node_ip", lambda: "10.0.0.10")
+    monkeypatch.setattr("kubeling.common.machine.node_ip", lambda: "10.0.0.10")
     assert token_command.worker_address("10.0.0.5:6443") == "10.0.0.5:6443"
     assert token_command.worker_address("127.0.0.1:7443") == "10.0.0.10:7443"
     assert token_command.worker_address("unix:/run/m.sock") == "10.0.0.10:6443"
