@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from kubeling.api import kinds
 from kubeling.api.kinds import ALL_KINDS, Kind
-from kubeling.v1 import core_pb2, kubelet_pb2, meta_pb2, proxy_pb2
+from kubeling.common import identity, pki
+from kubeling.v1 import certificates_pb2, core_pb2, kubelet_pb2, meta_pb2, proxy_pb2, tokens_pb2
 from tests.unit.test_validation import (
     DAEMON_SET,
     DEPLOYMENT,
@@ -53,8 +55,13 @@ def seed_object(kind: Kind) -> Message:
 _KIND_BY_SERVICE = {kind.service.rsplit(".", 1)[1]: kind for kind in ALL_KINDS}
 
 
-def seed_request(service: str, method: str) -> Message | None:
-    """A valid request for `service`/`method` (short service names), or None."""
+def _csr(user: str, groups: tuple[str, ...]) -> bytes:
+    return pki.make_csr(pki.make_key(), user, groups)
+
+
+def seed_request(service: str, method: str, join_token: str = "") -> Message | None:
+    """A valid request for `service`/`method` (short service names), or None;
+    `join_token`: a bootstrap token the master under test accepts."""
     kind = _KIND_BY_SERVICE.get(service)
     if kind is not None:
         obj = seed_object(kind)
@@ -80,7 +87,30 @@ def seed_request(service: str, method: str) -> Message | None:
             "Logs": core_pb2.PodLogsRequest(namespace="default", name="web", tail_lines=10),
         }
         return simple.get(method)
+    if service == "Certificates":
+        node = identity.node_identity("node-1")
+        certificates: dict[str, Message] = {
+            "Join": certificates_pb2.JoinRequest(
+                token=join_token,
+                role="node",
+                node_name="node-1",
+                csr=_csr(node.user, node.groups),
+                addresses=["10.0.0.7"],
+            ),
+            "Renew": certificates_pb2.RenewRequest(
+                csr=_csr("kubeling-admin", (identity.GROUP_MASTERS,))
+            ),
+            "IssueUser": certificates_pb2.IssueUserRequest(
+                name="fuzz-user", role="view", csr=_csr("fuzz-user", (identity.GROUP_VIEW,))
+            ),
+        }
+        return certificates.get(method)
     return {
+        ("Tokens", "Create"): tokens_pb2.CreateTokenRequest(
+            ttl=Duration(seconds=3600), description="fuzz"
+        ),
+        ("Tokens", "List"): tokens_pb2.ListTokensRequest(),
+        ("Tokens", "Delete"): tokens_pb2.DeleteTokenRequest(id=join_token.partition(".")[0]),
         ("Kubelet", "ListPods"): kubelet_pb2.KubeletListPodsRequest(),
         ("Kubelet", "Exec"): core_pb2.PodExecRequest(
             namespace="default", name="web", command=["echo", "hi"], timeout_seconds=5

@@ -1,4 +1,8 @@
-"""Property-based fuzzing of every RPC of every server (master, kubelet, proxy).
+"""Property-based fuzzing of every RPC of every server (master, kubelet, proxy),
+over TLS as each runs for users: the master's RPCs as its admin (and the kinds'
+RPCs again as a node, through the Node authorizer's rules), Certificates/Join
+without a certificate on the join port, the kubelet as the master, the proxy as
+the admin (tests/fuzz/cluster.py).
 
 Each RPC gets random well-typed requests (built from its input message's
 descriptor) and malformed ones (truncated, raw random bytes), sent as bytes over a
@@ -24,7 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 
 from kubeling.api.kinds import ALL_KINDS, NAMESPACE
-from kubeling.v1 import core_pb2, kubelet_pb2, proxy_pb2  # noqa: F401  (services in the pool)
+from kubeling.v1 import (  # noqa: F401  (services in the pool)
+    certificates_pb2,
+    core_pb2,
+    kubelet_pb2,
+    proxy_pb2,
+    tokens_pb2,
+)
 from tests.fuzz.cluster import FuzzCluster
 from tests.fuzz.conftest import TALLY
 from tests.fuzz.protostrategies import payloads
@@ -42,6 +52,9 @@ UNARY_TIMEOUT = 15.0
 # Examples per RPC, sized so that the whole suite stays well under its 90 s budget;
 # KUBELING_FUZZ_EXAMPLES raises it for a longer hunt.
 EXAMPLES = int(os.environ.get("KUBELING_FUZZ_EXAMPLES", "50"))
+# The kinds' RPCs a second time as a node: the authorizer's decisions, not the
+# registries behind them (already fuzzed as the admin), get these.
+NODE_EXAMPLES = max(1, EXAMPLES * 3 // 10)
 # Reproducible by default; KUBELING_FUZZ_RANDOM=1 draws new examples each run.
 DERANDOMIZE = os.environ.get("KUBELING_FUZZ_RANDOM") != "1"
 
@@ -52,9 +65,14 @@ def _pool_service(full_name: str) -> ServiceDescriptor:
 
 
 def _rpcs() -> Iterator[tuple[str, MethodDescriptor]]:
-    for kind in ALL_KINDS:
-        for method in _pool_service(kind.service).methods:
+    for caller in ("master", "master-as-node"):
+        for kind in ALL_KINDS:
+            for method in _pool_service(kind.service).methods:
+                yield caller, method
+    for service in ("kubeling.v1.Tokens", "kubeling.v1.Certificates"):
+        for method in _pool_service(service).methods:
             yield "master", method
+    yield "master-join", _pool_service("kubeling.v1.Certificates").methods_by_name["Join"]
     for service, server in (("kubeling.v1.Kubelet", "kubelet"), ("kubeling.v1.Proxy", "proxy")):
         for method in _pool_service(service).methods:
             yield server, method
@@ -68,10 +86,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWar
 
 @pytest.fixture(scope="module")
 def channels(fuzz_cluster: FuzzCluster) -> Iterator[dict[str, grpc.Channel]]:
-    opened = {
-        name: grpc.insecure_channel(fuzz_cluster.channel_target(name))
-        for name in ("master", "kubelet", "proxy")
-    }
+    opened = {name: fuzz_cluster.channel(name) for name in fuzz_cluster.credentials}
     yield opened
     for channel in opened.values():
         channel.close()
@@ -131,24 +146,27 @@ def test_rpc_answers_hostile_requests_properly(
     path = f"/{method.containing_service.full_name}/{method.name}"
     streaming = bool(method.server_streaming)
     tally = TALLY[f"{server} {method.containing_service.name}/{method.name}"]
-    if server == "master":
+    on_master = server.startswith("master")
+    if on_master:
         fuzz_cluster.reseed_sync()
         _settle(fuzz_cluster)
 
+    seed = seed_request(method.containing_service.name, method.name, fuzz_cluster.join_token)
+
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=NODE_EXAMPLES if server == "master-as-node" else EXAMPLES,
         deadline=None,
         derandomize=DERANDOMIZE,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(payloads(method.input_type, seed_request(method.containing_service.name, method.name)))
+    @given(payloads(method.input_type, seed))
     def check(payload: bytes) -> None:
         before = fuzz_cluster.revision
         code = _send(channel, path, streaming, payload)
         tally[code.name] += 1
         assert code in ALLOWED, f"{path} answered {code.name} to {payload!r}"
-        if server != "master":
+        if not on_master:
             return
         if code != _C.OK:
             assert fuzz_cluster.revision == before, f"{path} refused {payload!r} but wrote"

@@ -61,7 +61,7 @@ async def test_exec_timeout_is_honoured_and_capped(asked: int, used: int) -> Non
 def test_a_request_over_16_mib_is_refused_and_the_master_carries_on(
     fuzz_cluster: FuzzCluster,
 ) -> None:
-    with grpc.insecure_channel(fuzz_cluster.channel_target("master")) as channel:
+    with fuzz_cluster.channel("master") as channel:
         get = channel.unary_unary("/kubeling.v1.Namespaces/Get")
         with pytest.raises(grpc.RpcError) as refused:
             get(b"\x12" + b"\xff\xff\xff\x08" + b"a" * (17 * 1024 * 1024), timeout=30)
@@ -79,7 +79,7 @@ def test_a_grace_period_beyond_a_valid_timestamp_is_refused(
 ) -> None:
     fuzz_cluster.reseed_sync()  # the pod "web", bound to node-1
     before = fuzz_cluster.revision
-    with grpc.insecure_channel(fuzz_cluster.channel_target("master")) as channel:
+    with fuzz_cluster.channel("master") as channel:
         delete = channel.unary_unary("/kubeling.v1.Pods/Delete")
         request = meta_pb2.DeleteRequest(
             namespace="default", name="web", grace_period_seconds=grace
