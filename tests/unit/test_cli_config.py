@@ -166,3 +166,17 @@ def test_forgetting_a_gone_labs_server_keeps_other_settings(tmp_path: Path) -> N
     assert config.forget_server("unix:/lab/master.sock")
     assert yaml.safe_load(path.read_text()) == {"editor": "vi"}
     assert config.resolve().server == "localhost:6443"
+
+
+def test_a_gone_labs_config_does_not_stop_lab_commands_but_stops_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubeling.cli.main import main
+
+    gone = tmp_path / "gone-lab" / "master" / "pki"
+    config.save_config("unix:/gone/master.sock", tls_files=(gone / "ca", gone / "c", gone / "k"))
+    assert main(["lab", "status", "--dir", str(tmp_path / "nolab")]) == 1
+    assert "no lab is up" in capsys.readouterr().err
+    assert main(["get", "pods"]) == 1
+    err = capsys.readouterr().err
+    assert "certificate-authority: cannot read" in err and err.count("\n") == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from kubeling.cli.commands import register_all
-from kubeling.cli.config import SERVER_ENV, resolve
+from kubeling.cli.config import DEFAULT_SERVER, SERVER_ENV, Target, normalize_server, resolve
 from kubeling.cli.context import DEFAULT_TIMEOUT, Context
 from kubeling.cli.errors import CliError, server_error
 from kubeling.client.config import CONFIG_ENV
@@ -60,12 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def target_for(args: argparse.Namespace) -> Target:
+    """The server and credentials; a command that does not talk to the API server
+    (`lab`) still runs when the config is broken (a lab's, whose files are gone)."""
+    try:
+        return resolve(args.server, args.config)
+    except CliError:
+        if getattr(args, "uses_server", True):
+            raise
+        return Target(normalize_server(args.server) if args.server else DEFAULT_SERVER)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ctx: Context | None = None
     try:
-        ctx = Context(resolve(args.server, args.config), timeout=args.request_timeout)
+        ctx = Context(target_for(args), timeout=args.request_timeout)
         status: int = asyncio.run(args.run(args, ctx))
         return status
     except CliError as exc:

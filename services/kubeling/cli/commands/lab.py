@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 def register(subparsers: SubParsers) -> None:
     parser = add_command(subparsers, "lab", _usage, "A multi-node cluster on this machine.")
+    # The lab manages its own master: a broken default config must not stop it.
+    parser.set_defaults(uses_server=False)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     up = add_command(actions, "up", run_up, "Start a master and N worker nodes.")
     up.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
