@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from kubeling.api.objects import clone
 from kubeling.client import Client
@@ -95,6 +95,17 @@ class KubeletConfig:
     credentials: CredentialDir | None = None
 
 
+def _registration_failed(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(error, grpc.aio.AioRpcError):
+        log.warning(
+            "registering the node failed; retrying",
+            code=error.code().name,
+            error=error.details(),
+            attempt=state.attempt_number,
+        )
+
+
 class Kubelet:
     def __init__(
         self,
@@ -156,7 +167,9 @@ class Kubelet:
             name=self.node_name,
             node_ip=self.config.node_ip,
             kubelet_port=port,
-            pod_cidr=self.config.pod_cidr,
+            # With TLS the master's IPAM alone sets spec.podCIDR (a node may not):
+            # --pod-cidr then only serves the CNI config while none is assigned.
+            pod_cidr=self.config.pod_cidr if self.config.credentials is None else "",
             lease_duration=self.config.lease_duration,
             lease_renew_interval=self.config.lease_renew_interval,
             status_interval=self.config.status_interval,
@@ -170,6 +183,7 @@ class Kubelet:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(grpc.aio.AioRpcError),
             wait=wait_exponential(multiplier=0.2, max=5),
+            before_sleep=_registration_failed,
         ):
             with attempt:
                 await self.agent.register()
