@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -378,3 +379,28 @@ async def test_a_renamed_object_in_a_malformed_request_is_not_a_way_in(tmp_path:
         await refused(
             get(meta_pb2.GetRequest(name="x").SerializeToString(), timeout=5), Code.NOT_FOUND
         )
+
+
+async def test_the_master_remakes_its_certificates_while_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeling.master import server as master_server
+    from tests.support.waiting import eventually
+
+    monkeypatch.setattr(master_server, "CERT_CHECK_INTERVAL", 0.2)
+    # An hour's validity is always within 30 days of its end: remade at every check.
+    async with tls_master(tmp_path, cert_validity=3600.0) as (master, _):
+        served = (tmp_path / "pki" / "server.crt").read_bytes()
+        conf = master.admin_conf.read_text()
+        before = master.pod_proxy.credentials
+        assert pki.cert_info(served).not_after.timestamp() - time.time() < 3700
+
+        def remade() -> bool:
+            return (tmp_path / "pki" / "server.crt").read_bytes() != served
+
+        await eventually(remade, 10)
+        await eventually(lambda: master.pod_proxy.credentials != before, 10)
+        await eventually(lambda: master.admin_conf.read_text() != conf, 10)
+        # New connections get the new serving certificate and are still let in.
+        async with Client.from_config(master.admin_conf, timeout=5) as fresh:
+            await fresh.namespaces.get("default")

@@ -9,7 +9,7 @@ names the node (`system:node:NAME` certificates carry NAME as a DNS SAN): a Node
 whose addresses point elsewhere gets no call through. Without TLS (a master on
 loopback, --insecure) the kubelet is dialled in plaintext.
 Channels to kubelets are kept for reuse in a bounded cache (`ChannelCache`), keyed
-by (address, node name): the
+by (address, node name, credentials): the
 least recently used idle one is closed beyond `max_size`, and any left idle for
 `idle_timeout` is closed at the next call, so nodes that come and go leave nothing.
 """
@@ -139,15 +139,24 @@ class PodProxy:
         self.pods = pods
         self.nodes = nodes
         self.credentials = credentials
-        # One channel per kubelet, reused by the calls to it.
+        # One channel per kubelet and credentials, reused by the calls to it.
         self.channels = ChannelCache(self._dial)
 
-    def _dial(self, key: CacheKey) -> grpc.aio.Channel:
-        address, node = cast(tuple[str, str], key)
-        if self.credentials is None:
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Dial with renewed credentials from now on; channels made with the old
+        ones are left to their calls and closed once idle."""
+        self.credentials = credentials
+
+    def _key(self, address: str, node: str) -> CacheKey:
+        return (address, node, self.credentials)
+
+    @staticmethod
+    def _dial(key: CacheKey) -> grpc.aio.Channel:
+        address, node, credentials = cast(tuple[str, str, Credentials | None], key)
+        if credentials is None:
             return rpc.channel(address)
         # The kubelet's certificate must name its node, whatever address it has.
-        return rpc.channel(address, credentials=self.credentials.with_server_name(node))
+        return rpc.channel(address, credentials=credentials.with_server_name(node))
 
     def methods(self) -> dict[str, grpc.RpcMethodHandler]:
         return {
@@ -188,7 +197,7 @@ class PodProxy:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
-        async with self.channels.use((address, node)) as channel:
+        async with self.channels.use(self._key(address, node)) as channel:
             call = channel.unary_stream(
                 _KUBELET + "Logs", request_serializer=handlers.serialize, response_deserializer=None
             )(request)
@@ -216,7 +225,7 @@ class PodProxy:
         # The caller's deadline, if any, bounds the kubelet call too (no deadline
         # shows as None or as a practically infinite time).
         timeout = remaining if remaining is not None and remaining < _NO_DEADLINE else None
-        async with self.channels.use((address, node)) as channel:
+        async with self.channels.use(self._key(address, node)) as channel:
             call = channel.unary_unary(
                 _KUBELET + "Exec", request_serializer=handlers.serialize, response_deserializer=None
             )

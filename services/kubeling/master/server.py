@@ -65,6 +65,9 @@ log = structlog.get_logger(__name__)
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-node-lease")
 
+# How often a running master checks whether its own certificates need remaking.
+CERT_CHECK_INTERVAL = 12 * 3600.0
+
 # /metrics, /healthz, /livez: kube-controller-manager's port.
 DEFAULT_METRICS_PORT = 10257
 
@@ -167,13 +170,7 @@ class Master:
         # The CA and the master's own credentials: made (or renewed) before serving.
         self.ca: cluster_ca.ClusterCa | None = None
         if config.tls:
-            self.ca = cluster_ca.load_or_create(
-                config.data_dir,
-                [*config.listen.split(","), *config.join_listen.split(",")],
-                config.advertise_address,
-                config.tls_sans,
-                config.cert_validity,
-            )
+            self.ca = self._load_ca()
         credentials = self.ca.master_credentials() if self.ca is not None else None
         self.pod_proxy = PodProxy(
             self.registries[POD.name], self.registries[NODE.name], credentials
@@ -195,6 +192,35 @@ class Master:
         self.metrics_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._unhealthy: asyncio.Task[None] | None = None
+
+    def _load_ca(self) -> cluster_ca.ClusterCa:
+        config = self.config
+        return cluster_ca.load_or_create(
+            config.data_dir,
+            [*config.listen.split(","), *config.join_listen.split(",")],
+            config.advertise_address,
+            config.tls_sans,
+            config.cert_validity,
+        )
+
+    async def _refresh_certificates(self) -> None:
+        """Remake the master's certificates that near their end while it runs: the
+        server picks up its files at the next handshake, the pod proxy dials with
+        the new client certificate from then on (the controllers' client takes it
+        at their next restart)."""
+        while True:
+            await asyncio.sleep(CERT_CHECK_INTERVAL)
+            self.ca = await asyncio.to_thread(self._load_ca)
+            self.pod_proxy.use_credentials(self.ca.master_credentials())
+            self._write_admin_conf()
+
+    def _write_admin_conf(self) -> None:
+        """admin.conf with the current admin certificate (unchanged: not rewritten)."""
+        if self.ca is not None and self.server is not None:
+            server = cluster_ca.admin_server(
+                self.config.listen, self.server.port, self.config.advertise_address
+            )
+            cluster_ca.write_admin_conf(self.ca, self.admin_conf, server)
 
     def healthy(self) -> bool:
         """False once a supervised loop gave up (the process is about to exit)."""
@@ -237,17 +263,15 @@ class Master:
             tls=tls,
         )
         await self.server.start()
-        if self.ca is not None:
-            server = cluster_ca.admin_server(
-                self.config.listen, self.server.port, self.config.advertise_address
-            )
-            cluster_ca.write_admin_conf(self.ca, self.admin_conf, server)
+        self._write_admin_conf()
         if self.config.metrics_bind:
             await self._serve_metrics(self.config.metrics_bind)
         namespaces = NamespaceController(self.registries)
         self._tasks.append(self.supervisor.start("namespace-controller", namespaces.run))
         expiry = EventExpiry(self.store, self.config.event_ttl)
         self._tasks.append(self.supervisor.start("event-ttl", expiry.run))
+        if self.ca is not None:
+            self._tasks.append(self.supervisor.start("certificates", self._refresh_certificates))
         if self.config.controllers:
             own = self_address(self.config.listen, self.server.port)
             self._tasks.append(
