@@ -1,6 +1,7 @@
 """Bootstrap tokens (common/token.py, master/tokens.py): kubeadm's shape, expiry,
 deletion, secrets kept only as keyed hashes in 0600 files, the Tokens service only
-for local callers, and no token on any command line (kubelet, lab, join command)."""
+for local callers on a master without TLS (with TLS: admins, tests/unit/test_authz.py),
+and no token on any command line (kubelet, lab, join command)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from kubeling.api.errors import ApiError
+from kubeling.common import pki
 from kubeling.common.token import TOKEN_RE, TokenRefused, TokenStore, generate, split
 from kubeling.kubelet import main as kubelet_main
 from kubeling.lab.lab import Lab, LabState, NodeState, Proc
@@ -249,7 +251,12 @@ def test_the_labs_kubelet_command_line_has_no_token(
     node = NodeState("worker-1", "kl-worker-1", "10.99.0.11", "kl-w1", "")
     lab.state = LabState(prefix="kl-", master_netns="kl-net", nodes=[node])
     token = "abcdef.0123456789abcdef"
-    lab.token_file.write_text(token + "\n")
+    token_file = lab.token_file("worker-1")
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(token + "\n")
+    # The master's CA, whose pin the kubelet is given.
+    lab.pki_dir.mkdir(parents=True)
+    (lab.pki_dir / "ca.crt").write_bytes(pki.make_ca().cert_pem)
     spawned: list[list[str]] = []
 
     def spawn(netns: str, log_name: str, command: list[str], marker: str) -> Proc:
@@ -260,8 +267,9 @@ def test_the_labs_kubelet_command_line_has_no_token(
     lab._start_kubelet(node, tmp_path / "nodes" / "worker-1")
     (command,) = spawned
     assert not any("0123456789abcdef" in arg for arg in command)
-    assert command[command.index("--token-file") + 1] == str(lab.token_file)
+    assert command[command.index("--token-file") + 1] == str(token_file)
     assert "--token" not in command
+    assert command[command.index("--discovery-token-ca-cert-hash") + 1] == lab.ca_pin()
 
 
 async def test_local_callers_over_ipv4_and_ipv6_loopback_are_served(tmp_path: Path) -> None:
