@@ -7,6 +7,14 @@ renewal `leader-renew`), and while leading each controller and the scheduler by
 its name (`replicaset`, `scheduler`, ...) with their informers (`replicaset.pods`).
 A crash restarts that loop alone; a loop that gives up turns gRPC health
 NOT_SERVING and /healthz 503, and `kubeling-master` exits 1.
+
+With TLS (the default) the master makes or loads its CA and certificates
+(master/cluster_ca.py) before serving, serves mutual TLS on `listen` and TLS
+without client certificates on `join_listen` (Certificates/Join only), authorizes
+every call (master/authz.py), keeps its certificates fresh (`certificates`) and
+writes DATA_DIR/admin.conf. Its own controllers and the pod proxy call as
+`kubeling:master`. Without TLS it serves plaintext on loopback only and every
+caller is the local admin.
 """
 
 from __future__ import annotations
