@@ -325,3 +325,15 @@ async def test_a_failed_renewal_is_retried(
     renewed = await asyncio.wait_for(renewer.renew_now(), 10)
     assert len(calls) == 2 and renewer.renewals == 1
     assert cred_dir.load() == renewed
+
+
+def test_the_peer_chain_is_read_as_pem_from_der_too() -> None:
+    """Python 3.13's public SSLSocket.get_unverified_chain gives DER bytes."""
+    ca = pki.make_ca("der")
+
+    class Public:
+        def get_unverified_chain(self) -> list[bytes]:
+            return [ssl.PEM_cert_to_DER_cert(ca.cert_pem.decode())]
+
+    (pem,) = bootstrap._peer_chain(cast(ssl.SSLSocket, Public()))
+    assert pki.ca_pin(pem) == pki.ca_pin(ca.cert_pem)

@@ -139,10 +139,12 @@ def _peer_chain(sock: ssl.SSLSocket) -> list[bytes]:
     getter = getattr(sock, "get_unverified_chain", None)
     if getter is None:
         getter = sock._sslobj.get_unverified_chain  # type: ignore[attr-defined]
-    chain = getter() or []
     out: list[bytes] = []
-    for cert in chain:
-        data = cert if isinstance(cert, bytes) else cert.public_bytes(_ENCODING_PEM)
+    for cert in getter() or []:
+        if isinstance(cert, bytes):  # 3.13's public method gives DER
+            out.append(ssl.DER_cert_to_PEM_cert(cert).encode())
+            continue
+        data = cert.public_bytes(_ENCODING_PEM)  # _ssl.Certificate: PEM text
         out.append(data.encode() if isinstance(data, str) else data)
     return out
 
