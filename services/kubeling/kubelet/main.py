@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="HTTP /metrics, /healthz and /livez (Kubernetes' kubelet healthz port)",
     )
     p.add_argument("--node-ip", default="", help="the node's InternalIP (default: detected)")
-    p.add_argument("--pod-cidr", default="", help="pod CIDR when the master assigns none")
+    p.add_argument(
+        "--pod-cidr",
+        default="",
+        help="pod CIDR for the CNI config while the master assigns none (set on the Node "
+        "only with --insecure: with TLS the master's IPAM alone sets spec.podCIDR)",
+    )
     p.add_argument(
         "--cni-conf-dir",
         default="",
