@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.chaos import Chaos, Report, lab_options
 
-from kubeling.client import Client
 from kubeling.lab.lab import Lab
 
 
@@ -39,7 +38,7 @@ async def soak(
     def progress(message: str) -> None:
         print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
-    async with Client(lab.server, timeout=20) as api:
+    async with lab.client(timeout=20) as api:
         chaos = Chaos(lab, api, seed, work, progress=progress, overlap=overlap)
         try:
             report = await chaos.run(rounds)

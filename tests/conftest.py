@@ -51,6 +51,7 @@ def _no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The CLI must not read the developer's ~/.kubeling/config in tests.
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBELING_SERVER", raising=False)
+    monkeypatch.delenv("KUBELING_CONFIG", raising=False)
     assert os.environ["HOME"] == str(tmp_path)
 
 

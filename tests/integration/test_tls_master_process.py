@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import grpc
 import pytest
 
 from kubeling.client import Client
-from kubeling.controllers.manager import run_controllers
 from kubeling.v1 import apps_pb2
 from tests.integration.test_tls_master import refused, tls_master
 from tests.support.processes import free_port, stop_process
@@ -89,10 +87,6 @@ def test_the_flags() -> None:
             parse_args(bad)
 
 
-@pytest.mark.skipif(
-    "credentials" not in inspect.signature(run_controllers).parameters,
-    reason="controllers/manager.py's run_controllers takes no credentials yet",
-)
 async def test_the_controllers_of_a_tls_master_work(tmp_path: Path) -> None:
     async with tls_master(tmp_path, controllers={"*"}) as (_, admin):
         deploy = apps_pb2.Deployment()

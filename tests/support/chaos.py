@@ -454,7 +454,7 @@ class Chaos:
         writes = self.report.writes
         counter: coordination_pb2.Lease | None = None
         index = 0
-        async with Client(self.lab.server, timeout=5) as api:
+        async with self.lab.client(timeout=5) as api:
             while not stop.is_set():
                 index += 1
                 lease = coordination_pb2.Lease()

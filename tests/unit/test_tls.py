@@ -139,7 +139,7 @@ def test_credential_files_are_private(ca: pki.Issued, tmp_path: Path) -> None:
     assert directory.load() == _credentials(ca, issued)
 
 
-def test_a_plaintext_server_is_refused_beyond_loopback() -> None:
+async def test_a_plaintext_server_is_refused_beyond_loopback() -> None:
     with pytest.raises(rpc.PlaintextRefused, match=r"0\.0\.0\.0:0"):
         rpc.Server("0.0.0.0:0", [_handler()], [])
     with pytest.raises(rpc.PlaintextRefused):

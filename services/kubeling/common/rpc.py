@@ -85,16 +85,23 @@ class Server:
                     f"without TLS a server listens only on loopback or a unix socket, "
                     f"not {', '.join(wide)}"
                 )
-            creds = None
-        else:
-            creds = server_credentials(tls.source, require_client_cert=True)
-        ports = [self._add_port(address, creds) for address in addresses]
+        # One credentials object per port: gRPC cannot bind a second port with a
+        # reloading credentials object already in use.
+        ports = [
+            self._add_port(
+                address,
+                None if tls is None else server_credentials(tls.source, require_client_cert=True),
+            )
+            for address in addresses
+        ]
         self.port = ports[0]  # of the first address (a unix socket counts as 1)
         self.join_port = 0
         if tls is not None and tls.without_client_cert:
-            open_creds = server_credentials(tls.source, require_client_cert=False)
             joins = [a.strip() for a in tls.without_client_cert.split(",") if a.strip()]
-            join_ports = [self._add_port(a, open_creds) for a in joins]
+            join_ports = [
+                self._add_port(a, server_credentials(tls.source, require_client_cert=False))
+                for a in joins
+            ]
             self.join_port = join_ports[0]
 
     def _add_port(self, address: str, creds: grpc.ServerCredentials | None) -> int:

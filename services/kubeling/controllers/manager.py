@@ -24,6 +24,7 @@ from kubeling.client import Client
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import supervised_informers
 from kubeling.common.supervisor import LoopFactory, LoopFailed, Supervisor
+from kubeling.common.tls import Credentials
 from kubeling.controllers.context import Controller, ControllerContext, ControllerSettings
 
 __all__ = [
@@ -73,10 +74,12 @@ async def run_controllers(
     *,
     supervisor: Supervisor | None = None,
     extra: dict[str, ControllerFactory] | None = None,
+    credentials: Credentials | None = None,
 ) -> None:
     """Run the enabled controllers ("*" enables all) until cancelled, each under
     `supervisor` (a private one when None). `extra`: more loops by name (the
-    scheduler). Raises `LoopFailed` when one of them gives up."""
+    scheduler). `credentials`: TLS to the API (None: a plaintext master). Raises
+    `LoopFailed` when one of them gives up."""
     load_all()
     factories = {**REGISTRY, **(extra or {})}
     names = sorted(factories) if "*" in enabled else sorted(n for n in enabled if n in factories)
@@ -84,7 +87,7 @@ async def run_controllers(
     if unknown:
         log.warning("unknown controllers ignored", names=unknown, known=sorted(factories))
     supervisor = supervisor or Supervisor("kubeling-controller-manager")
-    async with Client(address) as api:
+    async with Client(address, credentials=credentials) as api:
         context = ControllerContext(api, EventRecorder(api, "kubeling-controller-manager"),
                                     settings or ControllerSettings())  # fmt: skip
 

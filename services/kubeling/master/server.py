@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import ipaddress
 import os
 import socket
@@ -320,13 +319,6 @@ class Master:
         kube-system/kubeling-controller-manager Lease, so several masters can run
         with one active set."""
         credentials = self.own_credentials()
-        # run_controllers makes its own client; it takes credentials once
-        # controllers/manager.py passes them on (until then: plaintext masters only).
-        more: dict[str, Any] = {}
-        if "credentials" in inspect.signature(run_controllers).parameters:
-            more["credentials"] = credentials
-        elif credentials is not None:
-            log.warning("controllers cannot authenticate: run_controllers takes no credentials")
         async with Client(own, credentials=credentials) as api:
             holder = f"{socket.gethostname()}_{own}_{os.getpid()}"
             self.elector = LeaderElector(api, identity=holder, supervisor=self.supervisor)
@@ -339,7 +331,7 @@ class Master:
                     # The scheduler is a loop like the controllers, registered here so
                     # that the controllers and the scheduler never import each other.
                     extra={"scheduler": Scheduler},
-                    **more,
+                    credentials=credentials,
                 )
             )
         # The controllers run until cancelled: ending otherwise is a crash to restart.
