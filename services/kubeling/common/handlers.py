@@ -51,12 +51,21 @@ def serialize(message: bytes | Message) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
+# Decides whether the caller may call at all (ApiError if not); it runs before
+# anything of the request is looked at.
+CallerCheck = Callable[[Context], None]
+
+
 def guarded(
-    fn: Callable[[Any, Context], Awaitable[Any]], component: str
+    fn: Callable[[Any, Context], Awaitable[Any]],
+    component: str,
+    check: CallerCheck | None = None,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
     @functools.wraps(fn)
     async def handler(request: Any, context: Context) -> Any:
         try:
+            if check is not None:
+                check(context)
             if isinstance(request, Malformed):
                 raise request.to_error()
             return await fn(request, context)
@@ -73,10 +82,13 @@ def guarded(
 
 
 def unary(
-    fn: Callable[[Any, Context], Awaitable[Any]], request: type[Message], component: str
+    fn: Callable[[Any, Context], Awaitable[Any]],
+    request: type[Message],
+    component: str,
+    check: CallerCheck | None = None,
 ) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
-        guarded(fn, component),
+        guarded(fn, component, check),
         request_deserializer=parser(request),
         response_serializer=serialize,
     )

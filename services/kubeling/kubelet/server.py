@@ -95,21 +95,7 @@ class KubeletService:
         fn: Callable[[Any, Context], Awaitable[Any]],
         request: type[Message],
     ) -> grpc.RpcMethodHandler:
-        # The caller is checked before anything of the request is looked at.
-        inner = handlers.guarded(fn, "kubelet")
-
-        async def checked(message: Any, context: Context) -> Any:
-            try:
-                self._check(context, method)
-            except ApiError as exc:
-                await context.abort_with_status(exc.to_status())
-            return await inner(message, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            checked,
-            request_deserializer=handlers.parser(request),
-            response_serializer=handlers.serialize,
-        )
+        return handlers.unary(fn, request, "kubelet", lambda context: self._check(context, method))
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -104,7 +104,7 @@ def wanted_sans(
         host, _ = split_host(address)
         if host in _WILDCARDS:
             ips.update(machine_addresses())
-        elif _is_ip(host):
+        elif is_ip(host):
             ips.add(str(ipaddress.ip_address(host)))
         else:
             dns.add(host)
@@ -112,7 +112,7 @@ def wanted_sans(
         name = name.strip()
         if not name:
             continue
-        if _is_ip(name):
+        if is_ip(name):
             ips.add(str(ipaddress.ip_address(name)))
         else:
             dns.add(name)
@@ -124,7 +124,7 @@ def pki_dns_ok(name: str) -> bool:
     return bool(_DNS_NAME.fullmatch(name))
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import re
 import sys
@@ -71,17 +70,9 @@ def _validity(text: str) -> float:
 def _sans(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
-        if not (cluster_ca.pki_dns_ok(name) or _is_ip(name)):
+        if not (cluster_ca.pki_dns_ok(name) or cluster_ca.is_ip(name)):
             raise argparse.ArgumentTypeError(f"{name!r} is neither an IP address nor a DNS name")
     return names
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _Replaced(argparse.Action):

@@ -67,28 +67,17 @@ class ProxyService:
     def close(self) -> None:
         self._explainer.shutdown(wait=False, cancel_futures=True)
 
+    def _check(self, context: Context, method: str) -> None:
+        if self.authenticated:
+            may_read(identity.identity_of(context), method)
+
     def _unary(
         self,
         method: str,
         fn: Callable[[Any, Context], Awaitable[Any]],
         request: type[Message],
     ) -> grpc.RpcMethodHandler:
-        # The caller is checked before anything of the request is looked at.
-        inner = handlers.guarded(fn, "proxy")
-
-        async def checked(message: Any, context: Context) -> Any:
-            if self.authenticated:
-                try:
-                    may_read(identity.identity_of(context), method)
-                except ApiError as exc:
-                    await context.abort_with_status(exc.to_status())
-            return await inner(message, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            checked,
-            request_deserializer=handlers.parser(request),
-            response_serializer=handlers.serialize,
-        )
+        return handlers.unary(fn, request, "proxy", lambda context: self._check(context, method))
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
