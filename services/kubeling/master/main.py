@@ -273,6 +273,11 @@ async def serve(config: MasterConfig, advertise: str = "") -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] in (["backup"], ["restore"]):
+        from kubeling.master.backup import main as backup_main
+
+        sys.exit(backup_main(given))
     args = parse_args(argv)
     set_process_name("kubeling-master")
     setup_logging(args.log_level)
