@@ -17,8 +17,8 @@ from kubeling.common.tls import Credentials
 from kubeling.common.token import generate
 from kubeling.master.server import Master
 from kubeling.v1 import certificates_pb2, certificates_pb2_grpc
-from tests.integration.test_tls_master import credentials, refused, tls_master
-from tests.support.inprocess import in_process_master
+from tests.integration.test_tls_master import credentials, refused
+from tests.support.inprocess import in_process_master, tls_master
 
 Code = grpc.StatusCode
 

@@ -22,9 +22,10 @@ from kubeling.common import pki, rpc
 from kubeling.common.tls import CredentialDir, Credentials
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet
-from kubeling.master.server import Master, MasterConfig
+from kubeling.master.server import Master
 from kubeling.v1 import core_pb2, kubelet_pb2
 from tests.support.hollow import BUSYBOX, kubelet_config
+from tests.support.inprocess import tls_master
 
 NODE = "joined-1"
 
@@ -48,23 +49,9 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    master = Master(
-        MasterConfig(
-            tls=True,
-            listen="127.0.0.1:0",
-            join_listen="127.0.0.1:0",
-            data_dir=tmp_path / "master",
-            controllers=set(),
-        )
-    )
-    port = await master.start()
-    admin = Client.from_config(master.admin_conf, timeout=10)
-    token, _ = master.tokens.create(ttl=600, description="node join test")
-    try:
-        yield Cluster(master, f"127.0.0.1:{port}", admin, token)
-    finally:
-        await admin.close()
-        await master.stop()
+    async with tls_master(tmp_path / "master") as (master, admin):
+        token, _ = master.tokens.create(ttl=600, description="node join test")
+        yield Cluster(master, admin.target, admin, token)
 
 
 async def _join(cluster: Cluster, cred_dir: CredentialDir, role: str) -> Credentials:

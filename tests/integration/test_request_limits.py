@@ -13,6 +13,7 @@ import pytest
 from kubeling.api.kinds import NAMESPACE
 from kubeling.common import rpc
 from kubeling.master.limits import peer_host
+from kubeling.master.registry import Registry
 from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2, meta_pb2
 from tests.support.inprocess import serving
@@ -27,6 +28,22 @@ def namespace(name: str) -> core_pb2.Namespace:
     return ns
 
 
+class HeldCreates:
+    """Creates through `registry` wait for `release`: they stay in flight."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.entered = 0
+        self.release = asyncio.Event()
+        create = registry.create
+
+        async def held_create(obj: Any) -> Any:
+            self.entered += 1
+            await self.release.wait()
+            return await create(obj)
+
+        registry.create = held_create  # type: ignore[method-assign]
+
+
 async def test_requests_over_the_inflight_limit_are_refused_and_below_it_are_served(
     tmp_path: Path,
 ) -> None:
@@ -34,21 +51,10 @@ async def test_requests_over_the_inflight_limit_are_refused_and_below_it_are_ser
         MasterConfig(listen="127.0.0.1:0", tls=False, data_dir=tmp_path, controllers=set(),
                      max_requests_inflight=3)
     )  # fmt: skip
-    registry = master.registries[NAMESPACE.name]
-    create = registry.create
-    entered = 0
-    release = asyncio.Event()
-
-    async def held_create(obj: Any) -> Any:
-        nonlocal entered
-        entered += 1
-        await release.wait()
-        return await create(obj)
-
     async with serving(master) as api:
-        registry.create = held_create  # type: ignore[method-assign]  # after start's own creates
+        gate = HeldCreates(master.registries[NAMESPACE.name])  # after start's own creates
         held = [asyncio.create_task(api.namespaces.create(namespace(f"n{i}"))) for i in range(3)]
-        await eventually(lambda: entered == 3)
+        await eventually(lambda: gate.entered == 3)
         # The fourth request of any kind is refused while three are being served...
         for extra in (api.namespaces.create(namespace("n3")), api.pods.list("default")):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -60,10 +66,10 @@ async def test_requests_over_the_inflight_limit_are_refused_and_below_it_are_ser
         first = await asyncio.wait_for(anext(aiter(events)), 10)
         assert first.type == "ADDED"
         await events.aclose()  # type: ignore[attr-defined]
-        release.set()
+        gate.release.set()
         created = await asyncio.wait_for(asyncio.gather(*held), 10)
         assert [n.metadata.name for n in created] == ["n0", "n1", "n2"]
-        assert entered == 3  # the refused create never reached the registry
+        assert gate.entered == 3  # the refused create never reached the registry
         await api.namespaces.create(namespace("n3"))  # below the limit again
         assert master.limits.inflight == 0
 
@@ -142,25 +148,15 @@ async def test_with_tls_clients_are_their_identities(tmp_path: Path) -> None:
     """In flight and watches are counted per certificate user, not per address:
     every client here calls from 127.0.0.1."""
     from kubeling.common import identity
-    from tests.integration.test_tls_master import client_as, tls_master
+    from tests.integration.test_tls_master import client_as
+    from tests.support.inprocess import tls_master
 
     async with tls_master(
         tmp_path, max_requests_inflight_per_client=2, max_watches_per_client=1
     ) as (master, admin):
-        registry = master.registries[NAMESPACE.name]
-        create = registry.create
-        entered = 0
-        release = asyncio.Event()
-
-        async def held_create(obj: Any) -> Any:
-            nonlocal entered
-            entered += 1
-            await release.wait()
-            return await create(obj)
-
-        registry.create = held_create  # type: ignore[method-assign]
+        gate = HeldCreates(master.registries[NAMESPACE.name])
         held = [asyncio.create_task(admin.namespaces.create(namespace(f"n{i}"))) for i in range(2)]
-        await eventually(lambda: entered == 2)
+        await eventually(lambda: gate.entered == 2)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await admin.pods.list("default")
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -177,6 +173,6 @@ async def test_with_tls_clients_are_their_identities(tmp_path: Path) -> None:
             admin_watch = await open_watch(admin.channel)
             watch.cancel()
             admin_watch.cancel()
-        release.set()
+        gate.release.set()
         await asyncio.wait_for(asyncio.gather(*held), 10)
         assert master.limits.inflight_by_client == {}

@@ -3,11 +3,9 @@ in, and what each role may do (master/authz.py, master/cluster_ca.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -20,25 +18,9 @@ from kubeling.common import identity, pki
 from kubeling.common.tls import Credentials
 from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import apps_pb2, core_pb2, discovery_pb2, meta_pb2
-from tests.support.inprocess import serving
+from tests.support.inprocess import tls_master
 
 Code = grpc.StatusCode
-
-
-@contextlib.asynccontextmanager
-async def tls_master(data_dir: Path, **config: object) -> AsyncIterator[tuple[Master, Client]]:
-    """A TLS master and a client with its admin.conf."""
-    config.setdefault("controllers", set())
-    master = Master(
-        MasterConfig(
-            listen="127.0.0.1:0", join_listen="127.0.0.1:0", data_dir=data_dir,
-            **config,  # type: ignore[arg-type]
-        )
-    )  # fmt: skip
-    async with serving(master) as plain:
-        await plain.close()
-        async with Client.from_config(master.admin_conf, timeout=10) as admin:
-            yield master, admin
 
 
 def credentials(master: Master, user: str, *groups: str) -> Credentials:

@@ -16,7 +16,8 @@ from kubeling.kubelet.server import serve_kubelet_api
 from kubeling.master.server import Master
 from kubeling.v1 import core_pb2
 from tests.integration.test_kubelet_api import FakeNode, cri_line, make_pod
-from tests.integration.test_tls_master import refused, tls_master
+from tests.integration.test_tls_master import refused
+from tests.support.inprocess import tls_master
 
 
 def kubelet_credentials(master: Master, node: str, directory: Path) -> CredentialDir:

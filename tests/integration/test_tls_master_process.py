@@ -15,7 +15,8 @@ import pytest
 
 from kubeling.client import Client
 from kubeling.v1 import apps_pb2
-from tests.integration.test_tls_master import refused, tls_master
+from tests.integration.test_tls_master import refused
+from tests.support.inprocess import tls_master
 from tests.support.processes import free_port, stop_process
 from tests.support.waiting import eventually
 

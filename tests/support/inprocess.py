@@ -51,3 +51,17 @@ async def in_process_master(
     )
     async with serving(master, client_timeout) as api:
         yield api
+
+
+@contextlib.asynccontextmanager
+async def tls_master(data_dir: Path, **config: Any) -> AsyncIterator[tuple[Master, Client]]:
+    """A master serving mutual TLS on 127.0.0.1 with a join port (no controllers
+    unless `config` says), and a client with its admin.conf."""
+    config.setdefault("controllers", set())
+    master = Master(
+        MasterConfig(listen="127.0.0.1:0", join_listen="127.0.0.1:0", data_dir=data_dir, **config)
+    )
+    async with serving(master) as plain:
+        await plain.close()
+        async with Client.from_config(master.admin_conf, timeout=10) as admin:
+            yield master, admin

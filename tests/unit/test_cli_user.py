@@ -23,26 +23,15 @@ from kubeling.client import Client
 from kubeling.client.config import read_config
 from kubeling.common import pki
 from kubeling.common.token import TOKEN_RE
-from kubeling.master.server import Master, MasterConfig
+from kubeling.master.server import Master
 from kubeling.v1 import core_pb2
+from tests.support.inprocess import tls_master
 
 
 @pytest.fixture
 async def master(tmp_path: Path) -> AsyncIterator[Master]:
-    server = Master(
-        MasterConfig(
-            tls=True,
-            listen="127.0.0.1:0",
-            join_listen="127.0.0.1:0",
-            data_dir=tmp_path / "master",
-            controllers=set(),
-        )
-    )
-    await server.start()
-    try:
+    async with tls_master(tmp_path / "master") as (server, _):
         yield server
-    finally:
-        await server.stop()
 
 
 async def run(argv: list[str], config: Path) -> int:
