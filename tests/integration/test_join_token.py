@@ -18,94 +18,27 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kubeling.client import Client, bootstrap
-from kubeling.client.config import read_config
 from kubeling.common import pki
 from kubeling.common.tls import CredentialDir
 from kubeling.common.token import TOKEN_RE
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import MasterProcess, running_master, stop_process
 from tests.support.waiting import eventually_passes
 
 KUBELING = Path(sys.executable).parent / "kubeling"
 SECRET = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
 
 
-@dataclass
-class TlsMaster:
-    address: str
-    join_address: str
-    data_dir: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def admin_conf(self) -> Path:
-        return self.data_dir / "admin.conf"
-
-    @property
-    def pin(self) -> str:
-        return pki.ca_pin((self.data_dir / "pki" / "ca.crt").read_bytes())
-
-    def log(self) -> str:
-        try:
-            return (self.data_dir / "master.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "kubeling.master.main",
-            "--listen", self.address, "--join-listen", self.join_address,
-            "--data-dir", str(self.data_dir), "--controllers=", "--metrics-bind-address", "",
-        ]  # fmt: skip
-
-
-def wait_serving(master: TlsMaster, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert master.process is not None
-        if master.process.poll() is not None:
-            raise RuntimeError(f"the master exited: {master.log()[-3000:]}")
-        if master.admin_conf.exists():
-            config = read_config(master.admin_conf)
-            assert config.credentials is not None
-            creds = grpc.ssl_channel_credentials(
-                config.credentials.ca_pem, config.credentials.key_pem, config.credentials.cert_pem
-            )
-            with grpc.secure_channel(master.address, creds) as channel:
-                try:
-                    health = health_pb2_grpc.HealthStub(channel)
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no TLS master at {master.address}: {master.log()[-3000:]}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
-def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMaster]:
+def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
     """A real master, TLS on (the default), loopback only, no controllers."""
-    base = tmp_path_factory.mktemp("joinmaster")
-    tls = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", base)
-    with (base / "master.log").open("ab") as log:
-        tls.process = subprocess.Popen(
-            tls.command(), stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    try:
-        wait_serving(tls)
-        yield tls
-    finally:
-        stop_process(tls.process)
+    with running_master(tmp_path_factory.mktemp("joinmaster"), "--controllers=", tls=True) as proc:
+        yield proc
 
 
 def kubeling(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -119,7 +52,7 @@ def kubeling(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def create(master: TlsMaster, *args: str) -> str:
+def create(master: MasterProcess, *args: str) -> str:
     result = kubeling(master.admin_conf, "token", "create", *args)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
@@ -127,7 +60,7 @@ def create(master: TlsMaster, *args: str) -> str:
     return token
 
 
-async def join_refused(master: TlsMaster, token: str, tmp_path: Path) -> str:
+async def join_refused(master: MasterProcess, token: str, tmp_path: Path) -> str:
     """Join as a node with `token`: the master's UNAUTHENTICATED answer."""
     ca = await asyncio.to_thread(bootstrap.fetch_ca, master.join_address, master.pin)
     cred_dir = CredentialDir(tmp_path / "refused", "kubelet")
@@ -140,7 +73,7 @@ async def join_refused(master: TlsMaster, token: str, tmp_path: Path) -> str:
     return str(refused.value)
 
 
-def test_token_create_list_and_delete(master: TlsMaster, tmp_path: Path) -> None:
+def test_token_create_list_and_delete(master: MasterProcess, tmp_path: Path) -> None:
     forever = create(master, "--ttl", "0", "--description", "for ever")
     daily = create(master, "--description", "default ttl")
     hourly = create(master, "--ttl", "1h", "--description", "the lab")
@@ -185,7 +118,7 @@ def test_token_create_list_and_delete(master: TlsMaster, tmp_path: Path) -> None
 
 
 async def test_expired_deleted_and_unknown_tokens_are_refused_at_join(
-    master: TlsMaster, tmp_path: Path
+    master: MasterProcess, tmp_path: Path
 ) -> None:
     short = await asyncio.to_thread(create, master, "--ttl", "1ms")
     assert f"bootstrap token {short[:6]} expired at" in await join_refused(master, short, tmp_path)
@@ -203,21 +136,14 @@ async def test_expired_deleted_and_unknown_tokens_are_refused_at_join(
 
 def test_the_first_start_prints_a_join_command_on_a_terminal_only(tmp_path: Path) -> None:
     # Not a terminal (a log file): no token is made or printed, only where to get one.
-    quiet = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", tmp_path / "quiet")
-    quiet.data_dir.mkdir()
-    with (quiet.data_dir / "master.log").open("ab") as log:
-        quiet.process = subprocess.Popen(quiet.command(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_serving(quiet)
+    with running_master(tmp_path / "quiet", "--controllers=", tls=True) as quiet:
         deadline = time.monotonic() + 30
         while "kubeling token create" not in quiet.log() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "no join token printed (not a terminal)" in quiet.log()
-    finally:
-        stop_process(quiet.process)
     assert not (quiet.data_dir / "bootstrap-tokens.json").exists()
 
-    tty = TlsMaster(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", tmp_path / "tty")
+    tty = MasterProcess(tmp_path / "tty", None, "--controllers=", tls=True)
     leader, follower = pty.openpty()
     tty.process = subprocess.Popen(
         tty.command(),
@@ -256,7 +182,7 @@ def test_the_first_start_prints_a_join_command_on_a_terminal_only(tmp_path: Path
 
 
 async def test_a_kubelet_joins_with_a_token_file_kept_off_its_command_line(
-    master: TlsMaster, tmp_path: Path
+    master: MasterProcess, tmp_path: Path
 ) -> None:
     token = await asyncio.to_thread(create, master, "--description", "kubelet test")
     token_file = tmp_path / "join-token"

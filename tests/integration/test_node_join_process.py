@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,67 +22,16 @@ import pytest
 from kubeling.client import Client
 from kubeling.common import pki
 from kubeling.cri.fake import FakeCRIServer, FakeRuntime
-from tests.support.processes import free_port, stop_process
+from tests.support.processes import MasterProcess, running_master, stop_process
 from tests.support.waiting import eventually_passes
 
 KUBELING = Path(sys.executable).parent / "kubeling"
 
 
-@dataclass
-class TlsMaster:
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    port: int
-    join_port: int
-    log_path: Path
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def admin_conf(self) -> Path:
-        return self.data_dir / "admin.conf"
-
-    @property
-    def pin(self) -> str:
-        return pki.ca_pin((self.data_dir / "pki" / "ca.crt").read_bytes())
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
-def master(tmp_path: Path) -> Iterator[TlsMaster]:
-    data = tmp_path / "master"
-    data.mkdir()
-    port, join_port = free_port(), free_port()
-    log_path = data / "master.log"
-    with log_path.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "kubeling.master.main",
-                "--listen", f"127.0.0.1:{port}", "--join-listen", f"127.0.0.1:{join_port}",
-                "--data-dir", str(data), "--metrics-bind-address", "", "--controllers=",
-            ],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    master = TlsMaster(process, data, port, join_port, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while not (master.admin_conf.exists() and _listening(port) and _listening(join_port)):
-            assert process.poll() is None, master.log()
-            assert time.monotonic() < deadline, master.log()
-            time.sleep(0.1)
-        yield master
-    finally:
-        stop_process(process)
+def master(tmp_path: Path) -> Iterator[MasterProcess]:
+    with running_master(tmp_path / "master", "--controllers=", tls=True) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -100,7 +47,7 @@ async def cri() -> AsyncIterator[str]:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def _create_token(master: TlsMaster) -> str:
+def _create_token(master: MasterProcess) -> str:
     done = subprocess.run(
         [str(KUBELING), "--config", str(master.admin_conf), "token", "create", "--ttl", "10m"],
         capture_output=True, text=True, timeout=60,
@@ -110,7 +57,7 @@ def _create_token(master: TlsMaster) -> str:
 
 
 def _kubelet(
-    master: TlsMaster, endpoint: str, tmp_path: Path, pin: str, *extra: str
+    master: MasterProcess, endpoint: str, tmp_path: Path, pin: str, *extra: str
 ) -> subprocess.Popen[bytes]:
     with (tmp_path / "kubelet.log").open("ab") as out:
         return subprocess.Popen(
@@ -133,7 +80,7 @@ def _kubelet(
 
 
 async def test_a_kubelet_process_joins_keeps_its_certificate_and_hides_the_token(
-    master: TlsMaster, cri: str, tmp_path: Path
+    master: MasterProcess, cri: str, tmp_path: Path
 ) -> None:
     token = await asyncio.to_thread(_create_token, master)
     secret = token.split(".")[1]
@@ -179,7 +126,7 @@ async def test_a_kubelet_process_joins_keeps_its_certificate_and_hides_the_token
 
 
 async def test_a_wrong_pin_makes_the_kubelet_exit_before_sending_the_token(
-    master: TlsMaster, cri: str, tmp_path: Path
+    master: MasterProcess, cri: str, tmp_path: Path
 ) -> None:
     token = await asyncio.to_thread(_create_token, master)
     token_file = tmp_path / "join-token"
