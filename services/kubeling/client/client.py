@@ -183,7 +183,6 @@ class Client:
         self,
         target: str,
         timeout: float | None = 30.0,
-        token: str = "",
         credentials: Credentials | None = None,
     ) -> None:
         """`credentials`: TLS with the cluster CA and this client's certificate
@@ -191,8 +190,7 @@ class Client:
         None talks plaintext, to a master run without TLS on loopback."""
         self.target = target
         self._timeout = timeout
-        self._token = token
-        self.channel = make_channel(target, token=token, credentials=credentials)
+        self.channel = make_channel(target, credentials=credentials)
         self._closing: list[asyncio.TimerHandle] = []
         self._bind(timeout)
 
@@ -211,7 +209,7 @@ class Client:
         channel; the old one is closed after `grace` seconds for calls in flight
         (its watches end then, and informers start them again)."""
         old = self.channel
-        self.channel = make_channel(self.target, token=self._token, credentials=credentials)
+        self.channel = make_channel(self.target, credentials=credentials)
         for resource in self._resources():
             resource.connect(self.channel)
         closing = asyncio.get_running_loop().call_later(

@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection
 
 from kubeling.common.peer import is_loopback_address
 from kubeling.common.tls import CredentialDir, Credentials, channel_credentials, server_credentials
-from kubeling.common.token import client_interceptors
 
 # Big enough for a list of thousands of pods; keepalives so dead peers are noticed
 # and long-lived watch streams survive idle periods behind middleboxes.
@@ -138,26 +137,20 @@ def _loopback(address: str) -> bool:
 def channel(
     target: str,
     options: Sequence[tuple[str, int | str]] = (),
-    token: str = "",
     credentials: Credentials | None = None,
 ) -> grpc.aio.Channel:
     """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
-    local runtime socket (unix://...); `options` override the defaults; `token`, the
-    join token, is sent with every call (see common/token.py). With `credentials`
+    local runtime socket (unix://...); `options` override the defaults. With `credentials`
     the channel is TLS, trusting only their CA and presenting their certificate;
     without, plaintext (a local runtime socket, or a server run without TLS)."""
     merged = dict(_CHANNEL_OPTIONS)
     merged.update(dict(options))
-    interceptors = client_interceptors(token)
     if credentials is None:
-        return grpc.aio.insecure_channel(
-            target, options=list(merged.items()), interceptors=interceptors
-        )
+        return grpc.aio.insecure_channel(target, options=list(merged.items()))
     if credentials.server_name:
         merged["grpc.ssl_target_name_override"] = credentials.server_name
     return grpc.aio.secure_channel(
         target,
         channel_credentials(credentials),
         options=list(merged.items()),
-        interceptors=interceptors,
     )

@@ -28,11 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
-
-HEADER = "authorization"
 DEFAULT_TTL = 24 * 3600.0
 TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
 ID_RE = re.compile(r"^[a-z0-9]{6}$")
@@ -193,57 +189,3 @@ class TokenStore:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored.expires))
             raise TokenRefused(f"bootstrap token {token_id} expired at {when}: {_HOW_TO_JOIN}")
         return token_id
-
-
-class _SendToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self._pair = (HEADER, f"Bearer {token}")
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._pair)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
-
-
-def client_interceptors(token: str) -> list[Any]:
-    return [_SendToken(token)] if token else []
-
-
-def create_token_sync(
-    server: str,
-    ttl: float,
-    description: str,
-    timeout: float = 30.0,
-    credentials: Any = None,
-) -> str:
-    """Ask the master at `server` for a new token, from synchronous code (the lab).
-    `credentials` (common/tls.Credentials, an admin's): TLS; None: plaintext, to a
-    master run with --insecure (its unix socket or loopback)."""
-    from google.protobuf.duration_pb2 import Duration
-
-    from kubeling.common.tls import channel_credentials
-    from kubeling.v1 import tokens_pb2
-
-    request = tokens_pb2.CreateTokenRequest(ttl=Duration(seconds=int(ttl)), description=description)
-    if credentials is None:
-        channel = grpc.insecure_channel(server)
-    else:
-        options = []
-        if credentials.server_name:
-            options.append(("grpc.ssl_target_name_override", credentials.server_name))
-        channel = grpc.secure_channel(server, channel_credentials(credentials), options=options)
-    with channel:
-        call = channel.unary_unary(
-            "/kubeling.v1.Tokens/Create",
-            request_serializer=tokens_pb2.CreateTokenRequest.SerializeToString,
-            response_deserializer=tokens_pb2.CreateTokenResponse.FromString,
-        )
-        reply: tokens_pb2.CreateTokenResponse = call(request, timeout=timeout)
-    return reply.token
