@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 # Every install comes from requirements.lock (exact versions, hashes checked): runtime,
 # dev and build requirements alike, so a fresh clone builds and tests what was tested.
 # The project itself is built without isolation, with the locked setuptools/grpcio-tools.
-$(VENV)/.installed: requirements.lock pyproject.toml setup.py $(wildcard protos/kubeling/v1/*.proto)
+$(VENV)/.installed: requirements.lock pyproject.toml setup.py $(wildcard protos/kubeling/*/*.proto)
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --require-hashes --no-deps -r requirements.lock
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .

@@ -1,6 +1,6 @@
-"""Build hook: compile protos/ into the kubeling.v1 package before packaging.
+"""Build hook: compile protos/ into the kubeling.v1 and kubeling.etcdpb packages.
 
-Generated code lives in services/kubeling/v1/ (git-ignored) and is never edited by
+Generated code lives in services/kubeling/v1/ and etcdpb/ (git-ignored) and is never edited by
 hand; a fresh clone gets it from `pip install .` or `make proto`.
 """
 
@@ -62,8 +62,9 @@ class BuildProtos(Command):
 class BuildPyWithProtos(build_py):
     def run(self) -> None:
         compile_protos()
-        if "kubeling.v1" not in (self.packages or []):
-            self.packages = [*(self.packages or []), "kubeling.v1"]
+        for package in ("kubeling.v1", "kubeling.etcdpb"):
+            if package not in (self.packages or []):
+                self.packages = [*(self.packages or []), package]
         super().run()
 
 

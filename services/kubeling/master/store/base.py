@@ -2,7 +2,7 @@
 
 Keys are strings ("/pods/default/web"), values are decoded API objects. Every write
 gets the next value of one global revision; the revision is also stamped into the
-value (metadata.resourceVersion) by the codec. Backends (SQLite now, etcd later)
+value (metadata.resourceVersion) by the codec. Backends (SQLite, etcd)
 implement `Store`; the in-memory `WatchCache` serves reads, watches and the history
 window for all of them.
 """
@@ -120,5 +120,9 @@ class Store(Protocol):
     def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
         """Let watchers with trigger (name, value) receive only the events under
         `prefix` whose old or new value has that index value."""
+
+    async def wait_consistent(self) -> None:
+        """Until reads show every write committed before this call, through any
+        master (a no-op where this master is the only writer)."""
 
     async def close(self) -> None: ...

@@ -216,6 +216,12 @@ class WatchCache:
             for watcher in self._triggered_for(events):
                 watcher.offer(events)
 
+    def advance(self, revision: int) -> None:
+        """Nothing under the cached keys changed up to `revision` (an etcd progress
+        notification, or writes to keys outside them): reads now answer at it."""
+        if revision > self.revision:
+            self.revision = revision
+
     # -------------------------------------------------------------- reads
 
     def get(self, key: str) -> Entry | None:

@@ -182,6 +182,9 @@ class SqliteStore:
     def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
         self._cache.indexes[name] = (prefix, index)
 
+    async def wait_consistent(self) -> None:
+        """This master is the only writer: its cache is always current."""
+
     # ------------------------------------------------------------ writes
 
     async def create(self, key: str, value: Any) -> int:
