@@ -88,10 +88,26 @@ class ResourceService:
     async def create(self, request: Any, context: Context) -> Message:
         return await self.registry.create(self._object(request))
 
+    async def _catch_up(self, resource_version: str = "", continue_token: str = "") -> None:
+        """Before a read: with several masters on one store, make this master's cache
+        hold every write acknowledged anywhere before the call (a consistent read,
+        as Kubernetes' Get/List without resourceVersion are), or at least the asked
+        revision. resourceVersion "0" means any state will do."""
+        store = self.registry.store
+        if continue_token:
+            return  # a continued list reads at the revision of its first page
+        if resource_version == "0":
+            return
+        if resource_version.isdigit() and int(resource_version) <= store.revision:
+            return
+        await store.wait_consistent()
+
     async def get(self, request: meta_pb2.GetRequest, context: Context) -> Message:
+        await self._catch_up()
         return self.registry.get(request.namespace, request.name)
 
     async def list(self, request: meta_pb2.ListRequest, context: Context) -> Message:
+        await self._catch_up(request.resource_version, request.continue_token)
         items, rev, token = self.registry.list_objects(
             request.namespace,
             request.label_selector,
@@ -128,6 +144,7 @@ class ResourceService:
         try:
             if isinstance(request, handlers.Malformed):
                 raise request.to_error()
+            await self._catch_up(request.resource_version)
             stream = await self.registry.watch(
                 request.namespace,
                 request.label_selector,

@@ -99,6 +99,9 @@ class Store(Protocol):
     @property
     def revision(self) -> int: ...
 
+    async def open(self) -> None:
+        """Load the state (and history) and start serving reads and writes."""
+
     async def create(self, key: str, value: Any) -> int: ...
 
     async def update(self, key: str, value: Any, expected_rev: int | None = None) -> int: ...

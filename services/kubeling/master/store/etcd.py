@@ -366,6 +366,10 @@ class EtcdStore:
                 if reply.canceled or reply.compact_revision:
                     await self._resync(reply.compact_revision, reply.cancel_reason)
                     return
+                if reply.created:
+                    # Its header is etcd's revision now, not progress: the events
+                    # from our start revision are still to come.
+                    continue
                 self._apply(reply)
         finally:
             call.cancel()
