@@ -113,14 +113,17 @@ class Strategy:
     def validate_update(self, new: Message, old: Message) -> list[FieldViolation]:
         return validation.validate_update(self.kind, new, old)
 
-    async def before_create(self, obj: Message) -> Callable[[], None]:
+    def attach(self, store: Store) -> None:
+        """The store the registry writes to (allocations keep records in it)."""
+
+    async def before_create(self, obj: Message) -> Callable[[], Awaitable[None]]:
         """Reserve what the object needs (IPs, ports); returns how to undo it."""
         return _nothing
 
-    async def before_update(self, new: Message, old: Message) -> Callable[[], None]:
+    async def before_update(self, new: Message, old: Message) -> Callable[[], Awaitable[None]]:
         return _nothing
 
-    def after_delete(self, obj: Message) -> None:
+    async def after_delete(self, obj: Message) -> None:
         """Release what the object held."""
 
     def deletion_grace(self, obj: Message, requested: int | None) -> int:
@@ -134,11 +137,11 @@ class Strategy:
         """Whether something beyond metadata.finalizers keeps a marked object."""
         return False
 
-    def after_update(self, new: Message, old: Message) -> None:
+    async def after_update(self, new: Message, old: Message) -> None:
         """Release what the old version held and the new one does not."""
 
 
-def _nothing() -> None:
+async def _nothing() -> None:
     return None
 
 
@@ -154,6 +157,7 @@ class Registry:
         self.kind = kind
         self.store = store
         self.strategy = strategy or Strategy(kind)
+        self.strategy.attach(store)
         self._namespace_check = namespace_check
         self._bookmark_interval = bookmark_interval
         self._allowed_fields = kind.field_names
@@ -298,10 +302,10 @@ class Registry:
         try:
             await self.store.create(key, obj)
         except KeyExistsError:
-            undo()
+            await undo()
             raise errors.already_exists(self._what(meta.namespace, meta.name)) from None
         except BaseException:
-            undo()
+            await undo()
             raise
         return obj
 
@@ -389,15 +393,15 @@ class Registry:
         try:
             await self.store.update(key, new, expected_rev=rev)
         except ConflictError as exc:
-            undo()
+            await undo()
             raise errors.conflict(f"Operation cannot be fulfilled: {exc}") from None
         except KeyNotFoundError:
-            undo()
+            await undo()
             raise errors.not_found(self._what(meta.namespace, meta.name)) from None
         except BaseException:
-            undo()
+            await undo()
             raise
-        self.strategy.after_update(new, old)
+        await self.strategy.after_update(new, old)
         return new
 
     def _can_remove(self, obj: Message) -> bool:
@@ -418,7 +422,7 @@ class Registry:
         except KeyNotFoundError:
             meta = obj.metadata  # type: ignore[attr-defined]
             raise errors.not_found(self._what(meta.namespace, meta.name)) from None
-        self.strategy.after_delete(obj)
+        await self.strategy.after_delete(obj)
 
     async def delete(
         self,

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import ipaddress
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import grpc
+import structlog
 from google.protobuf.message import Message
 
 from kubeling.api import errors
 from kubeling.api.errors import FieldViolation
 from kubeling.api.kinds import NAMESPACE, NODE, POD, SERVICE, Kind
-from kubeling.master.allocators import AllocationError, IPAllocator, PortAllocator
+from kubeling.master.allocators import AllocationError, IPAllocator, PortAllocator, owner_of
 from kubeling.master.registry import Strategy
+from kubeling.master.store.base import Store
 from kubeling.master.validation import NODE_PORT_RANGE
 from kubeling.master.validation.core import node_loopback_addresses
-from kubeling.v1 import core_pb2
+from kubeling.v1 import core_pb2, internal_pb2
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
 PROTECTED_NAMESPACES = frozenset({"default"})
@@ -94,11 +99,11 @@ class NodeStrategy(Strategy):
         if errs:
             raise errors.invalid("Node", node.metadata.name, errs)
 
-    async def before_create(self, obj: Message) -> Callable[[], None]:
+    async def before_create(self, obj: Message) -> Callable[[], Awaitable[None]]:
         self._outside_cluster_cidr(cast(core_pb2.Node, obj), None)
         return await super().before_create(obj)
 
-    async def before_update(self, new: Message, old: Message) -> Callable[[], None]:
+    async def before_update(self, new: Message, old: Message) -> Callable[[], Awaitable[None]]:
         self._outside_cluster_cidr(cast(core_pb2.Node, new), cast(core_pb2.Node, old))
         return await super().before_update(new, old)
 
@@ -124,68 +129,171 @@ class NamespaceStrategy(Strategy):
 
 
 class ServiceStrategy(Strategy):
-    """Allocates cluster IPs and node ports; a taken IP or port is rejected."""
+    """Allocates cluster IPs and node ports as records in the store
+    (master/allocators.py); a taken IP or port is rejected.
+
+    Repair (`repair`), as Kubernetes' allocation repair controllers: it makes a
+    record for every Service holding an IP or port without one (Services written
+    before records existed, so an upgraded cluster needs no migration step), and
+    deletes records older than REPAIR_GRACE whose owner Service does not hold
+    that value (a master died between taking it and writing the Service, or
+    between deleting the Service and its records). The grace covers the time
+    between a record's create and its Service's write, and clock skew between
+    masters. Every master repairs, not only the Lease holder: every write a
+    pass makes is conditional (create-if-absent, delete-if-unchanged), so passes
+    racing on two masters are harmless, and it keeps working while no leader is
+    elected (the controllers' Lease is the controllers' business, not the API's).
+    A master repairs before its first allocation (so an upgraded store is
+    migrated before anything new is handed out) and then again whenever an
+    allocation finds the last pass older than REPAIR_INTERVAL; `repair_loop`
+    runs it on a timer as well when the master supervises it.
+    """
+
+    REPAIR_GRACE = 60.0
+    REPAIR_INTERVAL = 180.0
 
     def __init__(self, kind: Kind, service_cidr: str = DEFAULT_SERVICE_CIDR) -> None:
         super().__init__(kind)
-        self.ips = IPAllocator(service_cidr)
-        self.node_ports = PortAllocator(*NODE_PORT_RANGE)
+        self.service_cidr = service_cidr
+        self._store: Store | None = None
+        self._ips: IPAllocator | None = None
+        self._node_ports: PortAllocator | None = None
+        self._repair_lock = asyncio.Lock()
+        self._repaired_at: float | None = None  # loop time of the last pass
+
+    def attach(self, store: Store) -> None:
+        self._store = store
+        self._ips = IPAllocator(store, self.service_cidr)
+        self._node_ports = PortAllocator(store, *NODE_PORT_RANGE)
+
+    @property
+    def ips(self) -> IPAllocator:
+        assert self._ips is not None, "ServiceStrategy used before Registry attached a store"
+        return self._ips
+
+    @property
+    def node_ports(self) -> PortAllocator:
+        assert self._node_ports is not None, "ServiceStrategy used before attach"
+        return self._node_ports
 
     def load(self, services: list[Message]) -> None:
-        for obj in services:
-            svc = cast(core_pb2.Service, obj)
-            if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-                # Outside a changed service CIDR: keep serving it.
-                with contextlib.suppress(AllocationError):
-                    self.ips.reserve(svc.spec.cluster_ip)
-            for port in svc.spec.ports:
-                if port.node_port and port.node_port not in self.node_ports:
-                    with contextlib.suppress(AllocationError):
-                        self.node_ports.reserve(port.node_port)
+        """Nothing to load: what is taken lives in the store. The first
+        allocation repairs first (server.py may instead await `repair()`)."""
 
-    async def before_create(self, obj: Message) -> Callable[[], None]:
+    # ------------------------------------------------------------------ repair
+
+    async def _repair_if_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = self._repaired_at
+        if last is not None and loop.time() - last < self.REPAIR_INTERVAL:
+            return
+        async with self._repair_lock:
+            if self._repaired_at != last:
+                return  # someone else repaired while we waited
+            await self.repair()
+
+    async def repair_loop(self) -> None:
+        """Repair every REPAIR_INTERVAL (for the master's supervisor)."""
+        while True:
+            async with self._repair_lock:
+                await self.repair()
+            await asyncio.sleep(self.REPAIR_INTERVAL)
+
+    async def repair(self) -> tuple[int, int]:
+        """One pass; returns (records made, records deleted)."""
+        assert self._store is not None
+        made = deleted = 0
+        services = self._store.list_prefix(self.kind.prefix())[0]
+        for entry in services:
+            svc = cast(core_pb2.Service, entry.value)
+            owner = owner_of(svc)
+            if self.ips.in_range(svc.spec.cluster_ip):
+                made += await self.ips.adopt(self.ips.parse(svc.spec.cluster_ip), owner)
+            for port in svc.spec.ports:
+                if self.node_ports.in_range(port.node_port):
+                    made += await self.node_ports.adopt(port.node_port, owner)
+        cutoff = time.time() - self.REPAIR_GRACE
+        for allocator in (self.ips, self.node_ports):
+            for record in allocator.records():
+                allocation = cast(internal_pb2.Allocation, record.value)
+                if allocation.metadata.creation_timestamp.seconds > cutoff:
+                    continue  # its Service may be being written right now
+                if self._owner_holds(allocation, allocator is self.ips):
+                    continue
+                if await allocator.delete_record(record):
+                    deleted += 1
+                    log.warning(
+                        "leaked service allocation released",
+                        key=record.key,
+                        owner=f"{allocation.owner.namespace}/{allocation.owner.name}",
+                    )
+        self._repaired_at = asyncio.get_running_loop().time()
+        return made, deleted
+
+    def _owner_holds(self, allocation: internal_pb2.Allocation, is_ip: bool) -> bool:
+        assert self._store is not None
+        owner = allocation.owner
+        entry = self._store.get(self.kind.key(owner.namespace, owner.name))
+        if entry is None:
+            return False
+        svc = cast(core_pb2.Service, entry.value)
+        if svc.metadata.uid != owner.uid:
+            return False
+        if is_ip:
+            return svc.spec.cluster_ip == allocation.metadata.name
+        return any(str(p.node_port) == allocation.metadata.name for p in svc.spec.ports)
+
+    # ------------------------------------------------------------------ hooks
+
+    async def before_create(self, obj: Message) -> Callable[[], Awaitable[None]]:
+        await self._repair_if_due()
         svc = cast(core_pb2.Service, obj)
+        owner = owner_of(svc)
         taken_ip = ""
         taken_ports: list[int] = []
 
-        def undo() -> None:
+        async def undo() -> None:
             if taken_ip:
-                self.ips.release(taken_ip)
+                await self.ips.release(taken_ip, owner)
             for port in taken_ports:
-                self.node_ports.release(port)
+                await self.node_ports.release(port, owner)
 
         try:
             if svc.spec.cluster_ip == "":
-                svc.spec.cluster_ip = taken_ip = self.ips.allocate()
+                svc.spec.cluster_ip = taken_ip = await self.ips.allocate(owner)
             elif svc.spec.cluster_ip != "None":
-                self.ips.reserve(svc.spec.cluster_ip)
+                await self.ips.reserve(svc.spec.cluster_ip, owner)
                 taken_ip = svc.spec.cluster_ip
             del svc.spec.cluster_ips[:]
             svc.spec.cluster_ips.append(svc.spec.cluster_ip)
-            taken_ports += self._take_node_ports(svc, set())
+            taken_ports += await self._take_node_ports(svc, set())
         except errors.ApiError:
-            undo()
+            await undo()
             raise
         except AllocationError as exc:
-            undo()
+            await undo()
             raise errors.invalid(
                 "Service", svc.metadata.name, [FieldViolation("spec.clusterIP", str(exc))]
             ) from None
+        except BaseException:
+            await undo()
+            raise
         return undo
 
-    def _take_node_ports(self, svc: core_pb2.Service, already_ours: set[int]) -> list[int]:
+    async def _take_node_ports(self, svc: core_pb2.Service, already_ours: set[int]) -> list[int]:
         taken: list[int] = []
         if svc.spec.type != "NodePort":
             return taken
+        owner = owner_of(svc)
         try:
             for i, port in enumerate(svc.spec.ports):
                 if port.node_port in already_ours:
                     continue
                 try:
                     if port.node_port == 0:
-                        port.node_port = self.node_ports.allocate()
+                        port.node_port = await self.node_ports.allocate(owner)
                     else:
-                        self.node_ports.reserve(port.node_port)
+                        await self.node_ports.reserve(port.node_port, owner)
                 except AllocationError as exc:
                     raise errors.invalid(
                         "Service",
@@ -193,9 +301,9 @@ class ServiceStrategy(Strategy):
                         [FieldViolation(f"spec.ports[{i}].nodePort", str(exc))],
                     ) from None
                 taken.append(port.node_port)
-        except errors.ApiError:
+        except BaseException:
             for port_number in taken:
-                self.node_ports.release(port_number)
+                await self.node_ports.release(port_number, owner)
             raise
         return taken
 
@@ -213,31 +321,36 @@ class ServiceStrategy(Strategy):
                 if port.node_port == 0:
                     port.node_port = old_ports.get((port.port, port.protocol or "TCP"), 0)
 
-    async def before_update(self, new: Message, old: Message) -> Callable[[], None]:
+    async def before_update(self, new: Message, old: Message) -> Callable[[], Awaitable[None]]:
         svc, prev = cast(core_pb2.Service, new), cast(core_pb2.Service, old)
         ours = {p.node_port for p in prev.spec.ports if p.node_port}
-        taken = self._take_node_ports(svc, ours)
+        if svc.spec.type == "NodePort" and any(p.node_port not in ours for p in svc.spec.ports):
+            await self._repair_if_due()
+        taken = await self._take_node_ports(svc, ours)
+        owner = owner_of(svc)
 
-        def undo() -> None:
+        async def undo() -> None:
             for port in taken:
-                self.node_ports.release(port)
+                await self.node_ports.release(port, owner)
 
         return undo
 
-    def after_update(self, new: Message, old: Message) -> None:
+    async def after_update(self, new: Message, old: Message) -> None:
         svc, prev = cast(core_pb2.Service, new), cast(core_pb2.Service, old)
         still = {p.node_port for p in svc.spec.ports}
+        owner = owner_of(prev)
         for port in prev.spec.ports:
             if port.node_port and port.node_port not in still:
-                self.node_ports.release(port.node_port)
+                await self.node_ports.release(port.node_port, owner)
 
-    def after_delete(self, obj: Message) -> None:
+    async def after_delete(self, obj: Message) -> None:
         svc = cast(core_pb2.Service, obj)
+        owner = owner_of(svc)
         if svc.spec.cluster_ip and svc.spec.cluster_ip != "None":
-            self.ips.release(svc.spec.cluster_ip)
+            await self.ips.release(svc.spec.cluster_ip, owner)
         for port in svc.spec.ports:
             if port.node_port:
-                self.node_ports.release(port.node_port)
+                await self.node_ports.release(port.node_port, owner)
 
 
 def strategy_for(
