@@ -278,6 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         from kubeling.master.backup import main as backup_main
 
         sys.exit(backup_main(given))
+    if given[:1] == ["etcd-certs"]:
+        from kubeling.master.etcd_pki import main as etcd_certs_main
+
+        sys.exit(etcd_certs_main(given[1:]))
     args = parse_args(argv)
     set_process_name("kubeling-master")
     setup_logging(args.log_level)
