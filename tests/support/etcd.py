@@ -178,8 +178,9 @@ class EtcdCluster:
 
         # A TCP accept is enough to know the member listens; the store's own client
         # retries until the cluster has a leader.
-        with contextlib.suppress(OSError), socket.create_connection(
-            (self.host, member.client_port), timeout=0.5
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((self.host, member.client_port), timeout=0.5),
         ):
             return True
         return False

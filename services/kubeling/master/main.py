@@ -31,6 +31,7 @@ from kubeling.master.limits import (
     DEFAULT_MAX_WATCHES_PER_CLIENT,
 )
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
+from kubeling.master.store.etcd import DEFAULT_PREFIX, EtcdStoreError
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR
 
 log = structlog.get_logger(__name__)
@@ -185,6 +186,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Watch streams one client (by certificate identity; with --insecure by peer "
         "address) may hold open (0: no limit)",
     )
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="where the cluster's state lives: sqlite (DATA_DIR/state.db, one master) or "
+        "etcd://HOST:PORT,HOST:PORT,... (shared by every master given the same list)",
+    )
+    parser.add_argument(
+        "--etcd-prefix", default=DEFAULT_PREFIX, help="the etcd key prefix of this cluster"
+    )
+    for name, what in (
+        ("cafile", "the CA that signed etcd's serving certificates"),
+        ("certfile", "the client certificate to present to etcd"),
+        ("keyfile", "its key"),
+    ):
+        parser.add_argument(
+            f"--etcd-{name}",
+            type=Path,
+            default=None,
+            help=f"{what} (default: the master's own from the cluster CA, "
+            "DATA_DIR/pki/etcd-client.*; see kubeling-master etcd-certs)",
+        )
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
     args.tls_san = [name for names in args.tls_san for name in names]
@@ -256,7 +278,7 @@ async def serve(config: MasterConfig, advertise: str = "") -> int:
     """Serve until SIGTERM/SIGINT (0) or until a supervised loop gives up (1)."""
     try:
         master = Master(config)
-    except (ValueError, OSError, pki.PkiError) as exc:
+    except (ValueError, OSError, pki.PkiError, EtcdStoreError) as exc:
         # PlaintextRefused is a ValueError; CA trouble names its files.
         print(f"kubeling-master: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -264,6 +286,10 @@ async def serve(config: MasterConfig, advertise: str = "") -> int:
         await master.start()
     except PlaintextRefused as exc:
         print(f"kubeling-master: {exc} (drop --insecure to serve TLS)", file=sys.stderr)
+        await master.stop()
+        return 2
+    except EtcdStoreError as exc:
+        print(f"kubeling-master: {exc}", file=sys.stderr, flush=True)
         await master.stop()
         return 2
     first_token(master, config, advertise)
@@ -297,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         max_watches_per_client=args.max_watches_per_client,
         max_requests_inflight_per_client=args.max_requests_inflight_per_client,
         listen=args.listen,
+        store=args.store,
+        etcd_prefix=args.etcd_prefix,
+        etcd_cafile=args.etcd_cafile,
+        etcd_certfile=args.etcd_certfile,
+        etcd_keyfile=args.etcd_keyfile,
         data_dir=args.data_dir or default_data_dir(),
         service_cidr=args.service_cidr,
         history=args.history,

@@ -38,11 +38,11 @@ from kubeling.client import Client
 from kubeling.common.httpserve import bound_port, serve_http
 from kubeling.common.rpc import Server, ServerTls
 from kubeling.common.supervisor import LoopFailed, Supervisor
-from kubeling.common.tls import Credentials
+from kubeling.common.tls import Credentials, channel_credentials
 from kubeling.common.token import TokenStore
 from kubeling.controllers.leaderelection import LeaderElector
 from kubeling.controllers.manager import ControllerSettings, run_controllers
-from kubeling.master import cluster_ca
+from kubeling.master import cluster_ca, etcd_pki
 from kubeling.master.api_service import ResourceService
 from kubeling.master.authz import Authorizer
 from kubeling.master.binding import PodBinder
@@ -61,6 +61,8 @@ from kubeling.master.limits import (
 from kubeling.master.namespace_controller import NamespaceController
 from kubeling.master.pod_proxy import PodProxy
 from kubeling.master.registry import Registry, namespace_checker, register_indexes
+from kubeling.master.store.base import Store
+from kubeling.master.store.etcd import DEFAULT_PREFIX, EtcdStore, EtcdStoreError, parse_endpoints
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, strategy_for
 from kubeling.master.tokens import SERVICE_NAME as TOKENS_SERVICE
@@ -115,6 +117,15 @@ class MasterConfig:
     max_requests_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT
     max_watches_per_client: int = DEFAULT_MAX_WATCHES_PER_CLIENT
     max_requests_inflight_per_client: int = DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT
+    # Where the cluster's state lives: "sqlite" (DATA_DIR/state.db, this master
+    # alone) or "etcd://HOST:PORT,..." (shared by every master given the same list).
+    store: str = "sqlite"
+    etcd_prefix: str = DEFAULT_PREFIX
+    # TLS to etcd: these files, or by default a client certificate from the cluster
+    # CA (master/etcd_pki.py). Plaintext only for an --insecure master on loopback.
+    etcd_cafile: Path | None = None
+    etcd_certfile: Path | None = None
+    etcd_keyfile: Path | None = None
 
 
 def self_address(listen: str, port: int) -> str:
@@ -147,14 +158,45 @@ def loopback_only(listen: str) -> bool:
     return True
 
 
+def make_store(config: MasterConfig, supervisor: Supervisor | None = None) -> Store:
+    """The configured backend (not yet opened); EtcdStoreError for a bad --store or
+    an etcd that would be reached without TLS beyond loopback."""
+    if config.store in ("", "sqlite"):
+        return SqliteStore(config.data_dir / "state.db", ProtoCodec(), config.history, supervisor)
+    if not config.store.startswith("etcd://"):
+        raise EtcdStoreError(f"--store {config.store!r}: expected sqlite or etcd://HOST:PORT,...")
+    endpoints = parse_endpoints(config.store)
+    files = (config.etcd_cafile, config.etcd_certfile, config.etcd_keyfile)
+    credentials: grpc.ChannelCredentials | None = None
+    if any(files):
+        if not all(files):
+            raise EtcdStoreError("--etcd-cafile, --etcd-certfile and --etcd-keyfile go together")
+        ca, cert, key = (f.read_bytes() for f in files if f is not None)
+        credentials = channel_credentials(Credentials(ca, cert, key))
+    elif config.tls:
+        credentials = etcd_pki.ensure_etcd_client(config.data_dir).channel_credentials()
+    elif not loopback_only(",".join(endpoints)):
+        raise EtcdStoreError(
+            "etcd beyond loopback needs TLS: run the master with TLS (its etcd client "
+            "certificate comes from the cluster CA) or give --etcd-cafile/--etcd-certfile/"
+            "--etcd-keyfile"
+        )
+    return EtcdStore(
+        endpoints,
+        ProtoCodec(),
+        credentials=credentials,
+        prefix=config.etcd_prefix,
+        history=config.history,
+        supervisor=supervisor,
+    )
+
+
 class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
         self.supervisor = Supervisor("kubeling-master", max_crashes=config.loop_crash_limit)
         self.supervisor.on_failure(self._loop_failed)
-        self.store = SqliteStore(
-            config.data_dir / "state.db", ProtoCodec(), config.history, self.supervisor
-        )
+        self.store: Store = make_store(config, self.supervisor)
         register_indexes(self.store)
         check = namespace_checker(self.store)
         self.registries: dict[str, Registry] = {
