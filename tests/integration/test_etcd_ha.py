@@ -36,17 +36,12 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 @contextlib.contextmanager
-def master_processes(tmp_path: Path, etcd: EtcdCluster, count: int) -> Iterator[list[MasterProcess]]:
+def master_processes(
+    tmp_path: Path, etcd: EtcdCluster, count: int
+) -> Iterator[list[MasterProcess]]:
     prefix = f"/kubeling-{uuid.uuid4().hex[:8]}"
-    procs = [
-        MasterProcess(
-            tmp_path / f"m{i}",
-            None,
-            "--store", f"etcd://{etcd.endpoints}",
-            "--etcd-prefix", prefix,
-        )  # fmt: skip
-        for i in range(count)
-    ]
+    store = ["--store", f"etcd://{etcd.endpoints}", "--etcd-prefix", prefix]
+    procs = [MasterProcess(tmp_path / f"m{i}", None, *store) for i in range(count)]
     try:
         for proc in procs:
             proc.start()
@@ -67,10 +62,10 @@ def deployment(name: str, replicas: int) -> apps_pb2.Deployment:
     return d
 
 
-async def leader_pid(api: Client, not_pid: int = 0, timeout: float = 60.0) -> int:
+async def leader_pid(api: Client, not_pid: int = 0) -> int:
     """The PID in the controller Lease's holder identity (host_address_pid), once
-    it is not `not_pid`."""
-    deadline = time.monotonic() + timeout
+    it is not `not_pid` (within 60 s)."""
+    deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(grpc.aio.AioRpcError):
             lease = await api.leases.get("kubeling-controller-manager", "kube-system")
@@ -108,7 +103,7 @@ async def test_killing_the_leading_master_mid_scale_loses_and_doubles_nothing(
             current.spec.replicas = 20
             await other.deployments.update(current)
             # Kill the leader as soon as it has started on the new pods.
-            while len(await pods_of(other, "web")) <= 2:
+            while len(await pods_of(other, "web")) <= 2:  # noqa: ASYNC110 (polls the API)
                 await asyncio.sleep(0.01)
             assert leader.process is not None
             killed = leader.process.pid
