@@ -1,10 +1,17 @@
 """Bootstrap tokens (common/token.py, master/tokens.py): kubeadm's shape, expiry,
-deletion, secrets kept only as keyed hashes in 0600 files, the Tokens service only
+deletion, secrets kept only as hashes in records of the store every master shares
+(old token files imported once), the Tokens service only
 for local callers on a master without TLS (with TLS: admins, tests/unit/test_authz.py),
 and no token on any command line (kubelet, lab, join command)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +19,18 @@ import grpc
 import pytest
 
 from kubeling.api.errors import ApiError
-from kubeling.common import pki
+from kubeling.common import identity, pki
 from kubeling.common.token import TOKEN_RE, TokenRefused, TokenStore, generate, split
 from kubeling.kubelet import main as kubelet_main
 from kubeling.lab.lab import Lab, LabState, NodeState, Proc
+from kubeling.master import cluster_ca
 from kubeling.master import main as master_main
-from kubeling.master.tokens import TokensService, local_peer
-from kubeling.v1 import tokens_pb2
+from kubeling.master.certificates import CertificatesService
+from kubeling.master.codec import ProtoCodec
+from kubeling.master.store.base import Store
+from kubeling.master.store.sqlite import SqliteStore
+from kubeling.master.tokens import StoreTokenRecords, TokensService, local_peer
+from kubeling.v1 import certificates_pb2, tokens_pb2
 
 
 class Clock:
@@ -43,11 +55,27 @@ def test_tokens_have_kubeadms_shape_and_differ() -> None:
             split(bad)
 
 
-def test_valid_expired_deleted_and_unknown_tokens(tmp_path: Path) -> None:
+@pytest.fixture
+async def shared(tmp_path: Path) -> AsyncIterator[Store]:
+    """One store, as every master of a cluster shares one."""
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec(), history=1000)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def tokens_of(store: Store, clock: Clock | None = None, data_dir: Path | None = None) -> TokenStore:
+    """One master's TokenStore over the shared store."""
+    return TokenStore(StoreTokenRecords(store), data_dir, clock or time.time)
+
+
+async def test_valid_expired_deleted_and_unknown_tokens(shared: Store) -> None:
     clock = Clock()
-    store = TokenStore(tmp_path, clock)
-    token, stored = store.create(ttl=3600, description="worker-1")
-    forever, _ = store.create(ttl=0)
+    store = tokens_of(shared, clock)
+    token, stored = await store.issue(ttl=3600, description="worker-1")
+    forever, _ = await store.issue(ttl=0)
     assert store.check(token) == stored.id
     assert stored.expires == clock.now + 3600
 
@@ -59,8 +87,8 @@ def test_valid_expired_deleted_and_unknown_tokens(tmp_path: Path) -> None:
     clock.now += 10 * 365 * 24 * 3600
     store.check(forever)  # ttl 0: never expires
 
-    assert store.delete(split(forever)[0])
-    assert not store.delete(split(forever)[0])
+    assert await store.remove(split(forever)[0])
+    assert not await store.remove(split(forever)[0])
     with pytest.raises(TokenRefused, match="unknown bootstrap token"):
         store.check(forever)
     with pytest.raises(TokenRefused, match="unknown bootstrap token zzzzzz"):
@@ -74,43 +102,154 @@ def test_valid_expired_deleted_and_unknown_tokens(tmp_path: Path) -> None:
         store.check("")
 
 
-def test_secrets_are_kept_only_as_keyed_hashes_in_0600_files(tmp_path: Path) -> None:
-    store = TokenStore(tmp_path)
-    tokens = [store.create(description=f"t{i}")[0] for i in range(3)]
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["bootstrap-tokens.json", "bootstrap-tokens.key"]
-    for path in tmp_path.iterdir():
-        assert path.stat().st_mode & 0o777 == 0o600, path
-        text = path.read_text()
-        for token in tokens:
-            assert split(token)[1] not in text
-    import hashlib
-
-    # Not a plain hash either: without the key file, the list reveals nothing.
-    plain = hashlib.sha256(split(tokens[0])[1].encode()).hexdigest()
-    assert plain not in (tmp_path / "bootstrap-tokens.json").read_text()
-
-    # A restarted master (a new store on the same directory) knows them all.
-    again = TokenStore(tmp_path)
-    assert [t.description for t in again.list()] == ["t0", "t1", "t2"]
+async def test_tokens_are_shared_by_every_master_and_kept_only_as_hashes(
+    shared: Store, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "master-a"
+    one, other = tokens_of(shared, data_dir=data_dir), tokens_of(shared)
+    tokens = [(await one.issue(description=f"t{i}"))[0] for i in range(3)]
+    # Another master knows them all, and a deletion on it holds for the first.
+    assert [t.description for t in other.list()] == ["t0", "t1", "t2"]
     for token in tokens:
+        assert other.check(token) == split(token)[0]
+    assert await other.remove(split(tokens[0])[0])
+    with pytest.raises(TokenRefused, match="unknown"):
+        one.check(tokens[0])
+    # No token files any more; in the store only a hash of each secret.
+    assert not data_dir.exists()
+    for record in StoreTokenRecords(shared).all():
+        assert len(record.hash) == 64 and not record.hmac_key
+    on_disk = _store_files(tmp_path)
+    assert on_disk and all(split(t)[1].encode() not in on_disk for t in tokens)
+    # Internal records: no API kind's prefix covers them.
+    entries, _ = shared.list_prefix("/")
+    assert {e.key.split("/")[1] for e in entries} == {"bootstraptokens"}
+
+
+def _store_files(directory: Path) -> bytes:
+    """What the SQLite store keeps on disk (database and write-ahead log)."""
+    return b"".join(p.read_bytes() for p in directory.glob("state.db*"))
+
+
+async def test_the_store_survives_a_restart(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec(), history=1000)
+    await store.open()
+    token, _ = await tokens_of(store).issue(description="kept")
+    await store.close()
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec(), history=1000)
+    await store.open()
+    try:
+        again = tokens_of(store)
+        assert [t.description for t in again.list()] == ["kept"]
         again.check(token)
+    finally:
+        await store.close()
 
 
-def test_a_damaged_tokens_file_is_reported_clearly(tmp_path: Path) -> None:
-    TokenStore(tmp_path).create()
+def _old_master_files(data_dir: Path, clock: Clock) -> str:
+    """bootstrap-tokens.json/.key as a master before the store kept them wrote them."""
+    key = secrets.token_bytes(32)
+    token = generate()
+    token_id, secret = split(token)
+    entry = {
+        "id": token_id,
+        "hash": hmac.new(key, secret.encode(), hashlib.sha256).hexdigest(),
+        "description": "from before",
+        "created": clock.now,
+        "expires": 0,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "bootstrap-tokens.json").write_text(json.dumps([entry]))
+    (data_dir / "bootstrap-tokens.key").write_text(key.hex() + "\n")
+    return token
+
+
+async def test_an_upgraded_master_imports_its_token_files_once(
+    shared: Store, tmp_path: Path
+) -> None:
+    clock = Clock()
+    data_dir = tmp_path / "old-master"
+    token = _old_master_files(data_dir, clock)
+    upgraded = tokens_of(shared, clock, data_dir)
+    # Accepted and listed at once, before the import.
+    assert upgraded.check(token) == split(token)[0]
+    assert [t.description for t in upgraded.list()] == ["from before"]
+    assert upgraded.exists
+    assert await upgraded.import_legacy() == 1
+    assert sorted(p.name for p in data_dir.iterdir()) == [
+        "bootstrap-tokens.json.imported",
+        "bootstrap-tokens.key.imported",
+    ]
+    # Now every master accepts it (its old keyed hash, checked with the old key).
+    other = tokens_of(shared, clock)
+    assert other.check(token) == split(token)[0]
+    with pytest.raises(TokenRefused, match="unknown"):
+        other.check(f"{split(token)[0]}.0123456789abcdef")
+    # Deleted, it stays deleted across the next start of the upgraded master.
+    assert await other.remove(split(token)[0])
+    restarted = tokens_of(shared, clock, data_dir)
+    assert await restarted.import_legacy() == 0
+    with pytest.raises(TokenRefused, match="unknown"):
+        restarted.check(token)
+    assert restarted.exists  # a cluster that had tokens prints no first token
+
+
+async def test_a_damaged_old_tokens_file_is_reported_clearly(shared: Store, tmp_path: Path) -> None:
+    _old_master_files(tmp_path, Clock())
     (tmp_path / "bootstrap-tokens.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"cannot read the bootstrap tokens in .* move"):
-        TokenStore(tmp_path)
+        tokens_of(shared, data_dir=tmp_path)
 
 
-def test_long_expired_tokens_are_dropped_on_the_next_write(tmp_path: Path) -> None:
+async def test_long_expired_tokens_are_dropped_on_the_next_write(shared: Store) -> None:
     clock = Clock()
-    store = TokenStore(tmp_path, clock)
-    old, _ = store.create(ttl=60)
+    store = tokens_of(shared, clock)
+    old, _ = await store.issue(ttl=60)
     clock.now += 60 + 8 * 24 * 3600
-    store.create()
+    await store.issue()
     assert split(old)[0] not in {t.id for t in store.list()}
+    assert split(old)[0] not in {r.metadata.name for r in StoreTokenRecords(shared).all()}
+
+
+async def test_create_and_delete_without_awaiting_reach_the_store(shared: Store) -> None:
+    """The first start's token is made where nothing can await: this master takes
+    it at once, the others once the background write is done."""
+    one, other = tokens_of(shared), tokens_of(shared)
+    assert not one.exists
+    token, stored = one.create(description="first start")
+    assert one.check(token) == stored.id and one.exists
+    await one.settled()
+    assert other.check(token) == stored.id
+    assert one.delete(stored.id)
+    assert not one.delete("zzzzzz")
+    with pytest.raises(TokenRefused, match="unknown"):
+        one.check(token)
+    await one.settled()
+    with pytest.raises(TokenRefused, match="unknown"):
+        other.check(token)
+
+
+async def test_a_token_made_on_one_master_joins_on_another(shared: Store, tmp_path: Path) -> None:
+    """Tokens/Create answered by master A; Certificates/Join answered by master B."""
+    a, b = tokens_of(shared), tokens_of(shared)
+    made = await TokensService(a).create(tokens_pb2.CreateTokenRequest(), Peer("unix:/x"))
+    ca = cluster_ca.load_or_create(tmp_path / "b", ["127.0.0.1:0"])
+    joins = CertificatesService(ca, b, loopback_only=True)
+    request = certificates_pb2.JoinRequest(
+        token=made.token,
+        role="node",
+        node_name="w1",
+        csr=pki.make_csr(pki.make_key(), identity.NODE_PREFIX + "w1", (identity.GROUP_NODES,)),
+        addresses=["127.0.0.1"],
+    )
+    reply = await joins.join(request, Peer("ipv4:10.0.0.5:1"))
+    assert pki.cert_info(reply.certificate).common_name == "system:node:w1"
+    # Deleted through A: B refuses it.
+    await TokensService(a).delete(tokens_pb2.DeleteTokenRequest(id=made.info.id), Peer("unix:/x"))
+    with pytest.raises(ApiError) as refused:
+        await joins.join(request, Peer("ipv4:10.0.0.5:1"))
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "unknown bootstrap token" in refused.value.message
 
 
 def test_local_peers() -> None:
@@ -137,8 +276,8 @@ class Peer:
         return self._peer
 
 
-async def test_the_tokens_service_refuses_remote_callers(tmp_path: Path) -> None:
-    service = TokensService(TokenStore(tmp_path))
+async def test_the_tokens_service_refuses_remote_callers(shared: Store) -> None:
+    service = TokensService(tokens_of(shared))
     request = tokens_pb2.CreateTokenRequest()
     with pytest.raises(ApiError) as refused:
         await service.create(request, Peer("ipv4:10.0.0.5:5000"))
@@ -162,8 +301,8 @@ async def test_the_tokens_service_refuses_remote_callers(tmp_path: Path) -> None
     assert [t.id for t in listed.tokens] == [made.info.id]
 
 
-async def test_the_tokens_service_rejects_bad_input(tmp_path: Path) -> None:
-    service = TokensService(TokenStore(tmp_path))
+async def test_the_tokens_service_rejects_bad_input(shared: Store) -> None:
+    service = TokensService(tokens_of(shared))
     local = Peer("unix:/x")
     bad: list[Any] = [
         (service.create, tokens_pb2.CreateTokenRequest(description="x" * 300)),
@@ -272,10 +411,10 @@ def test_the_labs_kubelet_command_line_has_no_token(
     assert command[command.index("--discovery-token-ca-cert-hash") + 1] == lab.ca_pin()
 
 
-async def test_local_callers_over_ipv4_and_ipv6_loopback_are_served(tmp_path: Path) -> None:
+async def test_local_callers_over_ipv4_and_ipv6_loopback_are_served(shared: Store) -> None:
     """Through real gRPC: peers as grpcio writes them (IPv6 percent-encoded)."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((TokensService(TokenStore(tmp_path)).handler(),))
+    server.add_generic_rpc_handlers((TokensService(tokens_of(shared)).handler(),))
     port = server.add_insecure_port("[::]:0")
     await server.start()
     try:

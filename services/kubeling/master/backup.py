@@ -8,7 +8,9 @@ needs to come back as the same cluster:
   runs and writes (WAL readers never block the writer);
 - `pki/`: the cluster CA and the master's certificates (nodes and users keep
   working against a restored master: same CA);
-- `bootstrap-tokens.json` / `.key`: the hashed join tokens;
+- `bootstrap-tokens.json` / `.key`: join tokens of a master from before tokens
+  moved into the store, not imported yet (a restored master imports them;
+  tokens, like Service allocations, are otherwise records in the store);
 - `backup.json`: format version, store revision, object count, time.
 
 Restore unpacks it into an empty data directory (never over a live one), accepts

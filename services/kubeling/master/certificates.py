@@ -148,7 +148,7 @@ class CertificatesService:
         if self.tokens is None:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "this master takes no joins")
         try:
-            token_id = self.tokens.check(request.token.strip())
+            token_id = await self.tokens.admit(request.token.strip())
         except TokenRefused as refused:
             log.info("join refused", role=request.role, node=request.node_name[:253],
                      reason=str(refused))  # fmt: skip

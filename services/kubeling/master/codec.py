@@ -18,9 +18,11 @@ from kubeling.v1 import internal_pb2
 # Internal record prefixes (a key's first segment) and their message types.
 SERVICE_IP_ALLOCATIONS = "serviceipallocations"
 SERVICE_NODE_PORT_ALLOCATIONS = "servicenodeportallocations"
+BOOTSTRAP_TOKENS = "bootstraptokens"
 INTERNAL_RECORDS: dict[str, type[Message]] = {
     SERVICE_IP_ALLOCATIONS: internal_pb2.Allocation,
     SERVICE_NODE_PORT_ALLOCATIONS: internal_pb2.Allocation,
+    BOOTSTRAP_TOKENS: internal_pb2.BootstrapTokenRecord,
 }
 
 

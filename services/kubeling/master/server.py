@@ -226,7 +226,7 @@ class Master:
         )
         binder = PodBinder(self.registries[POD.name], self.registries[NODE.name])
         self.extra_methods[POD.name] = {**self.pod_proxy.methods(), **binder.methods()}
-        self.tokens = TokenStore(config.data_dir)
+        self.tokens = TokenStore(TokensService.records_in(self.store), config.data_dir)
         self.authz = Authorizer(self.registries, enabled=config.tls)
         self.limits = RequestLimits(
             config.max_requests_inflight,

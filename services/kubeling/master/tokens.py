@@ -1,5 +1,10 @@
 """kubeling.v1.Tokens: make, list and delete bootstrap tokens (common/token.py).
 
+The tokens are internal records in the cluster's store (`/bootstraptokens/ID`,
+master/codec.py), shared by every master: `StoreTokenRecords` is how
+common/token.py's TokenStore reaches them. Create and Delete answer once the
+store has the write.
+
 With TLS only admins may (master/authz.py decides, from the caller's certificate).
 A master run without TLS (--insecure, loopback only) has no identities: there only
 a caller on the master's own machine may, a unix-socket peer or loopback; anyone
@@ -18,7 +23,9 @@ from kubeling.common.handlers import Context
 from kubeling.common.peer import is_local
 from kubeling.common.token import DEFAULT_TTL, ID_RE, StoredToken, TokenStore
 from kubeling.master.authz import Authorizer
-from kubeling.v1 import tokens_pb2
+from kubeling.master.codec import BOOTSTRAP_TOKENS, internal_key, internal_prefix
+from kubeling.master.store.base import KeyExistsError, KeyNotFoundError, Store
+from kubeling.v1 import internal_pb2, tokens_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +47,45 @@ def _timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
+class StoreTokenRecords:
+    """common/token.py's TokenRecords over the cluster's store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, token_id: str) -> internal_pb2.BootstrapTokenRecord | None:
+        entry = self.store.get(internal_key(BOOTSTRAP_TOKENS, token_id))
+        return entry.value if entry is not None else None
+
+    def all(self) -> list[internal_pb2.BootstrapTokenRecord]:
+        entries, _ = self.store.list_prefix(internal_prefix(BOOTSTRAP_TOKENS))
+        return [e.value for e in entries]
+
+    async def create(self, record: internal_pb2.BootstrapTokenRecord) -> bool:
+        try:
+            await self.store.create(internal_key(BOOTSTRAP_TOKENS, record.metadata.name), record)
+        except KeyExistsError:
+            return False
+        return True
+
+    async def delete(self, token_id: str) -> bool:
+        try:
+            await self.store.delete(internal_key(BOOTSTRAP_TOKENS, token_id))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def catch_up(self) -> None:
+        # Stores with one writer have nothing to catch up with.
+        wait = getattr(self.store, "wait_consistent", None)
+        if wait is not None:
+            await wait()
+
+
 class TokensService:
+    # How a master makes its TokenStore's records: TokenStore(records_in(store), ...).
+    records_in = StoreTokenRecords
+
     def __init__(self, store: TokenStore | None, local_only: bool = True) -> None:
         """`store` None: this master keeps no tokens, and says so. `local_only`: only
         callers on this machine (a master without TLS, hence without identities)."""
@@ -100,7 +145,7 @@ class TokensService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"description must be printable and at most {_MAX_DESCRIPTION} characters",
             )
-        token, stored = store.create(ttl, description)
+        token, stored = await store.issue(ttl, description)
         log.info("bootstrap token created", id=stored.id, ttl=ttl, peer=_caller(context))
         return tokens_pb2.CreateTokenResponse(token=token, info=self._info(stored, stored.created))
 
@@ -123,7 +168,7 @@ class TokensService:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f'"{request.id}" is not a token ID ([a-z0-9]{{6}}) or token',
             )
-        if not store.delete(token_id):
+        if not await store.remove(token_id):
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"bootstrap token {token_id} not found")
         log.info("bootstrap token deleted", id=token_id, peer=_caller(context))
         return tokens_pb2.DeleteTokenResponse()
