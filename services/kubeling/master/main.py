@@ -86,6 +86,44 @@ class _Replaced(argparse.Action):
         )
 
 
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--store and the etcd flags (the master, backup and restore take them)."""
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="where the cluster's state lives: sqlite (DATA_DIR/state.db, one master) or "
+        "etcd://HOST:PORT,HOST:PORT,... (shared by every master given the same list)",
+    )
+    parser.add_argument(
+        "--etcd-prefix", default=DEFAULT_PREFIX, help="the etcd key prefix of this cluster"
+    )
+    for name, what in (
+        ("cafile", "the CA that signed etcd's serving certificates"),
+        ("certfile", "the client certificate to present to etcd"),
+        ("keyfile", "its key"),
+    ):
+        parser.add_argument(
+            f"--etcd-{name}",
+            type=Path,
+            default=None,
+            help=f"{what} (default: the master's own from the cluster CA, "
+            "DATA_DIR/pki/etcd-client.*; see kubeling-master etcd-certs)",
+        )
+
+
+def store_config(args: argparse.Namespace, data_dir: Path, tls: bool) -> MasterConfig:
+    """A MasterConfig holding just what picks and reaches the store."""
+    return MasterConfig(
+        data_dir=data_dir,
+        tls=tls,
+        store=args.store,
+        etcd_prefix=args.etcd_prefix,
+        etcd_cafile=args.etcd_cafile,
+        etcd_certfile=args.etcd_certfile,
+        etcd_keyfile=args.etcd_keyfile,
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kubeling-master", description=__doc__)
     parser.add_argument(
@@ -186,27 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Watch streams one client (by certificate identity; with --insecure by peer "
         "address) may hold open (0: no limit)",
     )
-    parser.add_argument(
-        "--store",
-        default="sqlite",
-        help="where the cluster's state lives: sqlite (DATA_DIR/state.db, one master) or "
-        "etcd://HOST:PORT,HOST:PORT,... (shared by every master given the same list)",
-    )
-    parser.add_argument(
-        "--etcd-prefix", default=DEFAULT_PREFIX, help="the etcd key prefix of this cluster"
-    )
-    for name, what in (
-        ("cafile", "the CA that signed etcd's serving certificates"),
-        ("certfile", "the client certificate to present to etcd"),
-        ("keyfile", "its key"),
-    ):
-        parser.add_argument(
-            f"--etcd-{name}",
-            type=Path,
-            default=None,
-            help=f"{what} (default: the master's own from the cluster CA, "
-            "DATA_DIR/pki/etcd-client.*; see kubeling-master etcd-certs)",
-        )
+    add_store_arguments(parser)
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
     args.tls_san = [name for names in args.tls_san for name in names]

@@ -427,6 +427,73 @@ class EtcdStore:
             raise StoreUnavailableError(f"etcd: {exc.details()}") from None
         await self._until_cached(reply.header.revision)
 
+    # ------------------------------------------------------------ backups
+
+    def connect(self) -> None:
+        """Channels only, for `export`/`snapshot`/`import_values` without `open`."""
+        if not self._channels:
+            self._channels = [self._channel(e) for e in self._endpoints]
+
+    async def export(self) -> tuple[list[tuple[str, bytes, int]], int]:
+        """Every stored object as (key, value with its resourceVersion stamped, mod
+        revision), all at one revision, and that revision. A running cluster may
+        write meanwhile: the pages are read at the first page's revision."""
+        self.connect()
+        entries, revision = await self._load()
+        encode = self._codec.encode
+        return [(e.key, encode(e.value), e.mod_rev) for e in entries], revision
+
+    async def snapshot(self, write: Callable[[bytes], object]) -> int:
+        """Stream etcd's own snapshot of its whole database (what `etcdctl snapshot
+        restore` takes) to `write`; returns its size in bytes."""
+        self.connect()
+        size = 0
+        call = pb_grpc.MaintenanceStub(self._channels[self._current]).Snapshot(pb.SnapshotRequest())
+        async for chunk in call:
+            write(chunk.blob)
+            size += len(chunk.blob)
+        return size
+
+    async def import_values(self, items: list[tuple[str, bytes]]) -> int:
+        """Write `items` (key, encoded value) under the prefix, which must hold no
+        object yet (a restore into a new cluster). Returns etcd's revision after."""
+        self.connect()
+        existing = await self._call(
+            lambda c: self._kv(c).Range(
+                pb.RangeRequest(key=self._range_key, range_end=self._range_end, count_only=True)
+            ),
+            "count",
+        )
+        if existing.count:
+            raise EtcdStoreError(
+                f"etcd prefix {self._prefix!r} already holds {existing.count} keys: "
+                "restore into an empty prefix (--etcd-prefix)"
+            )
+        revision = existing.header.revision
+        # etcd takes at most 128 operations in one transaction (--max-txn-ops).
+        for start in range(0, len(items), 128):
+            batch = items[start : start + 128]
+            request = pb.TxnRequest(
+                compare=[
+                    pb.Compare(
+                        key=self._etcd_key(k),
+                        target=pb.Compare.MOD,
+                        result=pb.Compare.EQUAL,
+                        mod_revision=0,
+                    )
+                    for k, _ in batch
+                ],
+                success=[
+                    pb.RequestOp(request_put=pb.PutRequest(key=self._etcd_key(k), value=v))
+                    for k, v in batch
+                ],
+            )
+            reply = await self._txn(request)
+            if not reply.succeeded:
+                raise EtcdStoreError("a key appeared under the prefix during the restore")
+            revision = reply.header.revision
+        return int(revision)
+
     # ------------------------------------------------------------ compaction
 
     async def _compact_forever(self) -> None:

@@ -62,6 +62,21 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 _MAX_BATCH = 512
 
 
+def write_database(path: Path, objects: list[tuple[str, bytes, int]], revision: int) -> None:
+    """A new store file holding `objects` (key, encoded value, mod revision) at
+    `revision`, with no history: what a backup of another backend restores from."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO objects (key, mod_rev, value) VALUES (?, ?, ?)",
+                       [(key, rev, value) for key, value, rev in objects])  # fmt: skip
+        db.execute("INSERT INTO meta (name, value) VALUES ('rev', ?)", (revision,))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
 @dataclass(slots=True)
 class _Op:
     type: EventType
