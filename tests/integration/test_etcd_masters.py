@@ -27,9 +27,7 @@ def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 @contextlib.asynccontextmanager
-async def masters(
-    tmp_path: Path, etcd: EtcdCluster, count: int = 2
-) -> AsyncIterator[list[Client]]:
+async def masters(tmp_path: Path, etcd: EtcdCluster, count: int = 2) -> AsyncIterator[list[Client]]:
     """`count` in-process masters (plaintext, loopback) sharing one etcd prefix."""
     prefix = f"/kubeling-{uuid.uuid4().hex[:8]}"
     async with contextlib.AsyncExitStack() as stack:
@@ -102,9 +100,7 @@ async def test_a_watch_on_one_master_sees_writes_through_the_other(
         events: list[tuple[str, str]] = []
 
         async def watch() -> None:
-            async for event in b.services.watch(
-                "default", resource_version=start.resource_version
-            ):
+            async for event in b.services.watch("default", resource_version=start.resource_version):
                 if event.type == "BOOKMARK":
                     continue
                 events.append((event.type, event.object.metadata.name))
@@ -139,3 +135,43 @@ async def test_writes_continue_with_one_etcd_member_stopped(
                     etcd.start(index)
             listed = await b.services.list("default")
             assert len(listed.items) == 7
+
+
+async def test_two_masters_allocating_at_once_never_hand_out_one_ip_or_port_twice(
+    tmp_path: Path, etcd3: EtcdCluster
+) -> None:
+    async with masters(tmp_path, etcd3) as (a, b):
+
+        def node_port_service(name: str) -> core_pb2.Service:
+            svc = core_pb2.Service()
+            svc.metadata.name = name
+            svc.metadata.namespace = "default"
+            svc.spec.type = "NodePort"
+            svc.spec.selector["app"] = name
+            svc.spec.ports.add(port=80, protocol="TCP")
+            return svc
+
+        made = await asyncio.gather(
+            *(
+                client.services.create(node_port_service(f"{side}{i}"))
+                for i in range(25)
+                for side, client in (("a", a), ("b", b))
+            )
+        )
+        ips = [s.spec.cluster_ip for s in made]
+        ports = [s.spec.ports[0].node_port for s in made]
+        assert len(set(ips)) == 50 and all(ips)
+        assert len(set(ports)) == 50 and all(ports)
+        # A freed IP can be taken again through the other master.
+        freed = made[0].spec.cluster_ip
+        await a.services.delete(made[0].metadata.name, "default")
+        again = node_port_service("again")
+        again.spec.cluster_ip = freed
+        assert (await b.services.create(again)).spec.cluster_ip == freed
+        # ...and one in use cannot.
+        taken = node_port_service("taken")
+        taken.spec.cluster_ip = made[1].spec.cluster_ip
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.services.create(taken)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "spec.clusterIP" in (refused.value.details() or "")
