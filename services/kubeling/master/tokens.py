@@ -76,10 +76,7 @@ class StoreTokenRecords:
         return True
 
     async def catch_up(self) -> None:
-        # Stores with one writer have nothing to catch up with.
-        wait = getattr(self.store, "wait_consistent", None)
-        if wait is not None:
-            await wait()
+        await self.store.wait_consistent()
 
 
 class TokensService:
