@@ -1,0 +1,126 @@
+"""What only the etcd backend does (the shared contract is tests/unit/test_store.py):
+coordinated compaction among masters, and a cache that fell behind a compaction
+reloading itself rather than serving a gap."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from kubeling.etcdpb import etcd_pb2 as pb
+from kubeling.etcdpb import etcd_pb2_grpc as pb_grpc
+from kubeling.master.codec import ProtoCodec
+from kubeling.master.store.base import WatchClosedError
+from kubeling.master.store.etcd import EtcdStore, EtcdStoreError, parse_endpoints
+from kubeling.v1 import core_pb2
+from tests.support.etcd import EtcdCluster, running_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with running_etcd(tmp_path_factory.mktemp("etcd-store")) as cluster:
+        yield cluster
+
+
+def node(name: str) -> core_pb2.Node:
+    obj = core_pb2.Node()
+    obj.metadata.name = name
+    return obj
+
+
+async def opened(etcd: EtcdCluster, prefix: str) -> EtcdStore:
+    store = EtcdStore(
+        etcd.endpoints.split(","), ProtoCodec(), prefix=prefix, compaction_interval=0
+    )
+    await store.open()
+    return store
+
+
+async def raw_range_at(etcd: EtcdCluster, revision: int) -> grpc.StatusCode | None:
+    async with grpc.aio.insecure_channel(etcd.endpoint(0)) as channel:
+        try:
+            await pb_grpc.KVStub(channel).Range(pb.RangeRequest(key=b"/", revision=revision))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return None
+
+
+async def test_only_one_master_compacts_per_round_and_history_of_one_round_is_kept(
+    etcd: EtcdCluster,
+) -> None:
+    prefix = f"/c-{uuid.uuid4().hex[:6]}"
+    a, b = await opened(etcd, prefix), await opened(etcd, prefix)
+    try:
+        await a.create("/nodes/n1", node("n1"))
+        # Round 1: A bumps the shared key first; B sees it lost and learns the version.
+        version_a, seen_a = await a.compact_once(0, 0)
+        version_b, _ = await b.compact_once(0, 0)
+        assert version_a == version_b == 1
+        first_round = seen_a
+        for i in range(5):
+            await b.create(f"/nodes/m{i}", node(f"m{i}"))
+        # Round 2: A wins again and compacts to what it saw one round ago, not to now.
+        version_a, _ = await a.compact_once(version_a, seen_a)
+        assert version_a == 2
+        assert await raw_range_at(etcd, first_round - 1) == grpc.StatusCode.OUT_OF_RANGE
+        assert await raw_range_at(etcd, first_round + 1) is None
+        # B, one version behind, does not compact; it catches up with the version.
+        version_b, _ = await b.compact_once(version_b, first_round + 3)
+        assert version_b == 2
+        assert await raw_range_at(etcd, first_round + 1) is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_cache_behind_a_compaction_reloads_and_closes_its_watchers(
+    etcd: EtcdCluster,
+) -> None:
+    prefix = f"/r-{uuid.uuid4().hex[:6]}"
+    lagging, writer = await opened(etcd, prefix), await opened(etcd, prefix)
+    try:
+        watcher = lagging.watch("/nodes/", lagging.revision)
+        # The lagging master's etcd watch stops (as if disconnected for long) ...
+        assert lagging._watcher is not None
+        lagging._watcher.cancel()
+        await asyncio.gather(lagging._watcher, return_exceptions=True)
+        for i in range(5):
+            await writer.create(f"/nodes/n{i}", node(f"n{i}"))
+        # ... while the history it would need is compacted away.
+        version, seen = await writer.compact_once(0, 0)
+        await writer.compact_once(version, writer.revision)
+        lagging._watcher = asyncio.create_task(lagging._watch_forever())
+        await asyncio.wait_for(lagging.wait_consistent(), 10)
+        assert sorted(e.key for e in lagging.list_prefix("/nodes/")[0]) == [
+            f"/nodes/n{i}" for i in range(5)
+        ]
+        # Its watchers cannot be served the gap: they are closed and relist.
+        with pytest.raises(WatchClosedError):
+            while True:
+                await asyncio.wait_for(watcher.next_batch(), 5)
+    finally:
+        await lagging.close()
+        await writer.close()
+
+
+def test_bad_store_addresses_are_refused_clearly() -> None:
+    for text in ("etcd://", "etcd://h1:2379,", "etcd://h1", "etcd://:2379", "etcd://h:port"):
+        with pytest.raises(EtcdStoreError, match="HOST:PORT"):
+            parse_endpoints(text)
+    assert parse_endpoints("etcd://10.0.0.1:2379,[::1]:2379") == ["10.0.0.1:2379", "[::1]:2379"]
+
+
+async def test_an_unreachable_etcd_fails_open_with_the_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubeling.master.store import etcd as etcd_module
+    from tests.support.processes import free_port
+
+    monkeypatch.setattr(etcd_module, "_RETRY_FOR", 1.0)  # not the 15 s default
+    store = EtcdStore([f"127.0.0.1:{free_port()}"], ProtoCodec(), compaction_interval=0)
+    with pytest.raises(EtcdStoreError, match="did not answer"):
+        await asyncio.wait_for(store.open(), 60)
