@@ -33,9 +33,7 @@ def node(name: str) -> core_pb2.Node:
 
 
 async def opened(etcd: EtcdCluster, prefix: str) -> EtcdStore:
-    store = EtcdStore(
-        etcd.endpoints.split(","), ProtoCodec(), prefix=prefix, compaction_interval=0
-    )
+    store = EtcdStore(etcd.endpoints.split(","), ProtoCodec(), prefix=prefix, compaction_interval=0)
     await store.open()
     return store
 
@@ -91,7 +89,7 @@ async def test_a_cache_behind_a_compaction_reloads_and_closes_its_watchers(
         for i in range(5):
             await writer.create(f"/nodes/n{i}", node(f"n{i}"))
         # ... while the history it would need is compacted away.
-        version, seen = await writer.compact_once(0, 0)
+        version, _ = await writer.compact_once(0, 0)
         await writer.compact_once(version, writer.revision)
         lagging._watcher = asyncio.create_task(lagging._watch_forever())
         await asyncio.wait_for(lagging.wait_consistent(), 10)
