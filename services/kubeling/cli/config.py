@@ -6,7 +6,9 @@ The credentials come from a config file (client/config.py, like a kubeconfig:
 ``admin.conf`` of a master on this machine. The server address is, most specific
 first: ``--server``, ``$KUBELING_SERVER``, the config's ``server``, then
 ``localhost:6443``; an address given by flag or environment keeps the config's
-credentials (the same cluster reached another way).
+credentials (the same cluster reached another way). Any of them may list several
+masters of one cluster, ``HOST:PORT,HOST:PORT,...``: the CLI uses one of them and
+another when that one is down.
 
 Without a config the CLI talks plaintext, which only a master run with
 ``--insecure`` (loopback only) answers.
@@ -23,6 +25,7 @@ import yaml
 
 from kubeling.cli.errors import CliError
 from kubeling.client.config import CONFIG_ENV, ConfigError, find_config, user_config_path
+from kubeling.common.targets import TargetError, is_list, parse_list, resolve_list, split_items
 from kubeling.common.tls import Credentials
 from kubeling.common.token import write_private
 
@@ -118,10 +121,30 @@ def forget_server(server: str, path: Path | None = None) -> bool:
 
 def normalize_server(server: str) -> str:
     """HOST:PORT, adding the default port when only a host is given; or a local
-    socket, unix:PATH (a master on one machine, or reached from a lab's namespaces)."""
+    socket, unix:PATH (a master on one machine, or reached from a lab's namespaces);
+    or several masters of one cluster, HOST[:PORT],HOST[:PORT],... (each item as
+    one address; common/targets.py checks the list: no empty item, no address
+    twice, one address family)."""
     text = server.strip()
     if text.startswith("unix:"):
         return text
+    if "," not in text:
+        return _normalize_one(text, server)
+    try:
+        items = split_items(text)
+    except TargetError as exc:
+        raise CliError(f"invalid server list: {exc}") from None
+    joined = ",".join(_normalize_one(item, server) for item in items)
+    try:
+        parse_list(joined)
+    except TargetError as exc:
+        raise CliError(f"invalid server list: {exc}") from None
+    return joined
+
+
+def _normalize_one(text: str, server: str) -> str:
+    if text.startswith("unix:"):
+        raise CliError(f'invalid server list "{server}": a unix socket cannot be part of a list')
     for scheme in ("grpc://", "http://", "https://"):
         text = text.removeprefix(scheme)
     if not text:
@@ -150,6 +173,12 @@ def resolve(server_flag: str | None = None, config_flag: Path | None = None) -> 
         server = normalize_server(found.server)
     else:
         server = DEFAULT_SERVER
+    if is_list(server):
+        try:
+            # Names in a list are resolved when the channel is made; fail here, in words.
+            resolve_list(server)
+        except TargetError as exc:
+            raise CliError(f"error: {exc}") from None
     credentials = found.credentials
     if credentials is not None and server.startswith("unix:") and not credentials.server_name:
         credentials = credentials.with_server_name(UNIX_SERVER_NAME)

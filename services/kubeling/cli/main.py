@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--server",
         "-s",
         default=None,
-        metavar="HOST:PORT",
-        help=f"the API server (default: ${SERVER_ENV}, the config's server, localhost:6443)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the API server, or several masters of one cluster comma-separated (used one "
+        f"at a time, another when one is down; default: ${SERVER_ENV}, the config's server, "
+        "localhost:6443)",
     )
     parser.add_argument(
         "--config",
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_all(subparsers)
     for sub in subparsers.choices.values():
-        sub.add_argument("--server", "-s", default=argparse.SUPPRESS, metavar="HOST:PORT")
+        sub.add_argument(
+            "--server", "-s", default=argparse.SUPPRESS, metavar="HOST:PORT[,HOST:PORT...]"
+        )
         sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH")
     return parser
 

@@ -25,6 +25,11 @@ they are valid and for the right identity, else a join. `add_node_flags`,
 and kubeling-proxy share (--token-file, --join-address,
 --discovery-token-ca-cert-hash, --cert-dir, --insecure).
 
+Several masters: --master and --join-address take comma-separated lists
+(common/targets.py). `fetch_ca` tries the join ports in order until one answers
+(a CA with another pin stops it: that is no outage); joining and renewing go over
+one gRPC channel to all of them, which uses whichever master answers.
+
 The lifetime the 80% is taken of starts when the certificate was written here
 (the file's mtime) when that is later than its notBefore: the master backdates
 notBefore a few minutes for clock skew, which would otherwise make a short-lived
@@ -51,7 +56,7 @@ from cryptography.hazmat.primitives import serialization
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from kubeling.client.client import Client
-from kubeling.common import identity, pki, rpc
+from kubeling.common import identity, pki, rpc, targets
 from kubeling.common.peer import is_loopback_address
 from kubeling.common.tls import CredentialDir, Credentials
 from kubeling.common.token import read_token_file
@@ -111,11 +116,27 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def default_join_address(master: str) -> str:
-    """The master's host with the join port ("" when the master is a unix socket)."""
+    """The master's host with the join port, for each master of a list ("" when
+    the master is a unix socket)."""
     if master.startswith("unix:"):
         return ""
+    if targets.is_list(master):
+        try:
+            endpoints = targets.parse_list(master)
+        except targets.TargetError as exc:
+            raise BootstrapError(str(exc)) from None
+        return ",".join(str(targets.Endpoint(e.host, JOIN_PORT)) for e in endpoints)
     host, _ = split_address(master)
     return f"[{host}]:{JOIN_PORT}" if ":" in host else f"{host}:{JOIN_PORT}"
+
+
+def check_addresses(flag: str, value: str) -> None:
+    """BootstrapError naming `flag` when `value` is a list that cannot be used."""
+    if targets.is_list(value):
+        try:
+            targets.parse_list(value)
+        except targets.TargetError as exc:
+            raise BootstrapError(f"{flag}: {exc}") from None
 
 
 def normalize_pin(pin: str) -> str:
@@ -149,11 +170,31 @@ def _peer_chain(sock: ssl.SSLSocket) -> list[bytes]:
     return out
 
 
+class _Unreachable(BootstrapError):
+    """No TLS handshake with a join port (another master may answer)."""
+
+
 def fetch_ca(join_address: str, pin: str, timeout: float = 10.0) -> bytes:
     """The cluster CA (PEM) from the chain the join port at `join_address` serves,
     if its pin is `pin`; BootstrapError otherwise. Only a TLS handshake happens: no
-    byte of a request is sent, so a wrong master learns no secret. Blocking."""
+    byte of a request is sent, so a wrong master learns no secret. Blocking.
+
+    A list of join ports is tried in order until one answers; one that answers with
+    another CA stops the search (a wrong CA is not an outage to route around)."""
     pin = normalize_pin(pin)
+    if not targets.is_list(join_address):
+        return _fetch_ca(join_address, pin, timeout)
+    check_addresses("--join-address", join_address)
+    failures = []
+    for item in targets.split_items(join_address):
+        try:
+            return _fetch_ca(item, pin, timeout)
+        except _Unreachable as exc:
+            failures.append(str(exc))
+    raise BootstrapError("; ".join(failures))
+
+
+def _fetch_ca(join_address: str, pin: str, timeout: float) -> bytes:
     host, port = split_address(join_address)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Nothing can be verified before the pin is checked; the pin is the check.
@@ -167,7 +208,7 @@ def fetch_ca(join_address: str, pin: str, timeout: float = 10.0) -> bytes:
         ):
             chain = _peer_chain(tls)
     except (OSError, ssl.SSLError) as exc:
-        raise BootstrapError(f"cannot reach the master's join port {join_address}: {exc}") from None
+        raise _Unreachable(f"cannot reach the master's join port {join_address}: {exc}") from None
     seen = []
     for cert_pem in chain:
         try:
@@ -370,7 +411,7 @@ async def load_or_join(
     if not pin:
         missing.append(f"{_HASH_FLAG} sha256:...")
     if not join_address:
-        missing.append("--join-address HOST:PORT")
+        missing.append("--join-address HOST:PORT[,HOST:PORT...]")
     if missing:
         raise BootstrapError(
             f"no usable certificate in {cred_dir.directory}; joining needs "
@@ -493,9 +534,16 @@ def default_cert_dir(component: str) -> Path:
 
 
 def is_local_target(target: str) -> bool:
-    """A unix socket or a loopback HOST:PORT: all that plaintext may talk to."""
+    """A unix socket or a loopback HOST:PORT (every one of a list): all that
+    plaintext may talk to."""
     if target.startswith("unix:"):
         return True
+    if targets.is_list(target):
+        try:
+            endpoints = targets.parse_list(target)
+        except targets.TargetError:
+            return False
+        return all(is_loopback_address(e.host) for e in endpoints)
     try:
         host, _ = split_address(target)
     except BootstrapError:
@@ -518,7 +566,8 @@ def add_node_flags(p: argparse.ArgumentParser, component: str) -> None:
     p.add_argument(
         "--join-address",
         default="",
-        help=f"the master's join port, HOST:PORT (default: --master's host, port {JOIN_PORT})",
+        help="the master's join port, HOST:PORT, or several masters' comma-separated "
+        f"(default: --master's hosts, port {JOIN_PORT})",
     )
     p.add_argument(
         _HASH_FLAG,
@@ -549,6 +598,11 @@ def finish_node_args(
     --insecure refused beyond this machine."""
     if args.listen is None:
         args.listen = insecure_listen if args.insecure else secure_listen
+    try:
+        check_addresses("--master", args.master)
+        check_addresses("--join-address", args.join_address)
+    except BootstrapError as exc:
+        p.error(str(exc))
     if args.insecure:
         if not is_local_target(args.master):
             p.error(

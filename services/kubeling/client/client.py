@@ -4,6 +4,20 @@ async with Client("localhost:6443") as api:
     pod = await api.pods.get("web", namespace="default")
     async for event in api.pods.watch(namespace="default"):
         print(event.type, event.object.metadata.name)
+
+Several masters: `Client("10.0.0.1:6443,10.0.0.2:6443,10.0.0.3:6443")` is one
+channel over all of them (common/targets.py, common/rpc.py): it uses one master
+and moves to another when that one's connection breaks. A call that never reached
+a master is retried by gRPC itself (transparent retry: nothing was applied). Reads
+(Get, List, Watch) are also retried by gRPC's retry policy, with back-off, within
+the call's deadline, when they fail UNAVAILABLE (a master killed: its connection
+reset) or CANCELLED (what a gRPC server shutting down answers to the calls it had
+received but not started). Writes are not: one cut off mid-way may have been
+applied, so the caller sees the status and decides (a Create retried meets
+AlreadyExists, an Update with a resourceVersion a Conflict). A watch
+cut off ends with UNAVAILABLE; informers (client/informer.py) watch again from
+their last resourceVersion, on whichever master the channel reaches, and list again
+only when that master answers OUT_OF_RANGE (its history does not go back so far).
 """
 
 from __future__ import annotations
@@ -26,6 +40,21 @@ from kubeling.common.tls import Credentials
 from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
 
 T = TypeVar("T", bound=Message)
+
+# gRPC's retry policy for the idempotent calls of every kind (at most 5 attempts
+# are honoured by gRPC; see the module's note for the codes); the deadline of the
+# call still bounds them all. A call the client cancels itself is never retried.
+READ_METHODS = ("Get", "List", "Watch")
+READ_RETRY: dict[str, Any] = {
+    "name": [{"service": k.service, "method": m} for k in kinds.ALL_KINDS for m in READ_METHODS],
+    "retryPolicy": {
+        "maxAttempts": 5,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -185,12 +214,14 @@ class Client:
         timeout: float | None = 30.0,
         credentials: Credentials | None = None,
     ) -> None:
-        """`credentials`: TLS with the cluster CA and this client's certificate
-        (client/config.py reads them from a config file: `Client.from_config()`);
-        None talks plaintext, to a master run without TLS on loopback."""
+        """`target`: HOST:PORT, or several masters HOST:PORT,HOST:PORT,... (see the
+        module's note; TargetError for a list that cannot be used). `credentials`:
+        TLS with the cluster CA and this client's certificate (client/config.py
+        reads them from a config file: `Client.from_config()`); None talks
+        plaintext, to a master run without TLS on loopback."""
         self.target = target
         self._timeout = timeout
-        self.channel = make_channel(target, credentials=credentials)
+        self.channel = _channel(target, credentials)
         self._closing: list[asyncio.TimerHandle] = []
         self._bind(timeout)
 
@@ -209,7 +240,7 @@ class Client:
         channel; the old one is closed after `grace` seconds for calls in flight
         (its watches end then, and informers start them again)."""
         old = self.channel
-        self.channel = make_channel(self.target, credentials=credentials)
+        self.channel = _channel(self.target, credentials)
         for resource in self._resources():
             resource.connect(self.channel)
         closing = asyncio.get_running_loop().call_later(
@@ -263,6 +294,10 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _channel(target: str, credentials: Credentials | None) -> grpc.aio.Channel:
+    return make_channel(target, credentials=credentials, method_config=[READ_RETRY])
 
 
 def _serialize(message: Message) -> bytes:

@@ -2,10 +2,15 @@
 
 A config file is YAML:
 
-    server: 10.0.0.1:6443                 # HOST:PORT (or unix:PATH for plaintext)
+    server: 10.0.0.1:6443                 # HOST:PORT (or unix:PATH for plaintext),
+                                          # or masters: 10.0.0.1:6443,10.0.0.2:6443
     certificate-authority-data: <PEM>     # or certificate-authority: PATH
     client-certificate-data: <PEM>        # or client-certificate: PATH
     client-key-data: <PEM>                # or client-key: PATH
+
+Several masters of one cluster are one comma-separated `server` (every item
+HOST:PORT, one address family; common/targets.py): clients use one and move to
+another when it goes away.
 
 Paths are relative to the file's directory. The master writes one for its admin
 at its first start (`DATA_DIR/admin.conf`, mode 0600, data inline so it can be
@@ -26,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from kubeling.common.targets import TargetError, is_list, parse_list
 from kubeling.common.tls import Credentials
 from kubeling.common.token import write_private
 
@@ -104,7 +110,13 @@ def read_config(path: Path) -> ClientConfig:
         missing = [key for key, attr in _FIELDS if attr not in pems]
         raise ConfigError(f"{path}: TLS needs all three entries; missing {', '.join(missing)}")
     credentials = Credentials(pems["ca_pem"], pems["cert_pem"], pems["key_pem"]) if pems else None
-    return ClientConfig(str(data.get("server") or ""), credentials, path)
+    server = str(data.get("server") or "").strip()
+    if is_list(server):
+        try:
+            parse_list(server)
+        except TargetError as exc:
+            raise ConfigError(f"{path}: server: {exc}") from None
+    return ClientConfig(server, credentials, path)
 
 
 def find_config(path: Path | None = None) -> ClientConfig:

@@ -9,13 +9,15 @@ it) and grpc.health.v1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kubeling.common import targets
 from kubeling.common.peer import is_loopback_address
 from kubeling.common.tls import CredentialDir, Credentials, channel_credentials, server_credentials
 
@@ -138,19 +140,34 @@ def channel(
     target: str,
     options: Sequence[tuple[str, int | str]] = (),
     credentials: Credentials | None = None,
+    method_config: Sequence[Mapping[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """An asyncio channel to a kubeling server (master, kubelet or proxy) or to a
     local runtime socket (unix://...); `options` override the defaults. With `credentials`
     the channel is TLS, trusting only their CA and presenting their certificate;
-    without, plaintext (a local runtime socket, or a server run without TLS)."""
+    without, plaintext (a local runtime socket, or a server run without TLS).
+
+    `target` may list several masters, HOST:PORT,HOST:PORT,... (common/targets.py):
+    one channel over all of them that moves to another master when its connection
+    breaks, checking their certificates against the masters' common name (unless
+    the credentials name one); TargetError for a list that cannot be used.
+    `method_config`: gRPC service-config method entries (retry policies)."""
+    where = targets.grpc_target(target)
     merged = dict(_CHANNEL_OPTIONS)
+    config = targets.service_config(where.load_balancing, method_config)
+    if config:
+        merged["grpc.service_config"] = config
+    if where.server_name:
+        # The :authority a list of masters is called by (else gRPC sends the list).
+        merged["grpc.default_authority"] = where.server_name
     merged.update(dict(options))
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=list(merged.items()))
-    if credentials.server_name:
-        merged["grpc.ssl_target_name_override"] = credentials.server_name
+        return grpc.aio.insecure_channel(where.target, options=list(merged.items()))
+    server_name = credentials.server_name or where.server_name
+    if server_name:
+        merged["grpc.ssl_target_name_override"] = server_name
     return grpc.aio.secure_channel(
-        target,
+        where.target,
         channel_credentials(credentials),
         options=list(merged.items()),
     )

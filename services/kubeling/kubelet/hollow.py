@@ -6,6 +6,7 @@ keeps its Lease and conditions, watches its pods and runs them — but its runti
 is an in-memory `FakeRuntime` and it serves no kubelet API.
 
     python -m kubeling.kubelet.hollow --master 127.0.0.1:6443 --nodes 100
+    python -m kubeling.kubelet.hollow --master 10.0.0.1:6443,10.0.0.2:6443 --nodes 100
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kubeling.client import Client
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
 from kubeling.common.supervisor import LoopFailed, Supervisor
+from kubeling.common.targets import TargetError, is_list, parse_list
 from kubeling.cri.fake import FakeRuntime
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
@@ -111,11 +113,21 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="kubeling-hollow-nodes", description=__doc__)
-    parser.add_argument("--master", default="localhost:6443")
+    parser.add_argument(
+        "--master",
+        default="localhost:6443",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the master, or several masters of one cluster comma-separated",
+    )
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--prefix", default="hollow")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
+    if is_list(args.master):
+        try:
+            parse_list(args.master)
+        except TargetError as exc:
+            parser.error(f"--master: {exc}")
     setup_logging(args.log_level)
     sys.exit(asyncio.run(_main(args)))
 

@@ -9,8 +9,11 @@ CA means joining every node again). Around it, remade whenever needed:
   node has no CA yet: it reads the CA from the join port's chain and checks it
   against `--discovery-token-ca-cert-hash` before it sends its token. SANs:
   loopback, localhost, the hostname, every listen and join IP (a wildcard listen
-  host stands for this machine's addresses), the advertise address and every
-  `--tls-san`. Remade when the wanted SANs change or it is within 30 days of expiry.
+  host stands for this machine's addresses), the advertise address, every
+  `--tls-san`, and Kubernetes' in-cluster names (`kubernetes`,
+  `kubernetes.default`, ...: common/targets.py MASTER_NAMES), which every master
+  carries so that a client given a list of masters checks them all by one name.
+  Remade when the wanted SANs change or it is within 30 days of expiry.
 - `master.crt`/`master.key`: the master's client identity (CN=kubeling:master,
   O=system:masters) for its own controllers and for dialing kubelets.
 - `admin.crt`/`admin.key`: the first admin (CN=kubeling-admin, O=system:masters),
@@ -37,6 +40,7 @@ from cryptography import x509
 
 from kubeling.client.config import ClientConfig
 from kubeling.common import identity, pki
+from kubeling.common.targets import MASTER_NAMES
 from kubeling.common.tls import CredentialDir, Credentials
 from kubeling.common.token import write_private
 
@@ -94,7 +98,7 @@ def wanted_sans(
 ) -> tuple[list[str], list[str]]:
     """(IPs, DNS names) the serving certificate must carry, sorted."""
     ips = {"127.0.0.1", "::1"}
-    dns = {"localhost"}
+    dns = {"localhost", *MASTER_NAMES}
     hostname = socket.gethostname()
     if hostname and pki_dns_ok(hostname):
         dns.add(hostname)
