@@ -7,11 +7,13 @@ master's own TLS stack): the master's etcd client certificate works; no
 certificate, a certificate from another CA, and certificates the cluster CA signs
 for nodes or for the master's API identity are all refused; the three members
 reach each other over TLS (the cluster is healthy), and the peer port refuses a
-client certificate that is not a peer's.
+client certificate that is not a peer's. Finally the walk-through of deploy/README.md:
+two TLS masters on this etcd, the second given only the cluster CA, are one cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -25,11 +27,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kubeling.client import Client
 from kubeling.common import pki
 from kubeling.common.token import write_private
 from kubeling.master import etcd_pki
 from kubeling.master.etcd_pki import EtcdClientFiles
+from kubeling.v1 import core_pb2
 from tests.support.etcd import EtcdCluster, EtcdTlsFiles, require_etcd
+from tests.support.processes import MasterProcess
 
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 MEMBERS = ("etcd0", "etcd1", "etcd2")
@@ -119,30 +124,30 @@ def test_master_client_certificate_writes_and_reads(tls_etcd: TlsEtcd) -> None:
     client = tls_etcd.client
     for index, _ in enumerate(MEMBERS):
         endpoint = tls_etcd.cluster.endpoint(index)
-        put = etcdctl(tls_etcd, "put", f"/kubeling/tls/{index}", f"v{index}",
+        put = etcdctl(tls_etcd, "put", f"/test/tls/{index}", f"v{index}",
                       cert=client.cert, key=client.key, endpoints=endpoint)  # fmt: skip
         assert put.returncode == 0, put.stderr
     for index, _ in enumerate(MEMBERS):
         # Written through one member, read back through the whole cluster.
-        assert stored(tls_etcd, f"/kubeling/tls/{index}") == f"v{index}"
+        assert stored(tls_etcd, f"/test/tls/{index}") == f"v{index}"
     assert client_port_reply(tls_etcd, client.cert, client.key) == "HTTP/1.1 200 OK"
 
 
 def test_without_a_client_certificate_etcd_refuses(tls_etcd: TlsEtcd) -> None:
-    put = etcdctl(tls_etcd, "put", "/kubeling/tls/anonymous", "x")
+    put = etcdctl(tls_etcd, "put", "/test/tls/anonymous", "x")
     assert put.returncode != 0
     assert client_port_reply(tls_etcd, None, None).startswith("refused: ")
-    assert stored(tls_etcd, "/kubeling/tls/anonymous") == ""
+    assert stored(tls_etcd, "/test/tls/anonymous") == ""
 
 
 def test_a_certificate_from_another_ca_is_refused(tls_etcd: TlsEtcd, tmp_path: Path) -> None:
     other = pki.make_ca("someone-elses-ca")
     # Same subject as the master's, and a real client certificate: only the issuer differs.
     cert, key = write_pair(tmp_path, "other", pki.issue(other, etcd_pki.identity.MASTER_USER))
-    put = etcdctl(tls_etcd, "put", "/kubeling/tls/other-ca", "x", cert=cert, key=key)
+    put = etcdctl(tls_etcd, "put", "/test/tls/other-ca", "x", cert=cert, key=key)
     assert put.returncode != 0
     assert client_port_reply(tls_etcd, cert, key).startswith("refused: ")
-    assert stored(tls_etcd, "/kubeling/tls/other-ca") == ""
+    assert stored(tls_etcd, "/test/tls/other-ca") == ""
 
 
 @pytest.mark.parametrize(
@@ -159,10 +164,10 @@ def test_cluster_ca_certificates_for_the_api_are_refused(
         (tls_etcd.data_dir / "pki" / "ca.key").read_bytes(),
     )
     cert, key = write_pair(tmp_path, "api", pki.issue(cluster, who, organizations))
-    put = etcdctl(tls_etcd, "put", "/kubeling/tls/node", "x", cert=cert, key=key)
+    put = etcdctl(tls_etcd, "put", "/test/tls/node", "x", cert=cert, key=key)
     assert put.returncode != 0
     assert client_port_reply(tls_etcd, cert, key).startswith("refused: ")
-    assert stored(tls_etcd, "/kubeling/tls/node") == ""
+    assert stored(tls_etcd, "/test/tls/node") == ""
 
 
 def test_members_reach_each_other_over_tls(tls_etcd: TlsEtcd) -> None:
@@ -229,3 +234,41 @@ def test_python_grpc_reaches_etcd_with_the_client_files(tls_etcd: TlsEtcd) -> No
     with pytest.raises(grpc.RpcError) as refused:
         check(foreign)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_masters_given_only_the_cluster_ca_share_the_tls_etcd(
+    tls_etcd: TlsEtcd, tmp_path: Path
+) -> None:
+    """Master 1 runs on the data dir `etcd-certs` made; master 2 gets only ca.crt
+    and ca.key, makes its own etcd client certificate, and reads what master 1
+    wrote: the etcd CA is the same on both without its key being copied."""
+    store = ("--store", f"etcd://{tls_etcd.cluster.endpoints}", "--etcd-prefix", "/kubeling-e2e")
+    first = MasterProcess(tls_etcd.data_dir, None, "--controllers=", *store, tls=True)
+    second_dir = tmp_path / "second"
+    (second_dir / "pki").mkdir(parents=True, mode=0o700)
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy2(tls_etcd.data_dir / "pki" / name, second_dir / "pki" / name)
+    second = MasterProcess(second_dir, None, "--controllers=", *store, tls=True)
+
+    async def create(master: MasterProcess, name: str) -> None:
+        async with Client.from_config(master.admin_conf, timeout=10) as api:
+            node = core_pb2.Node()
+            node.metadata.name = name
+            await api.nodes.create(node)
+
+    async def names(master: MasterProcess) -> set[str]:
+        async with Client.from_config(master.admin_conf, timeout=10) as api:
+            return {node.metadata.name for node in (await api.nodes.list()).items}
+
+    try:
+        first.start()
+        asyncio.run(create(first, "written-through-1"))
+        second.start()
+        assert (second_dir / "pki" / "etcd-client.crt").exists()
+        assert not any("etcd-ca.key" in p.name for p in (second_dir / "pki").iterdir())
+        assert asyncio.run(names(second)) == {"written-through-1"}
+        asyncio.run(create(second, "written-through-2"))
+        assert asyncio.run(names(first)) == {"written-through-1", "written-through-2"}
+    finally:
+        second.stop()
+        first.stop()
