@@ -19,14 +19,20 @@ What it measures:
   another master.
 
 The floors, measured in the same run on the same disk with the stored Pod's own
-bytes (the first create's reply, as the store encodes it):
+bytes (the first create's reply, as the store encodes it), each just before the
+configuration it is the floor of (a shared machine's load drifts; an adjacent floor
+keeps the ratio honest):
 - SQLite: the store's schema and durability (WAL, synchronous=FULL), each write the
   rows the store writes (object, log entry, revision); one transaction per write
   (the floor of 1 client) and 8 writes per transaction (8 clients: the store commits
   the writes that arrived meanwhile in one transaction, at most 8 here);
 - etcd: KV.Txn `If mod_revision == 0 Then put` (what a create is) through
   kubeling's own stubs on one channel, from 1 and from 8 concurrent writers; and a
-  single raw etcd watch on a prefix while one writer puts 50 values/s.
+  single raw etcd watch on a prefix while one writer puts 50 values/s. The floor
+  includes Python's gRPC client, as the master's store does.
+
+`--profile sqlite|etcd` instead runs 8 clients against a master inside this process
+under cProfile and prints the top of the profile.
 
 The ratio columns are ours / floor: the share of the raw rate the API keeps (for
 rates), or how many times the raw latency it takes (for latencies).
