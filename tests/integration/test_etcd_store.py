@@ -122,3 +122,31 @@ async def test_an_unreachable_etcd_fails_open_with_the_address(
     store = EtcdStore([f"127.0.0.1:{free_port()}"], ProtoCodec(), compaction_interval=0)
     with pytest.raises(EtcdStoreError, match="did not answer"):
         await asyncio.wait_for(store.open(), 60)
+
+
+async def test_the_store_says_unhealthy_while_etcd_is_gone_and_recovers(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeling.master.store import etcd as etcd_module
+
+    monkeypatch.setattr(etcd_module, "_UNHEALTHY_AFTER", 0.5)
+    with running_etcd(tmp_path_factory.mktemp("etcd-gone")) as lonely:
+        store = await opened(lonely, "/h")
+        try:
+            assert store.healthy()
+            lonely.stop(0)
+            for _ in range(100):
+                if not store.healthy():
+                    break
+                await asyncio.sleep(0.1)
+            assert not store.healthy()
+            lonely.start(0)
+            await asyncio.wait_for(store.create("/nodes/back", node("back")), 30)
+            for _ in range(100):
+                if store.healthy():
+                    break
+                await asyncio.sleep(0.1)
+            assert store.healthy()
+            assert store.get("/nodes/back") is not None
+        finally:
+            await store.close()

@@ -272,8 +272,9 @@ class Master:
             cluster_ca.write_admin_conf(self.ca, self.admin_conf, server)
 
     def healthy(self) -> bool:
-        """False once a supervised loop gave up (the process is about to exit)."""
-        return not self.supervisor.failed.is_set()
+        """False once a supervised loop gave up (the process is about to exit), or
+        while the store cannot serve (etcd unreachable for a while)."""
+        return not self.supervisor.failed.is_set() and self.store.healthy()
 
     def _loop_failed(self, failure: LoopFailed) -> None:
         if self.server is not None:

@@ -124,6 +124,9 @@ class Store(Protocol):
         """Let watchers with trigger (name, value) receive only the events under
         `prefix` whose old or new value has that index value."""
 
+    def healthy(self) -> bool:
+        """Whether the store can serve fresh reads and take writes now."""
+
     async def wait_consistent(self) -> None:
         """Until reads show every write committed before this call, through any
         master (a no-op where this master is the only writer)."""

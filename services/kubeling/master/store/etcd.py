@@ -69,6 +69,8 @@ DEFAULT_COMPACTION_INTERVAL = 300.0
 _CACHE_WAIT = 10.0
 # Retrying a call over the members: for this long at most.
 _RETRY_FOR = 15.0
+# The store is unhealthy (master /healthz) once its watch has been down this long.
+_UNHEALTHY_AFTER = 30.0
 _PAGE = 5_000
 _MAX_MESSAGE = 256 * 1024 * 1024
 # Keys of the store's own under the prefix (never in the cache): the one that
@@ -134,6 +136,8 @@ class EtcdStore:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = 0
         self._open = False
+        # Since when the etcd watch is down (None: up), for health.
+        self._watch_down_since: float | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -349,6 +353,8 @@ class EtcdStore:
             except grpc.aio.AioRpcError as exc:
                 log.warning("etcd watch broke; resuming", error=exc.details())
                 self._current = (self._current + 1) % len(self._channels)
+            if self._watch_down_since is None:
+                self._watch_down_since = time.monotonic()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -369,6 +375,7 @@ class EtcdStore:
                 if reply.created:
                     # Its header is etcd's revision now, not progress: the events
                     # from our start revision are still to come.
+                    self._watch_down_since = None
                     continue
                 self._apply(reply)
         finally:
@@ -536,6 +543,12 @@ class EtcdStore:
                 if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
                     raise
         return version + 1, reply.header.revision
+
+    def healthy(self) -> bool:
+        """False once the watch feeding the cache has been down for a while (etcd
+        unreachable): reads would go stale, so /healthz says so."""
+        since = self._watch_down_since
+        return self._open and (since is None or time.monotonic() - since < _UNHEALTHY_AFTER)
 
     # ------------------------------------------------------------ reads
 

@@ -197,6 +197,10 @@ class SqliteStore:
     def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
         self._cache.indexes[name] = (prefix, index)
 
+    def healthy(self) -> bool:
+        """The writer runs (stopped or restarting: writes fail, so not healthy)."""
+        return self._writer is not None and self._writer_running
+
     async def wait_consistent(self) -> None:
         """This master is the only writer: its cache is always current."""
 
