@@ -211,3 +211,17 @@ async def test_the_first_allocation_repairs_an_upgraded_store(store: Store) -> N
     with pytest.raises(ApiError) as info:
         await fresh.create(service("clashes", cluster_ip="10.99.0.5"))
     assert info.value.violations[0].field == "spec.clusterIP"
+
+
+def test_internal_records_decode_by_prefix_but_are_no_api_kind() -> None:
+    codec = ProtoCodec()
+    record = internal_pb2.Allocation()
+    record.metadata.name = "10.99.0.3"
+    record.owner.name = "web"
+    key = internal_key(SERVICE_IP_ALLOCATIONS, "10.99.0.3")
+    assert codec.decode(key, codec.encode(record)) == record
+    codec.stamp(record, 7)
+    assert codec.revision_of(record) == 7
+    with pytest.raises(KeyError):
+        codec.kind_of_key(key)  # no registry, hence no List/Watch/Get, serves it
+    assert codec.kind_of_key(SERVICE.key("default", "web")) is SERVICE
