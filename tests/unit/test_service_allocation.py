@@ -178,7 +178,10 @@ async def _leak(store: Store, prefix: str, name: str, owner: str, age: float) ->
 
 async def test_leaked_records_are_repaired_and_old_services_adopted(store: Store) -> None:
     a, b = master(store), master(store)
-    held = await a.create(service("held", node_port=True))
+    # Explicit values: a random pick could land on the ones leaked below.
+    wanted = service("held", node_port=True, cluster_ip="10.99.0.2")
+    wanted.spec.ports[0].node_port = PORTS[0]
+    held = await a.create(wanted)
     # Leaks: old ones (the master died long ago) and a young one (maybe in flight).
     await _leak(store, SERVICE_IP_ALLOCATIONS, "10.99.0.9", "ghost", age=3600)
     await _leak(store, SERVICE_NODE_PORT_ALLOCATIONS, "30105", "ghost", age=3600)
