@@ -271,7 +271,7 @@ def join_command(
     return command
 
 
-def first_token(master: Master, config: MasterConfig, advertise: str) -> None:
+async def first_token(master: Master, config: MasterConfig, advertise: str) -> None:
     """On the first start, a token and the join command, for a person at a terminal
     only: a secret printed otherwise ends up in a log."""
     if master.ca is None or not config.join_listen or master.tokens.exists:
@@ -282,7 +282,7 @@ def first_token(master: Master, config: MasterConfig, advertise: str) -> None:
             "`kubeling token create`"
         )
         return
-    token, _ = master.tokens.create(description="made at the master's first start")
+    token, _ = await master.tokens.issue(description="made at the master's first start")
     print(
         "To join a worker (token valid 24h; more: kubeling token create), run on it, "
         "with containerd running (see deploy/README.md):\n  "
@@ -310,7 +310,7 @@ async def serve(config: MasterConfig, advertise: str = "") -> int:
         print(f"kubeling-master: {exc}", file=sys.stderr, flush=True)
         await master.stop()
         return 2
-    first_token(master, config, advertise)
+    await first_token(master, config, advertise)
     code = await until_terminated(master.supervisor)
     await master.stop()
     return code

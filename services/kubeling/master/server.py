@@ -286,7 +286,9 @@ class Master:
         await self.store.open()
         services = self.registries[SERVICE.name]
         assert isinstance(services.strategy, ServiceStrategy)
-        services.strategy.load(services.list_objects("")[0])
+        # Records for Services that predate them; old per-master token files moved in.
+        await services.strategy.repair()
+        await self.tokens.import_legacy()
         await self._ensure_namespaces()
         # Loopback SANs only when no other machine can reach either port.
         reachable = ",".join(a for a in (self.config.listen, self.config.join_listen) if a)
@@ -320,6 +322,10 @@ class Master:
         self._tasks.append(self.supervisor.start("namespace-controller", namespaces.run))
         expiry = EventExpiry(self.store, self.config.event_ttl)
         self._tasks.append(self.supervisor.start("event-ttl", expiry.run))
+        # Leaked ClusterIP/node port records (a master killed mid-create) go back.
+        self._tasks.append(
+            self.supervisor.start("service-allocation-repair", services.strategy.repair_loop)
+        )
         if self.ca is not None:
             self._tasks.append(self.supervisor.start("certificates", self._refresh_certificates))
         if self.config.controllers:

@@ -193,11 +193,12 @@ class ServiceStrategy(Strategy):
             await self.repair()
 
     async def repair_loop(self) -> None:
-        """Repair every REPAIR_INTERVAL (for the master's supervisor)."""
+        """Repair every REPAIR_INTERVAL (for the master's supervisor; the master
+        repairs once itself before serving)."""
         while True:
+            await asyncio.sleep(self.REPAIR_INTERVAL)
             async with self._repair_lock:
                 await self.repair()
-            await asyncio.sleep(self.REPAIR_INTERVAL)
 
     async def repair(self) -> tuple[int, int]:
         """One pass; returns (records made, records deleted)."""
