@@ -127,7 +127,7 @@ class FuzzCluster:
         self.addresses["master-as-node"] = api.target
         self.credentials["master-as-node"] = self._issue("node", node_user, [NODE]).load()
         self.addresses["master-join"] = f"127.0.0.1:{self.master.join_port}"
-        self.join_token, _ = self.master.tokens.create(description="fuzz seeds")
+        self.join_token, _ = await self.master.tokens.issue(description="fuzz seeds")
         self.credentials["master-join"] = Credentials(admin.ca_pem, b"", b"")
 
         # The kubelet, on its own master, running the pod, serving TLS as its node.

@@ -57,7 +57,7 @@ async def test_join_with_a_valid_token_gives_a_node_certificate(
 ) -> None:
     async with tls_master(tmp_path) as (master, _):
         assert master.ca is not None
-        token, _stored = master.tokens.create(ttl=3600)
+        token, _stored = await master.tokens.issue(ttl=3600)
         channel, stub = join_stub(master)
         async with channel:
             request, key = join_request(token, "w1", "node", "", "10.1.0.5", "127.0.0.1")
@@ -94,7 +94,7 @@ async def test_join_with_a_valid_token_gives_a_node_certificate(
 @pytest.mark.parametrize("case", ["missing", "malformed", "unknown", "deleted", "expired"])
 async def test_join_refuses_bad_tokens(tmp_path: Path, case: str) -> None:
     async with tls_master(tmp_path) as (master, _):
-        token, stored = master.tokens.create(ttl=60)
+        token, stored = await master.tokens.issue(ttl=60)
         expected = {
             "missing": "joining needs a bootstrap token",
             "malformed": "malformed bootstrap token",
@@ -109,7 +109,7 @@ async def test_join_refuses_bad_tokens(tmp_path: Path, case: str) -> None:
         elif case == "unknown":
             token = generate()
         elif case == "deleted":
-            master.tokens.delete(stored.id)
+            assert await master.tokens.remove(stored.id)
         else:
             master.tokens._clock = lambda: time.time() + 120
         channel, stub = join_stub(master)
@@ -121,7 +121,7 @@ async def test_join_refuses_bad_tokens(tmp_path: Path, case: str) -> None:
 
 async def test_join_checks_subject_name_and_addresses(tmp_path: Path) -> None:
     async with tls_master(tmp_path) as (master, _):
-        token, _ = master.tokens.create()
+        token, _ = await master.tokens.issue()
         channel, stub = join_stub(master)
         async with channel:
             bad = [

@@ -50,7 +50,7 @@ class Cluster:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with tls_master(tmp_path / "master") as (master, admin):
-        token, _ = master.tokens.create(ttl=600, description="node join test")
+        token, _ = await master.tokens.issue(ttl=600, description="node join test")
         yield Cluster(master, admin.target, admin, token)
 
 

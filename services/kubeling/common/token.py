@@ -42,16 +42,12 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import structlog
+from typing import Protocol
 
 from kubeling.v1 import internal_pb2
-
-log = structlog.get_logger(__name__)
 
 DEFAULT_TTL = 24 * 3600.0
 TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
@@ -185,11 +181,6 @@ class TokenStore:
         self._clock = clock
         self.directory = directory
         self._legacy: dict[str, StoredToken] = {}
-        # Sync create()/delete() write in the background: what this master shows
-        # meanwhile, and the writes, which are kept referenced until done.
-        self._pending: dict[str, StoredToken] = {}
-        self._deleting: set[str] = set()
-        self._writes: set[asyncio.Task[Any]] = set()
         self._import_lock = asyncio.Lock()
         if directory is not None:
             self._legacy = _read_legacy(directory)
@@ -207,7 +198,7 @@ class TokenStore:
     def exists(self) -> bool:
         """Whether the cluster ever had tokens (false before its first start): any
         token in the store, or old token files here, imported or not."""
-        if self.records.all() or self._pending or self._legacy:
+        if self.records.all() or self._legacy:
             return True
         return any(
             path.exists() or path.with_name(path.name + IMPORTED).exists()
@@ -230,12 +221,10 @@ class TokenStore:
             return moved
 
     def _find(self, token_id: str) -> StoredToken | None:
-        if token_id in self._deleting:
-            return None
         record = self.records.get(token_id)
         if record is not None:
             return StoredToken.of(record)
-        return self._pending.get(token_id) or self._legacy.get(token_id)
+        return self._legacy.get(token_id)
 
     async def issue(
         self, ttl: float = DEFAULT_TTL, description: str = ""
@@ -247,25 +236,6 @@ class TokenStore:
         while not await self.records.create(stored.record()):
             token, stored = self._make(ttl, description)  # another master took the ID
         await self._drop_long_expired()
-        return token, stored
-
-    def create(self, ttl: float = DEFAULT_TTL, description: str = "") -> tuple[str, StoredToken]:
-        """As `issue`, for a caller that cannot await (the token printed at the
-        first start): this master accepts the token at once, the store gets it
-        in the background (a failure is logged). Needs a running event loop."""
-        token, stored = self._make(ttl, description)
-        self._pending[stored.id] = stored
-
-        async def write() -> None:
-            try:
-                await self.import_legacy()
-                if not await self.records.create(stored.record()):
-                    log.warning("bootstrap token not stored: its ID was taken", id=stored.id)
-                await self._drop_long_expired()
-            finally:
-                self._pending.pop(stored.id, None)
-
-        self._background(write())
         return token, stored
 
     def _make(self, ttl: float, description: str) -> tuple[str, StoredToken]:
@@ -287,49 +257,15 @@ class TokenStore:
             if record.expires and now - record.expires > _KEEP_EXPIRED:
                 await self.records.delete(record.metadata.name)
 
-    def _background(self, write: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(write)
-        self._writes.add(task)
-
-        def done(finished: asyncio.Task[Any]) -> None:
-            self._writes.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.warning("bootstrap token write failed", error=str(finished.exception()))
-
-        task.add_done_callback(done)
-
-    async def settled(self) -> None:
-        """Until the background writes of create()/delete() are done."""
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-
     def list(self) -> list[StoredToken]:
-        found = {**self._legacy, **self._pending}
+        found = dict(self._legacy)
         found.update((r.metadata.name, StoredToken.of(r)) for r in self.records.all())
-        return sorted(
-            (t for i, t in found.items() if i not in self._deleting), key=lambda t: t.created
-        )
+        return sorted(found.values(), key=lambda t: t.created)
 
     async def remove(self, token_id: str) -> bool:
         """Delete a token from the store; False when there is no such token."""
         await self.import_legacy()
         return await self.records.delete(token_id)
-
-    def delete(self, token_id: str) -> bool:
-        """As `remove`, for a caller that cannot await: refused here at once,
-        deleted from the store in the background. Needs a running event loop."""
-        if self._find(token_id) is None:
-            return False
-        self._deleting.add(token_id)
-
-        async def write() -> None:
-            try:
-                await self.remove(token_id)
-            finally:
-                self._deleting.discard(token_id)
-
-        self._background(write())
-        return True
 
     def check(self, token: str) -> str:
         """The token's ID when it allows joining now (as this master's cache shows
