@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from kubeling.client import Client, bootstrap
+from kubeling.client.config import read_config
 from kubeling.client.informer import Informer
 from kubeling.common import pki
 from kubeling.common.targets import MASTER_NAMES
@@ -126,9 +127,10 @@ async def test_a_client_given_two_masters_keeps_answering_when_one_stops(tmp_pat
             assert (tmp_path / "b" / "pki" / "ca.crt").read_bytes() == (
                 tmp_path / "a" / "pki" / "ca.crt"
             ).read_bytes()
-            for who in (b,):
-                info = pki.cert_info((tmp_path / "b" / "pki" / "server.crt").read_bytes())
-                assert set(MASTER_NAMES) <= set(info.dns_names), who
+            # Both serving certificates carry the name a list is checked against.
+            for name in ("a", "b"):
+                info = pki.cert_info((tmp_path / name / "pki" / "server.crt").read_bytes())
+                assert set(MASTER_NAMES) <= set(info.dns_names), name
             await mark(a, "a")
             await mark(b, "b")
             by_name = {"a": a, "b": b}
@@ -204,39 +206,49 @@ async def test_a_watch_resumes_on_the_other_master_without_listing_again(
             assert revisions[0] == revisions[1], revisions
 
             by_name = {"a": a, "b": b}
-            async with Client(f"{a.address},{b.address}", timeout=10, credentials=a.admin) as api:
-                first = await serving(api, ("a", "b"))
-                other = "b" if first == "a" else "a"
-                informer: Informer[core_pb2.Namespace] = Informer(api.namespaces)
-                events: list[tuple[str, str]] = []
-                informer.add_handler(
-                    lambda kind, old, new: events.append((kind, (new or old).metadata.name))
-                )
-                task = asyncio.ensure_future(informer.run())
-                try:
-                    await asyncio.wait_for(informer.synced.wait(), 10)
-                    assert informer.get("", f"only-on-{first}") is not None
-                    events.clear()
-                    resumed_from = informer.resource_version
-
-                    await by_name[first].stop()
-                    await api.namespaces.create(namespace("after-failover"))
-                    for _ in range(100):
-                        if ("ADDED", "after-failover") in events:
-                            break
-                        await asyncio.sleep(0.1)
-                    # Only the new object: a re-list would have dropped only-on-FIRST
-                    # (DELETED) and brought only-on-OTHER (ADDED).
-                    assert events == [("ADDED", "after-failover")], events
-                    assert int(informer.resource_version) > int(resumed_from)
-                    assert informer.get("", f"only-on-{first}") is not None
-                    assert informer.get("", f"only-on-{other}") is None
-                finally:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await watch_across_failover(
+                f"{a.address},{b.address}", a.admin, lambda name: by_name[name].stop()
+            )
         finally:
             await b.stop()
+
+
+async def watch_across_failover(
+    servers: str, admin: Credentials, stop: Callable[[str], Awaitable[None]]
+) -> None:
+    """An informer over `servers` (masters "a" and "b" with one history and one
+    marker each) goes on after `stop` ends the master it uses, without listing again."""
+    async with Client(servers, timeout=10, credentials=admin) as api:
+        first = await serving(api, ("a", "b"))
+        other = "b" if first == "a" else "a"
+        informer: Informer[core_pb2.Namespace] = Informer(api.namespaces)
+        events: list[tuple[str, str]] = []
+        informer.add_handler(
+            lambda kind, old, new: events.append((kind, (new or old).metadata.name))
+        )
+        task = asyncio.ensure_future(informer.run())
+        try:
+            await asyncio.wait_for(informer.synced.wait(), 10)
+            assert informer.get("", f"only-on-{first}") is not None
+            events.clear()
+            resumed_from = informer.resource_version
+
+            await stop(first)
+            await api.namespaces.create(namespace("after-failover"))
+            for _ in range(100):
+                if ("ADDED", "after-failover") in events:
+                    break
+                await asyncio.sleep(0.1)
+            # Only the new object: a re-list would have dropped only-on-FIRST
+            # (DELETED) and brought only-on-OTHER (ADDED).
+            assert events == [("ADDED", "after-failover")], events
+            assert int(informer.resource_version) > int(resumed_from)
+            assert informer.get("", f"only-on-{first}") is not None
+            assert informer.get("", f"only-on-{other}") is None
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def test_a_node_joins_and_renews_through_a_list_whose_first_master_is_dead(
@@ -244,7 +256,7 @@ async def test_a_node_joins_and_renews_through_a_list_whose_first_master_is_dead
 ) -> None:
     dead = f"127.0.0.1:{free_port()}"
     async with masters(tmp_path / "a") as (a,):
-        token, _ = a.master.tokens.create(ttl=600, description="list join test")
+        token, _ = await a.master.tokens.issue(ttl=600, description="list join test")
         assert a.master.ca is not None
         cred_dir = CredentialDir(tmp_path / "node-pki", "kubelet")
         credentials = await bootstrap.load_or_join(
@@ -331,7 +343,47 @@ def test_the_cli_fails_over_between_masters(two_masters: Any, tmp_path: Path) ->
         assert after.returncode == 0, after.stderr
         assert f"node-on-{survivor}" in after.stdout and f"node-on-{on}" not in after.stdout
 
+    # With every master gone: one line naming the list, no traceback.
+    (b if on == "a" else a).kill9()
+    down = run_cli("--config", conf, "--server", servers, "get", "nodes")
+    assert down.returncode == 1
+    assert f"cannot reach the kubeling server at {servers}" in down.stderr, down.stderr
+    assert "Traceback" not in down.stderr
+
     bad = run_cli("--config", conf, "--server", f"{a.address},,{b.address}", "get", "nodes")
     assert bad.returncode != 0
     assert "item 2 of the list is empty" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+async def test_a_watch_survives_a_kill_9_of_its_master(tmp_path: Path) -> None:
+    a = MasterProcess(tmp_path / "a", None, "--controllers=", tls=True)
+    b = MasterProcess(tmp_path / "b", None, "--controllers=", tls=True)
+    try:
+        await asyncio.to_thread(a.start)
+        admin = read_config(a.admin_conf).credentials
+        assert admin is not None
+        async with Client(a.address, timeout=10, credentials=admin) as direct:
+            for index in range(3):
+                await direct.namespaces.create(namespace(f"shared-{index}"))
+            # Taken while A runs (an online backup), restored as B's data dir.
+            archive = tmp_path / "a.backup"
+            await asyncio.to_thread(backup.backup, tmp_path / "a", archive)
+            backup.restore(archive, tmp_path / "b")
+            await asyncio.to_thread(b.start)
+            await direct.namespaces.create(namespace("only-on-a"))
+        async with Client(b.address, timeout=10, credentials=admin) as direct:
+            await direct.namespaces.create(namespace("only-on-b"))
+        revisions = []
+        for proc in (a, b):
+            async with Client(proc.address, timeout=10, credentials=admin) as api:
+                revisions.append((await api.namespaces.list_page()).resource_version)
+        assert revisions[0] == revisions[1], revisions
+
+        async def kill(name: str) -> None:
+            await asyncio.to_thread((a if name == "a" else b).kill9)
+
+        await watch_across_failover(f"{a.address},{b.address}", admin, kill)
+    finally:
+        a.stop()
+        b.stop()
