@@ -133,6 +133,10 @@ async def test_join_checks_subject_name_and_addresses(tmp_path: Path) -> None:
                 join_request(token, "w1", "node", "", "224.0.0.1"),
                 join_request(token, "w1", "node", "", "not-an-ip"),
                 join_request(token, "x" * 60, "node", "system:node:x"),  # CN too long
+                # Names clients accept as a master's (a master list, a unix socket).
+                join_request(token, "kubernetes", "node"),
+                join_request(token, "kubernetes.default.svc", "node"),
+                join_request(token, "localhost", "node"),
             ]
             for request, _ in bad:
                 await refused(stub.Join(request, timeout=5), Code.INVALID_ARGUMENT)

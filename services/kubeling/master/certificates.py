@@ -28,6 +28,7 @@ from kubeling.api import naming
 from kubeling.api.errors import ApiError, FieldViolation, invalid
 from kubeling.common import handlers, identity, pki
 from kubeling.common.handlers import Context
+from kubeling.common.targets import MASTER_NAMES
 from kubeling.common.token import TokenRefused, TokenStore
 from kubeling.master.cluster_ca import ClusterCa
 from kubeling.master.validation.core import node_addresses, node_loopback_addresses
@@ -52,9 +53,17 @@ def _timestamp(cert_pem: bytes) -> Timestamp:
     return stamp
 
 
+# Names a node certificate may not carry: clients accept a certificate with one of
+# them as a master's (a master list checks "kubernetes", a unix socket "localhost").
+RESERVED_NODE_NAMES = frozenset({"localhost", *MASTER_NAMES})
+
+
 def node_name_errors(field: str, name: str) -> list[FieldViolation]:
-    return [FieldViolation(field, f"Invalid value: {name!r}: {e}") for e in
-            naming.dns1123_subdomain(name)]  # fmt: skip
+    errors = [FieldViolation(field, f"Invalid value: {name!r}: {e}") for e in
+              naming.dns1123_subdomain(name)]  # fmt: skip
+    if name in RESERVED_NODE_NAMES:
+        errors.append(FieldViolation(field, f"Invalid value: {name!r}: reserved for the masters"))
+    return errors
 
 
 def address_errors(addresses: Sequence[str], loopback_allowed: bool) -> list[FieldViolation]:
