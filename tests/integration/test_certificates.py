@@ -191,7 +191,8 @@ async def test_issue_user_is_for_admins(tmp_path: Path) -> None:
         reply = await stub.IssueUser(request, timeout=5)
         info = pki.cert_info(reply.certificate)
         assert (info.common_name, info.organizations) == ("bob", (identity.GROUP_VIEW,))
-        for name, role in (("system:bob", "view"), ("kubeling:x", "admin"), ("bob", "root")):
+        for name, role in (("system:bob", "view"), ("kubeling:x", "admin"), ("bob", "root"),
+                           ("kubernetes", "view"), ("localhost", "edit")):  # fmt: skip
             bad = certificates_pb2.IssueUserRequest(name=name, role=role, csr=csr)
             await refused(stub.IssueUser(bad, timeout=5), Code.INVALID_ARGUMENT)
         # The CSR must ask for the role's group.

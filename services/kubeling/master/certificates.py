@@ -53,15 +53,15 @@ def _timestamp(cert_pem: bytes) -> Timestamp:
     return stamp
 
 
-# Names a node certificate may not carry: clients accept a certificate with one of
-# them as a master's (a master list checks "kubernetes", a unix socket "localhost").
-RESERVED_NODE_NAMES = frozenset({"localhost", *MASTER_NAMES})
+# Names no node or user certificate may carry: clients accept a certificate with one
+# of them as a master's (a master list checks "kubernetes", a unix socket "localhost").
+MASTER_ONLY_NAMES = frozenset({"localhost", *MASTER_NAMES})
 
 
 def node_name_errors(field: str, name: str) -> list[FieldViolation]:
     errors = [FieldViolation(field, f"Invalid value: {name!r}: {e}") for e in
               naming.dns1123_subdomain(name)]  # fmt: skip
-    if name in RESERVED_NODE_NAMES:
+    if name in MASTER_ONLY_NAMES:
         errors.append(FieldViolation(field, f"Invalid value: {name!r}: reserved for the masters"))
     return errors
 
@@ -216,6 +216,8 @@ class CertificatesService:
                 f"{' or '.join(identity.RESERVED_PREFIXES)} belong to the system"))  # fmt: skip
         elif len(name) > _MAX_COMMON_NAME:
             errs.append(FieldViolation("name", f"Too long: at most {_MAX_COMMON_NAME} characters"))
+        elif name in MASTER_ONLY_NAMES:
+            errs.append(FieldViolation("name", f"Invalid value: {name!r}: reserved for the masters"))
         if role not in identity.ROLE_GROUPS:
             errs.append(FieldViolation(
                 "role", f'Unsupported value: "{role[:40]}": supported values: '
