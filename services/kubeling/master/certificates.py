@@ -217,7 +217,9 @@ class CertificatesService:
         elif len(name) > _MAX_COMMON_NAME:
             errs.append(FieldViolation("name", f"Too long: at most {_MAX_COMMON_NAME} characters"))
         elif name in MASTER_ONLY_NAMES:
-            errs.append(FieldViolation("name", f"Invalid value: {name!r}: reserved for the masters"))
+            errs.append(
+                FieldViolation("name", f"Invalid value: {name!r}: reserved for the masters")
+            )
         if role not in identity.ROLE_GROUPS:
             errs.append(FieldViolation(
                 "role", f'Unsupported value: "{role[:40]}": supported values: '
