@@ -171,3 +171,17 @@ def test_the_join_command_names_the_master_as_workers_reach_it(
     assert token_command.worker_address("10.0.0.5:6443") == "10.0.0.5:6443"
     assert token_command.worker_address("127.0.0.1:7443") == "10.0.0.10:7443"
     assert token_command.worker_address("unix:/run/m.sock") == "10.0.0.10:6443"
+    # A list of masters: each as workers reach it, once.
+    assert (
+        token_command.worker_address("10.0.0.5:6443,10.0.0.6:6443,127.0.0.1:6443")
+        == "10.0.0.5:6443,10.0.0.6:6443,10.0.0.10:6443"
+    )
+
+
+def test_the_grpcurl_line_for_a_master_list_names_one_master_and_the_shared_name() -> None:
+    from pathlib import Path
+
+    from kubeling.cli.commands.user import grpcurl_command
+
+    line = grpcurl_command("10.0.0.5:6443,10.0.0.6:6443", Path("ca"), Path("c"), Path("k"))
+    assert line.endswith("-servername kubernetes 10.0.0.5:6443")

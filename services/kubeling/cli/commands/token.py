@@ -17,7 +17,7 @@ from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.printers import table_text
 from kubeling.cli.timefmt import human_duration
-from kubeling.common import machine, pki
+from kubeling.common import machine, pki, targets
 from kubeling.common.duration import parse_duration
 from kubeling.common.peer import is_loopback_address
 from kubeling.v1 import tokens_pb2
@@ -115,8 +115,11 @@ async def run_create(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def worker_address(server: str) -> str:
-    """The master's address as workers reach it: the CLI's server, unless that is
-    this machine's loopback or socket (then this machine's address, port 6443)."""
+    """The master's address as workers reach it: the CLI's server (each of a list),
+    unless that is this machine's loopback or socket (then this machine's address,
+    port 6443)."""
+    if targets.is_list(server):
+        return ",".join(dict.fromkeys(worker_address(s) for s in targets.split_items(server)))
     if server.startswith("unix:"):
         return f"{machine.node_ip()}:{DEFAULT_PORT}"
     host, _, port = server.rpartition(":")

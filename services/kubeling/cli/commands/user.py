@@ -21,7 +21,7 @@ from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.client.config import ClientConfig
-from kubeling.common import identity, pki
+from kubeling.common import identity, pki, targets
 from kubeling.common.tls import Credentials
 from kubeling.common.token import write_private
 from kubeling.v1 import certificates_pb2
@@ -144,4 +144,8 @@ def grpcurl_command(server: str, ca: Path, crt: Path, key: Path) -> str:
     if server.startswith("unix:"):
         # grpcurl would check the certificate against the socket path.
         return f"{tls} -servername localhost -unix {server.removeprefix('unix:')}"
+    if targets.is_list(server):
+        # grpcurl takes one address; every master's certificate carries this name.
+        first = targets.split_items(server)[0]
+        return f"{tls} -servername {targets.MASTER_SERVER_NAME} {first}"
     return f"{tls} {server}"
