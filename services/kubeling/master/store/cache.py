@@ -327,3 +327,37 @@ class WatchCache:
     @property
     def watcher_count(self) -> int:
         return len(self._watchers) + sum(len(b) for b in self._triggered.values())
+
+
+class CachedReads:
+    """What every backend serves from its WatchCache (`_cache`): reads, watches and
+    the indexes of triggered watches."""
+
+    _cache: WatchCache
+
+    @property
+    def revision(self) -> int:
+        return self._cache.revision
+
+    @property
+    def cache(self) -> WatchCache:
+        return self._cache
+
+    def get(self, key: str) -> Entry | None:
+        return self._cache.get(key)
+
+    def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
+        return self._cache.list_prefix(prefix, at_rev)
+
+    def watch(
+        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
+    ) -> CacheWatch:
+        return self._cache.watch(prefix, after_rev, trigger)
+
+    def list_and_watch(
+        self, prefix: str, trigger: tuple[str, str] | None = None
+    ) -> tuple[list[Entry], int, CacheWatch]:
+        return self._cache.list_and_watch(prefix, trigger)
+
+    def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
+        self._cache.indexes[name] = (prefix, index)

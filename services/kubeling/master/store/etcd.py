@@ -57,7 +57,7 @@ from kubeling.master.store.base import (
     KeyNotFoundError,
     StoreUnavailableError,
 )
-from kubeling.master.store.cache import CacheWatch, WatchCache
+from kubeling.master.store.cache import CachedReads, WatchCache
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +104,7 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-class EtcdStore:
+class EtcdStore(CachedReads):
     def __init__(
         self,
         endpoints: list[str],
@@ -282,15 +282,8 @@ class EtcdStore:
         window. The marker's own event ends the replay."""
         first = max(1, revision - self._history + 1)
         events: list[Event] = []
-        requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
-        await requests.put(self._create_request(first, prev_kv=True))
-
-        async def outgoing() -> AsyncIterator[pb.WatchRequest]:
-            while (request := await requests.get()) is not None:
-                yield request
-
-        call = pb_grpc.WatchStub(self._channels[self._current]).Watch(outgoing())
-        try:
+        create = self._create_request(first, prev_kv=True)
+        async with self._watch_stream(create) as (call, requests):
             async for reply in call:
                 if reply.compact_revision:
                     # Compacted: what etcd still has starts there.
@@ -305,9 +298,26 @@ class EtcdStore:
                     if event is not None:
                         events.append(event)
             return events
+
+    @contextlib.asynccontextmanager
+    async def _watch_stream(
+        self, create: pb.WatchRequest
+    ) -> AsyncIterator[tuple[Any, asyncio.Queue[pb.WatchRequest | None]]]:
+        """A Watch call on the current member that starts with `create`; put more
+        requests on the queue. Cancelled on the way out."""
+        requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
+        requests.put_nowait(create)
+
+        async def outgoing() -> AsyncIterator[pb.WatchRequest]:
+            while (request := await requests.get()) is not None:
+                yield request
+
+        call = pb_grpc.WatchStub(self._channels[self._current]).Watch(outgoing())
+        try:
+            yield call, requests
         finally:
             call.cancel()
-            await requests.put(None)
+            requests.put_nowait(None)
 
     def _create_request(self, start: int, prev_kv: bool) -> pb.WatchRequest:
         return pb.WatchRequest(
@@ -359,15 +369,8 @@ class EtcdStore:
             delay = min(delay * 2, 2.0)
 
     async def _watch_once(self) -> None:
-        requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
-        await requests.put(self._create_request(self._cache.revision + 1, prev_kv=False))
-
-        async def outgoing() -> AsyncIterator[pb.WatchRequest]:
-            while (request := await requests.get()) is not None:
-                yield request
-
-        call = pb_grpc.WatchStub(self._channels[self._current]).Watch(outgoing())
-        try:
+        create = self._create_request(self._cache.revision + 1, prev_kv=False)
+        async with self._watch_stream(create) as (call, _):
             async for reply in call:
                 if reply.canceled or reply.compact_revision:
                     await self._resync(reply.compact_revision, reply.cancel_reason)
@@ -378,9 +381,6 @@ class EtcdStore:
                     self._watch_down_since = None
                     continue
                 self._apply(reply)
-        finally:
-            call.cancel()
-            await requests.put(None)
 
     def _apply(self, reply: pb.WatchResponse) -> None:
         events: list[Event] = []
@@ -551,33 +551,6 @@ class EtcdStore:
         return self._open and (since is None or time.monotonic() - since < _UNHEALTHY_AFTER)
 
     # ------------------------------------------------------------ reads
-
-    @property
-    def revision(self) -> int:
-        return self._cache.revision
-
-    @property
-    def cache(self) -> WatchCache:
-        return self._cache
-
-    def get(self, key: str) -> Entry | None:
-        return self._cache.get(key)
-
-    def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
-        return self._cache.list_prefix(prefix, at_rev)
-
-    def watch(
-        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
-    ) -> CacheWatch:
-        return self._cache.watch(prefix, after_rev, trigger)
-
-    def list_and_watch(
-        self, prefix: str, trigger: tuple[str, str] | None = None
-    ) -> tuple[list[Entry], int, CacheWatch]:
-        return self._cache.list_and_watch(prefix, trigger)
-
-    def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
-        self._cache.indexes[name] = (prefix, index)
 
     # ------------------------------------------------------------ writes
 

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from kubeling.master.store.base import (
     StoreError,
     StoreUnavailableError,
 )
-from kubeling.master.store.cache import CacheWatch, WatchCache
+from kubeling.master.store.cache import CachedReads, WatchCache
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +85,7 @@ class _Op:
     future: asyncio.Future[Event] = field(repr=False)
 
 
-class SqliteStore:
+class SqliteStore(CachedReads):
     """`supervisor`: run the writer as its supervised loop `store-writer` (restarted
     after a crash; giving up makes the process unhealthy) instead of a plain task."""
 
@@ -169,33 +168,6 @@ class SqliteStore:
             self._db = None
 
     # ------------------------------------------------------------ reads
-
-    @property
-    def revision(self) -> int:
-        return self._cache.revision
-
-    @property
-    def cache(self) -> WatchCache:
-        return self._cache
-
-    def get(self, key: str) -> Entry | None:
-        return self._cache.get(key)
-
-    def list_prefix(self, prefix: str, at_rev: int | None = None) -> tuple[list[Entry], int]:
-        return self._cache.list_prefix(prefix, at_rev)
-
-    def watch(
-        self, prefix: str, after_rev: int, trigger: tuple[str, str] | None = None
-    ) -> CacheWatch:
-        return self._cache.watch(prefix, after_rev, trigger)
-
-    def list_and_watch(
-        self, prefix: str, trigger: tuple[str, str] | None = None
-    ) -> tuple[list[Entry], int, CacheWatch]:
-        return self._cache.list_and_watch(prefix, trigger)
-
-    def add_index(self, name: str, prefix: str, index: Callable[[Any], str]) -> None:
-        self._cache.indexes[name] = (prefix, index)
 
     def healthy(self) -> bool:
         """The writer runs (stopped or restarting: writes fail, so not healthy)."""
