@@ -56,13 +56,7 @@ async def test_an_etcd_masters_backup_restores_into_sqlite_and_into_etcd(
     old = tmp_path / "old"
     certs = tmp_path / "etcd-certs"
     etcd_pki.issue_etcd_member(old, "etcd0", ["127.0.0.1"], certs / "etcd0")
-    tls = EtcdTlsFiles(
-        ca=certs / "etcd0" / "ca.crt",
-        server_cert=f"{certs}/{{name}}/server.crt",
-        server_key=f"{certs}/{{name}}/server.key",
-        peer_cert=f"{certs}/{{name}}/peer.crt",
-        peer_key=f"{certs}/{{name}}/peer.key",
-    )
+    tls = EtcdTlsFiles.issued_in(certs)
     archive = tmp_path / "cluster.backup"
     with running_etcd(tmp_path_factory.mktemp("etcd-tls"), tls=tls) as etcd:
         source = Master(_config(old, etcd, "/prod"))

@@ -66,13 +66,7 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEtcd]:
     for name in MEMBERS:
         etcd_pki.issue_etcd_member(data_dir, name, ["127.0.0.1"], certs / name)
     client = etcd_pki.ensure_etcd_client(data_dir)
-    tls = EtcdTlsFiles(
-        ca=certs / "etcd0" / "ca.crt",
-        server_cert=f"{certs}/{{name}}/server.crt",
-        server_key=f"{certs}/{{name}}/server.key",
-        peer_cert=f"{certs}/{{name}}/peer.crt",
-        peer_key=f"{certs}/{{name}}/peer.key",
-    )
+    tls = EtcdTlsFiles.issued_in(certs)
     cluster = StrictPeerEtcd(base / "members", members=len(MEMBERS), tls=tls)
     (base / "members").mkdir()
     try:

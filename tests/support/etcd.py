@@ -49,6 +49,18 @@ class EtcdTlsFiles:
     peer_cert: str
     peer_key: str
 
+    @classmethod
+    def issued_in(cls, certs: Path, first: str = "etcd0") -> EtcdTlsFiles:
+        """The files `kubeling-master etcd-certs --out CERTS/NAME` made for each
+        member (every member's ca.crt is the same etcd CA)."""
+        return cls(
+            ca=certs / first / "ca.crt",
+            server_cert=f"{certs}/{{name}}/server.crt",
+            server_key=f"{certs}/{{name}}/server.key",
+            peer_cert=f"{certs}/{{name}}/peer.crt",
+            peer_key=f"{certs}/{{name}}/peer.key",
+        )
+
     def member(self, name: str) -> tuple[Path, Path, Path, Path]:
         return (
             Path(self.server_cert.format(name=name)),
