@@ -552,8 +552,16 @@ def is_local_target(target: str) -> bool:
 
 
 def add_node_flags(p: argparse.ArgumentParser, component: str) -> None:
-    """The joining and TLS flags: --token-file (and the refused --token),
-    --join-address, --discovery-token-ca-cert-hash, --cert-dir, --insecure."""
+    """The master and joining and TLS flags: --master, --token-file (and the refused
+    --token), --join-address, --discovery-token-ca-cert-hash, --cert-dir, --insecure."""
+    p.add_argument(
+        "--master",
+        default=os.environ.get("KUBELING_SERVER", "localhost:6443"),
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the master, or several masters of one cluster comma-separated (one is used, "
+        "another when it is down; names are resolved at start); default: $KUBELING_SERVER, "
+        "localhost:6443",
+    )
     p.add_argument(
         "--token-file",
         type=Path,

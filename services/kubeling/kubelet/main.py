@@ -50,14 +50,6 @@ def join_token(args: argparse.Namespace) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument(
-        "--master",
-        default=os.environ.get("KUBELING_SERVER", "localhost:6443"),
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="the master, or several masters of one cluster comma-separated (one is used, "
-        "another when it is down; names are resolved at start); default: $KUBELING_SERVER, "
-        "localhost:6443",
-    )
     p.add_argument("--node-name", default=machine.hostname())
     add_node_flags(p, "kubelet")
     p.add_argument("--runtime-endpoint", default="unix:///run/containerd/containerd.sock")

@@ -45,14 +45,6 @@ CERT_NAME = "proxy"  # DIR/proxy.crt, DIR/proxy.key, DIR/ca.crt
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument(
-        "--master",
-        default=os.environ.get("KUBELING_SERVER", "localhost:6443"),
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="the master, or several masters of one cluster comma-separated (one is used, "
-        "another when it is down; names are resolved at start); default: $KUBELING_SERVER, "
-        "localhost:6443",
-    )
     p.add_argument("--node-name", default=machine.hostname())
     p.add_argument(
         "--node-ip",
