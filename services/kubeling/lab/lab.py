@@ -26,6 +26,30 @@ No namespace of the lab has a default route, and the root namespace is not touch
 (the CLI reaches the master through its unix socket), so nothing in the lab has a
 route off the machine.
 
+Several masters (`--masters N --store etcd`): the bridge stays in kl-net (without
+an address), and each master gets its own namespace on it, with its etcd member
+beside it, as on N machines:
+
+    [kl-net]  bridge klbr0
+       |---- veth ---- [kl-master-1] eth0 10.99.0.1: kubeling-master (6443, join 6444,
+       |                             unix socket masters/master-1.sock), etcd-1
+       |                             (clients https://10.99.0.1:2379, peers :2380)
+       |---- veth ---- [kl-master-2] eth0 10.99.0.2: ...
+       |---- veth ---- [kl-worker-1] eth0 10.99.0.11: ...
+
+All masters share master-1's cluster CA (its `ca.crt`/`ca.key` copied into the
+others' data dirs before their first start, as an operator would), so the nodes'
+certificates and the admin's are good on every master. etcd trusts only the etcd CA
+derived from that CA (master/etcd_pki.py): each member's client and peer
+certificates are issued from master-1's data dir, and each master makes its own
+etcd client certificate. Every master is given every member
+(`--store etcd://10.99.0.1:2379,...`) and the nodes every master
+(`--master 10.99.0.1:6443,10.99.0.2:6443,...`, the join ports likewise). The CLI
+still has one socket, `master.sock`: there a symlink to a running master's own
+socket, which the lab moves to another running master when it stops or kills the
+one it points to (what a load balancer's health check does). `stop`, `start` and
+`kill` take `master-N` and `etcd-N` as they take nodes.
+
 Everything the lab makes is recorded in `STATE_DIR/lab.json`, and `down()` removes it
 all: processes (by PID, checked against their command line), pods (through CRI),
 mounts, namespaces and files.
@@ -52,6 +76,7 @@ from kubeling.client import Client
 from kubeling.common import pki
 from kubeling.common.tls import Credentials
 from kubeling.common.token import DEFAULT_TTL, write_private
+from kubeling.master import etcd_pki
 from kubeling.node.containerd import (
     ContainerdError,
     ContainerdProcess,
@@ -73,6 +98,11 @@ SERVICE_CIDR = "10.96.0.0/12"
 BRIDGE = "klbr0"
 # A node's processes, in start order (the kubelet needs containerd's socket).
 COMPONENTS = ("containerd", "kubelet", "proxy")
+STORES = ("sqlite", "etcd")
+# Masters take 10.99.0.1 to .9; workers start at .11.
+MAX_MASTERS = 9
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 
 
 class LabError(RuntimeError):
@@ -137,14 +167,33 @@ class NodeState:
 
 
 @dataclass
+class MasterState:
+    """One of several masters (`--store etcd`): its namespace on the lab bridge, its
+    process and its etcd member's (named etcd-N for master-N)."""
+
+    name: str  # master-N
+    netns: str
+    ip: str
+    host_link: str  # the veth end on the lab bridge
+    process: Proc | None = None
+    etcd: Proc | None = None
+
+    @property
+    def etcd_name(self) -> str:
+        return "etcd-" + self.name.removeprefix("master-")
+
+
+@dataclass
 class LabState:
     prefix: str
-    master_netns: str
+    master_netns: str  # the bridge's (and the single master's) namespace
     nodes: list[NodeState] = field(default_factory=list)
-    master: Proc | None = None
+    master: Proc | None = None  # the single master (SQLite); None with masters
     master_args: list[str] = field(default_factory=list)  # kept for restarts
     kubelet_args: list[str] = field(default_factory=list)
     proxy_args: list[str] = field(default_factory=list)
+    store: str = "sqlite"
+    masters: list[MasterState] = field(default_factory=list)  # with --store etcd
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -152,6 +201,15 @@ class LabState:
 
         def proc(value: dict[str, object] | None) -> Proc | None:
             return Proc(int(value["pid"]), str(value["marker"])) if value else None  # type: ignore[call-overload]
+
+        masters = [
+            MasterState(
+                **{k: v for k, v in m.items() if k not in ("process", "etcd")},
+                process=proc(m.get("process")),
+                etcd=proc(m.get("etcd")),
+            )
+            for m in raw.get("masters", [])
+        ]
 
         nodes = [
             NodeState(
@@ -170,6 +228,8 @@ class LabState:
             list(raw.get("master_args", [])),
             list(raw.get("kubelet_args", [])),
             list(raw.get("proxy_args", [])),
+            str(raw.get("store", "sqlite")),
+            masters,
         )
 
     def save(self, path: Path) -> None:
@@ -182,6 +242,8 @@ class LabState:
 class LabOptions:
     nodes: int = 2
     prefix: str = "kl-"  # of namespace names; tests use their own
+    masters: int = 1
+    store: str = "sqlite"  # "etcd": a member beside each master, each in its namespace
     # Extra flags, for tests that need short grace periods.
     master_args: list[str] = field(default_factory=list)
     kubelet_args: list[str] = field(default_factory=list)
@@ -198,6 +260,16 @@ def _netns_exists(name: str) -> bool:
     return Path(f"/var/run/netns/{name}").exists()
 
 
+def _stop_all(procs: list[Proc | None]) -> None:
+    """SIGTERM every one first, then wait for each (SIGKILL after its timeout)."""
+    running = [p for p in procs if p is not None and p.alive()]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in running:
+        proc.stop()
+
+
 class Lab:
     def __init__(self, directory: Path | None = None) -> None:
         self.dir = (directory or default_dir()).resolve()
@@ -211,7 +283,36 @@ class Lab:
 
     @property
     def master_socket(self) -> Path:
+        """The master's unix socket; with several masters a symlink to a running
+        master's own (`master_socket_of`)."""
         return self.dir / "master.sock"
+
+    @property
+    def several(self) -> bool:
+        """Whether the lab runs masters in their own namespaces (--store etcd)."""
+        return self.state is not None and bool(self.state.masters)
+
+    def master_dir(self, name: str) -> Path:
+        """A master's data dir (several masters)."""
+        return self.dir / "masters" / name
+
+    def master_socket_of(self, name: str) -> Path:
+        return self.dir / "masters" / f"{name}.sock"
+
+    def etcd_dir(self, name: str) -> Path:
+        """An etcd member's folder: `data` (etcd's --data-dir) and `pki`."""
+        return self.dir / "etcd" / name
+
+    def master_addresses(self, port: int) -> str:
+        """Every master's HOST:PORT, comma-separated, as the nodes are given them."""
+        if self.several:
+            assert self.state is not None
+            return ",".join(f"{m.ip}:{port}" for m in self.state.masters)
+        return f"{MASTER_IP}:{port}"
+
+    def etcd_endpoints(self) -> str:
+        assert self.state is not None
+        return ",".join(f"{m.ip}:{ETCD_CLIENT_PORT}" for m in self.state.masters)
 
     @property
     def server(self) -> str:
@@ -224,7 +325,10 @@ class Lab:
 
     @property
     def pki_dir(self) -> Path:
-        """The master's CA and certificates (made by the master at its first start)."""
+        """The master's CA and certificates (made by the master at its first start);
+        with several masters, master-1's (the others share its CA)."""
+        if self.several:
+            return self.master_dir("master-1") / "pki"
         return self.dir / "master" / "pki"
 
     @property
@@ -250,11 +354,12 @@ class Lab:
         """--discovery-token-ca-cert-hash for the lab's nodes."""
         return pki.ca_pin(self.admin_files()[0].read_bytes())
 
-    def _admin_channel(self) -> grpc.Channel:
-        """A blocking channel to the master as its admin (lab code is synchronous)."""
+    def _admin_channel(self, target: str = "") -> grpc.Channel:
+        """A blocking channel to the master (or `target`, one master's socket) as its
+        admin (lab code is synchronous)."""
         creds = self.credentials()
         return grpc.secure_channel(
-            self.server,
+            target or self.server,
             grpc.ssl_channel_credentials(creds.ca_pem, creds.key_pem, creds.cert_pem),
             options=[("grpc.ssl_target_name_override", SOCKET_SERVER_NAME)],
         )
@@ -284,8 +389,30 @@ class Lab:
         for node in state.nodes:
             if node.name == name:
                 return node
-        known = ", ".join(n.name for n in state.nodes)
-        raise LabError(f'no node "{name}" in the lab (nodes: {known})')
+        raise LabError(f'no node "{name}" in the lab ({self._known()})')
+
+    def _known(self) -> str:
+        state = self._require()
+        names = [n.name for n in state.nodes]
+        if state.masters:
+            names = [m.name for m in state.masters] + [m.etcd_name for m in state.masters] + names
+        else:
+            names = ["master", *names]
+        return "names: " + ", ".join(names)
+
+    def master_of(self, name: str) -> MasterState:
+        """The master named `name` (master-N), or the one whose etcd member it is
+        (etcd-N)."""
+        for master in self._require().masters:
+            if name in (master.name, master.etcd_name):
+                return master
+        raise LabError(f'no master or etcd member "{name}" in the lab ({self._known()})')
+
+    def _is_master(self, name: str) -> bool:
+        return any(name == m.name for m in self._require().masters)
+
+    def _is_etcd(self, name: str) -> bool:
+        return any(name == m.etcd_name for m in self._require().masters)
 
     def _require(self) -> LabState:
         if self.state is None:
@@ -328,6 +455,21 @@ class Lab:
             raise LabError("the lab needs root (network namespaces, containerd)")
         if not 1 <= options.nodes <= 200:
             raise LabError("--nodes must be between 1 and 200")
+        if options.store not in STORES:
+            raise LabError(f"--store must be one of {', '.join(STORES)}, not {options.store!r}")
+        if not 1 <= options.masters <= MAX_MASTERS:
+            raise LabError(f"--masters must be between 1 and {MAX_MASTERS}")
+        if options.masters > 1 and options.store != "etcd":
+            raise LabError(
+                f"--masters {options.masters} needs --store etcd: on SQLite each master has "
+                "its own file, so they would be separate clusters"
+            )
+        if options.store == "etcd":
+            for tool in ("etcd", "etcdctl"):
+                if shutil.which(tool) is None:
+                    raise LabError(
+                        f"{tool} is not installed (apt-get install etcd-server etcd-client)"
+                    )
         prefix = options.prefix
         leftovers = sorted(p.name for p in Path("/var/run/netns").glob(f"{prefix}*"))
         if leftovers:
@@ -342,6 +484,7 @@ class Lab:
             master_args=list(options.master_args),
             kubelet_args=list(options.kubelet_args),
             proxy_args=list(options.proxy_args),
+            store=options.store,
         )
         self._save()
         try:
@@ -363,10 +506,16 @@ class Lab:
         _ip("netns", "add", net)
         _ip("-n", net, "link", "set", "lo", "up")
         _ip("-n", net, "link", "add", BRIDGE, "type", "bridge")
-        _ip("-n", net, "addr", "add", f"{MASTER_IP}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
-        _ip("-n", net, "link", "set", BRIDGE, "up")
-        progress(f"master on {MASTER_IP}:{MASTER_PORT} (join port {JOIN_PORT}) and {self.server}")
-        self.start_master()
+        if options.store == "etcd":
+            _ip("-n", net, "link", "set", BRIDGE, "up")  # masters attach like nodes
+            self._up_masters(options.masters, progress)
+        else:
+            _ip("-n", net, "addr", "add", f"{MASTER_IP}/{LAB_NETWORK.prefixlen}", "dev", BRIDGE)
+            _ip("-n", net, "link", "set", BRIDGE, "up")
+            progress(
+                f"master on {MASTER_IP}:{MASTER_PORT} (join port {JOIN_PORT}) and {self.server}"
+            )
+            self.start_master()
         self.write_config()
         progress(f"cluster CA {self.ca_pin()}; admin config {self.config_path}")
         token = self._create_token(DEFAULT_TTL, "kubeling lab: the lab's nodes")
@@ -382,7 +531,8 @@ class Lab:
             state.nodes.append(node)
             self._save()
             progress(f"node {name}: namespace {node.netns}, {node.ip}")
-            self._make_node_network(node)
+            self._make_netns(node.netns, node.host_link, node.ip)
+            self._node_routing(node)
             # Each node its own copy, as each machine would have.
             write_private(self.token_file(name), token + "\n")
             self.start_node(name)
@@ -390,10 +540,136 @@ class Lab:
         self._wait_pod_cidrs()
         self._save()
 
-    def start_master(self) -> None:
-        """Start the master (again, after `kill("master")`: same data, same flags)
-        and wait until it serves."""
+    def _up_masters(self, count: int, progress: Callable[[str], None]) -> None:
+        """`count` masters, each in its own namespace with an etcd member beside it."""
         state = self._require()
+        hosts = list(LAB_NETWORK.hosts())
+        for index in range(1, count + 1):
+            master = MasterState(
+                name=f"master-{index}",
+                netns=f"{state.prefix}master-{index}",
+                ip=str(hosts[index - 1]),
+                host_link=f"{state.prefix}m{index}"[:15],  # interface names: 15 bytes
+            )
+            state.masters.append(master)
+            self._save()  # recorded before it exists: `down` removes a half-made one
+            progress(f"{master.name}: namespace {master.netns}, {master.ip}")
+            self._make_netns(master.netns, master.host_link, master.ip)
+        first = self.master_dir("master-1")
+        # The cluster CA (and master-1's certificates) before anything starts: etcd's
+        # certificates come from it, and the other masters share it.
+        ca = etcd_pki.load_cluster_ca(first)
+        progress(f"cluster CA {pki.ca_pin(ca.cert_pem)} shared by {count} masters")
+        for master in state.masters[1:]:
+            pki_dir = self.master_dir(master.name) / "pki"
+            pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(pki_dir / "ca.key", ca.key_pem.decode())
+            write_private(pki_dir / "ca.crt", ca.cert_pem.decode())
+        for master in state.masters:
+            etcd_pki.issue_etcd_member(
+                first, master.etcd_name, [master.ip], self.etcd_dir(master.etcd_name) / "pki"
+            )
+        progress(f"etcd: {count} members, {self.etcd_endpoints()}")
+        for master in state.masters:
+            # All at once: the first members wait for the others to form the cluster.
+            self.start_etcd(master.etcd_name, wait=False)
+        for master in state.masters:
+            self._wait_etcd(master)
+        progress(f"masters on {self.master_addresses(MASTER_PORT)} and {self.server}")
+        for master in state.masters:
+            self.start_master(master.name, wait=False)
+        for master in state.masters:
+            self._wait_master(master.name)
+        self._point_socket()
+
+    def start_etcd(self, name: str, wait: bool = True) -> None:
+        """Start etcd member `name` (etcd-N), again after a stop or kill: same data,
+        same flags (etcd ignores the --initial-* ones once it has data)."""
+        state = self._require()
+        master = self.master_of(name)
+        if master.etcd is not None and master.etcd.alive():
+            raise LabError(f"{name} already runs (PID {master.etcd.pid})")
+        base = self.etcd_dir(name)
+        files = etcd_pki.EtcdMemberFiles(base / "pki", name)
+        client = f"https://{master.ip}:{ETCD_CLIENT_PORT}"
+        peer = f"https://{master.ip}:{ETCD_PEER_PORT}"
+        cluster = ",".join(f"{m.etcd_name}=https://{m.ip}:{ETCD_PEER_PORT}" for m in state.masters)
+        master.etcd = self._spawn(
+            master.netns,
+            name,
+            [
+                shutil.which("etcd") or "etcd",
+                "--name", name,
+                "--data-dir", str(base / "data"),
+                "--listen-client-urls", client,
+                "--advertise-client-urls", client,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"kubeling-lab-{state.prefix}",
+                "--logger", "zap",
+                *files.flags(),
+            ],
+            f"--name {name} --data-dir {base / 'data'}",
+        )  # fmt: skip
+        self._save()
+        if wait:
+            self._wait_etcd(master)
+
+    def _wait_etcd(self, master: MasterState, timeout: float = 60.0) -> None:
+        """Until the member answers a linearizable read (it is in a cluster with a
+        leader), asked with etcdctl from its namespace as master-1's etcd client."""
+        files = etcd_pki.ensure_etcd_client(self.master_dir("master-1"))
+        command = self.exec_command(
+            master.name,
+            [
+                shutil.which("etcdctl") or "etcdctl",
+                "--endpoints", f"https://{master.ip}:{ETCD_CLIENT_PORT}",
+                "--cacert", str(files.ca),
+                "--cert", str(files.cert),
+                "--key", str(files.key),
+                "--command-timeout", "2s",
+                "endpoint", "health",
+            ],
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+            log = self.logs / f"{master.etcd_name}.log"
+            if master.etcd is None or not master.etcd.alive():
+                raise LabError(f"{master.etcd_name} exited; see {log}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{master.etcd_name} is not healthy: {done.stderr.strip()[-300:]}; see {log}"
+                )
+            time.sleep(0.2)
+
+    def _point_socket(self) -> None:
+        """Point `master.sock` at a running master's socket: the one it names while
+        that runs, else the first running one (left as it is when none runs)."""
+        state = self._require()
+        running = [m for m in state.masters if m.process is not None and m.process.alive()]
+        with contextlib.suppress(OSError):
+            current = os.readlink(self.master_socket)
+            if any(current == str(self.master_socket_of(m.name)) for m in running):
+                return
+        if not running:
+            return
+        tmp = self.dir / ".master.sock.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.master_socket_of(running[0].name))
+        tmp.replace(self.master_socket)  # atomic: a client never finds no socket
+
+    def start_master(self, name: str = "master", wait: bool = True) -> None:
+        """Start the master (again, after `kill("master")`: same data, same flags)
+        and wait until it serves; with several masters, master `name`."""
+        state = self._require()
+        if state.masters:
+            self._start_one_of_masters(name, wait)
+            return
         if state.master is not None and state.master.alive():
             raise LabError(f"the master already runs (PID {state.master.pid})")
         listen = f"{MASTER_IP}:{MASTER_PORT},{self.server}"
@@ -414,25 +690,62 @@ class Lab:
             str(self.dir / "master"),
         )  # fmt: skip
         self._save()
-        self._wait_master()
+        if wait:
+            self._wait_master()
 
-    def _wait_master(self, timeout: float = 60.0) -> None:
+    def _start_one_of_masters(self, name: str, wait: bool) -> None:
+        master = self.master_of(name)
+        if name != master.name:
+            raise LabError(f'"{name}" is an etcd member, not a master')
+        if master.process is not None and master.process.alive():
+            raise LabError(f"{name} already runs (PID {master.process.pid})")
+        data_dir = self.master_dir(name)
+        master.process = self._spawn(
+            master.netns,
+            name,
+            self._python(
+                "kubeling.master.main",
+                "--listen", f"{master.ip}:{MASTER_PORT},unix:{self.master_socket_of(name)}",
+                "--join-listen", f"{master.ip}:{JOIN_PORT}",
+                "--tls-san", master.ip,
+                "--data-dir", str(data_dir),
+                "--service-cidr", SERVICE_CIDR,
+                "--cluster-cidr", CLUSTER_CIDR,
+                # Every member: the master uses whichever answers.
+                "--store", f"etcd://{self.etcd_endpoints()}",
+                *self._require().master_args,
+            ),
+            f"--data-dir {data_dir} --service-cidr",
+        )  # fmt: skip
+        self._save()
+        if wait:
+            self._wait_master(name)
+            self._point_socket()
+
+    def _wait_master(self, name: str = "master", timeout: float = 60.0) -> None:
+        """Until the master (or master `name`) answers health checks as SERVING."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        state = self._require()
         deadline = time.monotonic() + timeout
-        failed = LabError(f"the master did not start; see {self.logs / 'master.log'}")
+        log = self.logs / f"{name}.log"
+        failed = LabError(f"{'the master' if name == 'master' else name} did not start; see {log}")
+        target, proc = "", state.master
+        if state.masters:
+            master = self.master_of(name)
+            target, proc = f"unix:{self.master_socket_of(name)}", master.process
         # The master makes its CA and the admin credential at its first start.
         while not all(path.exists() for path in self.admin_files()):
             if time.monotonic() > deadline:
                 raise failed
             time.sleep(0.1)
-        with self._admin_channel() as channel:
+        with self._admin_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 with contextlib.suppress(grpc.RpcError):
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                         return
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (proc is not None and not proc.alive()):
                     raise failed
                 time.sleep(0.1)
 
@@ -457,23 +770,26 @@ class Lab:
     def _join_args(self, name: str, cert_dir: Path) -> list[str]:
         """How a node's kubelet or proxy joins: no secret here, only the token's file."""
         return [
-            "--join-address", f"{MASTER_IP}:{JOIN_PORT}",
+            "--join-address", self.master_addresses(JOIN_PORT),
             "--token-file", str(self.token_file(name)),
             "--discovery-token-ca-cert-hash", self.ca_pin(),
             "--cert-dir", str(cert_dir),
         ]  # fmt: skip
 
-    def _make_node_network(self, node: NodeState) -> None:
+    def _make_netns(self, netns: str, host_link: str, ip: str) -> None:
+        """A namespace on the lab bridge: eth0 with `ip`, no other route."""
         state = self._require()
-        _ip("netns", "add", node.netns)
-        _ip("-n", node.netns, "link", "set", "lo", "up")
+        _ip("netns", "add", netns)
+        _ip("-n", netns, "link", "set", "lo", "up")
         _ip(
-            "-n", state.master_netns, "link", "add", node.host_link, "type", "veth",
-            "peer", "eth0", "netns", node.netns,
+            "-n", state.master_netns, "link", "add", host_link, "type", "veth",
+            "peer", "eth0", "netns", netns,
         )  # fmt: skip
-        _ip("-n", state.master_netns, "link", "set", node.host_link, "master", BRIDGE, "up")
-        _ip("-n", node.netns, "addr", "add", f"{node.ip}/{LAB_NETWORK.prefixlen}", "dev", "eth0")
-        _ip("-n", node.netns, "link", "set", "eth0", "up")
+        _ip("-n", state.master_netns, "link", "set", host_link, "master", BRIDGE, "up")
+        _ip("-n", netns, "addr", "add", f"{ip}/{LAB_NETWORK.prefixlen}", "dev", "eth0")
+        _ip("-n", netns, "link", "set", "eth0", "up")
+
+    def _node_routing(self, node: NodeState) -> None:
         # Local clients of a ClusterIP need a route before kube-proxy's DNAT picks a pod.
         _ip("-n", node.netns, "route", "add", SERVICE_CIDR, "dev", "eth0")
         subprocess.run(
@@ -488,12 +804,49 @@ class Lab:
         for component in COMPONENTS:
             self.start_component(name, component)
 
+    def start(self, name: str) -> str:
+        """`lab start NAME`: a node's processes, the master, a master (master-N) or an
+        etcd member (etcd-N); returns what was started, for the user."""
+        state = self._require()
+        if state.masters and self._is_master(name):
+            self.start_master(name)
+            return f"{name}: started"
+        if state.masters and self._is_etcd(name):
+            self.start_etcd(name)
+            return f"{name}: started"
+        if name == "master" and not state.masters:
+            self.start_master()
+            return "master: started"
+        self.start_node(name)
+        return f"node {name}: started"
+
+    def stop(self, name: str) -> str:
+        """`lab stop NAME`: SIGTERM (then SIGKILL) a node's processes, the master, a
+        master or an etcd member; returns what was stopped, for the user."""
+        state = self._require()
+        if state.masters and (self._is_master(name) or self._is_etcd(name)):
+            master = self.master_of(name)
+            proc = master.process if name == master.name else master.etcd
+            if proc is not None:
+                proc.stop()
+            self._point_socket()
+            self._save()
+            return f"{name}: stopped"
+        if name == "master" and not state.masters:
+            if state.master is not None:
+                state.master.stop()
+            return "master: stopped"
+        self.stop_node(name)
+        return f"node {name}: kubelet, kube-proxy and containerd stopped"
+
     def start_component(self, name: str, component: str) -> None:
         """Start one of a node's processes ("containerd", "kubelet" or "proxy"), or
-        the master (name "master"), if it does not run: how the lab restarts what
-        `kill` crashed, as systemd would."""
-        if name == "master":
-            self.start_master()
+        the master (name "master"; with several masters master-N, or etcd member
+        etcd-N), if it does not run: how the lab restarts what `kill` crashed, as
+        systemd would."""
+        state = self._require()
+        if name == "master" or (state.masters and (self._is_master(name) or self._is_etcd(name))):
+            self.start(name)
             return
         if component not in COMPONENTS:
             raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
@@ -512,20 +865,29 @@ class Lab:
         self._save()
 
     def kill(self, name: str, component: str = "") -> int:
-        """kill -9 one process: the master (name "master") or one of a node's
-        ("containerd", "kubelet", "proxy"); returns the PID killed. Nothing else is
-        touched: a containerd's shims and pods keep running, as after a real crash."""
-        proc = self._require().master if name == "master" else None
-        if name != "master":
+        """kill -9 one process: the master (name "master"; with several masters
+        master-N or etcd member etcd-N) or one of a node's ("containerd", "kubelet",
+        "proxy"); returns the PID killed. Nothing else is touched: a containerd's
+        shims and pods keep running, as after a real crash."""
+        state = self._require()
+        several = bool(state.masters) and (self._is_master(name) or self._is_etcd(name))
+        if several:
+            master = self.master_of(name)
+            proc = master.process if name == master.name else master.etcd
+            what = name
+        elif name == "master" and not state.masters:
+            proc, what = state.master, "the master"
+        else:
             if component not in COMPONENTS:
                 raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
-            proc = getattr(self.node(name), component)
-        what = "the master" if name == "master" else f"{component} on {name}"
+            proc, what = getattr(self.node(name), component), f"{component} on {name}"
         if proc is None or not proc.alive():
             raise LabError(f"{what} does not run")
         proc.kill()
         if proc.alive():
             raise LabError(f"{what} (PID {proc.pid}) survived SIGKILL")
+        if several:
+            self._point_socket()
         return proc.pid
 
     def _start_containerd(self, node: NodeState, base: Path) -> Proc:
@@ -558,7 +920,7 @@ class Lab:
             f"{name}-kubelet",
             self._python(
                 "kubeling.kubelet.main",
-                "--master", f"{MASTER_IP}:{MASTER_PORT}",
+                "--master", self.master_addresses(MASTER_PORT),
                 "--node-name", name,
                 *self._join_args(name, base / "kubelet-pki"),
                 "--runtime-endpoint", f"unix://{base / 'containerd.sock'}",
@@ -583,7 +945,7 @@ class Lab:
             f"{name}-proxy",
             self._python(
                 "kubeling.proxy.main",
-                "--master", f"{MASTER_IP}:{MASTER_PORT}",
+                "--master", self.master_addresses(MASTER_PORT),
                 "--node-name", name,
                 "--cluster-cidr", CLUSTER_CIDR,
                 *self._join_args(name, base / "proxy-pki"),
@@ -634,16 +996,21 @@ class Lab:
         """(node, netns, ip, pod CIDR, processes alive, log folder) per node, the
         master first."""
         state = self._require()
-        rows = [
-            (
-                "master",
-                state.master_netns,
-                f"{MASTER_IP}:{MASTER_PORT}",
-                "",
-                "up" if state.master and state.master.alive() else "DOWN",
-                str(self.logs),
-            )
-        ]
+
+        def up(proc: Proc | None) -> str:
+            return "up" if proc and proc.alive() else "DOWN"
+
+        master = ("master", state.master_netns, f"{MASTER_IP}:{MASTER_PORT}", "", up(state.master))
+        rows = [(*master, str(self.logs))]
+        if state.masters:
+            rows = [
+                (m.name, m.netns, f"{m.ip}:{MASTER_PORT}", "", up(m.process), str(self.logs))
+                for m in state.masters
+            ]
+            rows += [
+                (m.etcd_name, m.netns, f"{m.ip}:{ETCD_CLIENT_PORT}", "", up(m.etcd), "")
+                for m in state.masters
+            ]
         for node in state.nodes:
             parts = []
             for label, proc in (
@@ -656,9 +1023,15 @@ class Lab:
         return rows
 
     def exec_command(self, name: str, command: list[str]) -> list[str]:
-        """The command line that runs `command` inside a node (or "master")."""
+        """The command line that runs `command` inside a node (or "master"; with
+        several masters master-N or etcd-N, the master's namespace)."""
         state = self._require()
-        netns = state.master_netns if name == "master" else self.node(name).netns
+        if state.masters and (self._is_master(name) or self._is_etcd(name)):
+            netns = self.master_of(name).netns
+        elif name == "master" and not state.masters:
+            netns = state.master_netns
+        else:
+            netns = self.node(name).netns
         return ["nsenter", f"--net=/var/run/netns/{netns}", "--", *command]
 
     def down(self, progress: Callable[[str], None] = print, keep_logs: bool = False) -> None:
@@ -675,6 +1048,14 @@ class Lab:
         if state.master is not None:
             progress("stopping the master")
             state.master.stop()
+        if state.masters:
+            progress("stopping the masters, then etcd")
+            # All at once (each takes a moment to drain), the masters before their store.
+            _stop_all([m.process for m in state.masters])
+            _stop_all([m.etcd for m in state.masters])
+        for master in state.masters:
+            if _netns_exists(master.netns):
+                subprocess.run(["ip", "netns", "delete", master.netns], capture_output=True)
         if _netns_exists(state.master_netns):
             subprocess.run(["ip", "netns", "delete", state.master_netns], capture_output=True)
         for point in mounts_under(str(self.dir)):

@@ -1,5 +1,6 @@
 """`kubeling lab up|status|exec|stop|start|down`: a multi-node cluster on this machine,
-one network namespace per node (see kubeling.lab)."""
+one network namespace per node (see kubeling.lab); with `--masters N --store etcd`
+N masters on an N-member etcd cluster, each master in its own namespace."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.config import config_path, forget_server, save_config
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
-from kubeling.lab.lab import Lab, LabError, LabOptions, default_dir
+from kubeling.lab.lab import MAX_MASTERS, STORES, Lab, LabError, LabOptions, default_dir
 
 T = TypeVar("T")
 
@@ -30,15 +31,36 @@ def register(subparsers: SubParsers) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     up = add_command(actions, "up", run_up, "Start a master and N worker nodes.")
     up.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
+    up.add_argument(
+        "--masters",
+        type=int,
+        default=1,
+        help=f"masters, each in its own namespace (1 to {MAX_MASTERS}; more than 1 needs "
+        "--store etcd); default 1",
+    )
+    up.add_argument(
+        "--store",
+        choices=STORES,
+        default="sqlite",
+        help="sqlite (default: one master, its own file) or etcd (an etcd member beside "
+        "each master, mutual TLS from the cluster CA)",
+    )
     status = add_command(actions, "status", run_status, "What runs where.")
     down = add_command(actions, "down", run_down, "Remove everything the lab made.")
     execute = add_command(actions, "exec", run_exec, "Run a command inside a node.")
-    execute.add_argument("node", help="a node name (kubeling get nodes), or master")
+    execute.add_argument(
+        "node", help="a node name (kubeling get nodes), or master (master-N, etcd-N)"
+    )
     execute.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
-    stop = add_command(actions, "stop", run_stop, "Stop a node's kubelet, proxy and containerd.")
-    stop.add_argument("node")
-    start = add_command(actions, "start", run_start, "Start a stopped node again.")
-    start.add_argument("node")
+    stop = add_command(
+        actions,
+        "stop",
+        run_stop,
+        "Stop a node's kubelet, proxy and containerd, the master, a master or an etcd member.",
+    )
+    stop.add_argument("node", help="a node name, master, master-N or etcd-N")
+    start = add_command(actions, "start", run_start, "Start a stopped node or process again.")
+    start.add_argument("node", help="a node name, master, master-N or etcd-N")
     for sub in (up, status, down, execute, stop, start):
         sub.add_argument(
             "--dir", type=Path, default=None, help=f"the lab's folder (default {default_dir()})"
@@ -63,7 +85,8 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 
 async def run_up(args: argparse.Namespace, ctx: Context) -> int:
     lab = _lab(args)
-    await _run(lab.up, LabOptions(nodes=args.nodes), lambda m: ctx.out(f"==> {m}"))
+    options = LabOptions(nodes=args.nodes, masters=args.masters, store=args.store)
+    await _run(lab.up, options, lambda m: ctx.out(f"==> {m}"))
     path = save_config(lab.server, tls_files=lab.admin_files())
     ctx.out(
         f"lab is up; `kubeling` now talks to {lab.server} as the lab's admin (saved in {path}; "
@@ -105,12 +128,10 @@ async def run_exec(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def run_stop(args: argparse.Namespace, ctx: Context) -> int:
-    await _run(_lab(args).stop_node, args.node)
-    ctx.out(f"node {args.node}: kubelet, kube-proxy and containerd stopped")
+    ctx.out(await _run(_lab(args).stop, args.node))
     return 0
 
 
 async def run_start(args: argparse.Namespace, ctx: Context) -> int:
-    await _run(_lab(args).start_node, args.node)
-    ctx.out(f"node {args.node}: started")
+    ctx.out(await _run(_lab(args).start, args.node))
     return 0
