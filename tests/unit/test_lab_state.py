@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from kubeling.lab.lab import Lab, LabState, NodeState, Proc
+from kubeling.lab.lab import Lab, LabState, MasterState, NodeState, Proc
 
 
 def test_state_survives_a_round_trip(tmp_path: Path) -> None:
@@ -32,6 +33,35 @@ def test_state_survives_a_round_trip(tmp_path: Path) -> None:
         "nsenter", "--net=/var/run/netns/kl-worker-1", "--", "ip", "addr",
     ]  # fmt: skip
     assert lab.server == f"unix:{tmp_path.resolve() / 'master.sock'}"
+
+
+def test_several_masters_and_their_etcd_members_survive_a_round_trip(tmp_path: Path) -> None:
+    state = LabState(
+        prefix="kl-",
+        master_netns="kl-net",
+        store="etcd",
+        masters=[
+            MasterState("master-1", "kl-master-1", "10.99.0.1", "kl-m1",
+                        process=Proc(20, "--data-dir /x/masters/master-1"),
+                        etcd=Proc(21, "--name etcd-1")),
+            MasterState("master-2", "kl-master-2", "10.99.0.2", "kl-m2"),
+        ],
+    )  # fmt: skip
+    path = tmp_path / "lab.json"
+    state.save(path)
+    assert LabState.load(path) == state
+    lab = Lab(tmp_path)
+    assert lab.master_of("etcd-1").etcd == Proc(21, "--name etcd-1")
+    assert lab.master_addresses(6443) == "10.99.0.1:6443,10.99.0.2:6443"
+    assert lab.etcd_endpoints() == "10.99.0.1:2379,10.99.0.2:2379"
+    # A record from before several masters existed reads as one SQLite master.
+    old = LabState(prefix="kl-", master_netns="kl-net", master=Proc(10, "/x/master"))
+    old.save(path)
+    raw = json.loads(path.read_text())
+    del raw["store"], raw["masters"]
+    path.write_text(json.dumps(raw))
+    loaded = LabState.load(path)
+    assert loaded == old and loaded.store == "sqlite" and loaded.masters == []
 
 
 def test_a_process_is_only_ours_while_its_command_line_says_so() -> None:
