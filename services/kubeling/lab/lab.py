@@ -71,6 +71,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+import structlog
+import structlog.testing
 
 from kubeling.client import Client
 from kubeling.common import pki
@@ -556,19 +558,24 @@ class Lab:
             progress(f"{master.name}: namespace {master.netns}, {master.ip}")
             self._make_netns(master.netns, master.host_link, master.ip)
         first = self.master_dir("master-1")
-        # The cluster CA (and master-1's certificates) before anything starts: etcd's
-        # certificates come from it, and the other masters share it.
-        ca = etcd_pki.load_cluster_ca(first)
-        progress(f"cluster CA {pki.ca_pin(ca.cert_pem)} shared by {count} masters")
-        for master in state.masters[1:]:
-            pki_dir = self.master_dir(master.name) / "pki"
-            pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_private(pki_dir / "ca.key", ca.key_pem.decode())
-            write_private(pki_dir / "ca.crt", ca.cert_pem.decode())
-        for master in state.masters:
-            etcd_pki.issue_etcd_member(
-                first, master.etcd_name, [master.ip], self.etcd_dir(master.etcd_name) / "pki"
-            )
+        progress(f"cluster CA in {first / 'pki'}, shared by {count} masters; etcd certificates")
+        # Their lines go to the lab's log, not among the progress lines.
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with structlog.testing.capture_logs() as made:
+            # The cluster CA (and master-1's certificates) before anything starts:
+            # etcd's certificates come from it, and the other masters share it.
+            ca = etcd_pki.load_cluster_ca(first)
+            for master in state.masters[1:]:
+                pki_dir = self.master_dir(master.name) / "pki"
+                pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                write_private(pki_dir / "ca.key", ca.key_pem.decode())
+                write_private(pki_dir / "ca.crt", ca.cert_pem.decode())
+            for master in state.masters:
+                etcd_pki.issue_etcd_member(
+                    first, master.etcd_name, [master.ip], self.etcd_dir(master.etcd_name) / "pki"
+                )
+        with (self.logs / "pki.log").open("a") as log:
+            log.writelines(f"{entry}\n" for entry in made)
         progress(f"etcd: {count} members, {self.etcd_endpoints()}")
         for master in state.masters:
             # All at once: the first members wait for the others to form the cluster.
