@@ -71,14 +71,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
-import structlog
-import structlog.testing
 
 from kubeling.client import Client
 from kubeling.common import pki
+from kubeling.common.etcd_member import EtcdMemberFiles
 from kubeling.common.tls import Credentials
 from kubeling.common.token import DEFAULT_TTL, write_private
-from kubeling.master import etcd_pki
 from kubeling.node.containerd import (
     ContainerdError,
     ContainerdProcess,
@@ -559,23 +557,37 @@ class Lab:
             self._make_netns(master.netns, master.host_link, master.ip)
         first = self.master_dir("master-1")
         progress(f"cluster CA in {first / 'pki'}, shared by {count} masters; etcd certificates")
-        # Their lines go to the lab's log, not among the progress lines.
+        # `kubeling-master etcd-certs` (the operator's command) makes the cluster CA in
+        # master-1's data dir, as its first start would, and each member's
+        # certificates from it; its output goes to the lab's log.
         self.logs.mkdir(parents=True, exist_ok=True)
-        with structlog.testing.capture_logs() as made:
-            # The cluster CA (and master-1's certificates) before anything starts:
-            # etcd's certificates come from it, and the other masters share it.
-            ca = etcd_pki.load_cluster_ca(first)
-            for master in state.masters[1:]:
-                pki_dir = self.master_dir(master.name) / "pki"
-                pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                write_private(pki_dir / "ca.key", ca.key_pem.decode())
-                write_private(pki_dir / "ca.crt", ca.cert_pem.decode())
+        with (self.logs / "pki.log").open("ab") as log:
             for master in state.masters:
-                etcd_pki.issue_etcd_member(
-                    first, master.etcd_name, [master.ip], self.etcd_dir(master.etcd_name) / "pki"
+                made = subprocess.run(
+                    self._python(
+                        "kubeling.master.main",
+                        "etcd-certs",
+                        "--data-dir",
+                        str(first),
+                        "--name",
+                        master.etcd_name,
+                        "--address",
+                        master.ip,
+                        "--out",
+                        str(self.etcd_dir(master.etcd_name) / "pki"),
+                    ),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
                 )
-        with (self.logs / "pki.log").open("a") as log:
-            log.writelines(f"{entry}\n" for entry in made)
+                if made.returncode != 0:
+                    raise LabError(f"etcd certificates failed: see {self.logs / 'pki.log'}")
+        # The other masters share the cluster CA (copied, as an operator would).
+        for master in state.masters[1:]:
+            pki_dir = self.master_dir(master.name) / "pki"
+            pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for name in ("ca.key", "ca.crt"):
+                write_private(pki_dir / name, (first / "pki" / name).read_text())
         progress(f"etcd: {count} members, {self.etcd_endpoints()}")
         for master in state.masters:
             # All at once: the first members wait for the others to form the cluster.
@@ -597,7 +609,7 @@ class Lab:
         if master.etcd is not None and master.etcd.alive():
             raise LabError(f"{name} already runs (PID {master.etcd.pid})")
         base = self.etcd_dir(name)
-        files = etcd_pki.EtcdMemberFiles(base / "pki", name)
+        files = EtcdMemberFiles(base / "pki", name)
         client = f"https://{master.ip}:{ETCD_CLIENT_PORT}"
         peer = f"https://{master.ip}:{ETCD_PEER_PORT}"
         cluster = ",".join(f"{m.etcd_name}=https://{m.ip}:{ETCD_PEER_PORT}" for m in state.masters)
@@ -626,16 +638,18 @@ class Lab:
 
     def _wait_etcd(self, master: MasterState, timeout: float = 60.0) -> None:
         """Until the member answers a linearizable read (it is in a cluster with a
-        leader), asked with etcdctl from its namespace as master-1's etcd client."""
-        files = etcd_pki.ensure_etcd_client(self.master_dir("master-1"))
+        leader), asked with etcdctl from its namespace."""
+        # The member's own server certificate is a client certificate too; no
+        # master's files are touched (a master remakes its own as it starts).
+        files = EtcdMemberFiles(self.etcd_dir(master.etcd_name) / "pki", master.etcd_name)
         command = self.exec_command(
             master.name,
             [
                 shutil.which("etcdctl") or "etcdctl",
                 "--endpoints", f"https://{master.ip}:{ETCD_CLIENT_PORT}",
                 "--cacert", str(files.ca),
-                "--cert", str(files.cert),
-                "--key", str(files.key),
+                "--cert", str(files.server_cert),
+                "--key", str(files.server_key),
                 "--command-timeout", "2s",
                 "endpoint", "health",
             ],

@@ -53,13 +53,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kubeling.common import identity, pki
+from kubeling.common.etcd_member import PEER_CN, EtcdMemberFiles
 from kubeling.common.tls import Credentials, channel_credentials
 from kubeling.common.token import write_private
 from kubeling.master import cluster_ca
 
 ETCD_CA_CN = "kubeling-etcd-ca"
 ETCD_CA_CERT = "etcd-ca.crt"
-PEER_CN = "kubeling:etcd-peer"
 CLIENT_NAME = "etcd-client"
 # The label binds the derived key to this one use of the cluster CA's key.
 _DERIVE_INFO = b"kubeling etcd CA key v1"
@@ -94,56 +94,6 @@ class EtcdClientFiles:
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """gRPC channel credentials for etcd's client port (read from the files now)."""
         return channel_credentials(self.credentials())
-
-
-@dataclass(frozen=True)
-class EtcdMemberFiles:
-    """One member's certificate directory."""
-
-    directory: Path
-    name: str
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.directory / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
-
-    @property
-    def peer_cert(self) -> Path:
-        return self.directory / "peer.crt"
-
-    @property
-    def peer_key(self) -> Path:
-        return self.directory / "peer.key"
-
-    def environment(self) -> dict[str, str]:
-        """etcd's TLS settings as its ETCD_* variables (Debian's /etc/default/etcd)."""
-        return {
-            "ETCD_CERT_FILE": str(self.server_cert),
-            "ETCD_KEY_FILE": str(self.server_key),
-            "ETCD_TRUSTED_CA_FILE": str(self.ca),
-            "ETCD_CLIENT_CERT_AUTH": "true",
-            "ETCD_PEER_CERT_FILE": str(self.peer_cert),
-            "ETCD_PEER_KEY_FILE": str(self.peer_key),
-            "ETCD_PEER_TRUSTED_CA_FILE": str(self.ca),
-            "ETCD_PEER_CLIENT_CERT_AUTH": "true",
-            "ETCD_PEER_CERT_ALLOWED_CN": PEER_CN,
-        }
-
-    def flags(self) -> list[str]:
-        """The same settings as etcd command-line flags."""
-        flags = []
-        for variable, value in self.environment().items():
-            flag = "--" + variable.removeprefix("ETCD_").lower().replace("_", "-")
-            flags.append(flag if value == "true" else f"{flag}={value}")
-        return flags
 
 
 # ------------------------------------------------------------------ the CAs
