@@ -147,10 +147,18 @@ LEASE = _kind(
     coordination_pb2, "Lease", "leases", "coordination.k8s.io/v1", "lease",
     namespaced=True, has_status=False,
 )  # fmt: skip
+CONFIG_MAP = _kind(
+    core_pb2, "ConfigMap", "configmaps", "v1", "config_map",
+    namespaced=True, has_status=False, short_names=("cm",),
+)  # fmt: skip
+SECRET = _kind(
+    core_pb2, "Secret", "secrets", "v1", "secret",
+    namespaced=True, has_status=False,
+)  # fmt: skip
 
 ALL_KINDS: tuple[Kind, ...] = (
     NAMESPACE, NODE, POD, SERVICE, EVENT, ENDPOINT_SLICE,
-    REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE,
+    REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE, CONFIG_MAP, SECRET,
 )  # fmt: skip
 
 
