@@ -41,6 +41,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "master": {"kubelet", "proxy"} | _TOOLS,
     "kubelet": {"master", "proxy", "controllers", "scheduler"} | _TOOLS,
     "proxy": {"master", "kubelet", "controllers", "scheduler"} | _TOOLS,
+    "dns": {"master", "kubelet", "proxy", "controllers", "scheduler", "cri", "node"} | _TOOLS,
     # Controllers and the scheduler are API clients the master happens to host.
     "controllers": _PROCESSES | _TOOLS | {"scheduler"},
     "scheduler": _PROCESSES | _TOOLS,
