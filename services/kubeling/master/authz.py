@@ -6,14 +6,18 @@ certificate's CN is the user, its O the groups, the groups decide the role:
 - admin (system:masters): everything.
 - edit: read everything; write namespaced kinds; Pods Logs, Exec and Bind. No
   Node or Namespace writes, no bootstrap tokens, no user certificates.
-- view: Get, List and Watch only (not Logs or Exec: they reach into containers).
+- view: Get, List and Watch only (not Logs or Exec: they reach into containers),
+  and not Secrets (as Kubernetes' view role: reading them would be escalation).
 - node (system:node:NAME), Kubernetes' Node authorizer with NodeRestriction:
   read Nodes, Services, EndpointSlices, Namespaces; write only its own Node (and
   then not spec.podCIDR(s), which come from the master's IPAM, not taints on
   update, not labels under node-restriction.kubernetes.io/ or
   node-role.kubernetes.io/); Pods only through a `spec.nodeName=NAME` List/Watch
   and Get, UpdateStatus, Delete of pods bound to it; its own Lease in
-  kube-node-lease; Events Create/Update/Get/List.
+  kube-node-lease; Events Create/Update/Get/List; ConfigMaps and Secrets only
+  those a pod bound to it refers to (volumes, projected sources, env, envFrom):
+  Get by name, and List/Watch in the namespace with `metadata.name=NAME` (the
+  kubelet's per-object watch).
 - proxy (system:kube-proxy:NAME): read Services, EndpointSlices, Nodes; write Events.
 
 A caller without a certificate (the join port) may only call Certificates/Join;
@@ -40,12 +44,14 @@ from google.protobuf.message import Message
 
 from kubeling.api.errors import ApiError
 from kubeling.api.kinds import (
+    CONFIG_MAP,
     ENDPOINT_SLICE,
     EVENT,
     LEASE,
     NAMESPACE,
     NODE,
     POD,
+    SECRET,
     SERVICE,
     Kind,
 )
@@ -241,6 +247,9 @@ class Authorizer:
                              f"the edit role may not change {kind.plural}")  # fmt: skip
             return
         if role == identity.VIEW:
+            if kind is SECRET:
+                raise denial(caller, self._named(kind, what, request),
+                             "the view role may not read secrets")  # fmt: skip
             if verb in READ and not sub:
                 return
             reason = (
@@ -311,6 +320,9 @@ class Authorizer:
             if method in ("Create", "Update", "Get", "List"):
                 return
             raise deny("a node may create, update, get and list events only")
+        if kind in (CONFIG_MAP, SECRET):
+            self._node_pod_reference(kind, method, own, named, request, parsed, deny)
+            return
         raise deny(f"a node has no business with {kind.plural}")
 
     def _node_spec(self, node: core_pb2.Node, method: str, deny: Callable[[str], ApiError]) -> None:
@@ -344,6 +356,45 @@ class Authorizer:
                 "a node may not change its labels under " + " or ".join(PROTECTED_LABEL_PREFIXES)
             )
 
+    def _node_pod_reference(
+        self,
+        kind: Kind,
+        method: str,
+        own: str,
+        named: Request,
+        request: Any,
+        parsed: bool,
+        deny: Callable[[str], ApiError],
+    ) -> None:
+        """A node reads a ConfigMap or Secret only while a pod bound to it refers
+        to it, one object at a time (Kubernetes' Node authorizer)."""
+        if method not in ("Get", "List", "Watch"):
+            raise deny(f"a node may only read {kind.plural}")
+        if not parsed:
+            return
+        name = named.name
+        if method != "Get":
+            name = self._selected_name(kind, request.field_selector)
+            if not name or not request.namespace:
+                raise deny(
+                    f"a node lists and watches {kind.plural} one at a time: in a namespace, "
+                    "with the field selector metadata.name=NAME"
+                )
+        namespace = named.namespace or request.namespace or "default"
+        pods, _, _ = self.registries[POD.name].list_objects(
+            namespace, field_selector=f"spec.nodeName={own}"
+        )
+        if not any(name in pod_references(cast(core_pb2.Pod, p), kind) for p in pods):
+            raise deny(f"no pod bound to this node refers to {kind.name} {name!r}")
+
+    def _selected_name(self, kind: Kind, field_selector: str) -> str:
+        try:
+            _, fields = self.registries[kind.name].selectors("", field_selector)
+        except ApiError:
+            return ""
+        names = {t.value for t in fields.terms if t.field == "metadata.name" and t.op == EQUALS}
+        return names.pop() if len(names) == 1 else ""
+
     def _selects_node(self, field_selector: str, own: str) -> bool:
         try:
             _, fields = self.registries[POD.name].selectors("", field_selector)
@@ -359,6 +410,36 @@ class Authorizer:
         except ApiError:
             return None  # no such pod: not bound to this node either
         return pod.spec.node_name
+
+
+def pod_references(pod: core_pb2.Pod, kind: Kind) -> set[str]:
+    """Names of the ConfigMaps (or Secrets) `pod` uses: volumes, projected
+    sources, env valueFrom and envFrom of every container."""
+    found: set[str] = set()
+    is_cm = kind is CONFIG_MAP
+    for volume in pod.spec.volumes:
+        if is_cm and volume.HasField("config_map"):
+            found.add(volume.config_map.name)
+        if not is_cm and volume.HasField("secret"):
+            found.add(volume.secret.secret_name)
+        for source in volume.projected.sources:
+            if is_cm and source.HasField("config_map"):
+                found.add(source.config_map.name)
+            if not is_cm and source.HasField("secret"):
+                found.add(source.secret.name)
+    for container in [*pod.spec.init_containers, *pod.spec.containers]:
+        for env in container.env:
+            ref = env.value_from
+            if is_cm and ref.HasField("config_map_key_ref"):
+                found.add(ref.config_map_key_ref.name)
+            if not is_cm and ref.HasField("secret_key_ref"):
+                found.add(ref.secret_key_ref.name)
+        for env_from in container.env_from:
+            if is_cm and env_from.HasField("config_map_ref"):
+                found.add(env_from.config_map_ref.name)
+            if not is_cm and env_from.HasField("secret_ref"):
+                found.add(env_from.secret_ref.name)
+    return found
 
 
 def _protected_labels(node: core_pb2.Node) -> dict[str, str]:

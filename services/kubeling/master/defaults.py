@@ -25,6 +25,9 @@ DEFAULT_CLIENT_IP_TIMEOUT_SECONDS = 10800  # three hours, as Kubernetes
 DEFAULT_REVISION_HISTORY_LIMIT = 10
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 NAMESPACE_FINALIZER = "kubernetes"
+DEFAULT_DNS_POLICY = "ClusterFirst"
+DEFAULT_VOLUME_MODE = 0o644
+DEFAULT_SECRET_TYPE = "Opaque"
 
 # QoS only looks at the compute resources the kubelet enforces with cgroups.
 _QOS_RESOURCES = ("cpu", "memory")
@@ -102,8 +105,29 @@ def default_pod_spec(spec: core_pb2.PodSpec, *, is_pod: bool = True) -> None:
         spec.termination_grace_period_seconds = DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER_NAME
+    if not spec.dns_policy:
+        spec.dns_policy = DEFAULT_DNS_POLICY
+    for volume in spec.volumes:
+        _default_volume(volume)
     for container in (*spec.init_containers, *spec.containers):
         _default_container(container, is_pod=is_pod)
+
+
+def _default_volume(volume: core_pb2.Volume) -> None:
+    # Files of configMap, secret, downwardAPI and projected volumes get 0644
+    # unless the volume says otherwise; items without a mode take the volume's.
+    for field in ("config_map", "secret", "downward_api", "projected"):
+        if volume.HasField(field):
+            source = getattr(volume, field)
+            if not source.HasField("default_mode"):
+                source.default_mode = DEFAULT_VOLUME_MODE
+    for item in volume.downward_api.items:
+        if item.HasField("field_ref") and not item.field_ref.api_version:
+            item.field_ref.api_version = "v1"
+    for projection in volume.projected.sources:
+        for item in projection.downward_api.items:
+            if item.HasField("field_ref") and not item.field_ref.api_version:
+                item.field_ref.api_version = "v1"
 
 
 def _positive_quantity(text: str) -> Fraction | None:
@@ -179,9 +203,9 @@ def _service(obj: Message) -> None:
         )
         if unset:
             target.number_value = port.port
-    if not spec.internal_traffic_policy:
+    if not spec.internal_traffic_policy and spec.type != "ExternalName":
         spec.internal_traffic_policy = "Cluster"
-    if spec.type == "NodePort" and not spec.external_traffic_policy:
+    if spec.type in ("NodePort", "LoadBalancer") and not spec.external_traffic_policy:
         spec.external_traffic_policy = "Cluster"
 
 
@@ -257,6 +281,17 @@ def _event(obj: Message) -> None:
         event.count = 1
 
 
+def _secret(obj: Message) -> None:
+    secret = cast(core_pb2.Secret, obj)
+    if not secret.type:
+        secret.type = DEFAULT_SECRET_TYPE
+    # stringData is write-only, as in Kubernetes: merged into data (its keys win)
+    # and never stored, so reads return only data.
+    for key, value in secret.string_data.items():
+        secret.data[key] = value.encode()
+    secret.string_data.clear()
+
+
 _HANDLERS: dict[type[Message], Callable[[Message], None]] = {
     core_pb2.Pod: _pod,
     core_pb2.Service: _service,
@@ -266,4 +301,5 @@ _HANDLERS: dict[type[Message], Callable[[Message], None]] = {
     apps_pb2.ReplicaSet: _replica_set,
     apps_pb2.Deployment: _deployment,
     apps_pb2.DaemonSet: _daemon_set,
+    core_pb2.Secret: _secret,
 }

@@ -25,6 +25,8 @@ from kubeling.v1 import core_pb2, internal_pb2
 log = structlog.get_logger(__name__)
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+# Service types that get node ports (a LoadBalancer is a NodePort plus addresses).
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 PROTECTED_NAMESPACES = frozenset({"default"})
 
 
@@ -260,13 +262,16 @@ class ServiceStrategy(Strategy):
                 await self.node_ports.release(port, owner)
 
         try:
-            if svc.spec.cluster_ip == "":
+            if svc.spec.type == "ExternalName":
+                pass  # a DNS alias: no cluster IP, no node ports
+            elif svc.spec.cluster_ip == "":
                 svc.spec.cluster_ip = taken_ip = await self.ips.allocate(owner)
             elif svc.spec.cluster_ip != "None":
                 await self.ips.reserve(svc.spec.cluster_ip, owner)
                 taken_ip = svc.spec.cluster_ip
             del svc.spec.cluster_ips[:]
-            svc.spec.cluster_ips.append(svc.spec.cluster_ip)
+            if svc.spec.cluster_ip:
+                svc.spec.cluster_ips.append(svc.spec.cluster_ip)
             taken_ports += await self._take_node_ports(svc, set())
         except errors.ApiError:
             await undo()
@@ -283,7 +288,7 @@ class ServiceStrategy(Strategy):
 
     async def _take_node_ports(self, svc: core_pb2.Service, already_ours: set[int]) -> list[int]:
         taken: list[int] = []
-        if svc.spec.type != "NodePort":
+        if svc.spec.type not in NODE_PORT_TYPES:
             return taken
         owner = owner_of(svc)
         try:
@@ -316,7 +321,7 @@ class ServiceStrategy(Strategy):
             svc.spec.cluster_ip = prev.spec.cluster_ip
         if not svc.spec.cluster_ips:
             svc.spec.cluster_ips.extend(prev.spec.cluster_ips)
-        if svc.spec.type == "NodePort":
+        if svc.spec.type in NODE_PORT_TYPES:
             old_ports = {(p.port, p.protocol or "TCP"): p.node_port for p in prev.spec.ports}
             for port in svc.spec.ports:
                 if port.node_port == 0:
@@ -325,7 +330,9 @@ class ServiceStrategy(Strategy):
     async def before_update(self, new: Message, old: Message) -> Callable[[], Awaitable[None]]:
         svc, prev = cast(core_pb2.Service, new), cast(core_pb2.Service, old)
         ours = {p.node_port for p in prev.spec.ports if p.node_port}
-        if svc.spec.type == "NodePort" and any(p.node_port not in ours for p in svc.spec.ports):
+        if svc.spec.type in NODE_PORT_TYPES and any(
+            p.node_port not in ours for p in svc.spec.ports
+        ):
             await self._repair_if_due()
         taken = await self._take_node_ports(svc, ours)
         owner = owner_of(svc)

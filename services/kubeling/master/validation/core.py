@@ -1,11 +1,12 @@
 """Validation of the core API group: Pods (and the pod spec that workloads
-embed), Services, Nodes, Namespaces and Events."""
+embed, with its volumes, mounts, env sources, security and DNS settings),
+Services, Nodes, Namespaces, Events, ConfigMaps and Secrets."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import cast
 
@@ -56,6 +57,43 @@ _GRACE_TOO_LONG = f"must be no more than {MAX_GRACE_PERIOD_SECONDS} (100 years)"
 # A pod range wider than this would swallow other networks: kubelets route the
 # node's pod CIDR, and 0.0.0.0/0 would replace their default route.
 _MIN_POD_CIDR_PREFIX = {4: 8, 6: 48}
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+# A ConfigMap's or Secret's data (keys and values) must fit in one etcd value.
+MAX_DATA_SIZE = 1024 * 1024
+_CONFIG_KEY_RE = re.compile("[-._a-zA-Z0-9]+")
+_CONFIG_KEY_MSG = (
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' "
+    "(e.g. 'key.name', or 'KEY_NAME', or 'key-name', regex used for validation is "
+    "'[-._a-zA-Z0-9]+')"
+)
+_MODE_MSG = "must be a number between 0 and 0777 (octal), both inclusive"
+_MAX_ID = 2147483647
+_ID_MSG = f"must be between 0 and {_MAX_ID}, inclusive"
+DNS_POLICIES = ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None")
+MAX_DNS_NAMESERVERS = 3
+MAX_DNS_SEARCH_PATHS = 32
+MAX_DNS_SEARCH_LIST_CHARS = 2048
+_HOST_PATH_TYPES = (
+    "", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+    "BlockDevice",
+)  # fmt: skip
+_STORAGE_MEDIA = ("", "Memory")
+# What the downward API exposes (Kubernetes' validEnvDownwardAPIFieldPathExpressions
+# and validVolumeDownwardAPIFieldPathExpressions); labels/annotations by key too.
+_ENV_FIELD_PATHS = (
+    "metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName",
+    "spec.serviceAccountName", "status.hostIP", "status.hostIPs", "status.podIP",
+    "status.podIPs",
+)  # fmt: skip
+_VOLUME_FIELD_PATHS = (
+    "metadata.name", "metadata.namespace", "metadata.uid", "metadata.labels",
+    "metadata.annotations",
+)  # fmt: skip
+_SUBSCRIPTED_FIELD_RE = re.compile(r"metadata\.(labels|annotations)\['(.*)'\]")
+_RESOURCE_FIELDS = (
+    "limits.cpu", "limits.memory", "limits.ephemeral-storage",
+    "requests.cpu", "requests.memory", "requests.ephemeral-storage",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------- Pod spec
@@ -227,14 +265,204 @@ def _env(path: str, env: Sequence[core_pb2.EnvVar]) -> Errors:
                         f"{item}.valueFrom", "", "may not be specified when `value` is not empty"
                     )
                 )
-            if not var.value_from.HasField("field_ref"):
-                errs.append(required(f"{item}.valueFrom", "must specify one of: `fieldRef`"))
-            elif not var.value_from.field_ref.field_path:
-                errs.append(required(f"{item}.valueFrom.fieldRef.fieldPath"))
+            errs += _env_source(f"{item}.valueFrom", var.value_from)
     return errs
 
 
-def _container(path: str, ctr: core_pb2.Container, names: set[str], *, init: bool) -> Errors:
+def _env_source(path: str, source: core_pb2.EnvVarSource) -> Errors:
+    present = [
+        name
+        for name, field in (
+            ("fieldRef", "field_ref"),
+            ("resourceFieldRef", "resource_field_ref"),
+            ("configMapKeyRef", "config_map_key_ref"),
+            ("secretKeyRef", "secret_key_ref"),
+        )
+        if _has(source, field)
+    ]
+    if not present:
+        return [
+            required(
+                path,
+                "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` "
+                "or `secretKeyRef`",
+            )
+        ]
+    if len(present) > 1:
+        return [invalid(path, "", "may not have more than one field specified at a time")]
+    if source.HasField("field_ref"):
+        return _field_ref(f"{path}.fieldRef", source.field_ref, _ENV_FIELD_PATHS)
+    if source.HasField("resource_field_ref"):
+        return _resource_field_ref(f"{path}.resourceFieldRef", source.resource_field_ref, False)
+    key_ref = (
+        source.config_map_key_ref
+        if source.HasField("config_map_key_ref")
+        else source.secret_key_ref
+    )
+    errs: Errors = []
+    ref_path = f"{path}.{present[0]}"
+    if not key_ref.name:
+        errs.append(required(f"{ref_path}.name"))
+    else:
+        errs += check(f"{ref_path}.name", key_ref.name, naming.dns1123_subdomain)
+    if not key_ref.key:
+        errs.append(required(f"{ref_path}.key"))
+    else:
+        errs += check(f"{ref_path}.key", key_ref.key, config_key)
+    return errs
+
+
+def _field_ref(path: str, ref: core_pb2.ObjectFieldSelector, supported: Sequence[str]) -> Errors:
+    if ref.api_version not in ("", "v1"):
+        return [unsupported(f"{path}.apiVersion", ref.api_version, ("v1",))]
+    field_path = ref.field_path
+    if not field_path:
+        return [required(f"{path}.fieldPath")]
+    subscripted = _SUBSCRIPTED_FIELD_RE.fullmatch(field_path)
+    if subscripted is not None:
+        key = subscripted.group(2)
+        return check(f"{path}.fieldPath", key, naming.label_key)
+    if field_path not in supported:
+        return [unsupported(f"{path}.fieldPath", field_path, supported)]
+    return []
+
+
+def _resource_field_ref(
+    path: str, ref: core_pb2.ResourceFieldSelector, container_required: bool
+) -> Errors:
+    errs: Errors = []
+    if container_required and not ref.container_name:
+        errs.append(required(f"{path}.containerName"))
+    elif ref.container_name:
+        errs += check(f"{path}.containerName", ref.container_name, naming.dns1123_label)
+    errs += one_of(f"{path}.resource", ref.resource, _RESOURCE_FIELDS)
+    if ref.divisor:
+        divisor, divisor_errs = _quantity(f"{path}.divisor", ref.divisor)
+        errs += divisor_errs
+        if divisor is not None and divisor <= 0:
+            errs.append(invalid(f"{path}.divisor", ref.divisor, "must be greater than 0"))
+    return errs
+
+
+def config_key(value: str) -> list[str]:
+    """Kubernetes' IsConfigMapKey: a ConfigMap or Secret key (a file name when mounted)."""
+    errs: list[str] = []
+    if len(value) > naming.DNS1123_SUBDOMAIN_MAX_LENGTH:
+        errs.append(naming.max_len_error(naming.DNS1123_SUBDOMAIN_MAX_LENGTH))
+    if not _CONFIG_KEY_RE.fullmatch(value):
+        errs.append(_CONFIG_KEY_MSG)
+    if value == ".":
+        errs.append("must not be '.'")
+    elif value == "..":
+        errs.append("must not be '..'")
+    elif value.startswith(".."):
+        errs.append("must not start with '..'")
+    return errs
+
+
+def _env_from(path: str, sources: Sequence[core_pb2.EnvFromSource]) -> Errors:
+    errs: Errors = []
+    for i, source in enumerate(sources):
+        item = f"{path}[{i}]"
+        if source.prefix:
+            errs += check(f"{item}.prefix", source.prefix, naming.c_identifier)
+        refs = [
+            (name, ref)
+            for name, field, ref in (
+                ("configMapRef", "config_map_ref", source.config_map_ref),
+                ("secretRef", "secret_ref", source.secret_ref),
+            )
+            if _has(source, field)
+        ]
+        if not refs:
+            errs.append(required(item, "must specify one of: `configMapRef` or `secretRef`"))
+        elif len(refs) > 1:
+            errs.append(invalid(item, "", "may not have more than one field specified at a time"))
+        else:
+            name, ref = refs[0]
+            if not ref.name:
+                errs.append(required(f"{item}.{name}.name"))
+            else:
+                errs += check(f"{item}.{name}.name", ref.name, naming.dns1123_subdomain)
+    return errs
+
+
+def _local_path(path: str, value: str) -> Errors:
+    """Kubernetes' validateLocalDescendingPath: relative, never climbing out."""
+    errs: Errors = []
+    if value.startswith("/"):
+        errs.append(invalid(path, value, "must be a relative path"))
+    if ".." in value.split("/"):
+        errs.append(invalid(path, value, "must not contain '..'"))
+    return errs
+
+
+def _mode(path: str, has: bool, mode: int) -> Errors:
+    if has and not 0 <= mode <= 0o777:
+        return [invalid(path, mode, _MODE_MSG)]
+    return []
+
+
+def _volume_mounts(
+    path: str, mounts: Sequence[core_pb2.VolumeMount], volumes: Mapping[str, core_pb2.Volume]
+) -> Errors:
+    errs: Errors = []
+    mount_paths: set[str] = set()
+    for i, mount in enumerate(mounts):
+        item = f"{path}[{i}]"
+        if not mount.name:
+            errs.append(required(f"{item}.name"))
+        elif mount.name not in volumes:
+            errs.append(FieldViolation(f"{item}.name", f"Not found: {show(mount.name)}"))
+        if not mount.mount_path:
+            errs.append(required(f"{item}.mountPath"))
+        else:
+            if not mount.mount_path.startswith("/"):
+                errs.append(
+                    invalid(f"{item}.mountPath", mount.mount_path, "must be an absolute path")
+                )
+            if mount.mount_path in mount_paths:
+                errs.append(invalid(f"{item}.mountPath", mount.mount_path, "must be unique"))
+            mount_paths.add(mount.mount_path)
+        if mount.sub_path:
+            errs += _local_path(f"{item}.subPath", mount.sub_path)
+    return errs
+
+
+def _security_context(path: str, ctx: core_pb2.SecurityContext) -> Errors:
+    errs: Errors = []
+    for name, field in (("runAsUser", "run_as_user"), ("runAsGroup", "run_as_group")):
+        if _has(ctx, field) and not 0 <= getattr(ctx, field) <= _MAX_ID:
+            errs.append(invalid(f"{path}.{name}", getattr(ctx, field), _ID_MSG))
+    if (
+        ctx.HasField("allow_privilege_escalation")
+        and not ctx.allow_privilege_escalation
+        and ctx.privileged
+    ):
+        errs.append(
+            invalid(
+                path,
+                ctx,
+                "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+            )
+        )
+    for which in ("add", "drop"):
+        for j, cap in enumerate(getattr(ctx.capabilities, which)):
+            if not cap or any(ch.isspace() for ch in cap):
+                errs.append(
+                    invalid(f"{path}.capabilities.{which}[{j}]", cap, "must be a capability name")
+                )
+    return errs
+
+
+def _container(
+    path: str,
+    ctr: core_pb2.Container,
+    names: set[str],
+    volumes: Mapping[str, core_pb2.Volume],
+    *,
+    init: bool,
+) -> Errors:
     errs: Errors = []
     if not ctr.name:
         errs.append(required(f"{path}.name"))
@@ -247,7 +475,11 @@ def _container(path: str, ctr: core_pb2.Container, names: set[str], *, init: boo
     errs += one_of(f"{path}.imagePullPolicy", ctr.image_pull_policy, _PULL_POLICIES)
     errs += _container_ports(f"{path}.ports", ctr.ports)
     errs += _env(f"{path}.env", ctr.env)
+    errs += _env_from(f"{path}.envFrom", ctr.env_from)
     errs += _resources(f"{path}.resources", ctr.resources)
+    errs += _volume_mounts(f"{path}.volumeMounts", ctr.volume_mounts, volumes)
+    if ctr.HasField("security_context"):
+        errs += _security_context(f"{path}.securityContext", ctr.security_context)
     probes = (
         ("livenessProbe", ctr.HasField("liveness_probe"), ctr.liveness_probe),
         ("readinessProbe", ctr.HasField("readiness_probe"), ctr.readiness_probe),
@@ -374,15 +606,258 @@ def _tolerations(path: str, tolerations: Sequence[core_pb2.Toleration]) -> Error
     return errs
 
 
+_VOLUME_SOURCES = (
+    ("emptyDir", "empty_dir"),
+    ("hostPath", "host_path"),
+    ("configMap", "config_map"),
+    ("secret", "secret"),
+    ("downwardAPI", "downward_api"),
+    ("projected", "projected"),
+)
+
+
+def _key_to_paths(path: str, items: Sequence[core_pb2.KeyToPath]) -> Errors:
+    errs: Errors = []
+    for i, item in enumerate(items):
+        at = f"{path}[{i}]"
+        if not item.key:
+            errs.append(required(f"{at}.key"))
+        else:
+            errs += check(f"{at}.key", item.key, config_key)
+        errs += _item_path(f"{at}.path", item.path)
+        errs += _mode(f"{at}.mode", item.HasField("mode"), item.mode)
+    return errs
+
+
+def _item_path(path: str, value: str) -> Errors:
+    if not value:
+        return [required(path)]
+    errs = _local_path(path, value)
+    if value.startswith(".."):
+        errs.append(invalid(path, value, "must not start with '..'"))
+    return errs
+
+
+def _downward_files(path: str, items: Sequence[core_pb2.DownwardAPIVolumeFile]) -> Errors:
+    errs: Errors = []
+    for i, item in enumerate(items):
+        at = f"{path}[{i}]"
+        errs += _item_path(f"{at}.path", item.path)
+        errs += _mode(f"{at}.mode", item.HasField("mode"), item.mode)
+        has_field, has_resource = item.HasField("field_ref"), item.HasField("resource_field_ref")
+        if has_field and has_resource:
+            errs.append(
+                invalid(at, "", "fieldRef and resourceFieldRef can not be specified simultaneously")
+            )
+        elif has_field:
+            errs += _field_ref(f"{at}.fieldRef", item.field_ref, _VOLUME_FIELD_PATHS)
+        elif has_resource:
+            errs += _resource_field_ref(f"{at}.resourceFieldRef", item.resource_field_ref, True)
+        else:
+            errs.append(required(at, "one of fieldRef and resourceFieldRef is required"))
+    return errs
+
+
+def _projected(path: str, source: core_pb2.ProjectedVolumeSource) -> Errors:
+    errs = _mode(f"{path}.defaultMode", source.HasField("default_mode"), source.default_mode)
+    paths: set[str] = set()
+    for i, projection in enumerate(source.sources):
+        at = f"{path}.sources[{i}]"
+        kinds = [
+            name
+            for name, field in (
+                ("configMap", "config_map"),
+                ("secret", "secret"),
+                ("downwardAPI", "downward_api"),
+            )
+            if _has(projection, field)
+        ]
+        if not kinds:
+            errs.append(required(at, "must specify exactly 1 projection type"))
+            continue
+        errs += [
+            forbidden(f"{at}.{k}", "may not specify more than 1 volume type") for k in kinds[1:]
+        ]
+        item_paths: list[str]
+        if projection.HasField("downward_api"):
+            at = f"{at}.downwardAPI"
+            errs += _downward_files(f"{at}.items", projection.downward_api.items)
+            item_paths = [item.path for item in projection.downward_api.items]
+        else:
+            ref: core_pb2.ConfigMapProjection | core_pb2.SecretProjection
+            if projection.HasField("config_map"):
+                ref, at = projection.config_map, f"{at}.configMap"
+            else:
+                ref, at = projection.secret, f"{at}.secret"
+            if not ref.name:
+                errs.append(required(f"{at}.name"))
+            else:
+                errs += check(f"{at}.name", ref.name, naming.dns1123_subdomain)
+            errs += _key_to_paths(f"{at}.items", ref.items)
+            item_paths = [item.path for item in ref.items]
+        # Every source writes into the same directory: two may not claim one file.
+        for j, item_path in enumerate(item_paths):
+            if item_path in paths:
+                errs.append(
+                    invalid(f"{at}.items[{j}].path", item_path, "conflicting duplicate paths")
+                )
+            paths.add(item_path)
+    return errs
+
+
+def _has(message: Message, field: str) -> bool:
+    """HasField by a field name held in a variable (the stubs want literals)."""
+    return message.HasField(field)
+
+
+def _volume(path: str, volume: core_pb2.Volume) -> Errors:
+    present = [(name, field) for name, field in _VOLUME_SOURCES if _has(volume, field)]
+    if not present:
+        return [required(path, "must specify a volume type")]
+    errs = [
+        forbidden(f"{path}.{name}", "may not specify more than 1 volume type")
+        for name, _ in present[1:]
+    ]
+    name, _ = present[0]
+    at = f"{path}.{name}"
+    if volume.HasField("empty_dir"):
+        source = volume.empty_dir
+        if source.medium not in _STORAGE_MEDIA:
+            errs.append(unsupported(f"{at}.medium", source.medium, _STORAGE_MEDIA))
+        if source.size_limit:
+            errs += _quantity(f"{at}.sizeLimit", source.size_limit)[1]
+    elif volume.HasField("host_path"):
+        host = volume.host_path
+        if not host.path:
+            errs.append(required(f"{at}.path"))
+        elif ".." in host.path.split("/"):
+            errs.append(invalid(f"{at}.path", host.path, "must not contain '..'"))
+        if host.type not in _HOST_PATH_TYPES:
+            errs.append(unsupported(f"{at}.type", host.type, _HOST_PATH_TYPES))
+    elif volume.HasField("config_map") or volume.HasField("secret"):
+        ref: core_pb2.ConfigMapVolumeSource | core_pb2.SecretVolumeSource
+        if volume.HasField("config_map"):
+            ref, ref_name, name_field = volume.config_map, volume.config_map.name, "name"
+        else:
+            ref, ref_name, name_field = volume.secret, volume.secret.secret_name, "secretName"
+        if not ref_name:
+            errs.append(required(f"{at}.{name_field}"))
+        else:
+            errs += check(f"{at}.{name_field}", ref_name, naming.dns1123_subdomain)
+        errs += _key_to_paths(f"{at}.items", ref.items)
+        errs += _mode(f"{at}.defaultMode", ref.HasField("default_mode"), ref.default_mode)
+    elif volume.HasField("downward_api"):
+        downward = volume.downward_api
+        errs += _downward_files(f"{at}.items", downward.items)
+        errs += _mode(f"{at}.defaultMode", downward.HasField("default_mode"), downward.default_mode)
+    else:
+        errs += _projected(at, volume.projected)
+    return errs
+
+
+def _volumes(
+    path: str, volumes: Sequence[core_pb2.Volume]
+) -> tuple[dict[str, core_pb2.Volume], Errors]:
+    errs: Errors = []
+    names: set[str] = set()
+    by_name: dict[str, core_pb2.Volume] = {}
+    for i, volume in enumerate(volumes):
+        item = f"{path}[{i}]"
+        if not volume.name:
+            errs.append(required(f"{item}.name"))
+        else:
+            errs += unique_name(f"{item}.name", volume.name, naming.dns1123_label, names)
+            by_name.setdefault(volume.name, volume)
+        errs += _volume(item, volume)
+    return by_name, errs
+
+
+def _pod_security_context(path: str, ctx: core_pb2.PodSecurityContext) -> Errors:
+    errs: Errors = []
+    for name, field in (
+        ("runAsUser", "run_as_user"),
+        ("runAsGroup", "run_as_group"),
+        ("fsGroup", "fs_group"),
+    ):
+        if _has(ctx, field) and not 0 <= getattr(ctx, field) <= _MAX_ID:
+            errs.append(invalid(f"{path}.{name}", getattr(ctx, field), _ID_MSG))
+    for i, gid in enumerate(ctx.supplemental_groups):
+        if not 0 <= gid <= _MAX_ID:
+            errs.append(invalid(f"{path}.supplementalGroups[{i}]", gid, _ID_MSG))
+    return errs
+
+
+def _dns(path: str, spec: core_pb2.PodSpec) -> Errors:
+    errs = one_of(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    config_path = f"{path}.dnsConfig"
+    config = spec.dns_config
+    if spec.dns_policy == "None":
+        if not spec.HasField("dns_config"):
+            errs.append(required(config_path, "must provide `dnsConfig` when `dnsPolicy` is None"))
+            return errs
+        if not config.nameservers:
+            errs.append(
+                required(
+                    f"{config_path}.nameservers",
+                    "must provide at least one DNS nameserver when `dnsPolicy` is None",
+                )
+            )
+    if len(config.nameservers) > MAX_DNS_NAMESERVERS:
+        errs.append(
+            invalid(
+                f"{config_path}.nameservers",
+                ",".join(config.nameservers),
+                f"must not have more than {MAX_DNS_NAMESERVERS} nameservers",
+            )
+        )
+    for i, server in enumerate(config.nameservers):
+        if ip_version(server) is None:
+            errs.append(
+                invalid(f"{config_path}.nameservers[{i}]", server, "must be valid IP address")
+            )
+    if len(config.searches) > MAX_DNS_SEARCH_PATHS:
+        errs.append(
+            invalid(
+                f"{config_path}.searches",
+                ",".join(config.searches),
+                f"must not have more than {MAX_DNS_SEARCH_PATHS} search paths",
+            )
+        )
+    if len(" ".join(config.searches)) > MAX_DNS_SEARCH_LIST_CHARS:
+        errs.append(
+            invalid(
+                f"{config_path}.searches",
+                ",".join(config.searches),
+                f"must not have more than {MAX_DNS_SEARCH_LIST_CHARS} characters "
+                "(including spaces) in the search list",
+            )
+        )
+    for i, search in enumerate(config.searches):
+        # A trailing dot (fully qualified) is allowed, as in resolv.conf.
+        errs += check(
+            f"{config_path}.searches[{i}]", search.removesuffix("."), naming.dns1123_subdomain
+        )
+    for i, option in enumerate(config.options):
+        if not option.name:
+            errs.append(required(f"{config_path}.options[{i}].name"))
+    return errs
+
+
 def pod_spec(path: str, spec: core_pb2.PodSpec) -> Errors:
     errs: Errors = []
     names: set[str] = set()
+    volumes, errs = _volumes(f"{path}.volumes", spec.volumes)
     for i, ctr in enumerate(spec.init_containers):
-        errs += _container(f"{path}.initContainers[{i}]", ctr, names, init=True)
+        errs += _container(f"{path}.initContainers[{i}]", ctr, names, volumes, init=True)
     if not spec.containers:
         errs.append(required(f"{path}.containers"))
     for i, ctr in enumerate(spec.containers):
-        errs += _container(f"{path}.containers[{i}]", ctr, names, init=False)
+        errs += _container(f"{path}.containers[{i}]", ctr, names, volumes, init=False)
+    if spec.HasField("security_context"):
+        errs += _pod_security_context(f"{path}.securityContext", spec.security_context)
+    errs += _dns(path, spec)
+    if spec.subdomain:
+        errs += check(f"{path}.subdomain", spec.subdomain, naming.dns1123_label)
     if spec.host_network:
         # With the host's network namespace the container binds the host port itself.
         for i, ctr in enumerate(spec.containers):
@@ -423,24 +898,43 @@ def _pod(obj: Message) -> Errors:
 def _service(obj: Message) -> Errors:
     spec = cast(core_pb2.Service, obj).spec
     errs: Errors = []
-    if spec.type in ("LoadBalancer", "ExternalName"):
-        errs.append(
-            FieldViolation(
-                "spec.type",
-                f"Unsupported value: {show(spec.type)}: "
-                'supported values: "ClusterIP", "NodePort" '
-                f"({spec.type} services are not supported by kubeling)",
+    if spec.type not in SERVICE_TYPES:
+        errs.append(unsupported("spec.type", spec.type, SERVICE_TYPES))
+    external_name = spec.type == "ExternalName"
+    if external_name:
+        if not spec.external_name:
+            errs.append(required("spec.externalName"))
+        else:
+            # A fully qualified name may end with a dot, as in DNS.
+            errs += check(
+                "spec.externalName", spec.external_name.removesuffix("."), naming.dns1123_subdomain
             )
+        if spec.cluster_ip:
+            errs.append(forbidden("spec.clusterIP", "may not be set for ExternalName services"))
+        if spec.cluster_ips:
+            errs.append(forbidden("spec.clusterIPs", "may not be set for ExternalName services"))
+    elif spec.external_name:
+        errs.append(forbidden("spec.externalName", f"may not be set when `type` is '{spec.type}'"))
+    for i, ip in enumerate(spec.external_ips):
+        if ip_version(ip) is None:
+            errs.append(invalid(f"spec.externalIPs[{i}]", ip, "must be a valid IP address"))
+    if spec.load_balancer_ip and spec.type != "LoadBalancer":
+        errs.append(
+            forbidden("spec.loadBalancerIP", f"may not be used when `type` is '{spec.type}'")
         )
-    elif spec.type not in ("ClusterIP", "NodePort"):
-        errs.append(unsupported("spec.type", spec.type, ("ClusterIP", "NodePort")))
+    elif spec.load_balancer_ip and ip_version(spec.load_balancer_ip) is None:
+        errs.append(
+            invalid("spec.loadBalancerIP", spec.load_balancer_ip, "must be a valid IP address")
+        )
     headless = spec.cluster_ip == "None"
     if spec.cluster_ip not in ("", "None") and ip_version(spec.cluster_ip) != 4:
         errs.append(invalid("spec.clusterIP", spec.cluster_ip, "must be a valid IPv4 address"))
-    if headless and spec.type == "NodePort":
+    if headless and spec.type in ("NodePort", "LoadBalancer"):
         errs.append(
             invalid(
-                "spec.clusterIP", spec.cluster_ip, "may not be set to 'None' for NodePort services"
+                "spec.clusterIP",
+                spec.cluster_ip,
+                f"may not be set to 'None' for {spec.type} services",
             )
         )
     for i, ip in enumerate(spec.cluster_ips):
@@ -451,7 +945,7 @@ def _service(obj: Message) -> Errors:
             invalid("spec.clusterIPs[0]", spec.cluster_ips[0], "must be the same as `clusterIP`")
         )
 
-    if not spec.ports and not headless:
+    if not spec.ports and not headless and not external_name:
         errs.append(required("spec.ports"))
     names: set[str] = set()
     seen_ports: set[tuple[int, str]] = set()
@@ -473,7 +967,7 @@ def _service(obj: Message) -> Errors:
         seen_ports.add((port.port, port.protocol))
         if port.node_port:
             node_port = f"{item}.nodePort"
-            if spec.type != "NodePort":
+            if spec.type not in ("NodePort", "LoadBalancer"):
                 errs.append(forbidden(node_port, f"may not be used when `type` is '{spec.type}'"))
             elif not low <= port.node_port <= high:
                 errs.append(
@@ -677,6 +1171,93 @@ def _event(obj: Message) -> Errors:
     return errs
 
 
+# --------------------------------------------------------- ConfigMap, Secret
+
+
+def _data_keys(path: str, keys: Iterable[str]) -> Errors:
+    errs: Errors = []
+    for key in sorted(keys):
+        errs += check(f"{path}[{key}]", key, config_key)
+    return errs
+
+
+def _too_big(path: str, size: int) -> Errors:
+    if size > MAX_DATA_SIZE:
+        return [FieldViolation(path, f"Too long: must have at most {MAX_DATA_SIZE} bytes")]
+    return []
+
+
+def _config_map(obj: Message) -> Errors:
+    cm = cast(core_pb2.ConfigMap, obj)
+    errs = _data_keys("data", cm.data) + _data_keys("binaryData", cm.binary_data)
+    for key in sorted(set(cm.data) & set(cm.binary_data)):
+        errs.append(invalid(f"data[{key}]", key, "duplicate of key present in binaryData"))
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in cm.data.items())
+    size += sum(len(k.encode()) + len(v) for k, v in cm.binary_data.items())
+    return errs + _too_big("data", size)
+
+
+SECRET_TYPES_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "kubernetes.io/tls": ("tls.crt", "tls.key"),
+    "kubernetes.io/dockerconfigjson": (".dockerconfigjson",),
+    "kubernetes.io/dockercfg": (".dockercfg",),
+    "kubernetes.io/ssh-auth": ("ssh-privatekey",),
+}
+
+
+def _secret(obj: Message) -> Errors:
+    secret = cast(core_pb2.Secret, obj)
+    # stringData was merged into data by defaulting; any left is checked the same.
+    errs = _data_keys("data", secret.data) + _data_keys("stringData", secret.string_data)
+    size = sum(len(k.encode()) + len(v) for k, v in secret.data.items())
+    errs += _too_big("data", size)
+    if not secret.type:
+        errs.append(required("type"))
+    elif len(secret.type) > naming.DNS1123_SUBDOMAIN_MAX_LENGTH:
+        errs.append(
+            invalid("type", secret.type, naming.max_len_error(naming.DNS1123_SUBDOMAIN_MAX_LENGTH))
+        )
+    for key in SECRET_TYPES_REQUIRED_KEYS.get(secret.type, ()):
+        if key not in secret.data:
+            errs.append(required(f"data[{key}]"))
+    if secret.type == "kubernetes.io/basic-auth" and not (
+        "username" in secret.data or "password" in secret.data
+    ):
+        errs.append(
+            required(
+                "data[username]",
+                "must specify at least one of `username` or `password` for basic-auth secrets",
+            )
+        )
+    return errs
+
+
+_IMMUTABLE_DATA = "field is immutable when `immutable` is set"
+
+
+def _immutable_data(new: Message, old: Message, fields: Sequence[tuple[str, str]]) -> Errors:
+    """Once `immutable` is true the data and the flag itself are frozen."""
+    if not (old.HasField("immutable") and old.immutable):  # type: ignore[attr-defined]
+        return []
+    errs: Errors = []
+    if not new.immutable:  # type: ignore[attr-defined]
+        errs.append(forbidden("immutable", _IMMUTABLE_DATA))
+    for json_name, field in fields:
+        if dict(getattr(new, field)) != dict(getattr(old, field)):
+            errs.append(forbidden(json_name, _IMMUTABLE_DATA))
+    return errs
+
+
+def _config_map_update(new: Message, old: Message) -> Errors:
+    return _immutable_data(new, old, (("data", "data"), ("binaryData", "binary_data")))
+
+
+def _secret_update(new_obj: Message, old_obj: Message) -> Errors:
+    new, old = cast(core_pb2.Secret, new_obj), cast(core_pb2.Secret, old_obj)
+    errs = _immutable_data(new, old, (("data", "data"),))
+    return errs + immutable("type", new.type, old.type)
+
+
 # --------------------------------------------------------------------- update
 
 
@@ -745,6 +1326,16 @@ def _same_toleration(old: core_pb2.Toleration, new: core_pb2.Toleration) -> bool
 
 def _service_update(new_obj: Message, old_obj: Message) -> Errors:
     new, old = cast(core_pb2.Service, new_obj).spec, cast(core_pb2.Service, old_obj).spec
+    # An ExternalName Service has no cluster IP; kubeling does not allocate or free
+    # one on a type change, so such a change is a delete and a create.
+    if (new.type == "ExternalName") != (old.type == "ExternalName"):
+        return [
+            forbidden(
+                "spec.type",
+                f"may not change from {old.type} to {new.type}: delete the Service "
+                "and create it again",
+            )
+        ]
     # Clients and kube-proxy rules hold on to the IP; the type may change, the IP not.
     if old.cluster_ip:
         return immutable("spec.clusterIP", new.cluster_ip, old.cluster_ip)
@@ -769,9 +1360,13 @@ VALIDATORS: dict[type[Message], Validator] = {
     core_pb2.Node: _node,
     core_pb2.Namespace: _namespace,
     core_pb2.Event: _event,
+    core_pb2.ConfigMap: _config_map,
+    core_pb2.Secret: _secret,
 }
 UPDATE_VALIDATORS: dict[type[Message], UpdateValidator] = {
     core_pb2.Pod: _pod_update,
     core_pb2.Service: _service_update,
     core_pb2.Node: _node_update,
+    core_pb2.ConfigMap: _config_map_update,
+    core_pb2.Secret: _secret_update,
 }
