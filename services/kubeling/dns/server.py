@@ -137,6 +137,7 @@ class DnsServer:
         self.ready = ready
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_protocol: _UdpProtocol | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.StreamWriter] = set()
@@ -148,7 +149,7 @@ class DnsServer:
         host, port = split_bind(self.config.listen, DEFAULT_PORT)
         loop = asyncio.get_running_loop()
         for attempt in range(20):
-            transport, _ = await loop.create_datagram_endpoint(
+            transport, protocol = await loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self), local_addr=(host, port)
             )
             bound = int(transport.get_extra_info("sockname")[1])
@@ -160,6 +161,7 @@ class DnsServer:
                     raise
                 continue  # the free UDP port was taken for TCP: try another
             self._udp = transport  # type: ignore[assignment]
+            self._udp_protocol = protocol
             self.port = bound
             log.info("dns listening", host=host, port=bound, udp=True, tcp=True)
             return bound
@@ -179,6 +181,8 @@ class DnsServer:
                 await task
         if self._tcp is not None:
             await self._tcp.wait_closed()
+        if self._udp_protocol is not None:
+            await self._udp_protocol.closed  # the socket is closed: the port is free
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
         if len(self._tasks) >= self.config.max_inflight:
@@ -309,6 +313,11 @@ class DnsServer:
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.server.on_datagram(data, addr)
