@@ -234,6 +234,9 @@ async def test_malformed_messages() -> None:
         response = DNSRecord.question("web.demo.svc.cluster.local").reply()
         assert await server.handle(bytes(response.pack()), tcp=False) is None
         assert await server.handle(b"\x00\x01", tcp=False) is None
+        # Zone transfers are refused.
+        axfr = await ask(server.port, "cluster.local", "AXFR", tcp=True)
+        assert axfr.header.rcode == RCODE.REFUSED and not axfr.rr
         # The server still answers after them.
         reply = await ask(server.port, "web.demo.svc.cluster.local", tcp=True)
         assert reply.header.rcode == RCODE.NOERROR

@@ -249,6 +249,9 @@ class DnsServer:
             reply_bytes = self._pack(_bare_reply(request, RCODE.NOTIMP), request, tcp)
         elif len(request.questions) != 1:
             reply_bytes = self._pack(_bare_reply(request, RCODE.FORMERR), request, tcp)
+        elif request.q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
+            # Zone transfers are not served: the zone is the API's, read it there.
+            reply_bytes = self._pack(_bare_reply(request, RCODE.REFUSED), request, tcp)
         else:
             question = request.q
             answer = self.index.resolve(question.qname, question.qtype)
