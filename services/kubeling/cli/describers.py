@@ -567,6 +567,34 @@ def _event(doc: Document, obj: Any, related: Related) -> None:
     doc.add("Last Seen", rfc1123(event.last_timestamp))
 
 
+def _config_map(doc: Document, obj: Any, related: Related) -> None:
+    cm = cast(core_pb2.ConfigMap, obj)
+    if cm.HasField("immutable"):
+        doc.add("Immutable", "true" if cm.immutable else "false")
+    # As kubectl: a ConfigMap is not secret, its values are shown.
+    doc.heading("Data")
+    for key in sorted(cm.data):
+        doc.raw(f"{key}:")
+        doc.raw("----")
+        for line in cm.data[key].splitlines() or [""]:
+            doc.raw(line)
+        doc.raw("")
+    doc.heading("BinaryData")
+    for key in sorted(cm.binary_data):
+        doc.raw(f"{key}: {len(cm.binary_data[key])} bytes")
+
+
+def _secret(doc: Document, obj: Any, related: Related) -> None:
+    """Key names and sizes, never values (as kubectl describe secret)."""
+    secret = cast(core_pb2.Secret, obj)
+    doc.add("Type", secret.type or "Opaque")
+    if secret.HasField("immutable"):
+        doc.add("Immutable", "true" if secret.immutable else "false")
+    doc.heading("Data")
+    for key in sorted(secret.data):
+        doc.raw(f"{key}:  {len(secret.data[key])} bytes")
+
+
 _DESCRIBERS: dict[str, Describer] = {
     kinds.POD.name: _pod,
     kinds.DEPLOYMENT.name: _deployment,
@@ -578,4 +606,6 @@ _DESCRIBERS: dict[str, Describer] = {
     kinds.NAMESPACE.name: _namespace,
     kinds.LEASE.name: _lease,
     kinds.EVENT.name: _event,
+    kinds.CONFIG_MAP.name: _config_map,
+    kinds.SECRET.name: _secret,
 }

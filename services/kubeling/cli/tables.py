@@ -322,6 +322,16 @@ def _lease_row(obj: Any) -> Row:
     return [_name(lease), lease.spec.holder_identity or NONE, _age(lease)]
 
 
+def _config_map_row(obj: Any) -> Row:
+    cm = cast(core_pb2.ConfigMap, obj)
+    return [_name(cm), str(len(cm.data) + len(cm.binary_data)), _age(cm)]
+
+
+def _secret_row(obj: Any) -> Row:
+    secret = cast(core_pb2.Secret, obj)
+    return [_name(secret), secret.type or "Opaque", str(len(secret.data)), _age(secret)]
+
+
 COLUMNS: dict[str, Columns] = {
     kinds.POD.name: Columns(
         ("NAME", "READY", "STATUS", "RESTARTS", "AGE"), _pod_row, ("IP", "NODE"), _pod_wide
@@ -359,6 +369,8 @@ COLUMNS: dict[str, Columns] = {
     kinds.NAMESPACE.name: Columns(("NAME", "STATUS", "AGE"), _namespace_row),
     kinds.EVENT.name: Columns(("LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"), _event_row),
     kinds.LEASE.name: Columns(("NAME", "HOLDER", "AGE"), _lease_row),
+    kinds.CONFIG_MAP.name: Columns(("NAME", "DATA", "AGE"), _config_map_row),
+    kinds.SECRET.name: Columns(("NAME", "TYPE", "DATA", "AGE"), _secret_row),
 }
 
 _DEFAULT = Columns(("NAME", "AGE"), lambda obj: [_name(obj), _age(obj)])

@@ -8,6 +8,7 @@ rollout, lab, ...), write a module with `register` and list it here.
 from __future__ import annotations
 
 from kubeling.cli.commands import apply as apply
+from kubeling.cli.commands import create as create
 from kubeling.cli.commands import delete as delete
 from kubeling.cli.commands import describe as describe
 from kubeling.cli.commands import exec as exec
@@ -21,7 +22,9 @@ from kubeling.cli.commands import token as token
 from kubeling.cli.commands import user as user
 from kubeling.cli.commands.base import SubParsers
 
-COMMANDS = (get, describe, apply, delete, logs, exec, scale, rollout, proxy, token, user, lab)
+COMMANDS = (
+    get, describe, create, apply, delete, logs, exec, scale, rollout, proxy, token, user, lab,
+)  # fmt: skip
 
 
 def register_all(subparsers: SubParsers) -> None:
