@@ -22,7 +22,10 @@ def pod_log_directory(root: Path, pod: core_pb2.Pod) -> Path:
     return root / f"{meta.namespace}_{meta.name}_{meta.uid}"
 
 
-def sandbox_config(pod: core_pb2.Pod, log_root: Path, attempt: int) -> pb.PodSandboxConfig:
+def sandbox_config(
+    pod: core_pb2.Pod, log_root: Path, attempt: int, dns: pb.DNSConfig | None = None
+) -> pb.PodSandboxConfig:
+    """`dns`: the pod's resolv.conf (kubelet/dns.py); None leaves the runtime's default."""
     meta = pod.metadata
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
@@ -31,6 +34,8 @@ def sandbox_config(pod: core_pb2.Pod, log_root: Path, attempt: int) -> pb.PodSan
         hostname=pod.spec.hostname or meta.name,
         log_directory=str(pod_log_directory(log_root, pod)),
     )
+    if dns is not None:
+        config.dns_config.CopyFrom(dns)
     config.labels.update(dict(meta.labels))
     config.labels.update(
         {

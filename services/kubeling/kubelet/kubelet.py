@@ -43,6 +43,7 @@ from kubeling.cri.runtime import Runtime
 from kubeling.kubelet import metrics
 from kubeling.kubelet.backoff import Backoff
 from kubeling.kubelet.directory import ContainerRef
+from kubeling.kubelet.dns import DNSSettings
 from kubeling.kubelet.node import NodeAgent, NodeSettings
 from kubeling.kubelet.probes import ProbeManager
 from kubeling.kubelet.routes import PodRouteSync
@@ -93,6 +94,9 @@ class KubeletConfig:
     # from here (re-read after renewal) to the master only. None: plaintext, on
     # loopback only (--insecure, tests).
     credentials: CredentialDir | None = None
+    # Pods' resolv.conf (kubelet/dns.py): --cluster-dns (empty: pods use the
+    # node's resolver), --cluster-domain, --resolv-conf.
+    dns: DNSSettings = field(default_factory=DNSSettings)
 
 
 def _registration_failed(state: RetryCallState) -> None:
@@ -142,6 +146,7 @@ class Kubelet:
             image_backoff=self.image_backoff,
             recorder=self.recorder,
             probes=self.probes,
+            dns=config.dns,
         )
         self.workers = PodWorkers(self._sync, self._termination_grace)
         # The pods bound to this node, as the master has them.

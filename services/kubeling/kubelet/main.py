@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ from kubeling.common.proctitle import set_process_name
 from kubeling.common.tls import CredentialDir
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet import metrics
+from kubeling.kubelet.dns import DNSSettings
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 
 log = structlog.get_logger(__name__)
@@ -85,6 +87,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add a route to every other node's pod CIDR via its InternalIP (nodes on one "
         "network, as kubenet/host-gw)",
     )
+    p.add_argument(
+        "--cluster-dns",
+        default="",
+        help="IP[,IP]: the cluster DNS pods with dnsPolicy ClusterFirst use (default: "
+        "none, such pods get the node's resolver)",
+    )
+    p.add_argument("--cluster-domain", default="cluster.local")
+    p.add_argument(
+        "--resolv-conf",
+        default="/etc/resolv.conf",
+        help='the node\'s resolver config pods with dnsPolicy Default get ("": none)',
+    )
     p.add_argument("--image-dir", default="", help="import the image tarballs found here")
     p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -119,6 +133,21 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         backoff_initial=args.backoff_initial,
         backoff_max=args.backoff_max,
         backoff_reset=args.backoff_reset,
+        dns=dns_settings(args),
+    )
+
+
+def dns_settings(args: argparse.Namespace) -> DNSSettings:
+    servers = [s.strip() for s in args.cluster_dns.split(",") if s.strip()]
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise SystemExit(f"{PROG}: --cluster-dns: {server!r} is not an IP address") from None
+    return DNSSettings(
+        cluster_dns=servers,
+        cluster_domain=args.cluster_domain.strip("."),
+        resolv_conf=Path(args.resolv_conf) if args.resolv_conf else None,
     )
 
 

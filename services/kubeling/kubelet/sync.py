@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kubeling.cri.runtime import Runtime
 from kubeling.kubelet.backoff import Backoff
+from kubeling.kubelet.dns import DNSSettings
 from kubeling.kubelet.runtime_state import RuntimePod
 from kubeling.kubelet.status import TERMINAL_PHASES, Waiting
 from kubeling.kubelet.steps import (
@@ -47,6 +48,7 @@ class PodSyncer:
     milestones: dict[str, dict[str, float]] = field(default_factory=dict)
     # Pods the runtime starts at once (see StartSlots).
     parallel_starts: int = 4
+    dns: DNSSettings = field(default_factory=DNSSettings)
 
     def __post_init__(self) -> None:
         self.slots = StartSlots(self.parallel_starts)
@@ -61,6 +63,7 @@ class PodSyncer:
             slots=self.slots,
             waiting=self.waiting,
             milestones=self.milestones,
+            dns=self.dns,
         )
         self.pipelines = Pipelines.default(self.node)
 

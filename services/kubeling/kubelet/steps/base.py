@@ -22,6 +22,7 @@ from kubeling.cri.api import pb
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
 from kubeling.kubelet.backoff import Backoff
+from kubeling.kubelet.dns import DNSSettings
 from kubeling.kubelet.runtime_state import ContainerInstance, RuntimePod
 from kubeling.kubelet.status import Waiting
 from kubeling.v1 import core_pb2
@@ -131,6 +132,8 @@ class NodeServices:
     # When each pod first reached each start-up step (time.monotonic), for the
     # pod start-up benchmark and metrics: first_sync, sandbox, images, started.
     milestones: dict[str, dict[str, float]] = field(default_factory=dict)
+    # --cluster-dns, --cluster-domain, --resolv-conf: each pod's resolv.conf.
+    dns: DNSSettings = field(default_factory=DNSSettings)
 
     def mark(self, uid: str, step: str) -> None:
         self.milestones.setdefault(uid, {}).setdefault(step, time.monotonic())

@@ -9,7 +9,8 @@ Stops the sync when the pod has nothing left to run (every app container exited
 for good: no new sandbox), or when the sandbox cannot be made (every container
 waits with ContainerCreating, a FailedCreatePodSandBox event, retry in 2 s).
 Fills ctx.sandbox_id, ctx.pod_ip and ctx.sandbox (the config containers are
-created with).
+created with). The sandbox gets the pod's resolv.conf by its dnsPolicy
+(kubelet/dns.py); entries over the limits are dropped with a DNSConfigForming event.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 
 from kubeling.cri.errors import CRIError
 from kubeling.kubelet.containers import sandbox_config
+from kubeling.kubelet.dns import PodDNS, pod_dns, read_host_resolv
 from kubeling.kubelet.runtime_state import RuntimePod
 from kubeling.kubelet.status import Waiting
 from kubeling.kubelet.steps.base import (
@@ -56,8 +58,11 @@ class EnsureSandbox:
             self.node.mark(ctx.uid, "sandbox")
             meta = pod.metadata
             ctx.current = RuntimePod(ctx.uid, meta.namespace, meta.name)
-        ctx.sandbox = sandbox_config(pod, self.node.log_root, 0)
+        ctx.sandbox = sandbox_config(pod, self.node.log_root, 0, self._dns(pod).to_cri())
         return None
+
+    def _dns(self, pod: core_pb2.Pod) -> PodDNS:
+        return pod_dns(pod, self.node.dns, read_host_resolv(self.node.dns.resolv_conf))
 
     async def _new_sandbox(self, ctx: PodContext) -> bool:
         pod, current = ctx.spec, ctx.current
@@ -70,7 +75,10 @@ class EnsureSandbox:
             await stop_containers(self.node, None, current, ctx.grace)
             for old in current.sandboxes:
                 await self.node.remove_sandbox(old.id)
-        config = sandbox_config(pod, self.node.log_root, attempt)
+        dns = self._dns(pod)
+        for warning in dns.warnings:
+            self.node.recorder.record(pod, "Warning", "DNSConfigForming", warning)
+        config = sandbox_config(pod, self.node.log_root, attempt, dns.to_cri())
         await asyncio.to_thread(Path(config.log_directory).mkdir, parents=True, exist_ok=True)
         await ctx.lease.acquire()
         try:
