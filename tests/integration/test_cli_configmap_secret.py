@@ -157,3 +157,40 @@ def test_invalid_keys_are_refused_with_the_field_path(master: MasterProcess) -> 
     assert result.returncode != 0
     assert "data[no/slash]" in result.stderr
     assert "a valid config key must consist of alphanumeric characters" in result.stderr
+
+
+SERVICES = """\
+apiVersion: v1
+kind: Service
+metadata: {name: upstream}
+spec:
+  type: ExternalName
+  externalName: db.example.com
+---
+apiVersion: v1
+kind: Service
+metadata: {name: front}
+spec:
+  type: LoadBalancer
+  selector: {app: front}
+  externalIPs: [192.0.2.10]
+  ports: [{port: 80}]
+"""
+
+
+def test_external_name_and_load_balancer_services(master: MasterProcess, tmp_path: Path) -> None:
+    ok(master, "apply", "-f", write(tmp_path, "svc.yaml", SERVICES))
+    upstream = yaml.safe_load(ok(master, "get", "svc", "upstream", "-o", "yaml"))
+    # A DNS alias: no cluster IP is allocated.
+    assert "clusterIP" not in upstream["spec"] and "clusterIPs" not in upstream["spec"]
+    assert "External Name:" in ok(master, "describe", "svc", "upstream")
+    front = yaml.safe_load(ok(master, "get", "svc", "front", "-o", "yaml"))
+    assert front["spec"]["clusterIP"]
+    assert 30000 <= front["spec"]["ports"][0]["nodePort"] <= 32767  # as a NodePort
+    assert "192.0.2.10" in ok(master, "describe", "svc", "front")
+    # The type of an ExternalName Service does not change in place.
+    changed = SERVICES.split("---")[0].replace("ExternalName", "ClusterIP")
+    changed = changed.replace("  externalName: db.example.com\n", "  ports: [{port: 80}]\n")
+    result = kubeling(master, "apply", "-f", write(tmp_path, "changed.yaml", changed))
+    assert result.returncode != 0 and "spec.type" in result.stderr
+    ok(master, "delete", "svc", "upstream", "front")

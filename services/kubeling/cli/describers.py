@@ -373,6 +373,13 @@ def _service(doc: Document, obj: Any, related: Related) -> None:
     doc.add("Selector", label_text(spec.selector))
     doc.add("Type", spec.type or "ClusterIP")
     doc.add("IP", spec.cluster_ip or NONE)
+    if spec.external_ips:
+        doc.add("External IPs", ",".join(spec.external_ips))
+    if spec.external_name:
+        doc.add("External Name", spec.external_name)
+    ingress = [i.ip or i.hostname for i in svc.status.load_balancer.ingress]
+    if ingress:
+        doc.add("LoadBalancer Ingress", ", ".join(ingress))
     endpoints = _service_endpoints(related.endpoint_slices)
     for port in spec.ports:
         name = port.name or "<unset>"
