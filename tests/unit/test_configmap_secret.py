@@ -100,6 +100,15 @@ def test_pod_defaults_dns_policy_and_volume_modes() -> None:
         ),
     ).spec
     assert spec.dns_policy == "ClusterFirst"
+    # Not in templates: their hash would change for workloads stored before.
+    template = build(kinds.DEPLOYMENT, {
+        "metadata": {"name": "d", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+            "metadata": {"labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}},
+    })  # fmt: skip
+    assert template.spec.template.spec.dns_policy == ""
+    assert not validate(kinds.DEPLOYMENT, template)
     assert spec.volumes[0].config_map.default_mode == 0o644
     assert spec.volumes[1].secret.default_mode == 0o400  # the user's choice stays
     assert spec.volumes[2].downward_api.default_mode == 0o644
@@ -169,6 +178,17 @@ def test_immutable_objects_refuse_data_changes() -> None:
 
 
 # ------------------------------------------------------------------- pod spec
+
+
+def test_pod_stored_before_dns_policy_still_updates() -> None:
+    old = build(kinds.POD, pod({}))
+    old.spec.dns_policy = ""  # as stored before the field existed
+    new = build(kinds.POD, pod({}))
+    new.spec.containers[0].image = "busybox:1.37"
+    assert new.spec.dns_policy == "ClusterFirst"
+    assert not validate_update(kinds.POD, new, old)
+    new.spec.dns_policy = "Default"
+    assert [v.field for v in validate_update(kinds.POD, new, old)] == ["spec"]
 
 
 def test_volumes_names_and_sources() -> None:

@@ -105,7 +105,10 @@ def default_pod_spec(spec: core_pb2.PodSpec, *, is_pod: bool = True) -> None:
         spec.termination_grace_period_seconds = DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
     if not spec.scheduler_name:
         spec.scheduler_name = DEFAULT_SCHEDULER_NAME
-    if not spec.dns_policy:
+    if is_pod and not spec.dns_policy:
+        # Pods only: a template defaulted here would change the pod-template hash
+        # of every Deployment and DaemonSet stored before the field existed, and
+        # roll their pods at their next update. Pods made from it get it anyway.
         spec.dns_policy = DEFAULT_DNS_POLICY
     for volume in spec.volumes:
         _default_volume(volume)

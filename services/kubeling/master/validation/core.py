@@ -788,7 +788,10 @@ def _pod_security_context(path: str, ctx: core_pb2.PodSecurityContext) -> Errors
 
 
 def _dns(path: str, spec: core_pb2.PodSpec) -> Errors:
-    errs = one_of(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES)
+    errs: Errors = []
+    # Empty in pod templates, which are not defaulted (master/defaults.py): ClusterFirst.
+    if spec.dns_policy and spec.dns_policy not in DNS_POLICIES:
+        errs.append(unsupported(f"{path}.dnsPolicy", spec.dns_policy, DNS_POLICIES))
     config_path = f"{path}.dnsConfig"
     config = spec.dns_config
     if spec.dns_policy == "None":
@@ -1282,6 +1285,9 @@ def _pod_update(new_obj: Message, old_obj: Message) -> Errors:
     allowed = core_pb2.PodSpec()
     allowed.CopyFrom(old)
     allowed.node_name = new.node_name
+    if not old.dns_policy and new.dns_policy == "ClusterFirst":
+        # Stored before dnsPolicy existed: "" meant what the default now says.
+        allowed.dns_policy = new.dns_policy
     for mine, theirs in (
         (allowed.containers, new.containers),
         (allowed.init_containers, new.init_containers),
