@@ -13,7 +13,7 @@ Pieces (each testable alone):
 - `CertificateRenewer` (client/bootstrap.py): the node certificate renewed
   before it expires; the API server re-reads it, the client switches channels.
 
-Its long-running loops (pod watch, relist, pod workers, node status, lease, pod
+Its long-running loops (pod watch, relist, volume refresh, pod workers, node status, lease, pod
 CIDR, pod routes and certificate renewal) run under `self.supervisor`: a crash
 is logged, counted and restarted; a loop that keeps crashing sets `supervisor.failed` (main exits).
 """
@@ -52,6 +52,7 @@ from kubeling.kubelet.server import KubeletService, kubelet_server
 from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
 from kubeling.kubelet.steps import SyncResult, grace_period
 from kubeling.kubelet.sync import PodSyncer
+from kubeling.kubelet.volumes import ApiObjects, VolumeError, VolumeManager, needs_refresh
 from kubeling.kubelet.workers import PodWorkers
 from kubeling.node.cni import write_bridge_cni_config
 from kubeling.v1 import core_pb2
@@ -97,6 +98,11 @@ class KubeletConfig:
     # Pods' resolv.conf (kubelet/dns.py): --cluster-dns (empty: pods use the
     # node's resolver), --cluster-domain, --resolv-conf.
     dns: DNSSettings = field(default_factory=DNSSettings)
+    # Per-pod state (volumes) under ROOT/pods/UID (--root-dir).
+    root_dir: Path = field(default_factory=lambda: Path("/var/lib/kubeling/kubelet"))
+    # How often pods with configMap/secret/downwardAPI/projected volumes are
+    # synced to refresh their files (a changed ConfigMap reaches them within it).
+    volume_refresh_period: float = 10.0
 
 
 def _registration_failed(state: RetryCallState) -> None:
@@ -138,6 +144,8 @@ class Kubelet:
             config.backoff_initial, config.backoff_max, config.backoff_reset, clock=time.time
         )
         self.probes = ProbeManager(runtime, on_change=self._probe_changed)
+        self.objects = ApiObjects(api)
+        self.volumes = VolumeManager(config.root_dir, self.objects)
         self.syncer = PodSyncer(
             runtime=runtime,
             log_root=config.pod_log_dir,
@@ -147,6 +155,8 @@ class Kubelet:
             recorder=self.recorder,
             probes=self.probes,
             dns=config.dns,
+            volumes=self.volumes,
+            objects=self.objects,
         )
         self.workers = PodWorkers(self._sync, self._termination_grace)
         # The pods bound to this node, as the master has them.
@@ -199,6 +209,7 @@ class Kubelet:
         supervisor.start("pod-workers", self.workers.run)
         supervisor.start("pod-watch", self.pod_informer.run)
         supervisor.start("relist", self._relist_loop)
+        supervisor.start("volume-refresh", self._volume_refresh_loop)
         supervisor.start("node-status", agent.status_loop)
         supervisor.start("lease", agent.lease_loop)
         if self.config.cni_conf_dir is not None and not self._cni_cidr:
@@ -333,6 +344,24 @@ class Kubelet:
                 log.warning("relist failed", error=exc.details)
             self.relist_seen = time.monotonic()
             await asyncio.sleep(self.config.relist_period)
+
+    async def _volume_refresh_loop(self) -> None:
+        """Wake the pods whose volume files follow API objects (their sync rewrites
+        what changed), and remove volume directories no pod owns any more (left by
+        a pod removed while the kubelet was away)."""
+        while True:
+            await asyncio.sleep(self.config.volume_refresh_period)
+            for uid, pod in list(self.desired.items()):
+                if needs_refresh(pod) and not pod.metadata.HasField("deletion_timestamp"):
+                    self.workers.update(uid)
+            if not self.synced.is_set():
+                continue
+            for uid in self.volumes.known_pods():
+                if uid not in self.desired and uid not in self.runtime_pods:
+                    try:
+                        await self.volumes.teardown(uid)
+                    except (OSError, VolumeError) as exc:
+                        log.warning("orphaned pod volumes not removed", uid=uid, error=str(exc))
 
     def relist_active(self) -> bool:
         """Upstream's PLEG health: the relist loop went round within the last

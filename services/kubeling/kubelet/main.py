@@ -25,6 +25,7 @@ from kubeling.client.bootstrap import (
     ROLE_NODE,
     add_node_flags,
     connect,
+    default_cert_dir,
     finish_node_args,
     token_from,
 )
@@ -99,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="/etc/resolv.conf",
         help='the node\'s resolver config pods with dnsPolicy Default get ("": none)',
     )
+    p.add_argument(
+        "--root-dir",
+        type=Path,
+        default=default_cert_dir("kubelet").parent,
+        help="per-pod state (volumes) under ROOT/pods/UID",
+    )
     p.add_argument("--image-dir", default="", help="import the image tarballs found here")
     p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -134,6 +141,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         backoff_max=args.backoff_max,
         backoff_reset=args.backoff_reset,
         dns=dns_settings(args),
+        root_dir=args.root_dir,
     )
 
 

@@ -27,6 +27,7 @@ from kubeling.kubelet.steps import (
     run_steps,
 )
 from kubeling.kubelet.steps.base import ProbeView, Recorder
+from kubeling.kubelet.volumes import ObjectSource, VolumeManager
 from kubeling.v1 import core_pb2
 
 __all__ = ["PodSyncer", "SyncResult"]
@@ -49,6 +50,8 @@ class PodSyncer:
     # Pods the runtime starts at once (see StartSlots).
     parallel_starts: int = 4
     dns: DNSSettings = field(default_factory=DNSSettings)
+    volumes: VolumeManager | None = None
+    objects: ObjectSource | None = None
 
     def __post_init__(self) -> None:
         self.slots = StartSlots(self.parallel_starts)
@@ -64,6 +67,8 @@ class PodSyncer:
             waiting=self.waiting,
             milestones=self.milestones,
             dns=self.dns,
+            volumes=self.volumes,
+            objects=self.objects,
         )
         self.pipelines = Pipelines.default(self.node)
 

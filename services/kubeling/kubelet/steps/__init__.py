@@ -4,14 +4,15 @@ its own test (tests/unit/test_kubelet_step_*.py).
 
 Which steps run depends on what the pod needs:
 
-- RUN (a live pod): sandbox → init containers → replace changed → liveness →
+- RUN (a live pod): volumes → sandbox → init containers → replace changed → liveness →
   app containers → prune.
 - FINISH (phase Succeeded/Failed): stop containers → stop sandboxes (kept, for logs).
-- KILL (deleted, or gone from the API): stop containers → remove sandboxes → forget.
+- KILL (deleted, or gone from the API): stop containers → remove sandboxes →
+  unmount volumes → forget.
 
 Each step reads and fills the sync's PodContext and either lets the sync go on
 (returns None) or ends it with a SyncResult. A new feature (volumes, secrets, DNS
-config) adds a step here, e.g. volumes before the sandbox in RUN and after the
+config) adds a step here, as volumes before the sandbox in RUN and after the
 sandboxes in KILL.
 """
 
@@ -36,6 +37,7 @@ from kubeling.kubelet.steps.prune import PruneOldContainers
 from kubeling.kubelet.steps.replace_changed import ReplaceChangedContainers
 from kubeling.kubelet.steps.sandbox import EnsureSandbox
 from kubeling.kubelet.steps.stop import RemoveSandboxes, StopContainers, StopSandboxes
+from kubeling.kubelet.steps.volumes import MountVolumes, UnmountVolumes
 
 __all__ = [
     "NodeServices",
@@ -59,6 +61,7 @@ class Pipelines:
     def default(cls, node: NodeServices) -> Pipelines:
         return cls(
             run=[
+                MountVolumes(node),
                 EnsureSandbox(node),
                 RunInitContainers(node),
                 ReplaceChangedContainers(node),
@@ -67,7 +70,12 @@ class Pipelines:
                 PruneOldContainers(node),
             ],
             finish=[StopContainers(node), StopSandboxes(node)],
-            kill=[StopContainers(node), RemoveSandboxes(node), ForgetPod(node)],
+            kill=[
+                StopContainers(node),
+                RemoveSandboxes(node),
+                UnmountVolumes(node),
+                ForgetPod(node),
+            ],
         )
 
 

@@ -25,6 +25,7 @@ from kubeling.kubelet.backoff import Backoff
 from kubeling.kubelet.dns import DNSSettings
 from kubeling.kubelet.runtime_state import ContainerInstance, RuntimePod
 from kubeling.kubelet.status import Waiting
+from kubeling.kubelet.volumes import ObjectSource, VolumeManager
 from kubeling.v1 import core_pb2
 
 # Seconds before trying again after a sandbox or container could not be created.
@@ -134,6 +135,10 @@ class NodeServices:
     milestones: dict[str, dict[str, float]] = field(default_factory=dict)
     # --cluster-dns, --cluster-domain, --resolv-conf: each pod's resolv.conf.
     dns: DNSSettings = field(default_factory=DNSSettings)
+    # Pod volumes (None: pods get none, as hollow nodes) and where containers'
+    # env reads ConfigMaps and Secrets from.
+    volumes: VolumeManager | None = None
+    objects: ObjectSource | None = None
 
     def mark(self, uid: str, step: str) -> None:
         self.milestones.setdefault(uid, {}).setdefault(step, time.monotonic())
@@ -173,6 +178,8 @@ class PodContext:
     # Running containers stopped by this sync to be started again at once (their
     # definition changed), by container name.
     replaced: dict[str, ContainerInstance] = field(default_factory=dict)
+    # Set by the volumes step: each volume's path on the node.
+    volume_paths: dict[str, Path] = field(default_factory=dict)
     retry_after: float | None = None
 
     @property

@@ -4,7 +4,9 @@ Reads the container's last instance, the crash-loop and image back-offs. Waits o
 a crash loop's back-off (CrashLoopBackOff) or an image back-off (ImagePullBackOff);
 otherwise gets the image (without a start slot), then creates and starts the
 container holding a start slot. Returns when to try again (None: on the next
-change); the container's waiting reason and the pod's events say why.
+change); the container's waiting reason and the pod's events say why. A
+container whose environment or mounts cannot be made (a missing ConfigMap, Secret
+or key) waits with CreateContainerConfigError and is retried.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from __future__ import annotations
 import time
 
 from kubeling.cri.errors import CRIError
-from kubeling.kubelet.containers import container_config
+from kubeling.kubelet.containers import (
+    ContainerConfigError,
+    container_config,
+    resolve_environment,
+)
 from kubeling.kubelet.runtime_state import ContainerInstance
 from kubeling.kubelet.status import Waiting
 from kubeling.kubelet.steps.base import CREATE_RETRY, NodeServices, PodContext
 from kubeling.kubelet.steps.images import ensure_image
+from kubeling.kubelet.volumes import VolumeError, container_mounts
 from kubeling.v1 import core_pb2
 
 
@@ -71,7 +78,19 @@ async def start_container(
         node.image_backoff.step(image_key)
         return node.image_backoff.remaining(image_key)
     node.image_backoff.forget(image_key)
-    config = container_config(pod, spec, attempt, image_ref, ctx.pod_ip, node.host_ip, init)
+    try:
+        env, warnings = await resolve_environment(node.objects, pod, spec, ctx.pod_ip, node.host_ip)
+        mounts = container_mounts(pod, spec, ctx.volume_paths)
+        config = container_config(
+            pod, spec, attempt, image_ref, ctx.pod_ip, node.host_ip, init, env=env, mounts=mounts
+        )
+    except (ContainerConfigError, VolumeError) as exc:
+        # As the kubelet: not started, retried on later syncs until it can be.
+        waiting[spec.name] = Waiting("CreateContainerConfigError", str(exc))
+        node.recorder.record(pod, "Warning", "Failed", f"Error: {exc}")
+        return CREATE_RETRY
+    for warning in warnings:
+        node.recorder.record(pod, "Warning", "InvalidEnvironmentVariableNames", warning)
     await ctx.lease.acquire(resume=True)
     try:
         container_id = await node.runtime.create_container(ctx.sandbox_id, config, ctx.sandbox)

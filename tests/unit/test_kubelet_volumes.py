@@ -1,0 +1,334 @@
+"""Pod volumes on the node (kubelet/volumes.py) and the volume steps, with
+ConfigMaps and Secrets from an in-memory source and the fake CRI runtime."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubeling.cri.api import pb
+from kubeling.kubelet.steps.app_containers import StartAppContainers
+from kubeling.kubelet.steps.sandbox import EnsureSandbox
+from kubeling.kubelet.steps.volumes import MountVolumes, UnmountVolumes
+from kubeling.kubelet.volumes import (
+    DATA_LINK,
+    FileData,
+    VolumeError,
+    VolumeManager,
+    check_host_path,
+    container_mounts,
+    write_atomic,
+)
+from kubeling.node.containerd import mounts_under
+from kubeling.v1 import core_pb2
+from tests.kubelet.step_support import context, events, fake, make_pod, node_services
+
+
+class Objects:
+    """ConfigMaps and Secrets the test sets, by (namespace, name)."""
+
+    def __init__(self) -> None:
+        self.maps: dict[tuple[str, str], core_pb2.ConfigMap] = {}
+        self.secrets: dict[tuple[str, str], core_pb2.Secret] = {}
+
+    def put_map(self, name: str, data: dict[str, str], ns: str = "default") -> None:
+        cm = core_pb2.ConfigMap()
+        cm.metadata.name, cm.metadata.namespace = name, ns
+        cm.data.update(data)
+        self.maps[(ns, name)] = cm
+
+    def put_secret(self, name: str, data: dict[str, bytes], ns: str = "default") -> None:
+        secret = core_pb2.Secret()
+        secret.metadata.name, secret.metadata.namespace = name, ns
+        secret.data.update(data)
+        self.secrets[(ns, name)] = secret
+
+    async def config_map(self, namespace: str, name: str) -> core_pb2.ConfigMap | None:
+        return self.maps.get((namespace, name))
+
+    async def secret(self, namespace: str, name: str) -> core_pb2.Secret | None:
+        return self.secrets.get((namespace, name))
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def manager(tmp_path: Path, objects: Objects | None = None) -> VolumeManager:
+    return VolumeManager(tmp_path / "root", objects or Objects(), tmpfs=False)
+
+
+# ------------------------------------------------------------------ atomic writer
+
+
+def test_write_atomic_links_files_through_data(tmp_path: Path) -> None:
+    target = tmp_path / "vol"
+    assert write_atomic(target, {"a": FileData(b"1"), "dir/b": FileData(b"2", 0o600)})
+    data = target / DATA_LINK
+    assert data.is_symlink() and os.readlink(data).startswith("..")
+    assert os.readlink(target / "a") == f"{DATA_LINK}/a"
+    assert (target / "a").read_bytes() == b"1"
+    assert (target / "dir" / "b").read_bytes() == b"2"
+    assert stat.S_IMODE((target / "dir" / "b").stat().st_mode) == 0o600
+    assert not write_atomic(target, {"a": FileData(b"1"), "dir/b": FileData(b"2", 0o600)})
+
+
+def test_write_atomic_swaps_versions_and_drops_removed_names(tmp_path: Path) -> None:
+    target = tmp_path / "vol"
+    write_atomic(target, {"a": FileData(b"1"), "b": FileData(b"2")})
+    first = os.readlink(target / DATA_LINK)
+    assert write_atomic(target, {"a": FileData(b"changed")})
+    assert os.readlink(target / DATA_LINK) != first
+    assert not (target / first).exists()  # the old version is gone
+    assert (target / "a").read_bytes() == b"changed"
+    assert not (target / "b").exists() and not (target / "b").is_symlink()
+    versions = [p.name for p in target.iterdir() if p.name.startswith("..20")]
+    assert len(versions) == 1
+
+
+def test_write_atomic_refuses_paths_out_of_the_volume(tmp_path: Path) -> None:
+    for bad in ("../x", "/etc/x", "a/../../x", "..data"):
+        with pytest.raises(VolumeError):
+            write_atomic(tmp_path / "vol", {bad: FileData(b"")})
+
+
+# ------------------------------------------------------------------ sources
+
+
+def pod_with(*volumes: core_pb2.Volume) -> core_pb2.Pod:
+    pod = make_pod()
+    pod.metadata.labels["app"] = "web"
+    pod.spec.volumes.extend(volumes)
+    return pod
+
+
+async def test_a_config_map_volume_with_items_and_modes(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_map("conf", {"app.ini": "x=1", "other": "o"})
+    volume = core_pb2.Volume(name="conf")
+    volume.config_map.name = "conf"
+    volume.config_map.items.add(key="app.ini", path="etc/app.ini", mode=0o600)
+    pod = pod_with(volume)
+    paths, warnings = await manager(tmp_path, objects).setup(pod)
+    path = paths["conf"]
+    assert warnings == []
+    pod_dir = tmp_path / "root/pods" / pod.metadata.uid
+    assert path == pod_dir / "volumes/kubernetes.io~configmap/conf"
+    assert (path / "etc/app.ini").read_text() == "x=1"
+    assert stat.S_IMODE((path / "etc/app.ini").stat().st_mode) == 0o600
+    assert not (path / "other").exists()
+
+
+async def test_a_secret_volume_defaults_to_0644_in_a_private_parent(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_secret("creds", {"password": b"s3cret"})
+    volume = core_pb2.Volume(name="creds")
+    volume.secret.secret_name = "creds"
+    paths, _ = await manager(tmp_path, objects).setup(pod_with(volume))
+    file = paths["creds"] / "password"
+    assert file.read_bytes() == b"s3cret"
+    assert stat.S_IMODE(file.stat().st_mode) == 0o644
+    assert stat.S_IMODE(paths["creds"].parent.stat().st_mode) == 0o700
+
+
+async def test_a_missing_source_fails_unless_optional(tmp_path: Path) -> None:
+    volume = core_pb2.Volume(name="conf")
+    volume.config_map.name = "absent"
+    with pytest.raises(VolumeError, match='volume "conf" : configmap "absent" not found'):
+        await manager(tmp_path).setup(pod_with(volume))
+    volume.config_map.optional = True
+    paths, _ = await manager(tmp_path).setup(pod_with(volume))
+    assert [p.name for p in paths["conf"].iterdir() if not p.name.startswith("..")] == []
+
+
+async def test_a_missing_key_fails_unless_optional(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_map("conf", {"a": "1"})
+    volume = core_pb2.Volume(name="conf")
+    volume.config_map.name = "conf"
+    volume.config_map.items.add(key="b", path="b")
+    with pytest.raises(VolumeError, match="has no key 'b'"):
+        await manager(tmp_path, objects).setup(pod_with(volume))
+
+
+async def test_a_set_up_volume_keeps_its_files_when_its_source_goes(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_map("conf", {"a": "1"})
+    volume = core_pb2.Volume(name="conf")
+    volume.config_map.name = "conf"
+    pod = pod_with(volume)
+    volumes = manager(tmp_path, objects)
+    await volumes.setup(pod)
+    objects.put_map("conf", {"a": "2"})
+    paths, _ = await volumes.setup(pod)
+    assert (paths["conf"] / "a").read_text() == "2"  # updated in place
+    objects.maps.clear()
+    paths, warnings = await volumes.setup(pod)
+    assert (paths["conf"] / "a").read_text() == "2"
+    assert len(warnings) == 1 and "not found" in warnings[0]
+
+
+async def test_downward_api_and_projected_volumes(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_map("conf", {"k": "v"})
+    objects.put_secret("creds", {"token": b"t"})
+    downward = core_pb2.Volume(name="info")
+    downward.downward_api.items.add(path="labels").field_ref.field_path = "metadata.labels"
+    downward.downward_api.items.add(path="name").field_ref.field_path = "metadata.name"
+    limit = downward.downward_api.items.add(path="mem")
+    limit.resource_field_ref.container_name = "main"
+    limit.resource_field_ref.resource = "limits.memory"
+    limit.resource_field_ref.divisor = "1Mi"
+    projected = core_pb2.Volume(name="all")
+    projected.projected.sources.add().config_map.name = "conf"
+    projected.projected.sources.add().secret.name = "creds"
+    projected.projected.sources.add().downward_api.items.add(
+        path="ns"
+    ).field_ref.field_path = "metadata.namespace"
+    pod = pod_with(downward, projected)
+    pod.spec.containers[0].resources.limits["memory"] = "64Mi"
+    paths, _ = await manager(tmp_path, objects).setup(pod)
+    assert (paths["info"] / "labels").read_text() == 'app="web"'
+    assert (paths["info"] / "name").read_text() == "web"
+    assert (paths["info"] / "mem").read_text() == "64"
+    assert sorted(p.name for p in paths["all"].iterdir() if not p.name.startswith("..")) == [
+        "k",
+        "ns",
+        "token",
+    ]
+    assert (paths["all"] / "ns").read_text() == "default"
+
+
+async def test_empty_dir_is_world_writable_and_teardown_removes_the_pod(tmp_path: Path) -> None:
+    volume = core_pb2.Volume(name="scratch")
+    volume.empty_dir.SetInParent()
+    pod = pod_with(volume)
+    volumes = manager(tmp_path)
+    paths, _ = await volumes.setup(pod)
+    assert stat.S_IMODE(paths["scratch"].stat().st_mode) == 0o777
+    (paths["scratch"] / "file").write_text("x")
+    assert volumes.known_pods() == [pod.metadata.uid]
+    await volumes.teardown(pod.metadata.uid)
+    assert not volumes.pod_dir(pod.metadata.uid).exists()
+    assert volumes.known_pods() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_memory_empty_dir_is_a_tmpfs_unmounted_on_teardown(tmp_path: Path) -> None:
+    volume = core_pb2.Volume(name="mem")
+    volume.empty_dir.medium = "Memory"
+    volume.empty_dir.size_limit = "4Mi"
+    pod = pod_with(volume)
+    volumes = VolumeManager(tmp_path / "root", Objects(), tmpfs=True)
+    try:
+        paths, _ = await volumes.setup(pod)
+        await volumes.setup(pod)  # idempotent: not mounted twice
+        assert mounts_under(str(paths["mem"])) == [str(paths["mem"])]
+        size = os.statvfs(paths["mem"])
+        assert size.f_blocks * size.f_frsize == 4 * 1024 * 1024
+        await volumes.teardown(pod.metadata.uid)
+        assert mounts_under(str(tmp_path)) == []
+        assert not volumes.pod_dir(pod.metadata.uid).exists()
+    finally:
+        unmount_all(tmp_path)
+
+
+def unmount_all(path: Path) -> None:
+    for point in mounts_under(str(path)):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+def test_host_path_types(tmp_path: Path) -> None:
+    def source(path: Path, kind: str) -> core_pb2.HostPathVolumeSource:
+        return core_pb2.HostPathVolumeSource(path=str(path), type=kind)
+
+    made = tmp_path / "made" / "deep"
+    assert check_host_path(source(made, "DirectoryOrCreate")) == made and made.is_dir()
+    file = tmp_path / "f"
+    check_host_path(source(file, "FileOrCreate"))
+    assert file.is_file()
+    check_host_path(source(file, "File"))
+    check_host_path(source(tmp_path / "anything", ""))  # no check
+    for path, kind in ((file, "Directory"), (made, "File"), (file, "Socket"),
+                       (tmp_path / "absent", "Directory")):  # fmt: skip
+        with pytest.raises(VolumeError, match="type check failed"):
+            check_host_path(source(path, kind))
+    with pytest.raises(VolumeError, match="is not a directory"):
+        check_host_path(source(tmp_path / "no" / "file", "FileOrCreate"))
+
+
+# ------------------------------------------------------------------ mounts
+
+
+def test_container_mounts_with_sub_path_and_read_only(tmp_path: Path) -> None:
+    scratch, conf = tmp_path / "scratch", tmp_path / "conf"
+    scratch.mkdir()
+    write_atomic(conf, {"app.ini": FileData(b"x")})
+    pod = make_pod()
+    pod.spec.volumes.add(name="scratch").empty_dir.SetInParent()
+    pod.spec.volumes.add(name="conf").config_map.name = "conf"
+    container = pod.spec.containers[0]
+    container.volume_mounts.add(name="scratch", mount_path="/data")
+    container.volume_mounts.add(name="scratch", mount_path="/logs", sub_path="logs", read_only=True)
+    container.volume_mounts.add(name="conf", mount_path="/etc/app.ini", sub_path="app.ini")
+    mounts = container_mounts(pod, container, {"scratch": scratch, "conf": conf})
+    assert [(m.container_path, m.host_path, m.readonly) for m in mounts] == [
+        ("/data", str(scratch), False),
+        ("/logs", str(scratch / "logs"), True),
+        ("/etc/app.ini", str(conf / "app.ini"), True),  # configMaps are read-only
+    ]
+    assert (scratch / "logs").is_dir()  # a missing subPath directory is made
+    assert all(m.propagation == pb.PROPAGATION_PRIVATE for m in mounts)
+
+
+def test_a_sub_path_may_not_leave_its_volume(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "escape").symlink_to("/etc")
+    pod = make_pod()
+    pod.spec.volumes.add(name="scratch").empty_dir.SetInParent()
+    container = pod.spec.containers[0]
+    container.volume_mounts.add(name="scratch", mount_path="/x", sub_path="escape")
+    with pytest.raises(VolumeError, match="leads out"):
+        container_mounts(pod, container, {"scratch": scratch})
+    container.volume_mounts[0].sub_path = "../up"
+    with pytest.raises(VolumeError):
+        container_mounts(pod, container, {"scratch": scratch})
+
+
+# ------------------------------------------------------------------ steps
+
+
+async def test_the_steps_mount_volumes_into_containers_and_remove_them(tmp_path: Path) -> None:
+    objects = Objects()
+    node = node_services(tmp_path)
+    node.volumes = manager(tmp_path, objects)
+    node.objects = objects
+    pod = make_pod()
+    volume = pod.spec.volumes.add(name="conf")
+    volume.config_map.name = "conf"
+    pod.spec.containers[0].volume_mounts.add(name="conf", mount_path="/etc/conf")
+    ctx = await context(node, pod)
+    result = await MountVolumes(node).run(ctx)
+    assert result is not None and result.retry_after == 5.0
+    assert ctx.waiting["main"].reason == "ContainerCreating"
+    assert 'configmap "conf" not found' in ctx.waiting["main"].message
+    assert "FailedMount" in events(node).reasons()
+    assert fake(node).sandbox_count == 0
+
+    objects.put_map("conf", {"k": "v"})
+    ctx = await context(node, pod)
+    assert await MountVolumes(node).run(ctx) is None
+    assert await EnsureSandbox(node).run(ctx) is None
+    await StartAppContainers(node).run(ctx)
+    assert "main" not in ctx.waiting
+    stored = next(iter(fake(node)._containers.values())).config
+    assert [(m.container_path, m.readonly) for m in stored.mounts] == [("/etc/conf", True)]
+    assert read(Path(stored.mounts[0].host_path, "k")) == "v"
+
+    await UnmountVolumes(node).run(ctx)
+    assert not node.volumes.pod_dir(pod.metadata.uid).exists()
