@@ -231,3 +231,46 @@ async def test_resolv_conf_by_dns_policy(node: VolumeNode) -> None:
         "nameserver 192.0.2.53",
         "options ndots:2",
     ]
+
+
+async def test_secret_volume_sub_path_host_path_and_security_context(
+    node: VolumeNode, tmp_path: Path
+) -> None:
+    await node.config_maps.create(config_map("conf", {"app.ini": "x=1"}))
+    secret = core_pb2.Secret(data={"token": b"t0ken"})
+    secret.metadata.name, secret.metadata.namespace = "creds", "default"
+    await node.secrets.create(secret)
+    shared = tmp_path / "host-share"
+    main = sleeper("main")
+    main.volume_mounts.add(name="creds", mount_path="/etc/creds")
+    main.volume_mounts.add(name="conf", mount_path="/etc/app.ini", sub_path="app.ini")
+    main.volume_mounts.add(name="host", mount_path="/host")
+    main.volume_mounts.add(name="scratch", mount_path="/tmp")
+    sc = main.security_context
+    sc.run_as_user, sc.run_as_group = 1000, 3000
+    sc.read_only_root_filesystem = True
+    sc.allow_privilege_escalation = False
+    sc.capabilities.drop.append("ALL")
+    pod = make_pod("secure", main)
+    pod.spec.security_context.fs_group = 2000
+    pod.spec.volumes.add(name="creds").secret.secret_name = "creds"
+    pod.spec.volumes.add(name="conf").config_map.name = "conf"
+    host = pod.spec.volumes.add(name="host").host_path
+    host.path, host.type = str(shared), "DirectoryOrCreate"
+    pod.spec.volumes.add(name="scratch").empty_dir.SetInParent()
+    await node.api.pods.create(pod)
+    await eventually_passes(lambda: phase_of(node.api, "secure", "Running"), 90)
+
+    assert await node.run("secure", "main", "cat /etc/creds/token") == (0, "t0ken")
+    code, mounts = await node.run("secure", "main", "grep ' /etc/creds ' /proc/mounts")
+    assert code == 0 and mounts.startswith("tmpfs ")  # secret values stay off the disk
+    assert await node.run("secure", "main", "cat /etc/app.ini") == (0, "x=1")
+    assert shared.is_dir()
+    assert await node.run("secure", "main", "id -u; id -g; id -G") == (0, "1000\n3000\n3000 2000")
+    code, _ = await node.run("secure", "main", "touch /rootfs-file")
+    assert code != 0  # readOnlyRootFilesystem
+    assert await node.run("secure", "main", "touch /tmp/ok && echo ok") == (0, "ok")
+    code, caps = await node.run("secure", "main", "grep CapEff /proc/self/status")
+    assert code == 0 and caps.split()[-1] == "0000000000000000"
+    code, nnp = await node.run("secure", "main", "grep NoNewPrivs /proc/self/status")
+    assert nnp.split()[-1] == "1"

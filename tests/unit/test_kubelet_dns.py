@@ -72,7 +72,7 @@ def test_default_is_the_node_resolver_without_loopback_servers() -> None:
 
 def test_host_network_pods_get_the_node_resolver_unless_with_host_net() -> None:
     plain = pod_dns(demo_pod(host_network=True), CLUSTER, HOST)
-    assert plain.servers == ["192.0.2.1"]
+    assert plain.servers == ["127.0.0.53", "192.0.2.1"]  # it shares the node's loopback
     with_host_net = pod_dns(
         demo_pod(host_network=True, dns_policy="ClusterFirstWithHostNet"), CLUSTER, HOST
     )

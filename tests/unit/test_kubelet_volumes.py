@@ -212,6 +212,8 @@ async def test_empty_dir_is_world_writable_and_teardown_removes_the_pod(tmp_path
     assert stat.S_IMODE(paths["scratch"].stat().st_mode) == 0o777
     (paths["scratch"] / "file").write_text("x")
     assert volumes.known_pods() == [pod.metadata.uid]
+    other_node = VolumeManager(volumes.root, Objects(), tmpfs=False, node_name="other")
+    assert other_node.known_pods() == []  # a kubelet sharing the root leaves it alone
     await volumes.teardown(pod.metadata.uid)
     assert not volumes.pod_dir(pod.metadata.uid).exists()
     assert volumes.known_pods() == []

@@ -7,7 +7,8 @@ The kubelet's rules (upstream pkg/kubelet/network/dns):
 - hostNetwork pods with ClusterFirst get Default (their resolver is the node's);
   ClusterFirstWithHostNet gives them the cluster DNS anyway.
 - Default: the node's resolv.conf (--resolv-conf), loopback nameservers dropped
-  (a resolver on the node's 127.0.0.x is unreachable from a pod's namespace).
+  (a resolver on the node's 127.0.0.x is unreachable from a pod's namespace; a
+  hostNetwork pod keeps them: it shares the node's loopback).
 - None: only the pod's dnsConfig.
 dnsConfig is merged on top: nameservers and searches appended (duplicates dropped),
 options override by name. Then the limits: 3 nameservers and 32 search domains
@@ -108,7 +109,9 @@ def effective_policy(pod: core_pb2.Pod, settings: DNSSettings) -> str:
 
 def pod_dns(pod: core_pb2.Pod, settings: DNSSettings, host: HostResolv) -> PodDNS:
     policy = effective_policy(pod, settings)
-    host_servers = [s for s in host.nameservers if _not_loopback(s)]
+    # A resolver on the node's loopback is out of reach from a pod's network
+    # namespace, but not from a hostNetwork pod's.
+    host_servers = [s for s in host.nameservers if pod.spec.host_network or _not_loopback(s)]
     servers: list[str]
     searches: list[str]
     options: list[str]

@@ -73,6 +73,7 @@ class HollowCluster:
                 node_ip=f"127.0.{(i >> 8) & 255}.{i & 255}",
                 pod_cidr=cidr,
                 pod_log_dir=s.log_dir / name,
+                root_dir=s.log_dir / f"{name}.root",
                 relist_period=s.relist_period,
                 status_interval=s.status_interval,
                 lease_renew_interval=s.lease_renew_interval,

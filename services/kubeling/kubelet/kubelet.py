@@ -145,7 +145,7 @@ class Kubelet:
         )
         self.probes = ProbeManager(runtime, on_change=self._probe_changed)
         self.objects = ApiObjects(api)
-        self.volumes = VolumeManager(config.root_dir, self.objects)
+        self.volumes = VolumeManager(config.root_dir, self.objects, node_name=config.node_name)
         self.syncer = PodSyncer(
             runtime=runtime,
             log_root=config.pod_log_dir,

@@ -57,6 +57,7 @@ CONFIG_MAP = "kubernetes.io~configmap"
 SECRET = "kubernetes.io~secret"
 DOWNWARD_API = "kubernetes.io~downward-api"
 PROJECTED = "kubernetes.io~projected"
+NODE_MARKER = ".node"  # in each pod directory: the node whose kubelet made it
 
 
 class VolumeError(Exception):
@@ -202,12 +203,22 @@ def _mode(explicit: int | None, default: int) -> int:
 class VolumeManager:
     """Sets up and removes the volumes of the pods on this node."""
 
-    def __init__(self, root: Path, objects: ObjectSource | None, *, tmpfs: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        objects: ObjectSource | None,
+        *,
+        tmpfs: bool = True,
+        node_name: str = "",
+    ) -> None:
         """`tmpfs`: the kubelet may mount (root); without it Memory emptyDirs and
-        secrets are plain directories."""
+        secrets are plain directories. `node_name` marks the pod directories this
+        kubelet made (`known_pods`): kubelets sharing a root (lab nodes on one
+        machine) never remove each other's."""
         self.root = root
         self.objects = objects
         self.tmpfs = tmpfs and os.geteuid() == 0
+        self.node_name = node_name
 
     def pod_dir(self, uid: str) -> Path:
         return self.root / "pods" / uid
@@ -275,6 +286,9 @@ class VolumeManager:
         # container's bind mount, so its own mode is what container users see.
         pod = path.parent.parent.parent
         pod.mkdir(parents=True, exist_ok=True, mode=0o750)
+        marker = pod / NODE_MARKER
+        if not marker.exists():
+            marker.write_text(self.node_name)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if plugin == SECRET else 0o750)
         path.mkdir(exist_ok=True, mode=0o755)
 
@@ -355,9 +369,17 @@ class VolumeManager:
         await asyncio.to_thread(shutil.rmtree, pod, True)
 
     def known_pods(self) -> list[str]:
-        """The uids with a directory here (to remove those no longer bound)."""
+        """The uids with a directory this node made (to remove those no longer bound)."""
         pods = self.root / "pods"
-        return sorted(p.name for p in pods.iterdir()) if pods.is_dir() else []
+        if not pods.is_dir():
+            return []
+        return sorted(p.name for p in pods.iterdir() if self._ours(p / NODE_MARKER))
+
+    def _ours(self, marker: Path) -> bool:
+        try:
+            return marker.read_text() == self.node_name
+        except OSError:
+            return False
 
 
 def needs_refresh(pod: core_pb2.Pod) -> bool:
