@@ -34,6 +34,15 @@ OBJECTS: dict[str, dict[str, Any]] = {
     kinds.ENDPOINT_SLICE.name: ENDPOINT_SLICE,
     kinds.NODE.name: NODE,
     kinds.NAMESPACE.name: {"metadata": {"name": "team-a"}},
+    kinds.CONFIG_MAP.name: {
+        "metadata": {"name": "app-config", "namespace": "default"},
+        "data": {"mode": "production"},
+    },
+    kinds.SECRET.name: {
+        "metadata": {"name": "db", "namespace": "default"},
+        "type": "Opaque",
+        "data": {"password": "czNjcjN0"},
+    },
     kinds.LEASE.name: {
         "metadata": {"name": "node-1", "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40},

@@ -217,9 +217,9 @@ def test_wrong_api_version_and_unknown_kind(master: MasterProcess, tmp_path: Pat
     result = kubeling(master, "apply", "-f", manifest)
     assert result.returncode == 1
     assert 'apiVersion "v1" is wrong for kind Deployment: use "apps/v1"' in result.stderr
-    manifest = write(tmp_path, "y.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: y}\n")
+    manifest = write(tmp_path, "y.yaml", "apiVersion: v1\nkind: Gadget\nmetadata: {name: y}\n")
     result = kubeling(master, "apply", "-f", manifest)
-    assert 'no matches for kind "ConfigMap" in version "v1"' in result.stderr
+    assert 'no matches for kind "Gadget" in version "v1"' in result.stderr
 
 
 def test_invalid_manifest_reports_field_paths(master: MasterProcess, tmp_path: Path) -> None:

@@ -187,11 +187,6 @@ async def test_etcd_value_is_encrypted(tmp_path: Path) -> None:
             await reader.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="master/server.py make_store still builds ProtoCodec() instead of "
-    "ProtoCodec.for_master(config.data_dir, config.tls): remove this mark with that change",
-)
 async def test_a_running_masters_store_file_has_no_secret_in_the_clear(tmp_path: Path) -> None:
     with running_master(tmp_path, "--controllers=") as master:
         async with Client(master.address, timeout=10) as api:

@@ -8,9 +8,8 @@ from typing import TextIO
 
 import grpc
 
-from kubeling.api.kinds import ALL_KINDS
 from kubeling.cli.config import Target
-from kubeling.client import Client, ResourceClient
+from kubeling.client import Client
 from kubeling.common import rpc
 
 DEFAULT_TIMEOUT = 30.0
@@ -29,16 +28,7 @@ class Context:
         return self.target.server
 
     def client(self) -> Client:
-        api = Client(self.server, timeout=self.timeout, credentials=self.target.credentials)
-        # Every kind the API serves must be reachable through `api.resource`, also
-        # one the client library does not bind as an attribute (yet): ConfigMaps,
-        # Secrets. Set as attributes, they follow the client's reconnects.
-        for kind in ALL_KINDS:
-            try:
-                api.resource(kind)
-            except KeyError:
-                setattr(api, f"cli_{kind.plural}", ResourceClient(kind, api.channel, self.timeout))
-        return api
+        return Client(self.server, timeout=self.timeout, credentials=self.target.credentials)
 
     def channel(self) -> grpc.aio.Channel:
         """A raw channel to the server with the CLI's credentials (services the

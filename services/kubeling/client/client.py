@@ -265,6 +265,8 @@ class Client:
         )
         self.daemon_sets: ResourceClient[apps_pb2.DaemonSet] = self._make(kinds.DAEMON_SET, timeout)
         self.leases: ResourceClient[coordination_pb2.Lease] = self._make(kinds.LEASE, timeout)
+        self.config_maps: ResourceClient[core_pb2.ConfigMap] = self._make(kinds.CONFIG_MAP, timeout)
+        self.secrets: ResourceClient[core_pb2.Secret] = self._make(kinds.SECRET, timeout)
 
     def _make(self, kind: Kind, timeout: float | None) -> Any:
         client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)

@@ -51,7 +51,9 @@ FORMAT = 1
 STATE_DB = "state.db"
 ETCD_SNAPSHOT = "etcd-snapshot.db"
 MANIFEST = "backup.json"
-_TOKEN_FILES = ("bootstrap-tokens.json", "bootstrap-tokens.key")
+# Old token files not imported yet, and an --insecure master's Secret encryption key
+# (with TLS the key is derived from pki/ca.key).
+_TOKEN_FILES = ("bootstrap-tokens.json", "bootstrap-tokens.key", "secrets-encryption.key")
 _PKI = "pki"
 
 

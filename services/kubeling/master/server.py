@@ -162,7 +162,12 @@ def make_store(config: MasterConfig, supervisor: Supervisor | None = None) -> St
     """The configured backend (not yet opened); EtcdStoreError for a bad --store or
     an etcd that would be reached without TLS beyond loopback."""
     if config.store in ("", "sqlite"):
-        return SqliteStore(config.data_dir / "state.db", ProtoCodec(), config.history, supervisor)
+        return SqliteStore(
+            config.data_dir / "state.db",
+            ProtoCodec.for_master(config.data_dir, config.tls),
+            config.history,
+            supervisor,
+        )
     if not config.store.startswith("etcd://"):
         raise EtcdStoreError(f"--store {config.store!r}: expected sqlite or etcd://HOST:PORT,...")
     endpoints = parse_endpoints(config.store)
@@ -183,7 +188,7 @@ def make_store(config: MasterConfig, supervisor: Supervisor | None = None) -> St
         )
     return EtcdStore(
         endpoints,
-        ProtoCodec(),
+        ProtoCodec.for_master(config.data_dir, config.tls),
         credentials=credentials,
         prefix=config.etcd_prefix,
         history=config.history,
