@@ -22,6 +22,7 @@ from kubeling.v1 import coordination_pb2, core_pb2, meta_pb2
 ADMIN = Identity("root", (identity.GROUP_MASTERS,))
 EDIT = Identity("ed", (identity.GROUP_EDIT,))
 VIEW = Identity("vi", (identity.GROUP_VIEW,))
+DNS = Identity("kube-dns", (identity.GROUP_DNS,))
 W1 = identity.node_identity("w1")
 PROXY = identity.proxy_identity("w1")
 NOBODY = Identity("nobody", ("somegroup",))
@@ -197,3 +198,19 @@ def test_the_calls_kubelets_and_proxies_make_are_allowed(authz: Authorizer) -> N
     ]
     for kind, method, request in proxy_calls:
         assert allowed(authz, PROXY, kind, method, request), (kind.name, method)
+
+
+def test_the_dns_role_reads_services_endpointslices_and_namespaces_only(
+    authz: Authorizer,
+) -> None:
+    readable = {"Service", "EndpointSlice", "Namespace"}
+    for kind in ALL_KINDS:
+        for method in ("Get", "List", "Watch"):
+            request = meta_pb2.ListRequest() if method != "Get" else get("x")
+            assert allowed(authz, DNS, kind, method, request) == (kind.name in readable)
+        for method in WRITES:
+            request = create(kind, "x") if method != "Delete" else get("x")
+            assert not allowed(authz, DNS, kind, method, request)
+    # A certificate naming both dns and edit gets only the narrower dns role.
+    both = Identity("kube-dns", (identity.GROUP_EDIT, identity.GROUP_DNS))
+    assert both.role == identity.DNS

@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 GROUP_MASTERS = "system:masters"
 GROUP_EDIT = "kubeling:edit"
 GROUP_VIEW = "kubeling:view"
+# The cluster DNS server (kubeling-dns): reads Services, EndpointSlices, Namespaces.
+GROUP_DNS = "kubeling:dns"
 GROUP_NODES = "system:nodes"
 GROUP_PROXIES = "system:node-proxiers"
 NODE_PREFIX = "system:node:"
@@ -38,7 +40,8 @@ MASTER_USER = "kubeling:master"
 RESERVED_PREFIXES = ("system:", "kubeling:")
 
 ADMIN, EDIT, VIEW, NODE, PROXY, ANONYMOUS_ROLE = "admin", "edit", "view", "node", "proxy", ""
-ROLE_GROUPS = {ADMIN: GROUP_MASTERS, EDIT: GROUP_EDIT, VIEW: GROUP_VIEW}
+DNS = "dns"
+ROLE_GROUPS = {ADMIN: GROUP_MASTERS, EDIT: GROUP_EDIT, VIEW: GROUP_VIEW, DNS: GROUP_DNS}
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,15 @@ class Identity:
 
     @property
     def role(self) -> str:
-        """admin, edit, view, node, proxy, or "" (anonymous, or no role)."""
+        """admin, edit, view, dns, node, proxy, or "" (anonymous, or no role)."""
         if GROUP_MASTERS in self.groups:
             return ADMIN
         if GROUP_NODES in self.groups and self.user.startswith(NODE_PREFIX):
             return NODE
         if GROUP_PROXIES in self.groups and self.user.startswith(PROXY_PREFIX):
             return PROXY
+        if GROUP_DNS in self.groups:
+            return DNS  # the narrowest role a certificate names wins over edit/view
         if GROUP_EDIT in self.groups:
             return EDIT
         if GROUP_VIEW in self.groups:

@@ -19,6 +19,8 @@ certificate's CN is the user, its O the groups, the groups decide the role:
   Get by name, and List/Watch in the namespace with `metadata.name=NAME` (the
   kubelet's per-object watch).
 - proxy (system:kube-proxy:NAME): read Services, EndpointSlices, Nodes; write Events.
+- dns (kubeling:dns, `kubeling user add kube-dns --role dns`): read Services,
+  EndpointSlices and Namespaces only (what kubeling-dns answers from).
 
 A caller without a certificate (the join port) may only call Certificates/Join;
 anything else is UNAUTHENTICATED. A refusal is PERMISSION_DENIED naming the
@@ -256,6 +258,11 @@ class Authorizer:
                 "the view role may not reach into containers" if sub in ("log", "exec")
                 else "the view role is read only"
             )  # fmt: skip
+            raise denial(caller, self._named(kind, what, request), reason)
+        if role == identity.DNS:
+            if verb in READ and not sub and kind in (SERVICE, ENDPOINT_SLICE, NAMESPACE):
+                return
+            reason = "the cluster DNS reads Services, EndpointSlices and Namespaces only"
             raise denial(caller, self._named(kind, what, request), reason)
         if role == identity.PROXY:
             if verb in READ and not sub and kind in (SERVICE, ENDPOINT_SLICE, NODE):

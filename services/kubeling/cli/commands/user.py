@@ -27,7 +27,7 @@ from kubeling.common.token import write_private
 from kubeling.v1 import certificates_pb2
 
 _ISSUE = "/kubeling.v1.Certificates/IssueUser"
-ROLES = (identity.VIEW, identity.EDIT, identity.ADMIN)
+ROLES = (identity.VIEW, identity.EDIT, identity.ADMIN, identity.DNS)
 
 
 def register(subparsers: SubParsers) -> None:
