@@ -265,6 +265,8 @@ async def test_secret_volume_sub_path_host_path_and_security_context(
     code, mounts = await node.run("secure", "main", "grep ' /etc/creds ' /proc/mounts")
     assert code == 0 and mounts.startswith("tmpfs ")  # secret values stay off the disk
     assert await node.run("secure", "main", "cat /etc/app.ini") == (0, "x=1")
+    group = "stat -L -c '%g %a' /etc/creds/token /tmp"
+    assert await node.run("secure", "main", group) == (0, "2000 644\n2000 2777")
     assert shared.is_dir()
     assert await node.run("secure", "main", "id -u; id -g; id -G") == (0, "1000\n3000\n3000 2000")
     code, _ = await node.run("secure", "main", "touch /rootfs-file")

@@ -203,6 +203,28 @@ async def test_downward_api_and_projected_volumes(tmp_path: Path) -> None:
     assert (paths["all"] / "ns").read_text() == "default"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to a group needs root")
+async def test_fs_group_owns_volume_files_and_empty_dirs(tmp_path: Path) -> None:
+    objects = Objects()
+    objects.put_secret("tls", {"key.pem": b"k"})
+    secret = core_pb2.Volume(name="tls")
+    secret.secret.secret_name = "tls"
+    secret.secret.default_mode = 0o600
+    scratch = core_pb2.Volume(name="scratch")
+    scratch.empty_dir.SetInParent()
+    pod = pod_with(secret, scratch)
+    pod.spec.security_context.fs_group = 2000
+    volumes = manager(tmp_path, objects)
+    paths, _ = await volumes.setup(pod)
+    key = (paths["tls"] / "key.pem").stat()
+    assert (key.st_gid, stat.S_IMODE(key.st_mode)) == (2000, 0o640)
+    folder = paths["scratch"].stat()
+    assert (folder.st_gid, stat.S_IMODE(folder.st_mode)) == (2000, 0o2777)
+    version = os.readlink(paths["tls"] / DATA_LINK)
+    await volumes.setup(pod)
+    assert os.readlink(paths["tls"] / DATA_LINK) == version  # unchanged: not rewritten
+
+
 async def test_empty_dir_is_world_writable_and_teardown_removes_the_pod(tmp_path: Path) -> None:
     volume = core_pb2.Volume(name="scratch")
     volume.empty_dir.SetInParent()

@@ -135,9 +135,13 @@ def _current_payload(target: Path) -> dict[str, FileData] | None:
     return found
 
 
-def write_atomic(target: Path, payload: dict[str, FileData]) -> bool:
+def write_atomic(target: Path, payload: dict[str, FileData], gid: int | None = None) -> bool:
     """Make `target` hold exactly `payload` (relative path → file); True if it
-    changed. Readers through the visible symlinks see one whole version."""
+    changed. Readers through the visible symlinks see one whole version. `gid`
+    (the pod's fsGroup) owns the files, which its members may read (mode | 0440,
+    as the kubelet's volume ownership)."""
+    if gid is not None:
+        payload = {p: FileData(d.content, d.mode | 0o440) for p, d in payload.items()}
     for path in payload:
         _check_relative(path)
     target.mkdir(parents=True, exist_ok=True)
@@ -150,6 +154,8 @@ def write_atomic(target: Path, payload: dict[str, FileData]) -> bool:
         file = version / path
         file.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         file.write_bytes(data.content)
+        if gid is not None:
+            os.chown(file, -1, gid)
         file.chmod(data.mode)
     data_link = target / DATA_LINK
     old = os.readlink(data_link) if data_link.is_symlink() else None
@@ -186,11 +192,13 @@ def _is_mount_point(path: Path) -> bool:
     return str(path.resolve()) in mounts_under(str(path))
 
 
-async def mount_tmpfs(path: Path, size_bytes: int = 0, mode: int = 0o755) -> None:
+async def mount_tmpfs(path: Path, size_bytes: int = 0, mode: int = 0o755) -> bool:
+    """Mount a tmpfs on `path` unless one is there; True if it was mounted now."""
     if _is_mount_point(path):
-        return
+        return False
     options = f"mode={mode:o}" + (f",size={size_bytes}" if size_bytes else "")
     await _run("mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path))
+    return True
 
 
 # ---------------------------------------------------------------- the manager
@@ -266,18 +274,24 @@ class VolumeManager:
         fresh = not path.exists()
         if fresh:
             await asyncio.to_thread(self._make_dirs, path, plugin)
+        security = pod.spec.security_context
+        gid = security.fs_group if security.HasField("fs_group") else None
         if volume.HasField("empty_dir"):
             if volume.empty_dir.medium == "Memory" and self.tmpfs:
                 limit = volume.empty_dir.size_limit
                 size = as_int_bytes(parse_quantity(limit)) if limit else 0
-                await mount_tmpfs(path, size, mode=0o777)
-            elif fresh:
-                path.chmod(0o777)  # as the kubelet: any container user may write
+                fresh = await mount_tmpfs(path, size, mode=0o777) or fresh
+            if fresh:
+                # As the kubelet: any container user may write; with an fsGroup new
+                # files belong to it (setgid).
+                if gid is not None:
+                    os.chown(path, -1, gid)
+                path.chmod(0o777 if gid is None else 0o2777)
             return path
         if plugin == SECRET and self.tmpfs:
             await mount_tmpfs(path, mode=0o755)
         payload = await self._payload(pod, volume, pod_ip, host_ip)
-        if await asyncio.to_thread(write_atomic, path, payload) and not fresh:
+        if await asyncio.to_thread(write_atomic, path, payload, gid) and not fresh:
             log.info("volume updated", pod=pod.metadata.name, volume=volume.name)
         return path
 
