@@ -37,6 +37,9 @@ from typing import cast
 
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kubeling.client.config import ClientConfig
 from kubeling.common import identity, pki
@@ -307,3 +310,21 @@ def write_admin_conf(cluster: ClusterCa, path: Path, server: str) -> None:
         pass
     write_private(path, text)
     log.info("admin credential written", path=str(path), server=server)
+
+
+def derive_secret(ca_key_pem: bytes, info: bytes, length: int) -> bytes:
+    """`length` bytes derived (HKDF-SHA256, `info` naming the one use) from the cluster
+    CA's private key: the same on every master holding `pki/ca.key`, so a key made
+    this way (the etcd CA's, the Secrets encryption key) needs no copying of its own."""
+    try:
+        key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise pki.PkiError(f"the cluster CA's key is not usable: {exc}") from None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        value = key.private_numbers().private_value
+    elif isinstance(key, rsa.RSAPrivateKey):
+        value = key.private_numbers().d
+    else:
+        raise pki.PkiError(f"the cluster CA's key is a {type(key).__name__}: EC or RSA expected")
+    material = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return HKDF(hashes.SHA256(), length=length, salt=None, info=info).derive(material)

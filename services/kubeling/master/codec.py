@@ -33,13 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import Message
 
 from kubeling.api.kinds import ALL_KINDS, SECRET, Kind
-from kubeling.master import etcd_pki
+from kubeling.master import cluster_ca
 from kubeling.v1 import internal_pb2
 
 ENCRYPTION_PREFIX = b"kubeling:enc:aesgcm:v1:"
@@ -156,9 +154,7 @@ def _keys_in(data_dir: Path, tls: bool) -> dict[str, bytes]:
 
 def derive_key(ca_key_pem: bytes) -> bytes:
     """The 256-bit Secrets key: the same on every master holding the cluster CA's key."""
-    return HKDF(hashes.SHA256(), length=32, salt=None, info=_DERIVE_INFO).derive(
-        etcd_pki._secret_of(ca_key_pem)  # the etcd CA's derivation input
-    )
+    return cluster_ca.derive_secret(ca_key_pem, _DERIVE_INFO, 32)
 
 
 def _local_key(path: Path) -> bytes:

@@ -50,7 +50,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kubeling.common import identity, pki
 from kubeling.common.etcd_member import PEER_CN, EtcdMemberFiles
@@ -110,26 +109,10 @@ def load_cluster_ca(data_dir: Path) -> pki.Issued:
     return cluster_ca.load_or_create(data_dir, listen=()).ca
 
 
-def _secret_of(key_pem: bytes) -> bytes:
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise pki.PkiError(f"the cluster CA's key is not usable: {exc}") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        value = key.private_numbers().private_value
-    elif isinstance(key, rsa.RSAPrivateKey):
-        value = key.private_numbers().d
-    else:
-        raise pki.PkiError(f"the cluster CA's key is a {type(key).__name__}: EC or RSA expected")
-    return value.to_bytes((value.bit_length() + 7) // 8, "big")
-
-
 def _etcd_ca_key(cluster: pki.Issued) -> ec.EllipticCurvePrivateKey:
     """The etcd CA's key: the same on every master holding the cluster CA's key."""
     # 48 bytes reduced modulo n-1: the bias is below 2^-128.
-    okm = HKDF(hashes.SHA256(), length=48, salt=None, info=_DERIVE_INFO).derive(
-        _secret_of(cluster.key_pem)
-    )
+    okm = cluster_ca.derive_secret(cluster.key_pem, _DERIVE_INFO, 48)
     value = int.from_bytes(okm, "big") % (_P256_ORDER - 1) + 1
     return ec.derive_private_key(value, ec.SECP256R1())
 
