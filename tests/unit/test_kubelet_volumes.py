@@ -356,3 +356,19 @@ async def test_the_steps_mount_volumes_into_containers_and_remove_them(tmp_path:
 
     await UnmountVolumes(node).run(ctx)
     assert not node.volumes.pod_dir(pod.metadata.uid).exists()
+
+
+async def test_a_failed_unmount_is_retried_before_the_pod_is_forgotten(tmp_path: Path) -> None:
+    node = node_services(tmp_path)
+    volumes = manager(tmp_path)
+    node.volumes = volumes
+    pod = make_pod()
+    pod.spec.volumes.add(name="scratch").empty_dir.SetInParent()
+    await volumes.setup(pod)
+
+    async def busy(uid: str) -> None:
+        raise VolumeError("umount: target is busy")
+
+    volumes.teardown = busy  # type: ignore[method-assign]
+    result = await UnmountVolumes(node).run(await context(node, pod))
+    assert result is not None and result.retry_after == 5.0 and not result.done

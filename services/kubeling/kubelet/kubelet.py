@@ -49,7 +49,7 @@ from kubeling.kubelet.probes import ProbeManager
 from kubeling.kubelet.routes import PodRouteSync
 from kubeling.kubelet.runtime_state import Relister, RuntimePod
 from kubeling.kubelet.server import KubeletService, kubelet_server
-from kubeling.kubelet.status import StatusInputs, Waiting, compute_status
+from kubeling.kubelet.status import TERMINAL_PHASES, StatusInputs, Waiting, compute_status
 from kubeling.kubelet.steps import SyncResult, grace_period
 from kubeling.kubelet.sync import PodSyncer
 from kubeling.kubelet.volumes import ApiObjects, VolumeError, VolumeManager, needs_refresh
@@ -352,7 +352,8 @@ class Kubelet:
         while True:
             await asyncio.sleep(self.config.volume_refresh_period)
             for uid, pod in list(self.desired.items()):
-                if needs_refresh(pod) and not pod.metadata.HasField("deletion_timestamp"):
+                live = pod.status.phase not in TERMINAL_PHASES
+                if live and needs_refresh(pod) and not pod.metadata.HasField("deletion_timestamp"):
                     self.workers.update(uid)
             if not self.synced.is_set():
                 continue

@@ -516,7 +516,8 @@ def container_mounts(
             ):
                 raise VolumeError(f"subPath {mount.sub_path!r} leads out of its volume")
             if not host.exists():
-                host.mkdir(parents=True, mode=0o777)
+                host.mkdir(parents=True)
+                host.chmod(0o777)  # past the umask: as the volume, any user may write
         mounts.append(
             pb.Mount(
                 container_path=mount.mount_path,

@@ -60,6 +60,12 @@ class UnmountVolumes:
         self.node = node
 
     async def run(self, ctx: PodContext) -> SyncResult | None:
-        if self.node.volumes is not None:
+        if self.node.volumes is None:
+            return None
+        try:
             await self.node.volumes.teardown(ctx.uid)
+        except (OSError, VolumeError) as exc:
+            # A busy mount: try again rather than forget the pod with it mounted.
+            log.warning("pod volumes not removed", uid=ctx.uid, error=str(exc))
+            return SyncResult(retry_after=VOLUME_RETRY)
         return None
