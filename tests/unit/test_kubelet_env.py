@@ -15,6 +15,7 @@ from kubeling.kubelet.containers import (
     resolve_environment,
 )
 from kubeling.kubelet.steps.app_containers import StartAppContainers
+from kubeling.kubelet.volumes import VolumeError
 from kubeling.v1 import core_pb2
 from tests.kubelet.step_support import context, events, fake, make_pod, node_services
 from tests.unit.test_kubelet_volumes import Objects
@@ -166,3 +167,19 @@ def test_privileged_and_host_network_and_non_root() -> None:
     plain.spec.security_context.run_as_user = 0
     with pytest.raises(ContainerConfigError, match="non-root"):
         container_config(plain, plain.spec.containers[0], 0, "img", "", "")
+
+
+async def test_an_unreadable_source_is_retried_not_a_crash(tmp_path: Path) -> None:
+    class Unreachable(Objects):
+        async def secret(self, namespace: str, name: str) -> core_pb2.Secret | None:
+            raise VolumeError("reading secret default/creds: UNAVAILABLE: no master")
+
+    node = node_services(tmp_path)
+    node.objects = Unreachable()
+    pod = make_pod()
+    pod.spec.containers[0].env_from.add().secret_ref.name = "creds"
+    ctx = await context(node, pod, sandbox=True)
+    await StartAppContainers(node).run(ctx)
+    assert ctx.waiting["main"].reason == "CreateContainerConfigError"
+    assert "UNAVAILABLE" in ctx.waiting["main"].message
+    assert ctx.retry_after == 2.0

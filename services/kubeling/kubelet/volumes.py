@@ -65,7 +65,8 @@ class VolumeError(Exception):
 
 
 class ObjectSource(Protocol):
-    """ConfigMaps and Secrets as the node may read them; None: not found."""
+    """ConfigMaps and Secrets as the node may read them; None: not found; a
+    VolumeError when they cannot be read now."""
 
     async def config_map(self, namespace: str, name: str) -> core_pb2.ConfigMap | None: ...
 
@@ -95,7 +96,9 @@ class ApiObjects:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise
+            # Unreachable master, refused read: the caller retries on a later sync.
+            what = f"{kind.name.lower()} {namespace}/{name}"
+            raise VolumeError(f"reading {what}: {exc.code().name}: {exc.details()}") from None
 
     async def config_map(self, namespace: str, name: str) -> core_pb2.ConfigMap | None:
         result: core_pb2.ConfigMap | None = await self._get(kinds.CONFIG_MAP, namespace, name)
