@@ -29,13 +29,13 @@ per question, so memory follows the size of the cluster, not the query load.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dnslib import CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, A, DNSLabel
 
+from kubeling.api.endpoints import endpoint_ready, is_ipv4
 from kubeling.api.wellknown import SERVICE_NAME_LABEL
 from kubeling.v1 import core_pb2, discovery_pb2
 
@@ -54,19 +54,6 @@ class Answer:
     answers: list[RR] = field(default_factory=list)
     authority: list[RR] = field(default_factory=list)
     additional: list[RR] = field(default_factory=list)
-
-
-def _ipv4(address: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address)
-    except ValueError:
-        return False
-
-
-def _ready(endpoint: discovery_pb2.Endpoint) -> bool:
-    # Kubernetes: an unset ready condition means ready.
-    conditions = endpoint.conditions
-    return not conditions.HasField("ready") or conditions.ready
 
 
 def _dashed(address: str) -> str:
@@ -198,10 +185,10 @@ class ClusterIndex:
                 if not 0 < port < 65536:
                     continue
             for endpoint in endpoint_slice.endpoints:
-                if not (everyone or _ready(endpoint)):
+                if not (everyone or endpoint_ready(endpoint)):
                     continue
                 for address in endpoint.addresses[:1]:  # the first is the one used
-                    if _ipv4(address) and address not in seen:
+                    if is_ipv4(address) and address not in seen:
                         host = endpoint.hostname.lower() or _dashed(address)
                         seen[address] = _Endpoint(host, address, port)
         return sorted(seen.values(), key=lambda e: (e.host, e.address))
@@ -222,7 +209,7 @@ class ClusterIndex:
             if headless(service):
                 for endpoint in self.endpoints(service):
                     yield endpoint.address, f"{endpoint.host}.{name}"
-            elif _ipv4(service.spec.cluster_ip):
+            elif is_ipv4(service.spec.cluster_ip):
                 yield service.spec.cluster_ip, name
 
     # -- answering -----------------------------------------------------------------
@@ -261,7 +248,7 @@ class ClusterIndex:
     def _resolve_reverse(self, qname: DNSLabel | str, name: str, qtype: int) -> Answer | None:
         octets = name[: -len(_REVERSE_V4) - 1].split(".")
         address = ".".join(reversed(octets))
-        if len(octets) != 4 or not _ipv4(address):
+        if len(octets) != 4 or not is_ipv4(address):
             return None
         target = self.reverse(address)
         if target is None:
@@ -282,7 +269,7 @@ class ClusterIndex:
             return self._resolve_svc(qname, labels[:-1], qtype)
         if labels[-1] == "pod" and len(labels) == 3:
             address = labels[0].replace("-", ".")
-            if labels[0].count("-") == 3 and _ipv4(address):
+            if labels[0].count("-") == 3 and is_ipv4(address):
                 if qtype in (QTYPE.A, QTYPE.ANY):
                     return Answer(answers=[self._a(qname, address)])
                 return Answer()
@@ -321,7 +308,7 @@ class ClusterIndex:
             return Answer()
         if headless(service):
             return Answer(answers=[self._a(qname, e.address) for e in self.endpoints(service)])
-        if _ipv4(spec.cluster_ip):
+        if is_ipv4(spec.cluster_ip):
             return Answer(answers=[self._a(qname, spec.cluster_ip)])
         return Answer()
 
@@ -372,6 +359,6 @@ class ClusterIndex:
         answer = Answer()
         rdata = SRV(priority=0, weight=100, port=ports[0].port, target=name + ".")
         answer.answers.append(RR(qname, QTYPE.SRV, ttl=self.ttl, rdata=rdata))
-        if _ipv4(service.spec.cluster_ip):
+        if is_ipv4(service.spec.cluster_ip):
             answer.additional.append(self._a(name + ".", service.spec.cluster_ip))
         return answer

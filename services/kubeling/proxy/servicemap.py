@@ -4,10 +4,10 @@ objects, so the rule generation can be tested without a master or a kernel."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kubeling.api.endpoints import endpoint_ready, is_ipv4
 from kubeling.api.wellknown import SERVICE_NAME_LABEL
 from kubeling.v1 import core_pb2, discovery_pb2
 
@@ -48,26 +48,13 @@ def slice_service(endpoint_slice: discovery_pb2.EndpointSlice) -> str | None:
     return service_key(endpoint_slice.metadata.namespace, name) if name else None
 
 
-def _ipv4(address: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address)
-    except ValueError:
-        return False
-
-
-def _ready(endpoint: discovery_pb2.Endpoint) -> bool:
-    # Kubernetes: an unset ready condition means ready.
-    conditions = endpoint.conditions
-    return not conditions.HasField("ready") or conditions.ready
-
-
 def service_ports(
     service: core_pb2.Service, slices: Iterable[discovery_pb2.EndpointSlice]
 ) -> list[ServicePort]:
     """The ports of a service the proxy handles, each with its ready endpoints.
     Headless services (no cluster IP) and non-IPv4 addresses are not proxied."""
     spec = service.spec
-    if not _ipv4(spec.cluster_ip):
+    if not is_ipv4(spec.cluster_ip):
         return []
     affinity = 0
     if spec.session_affinity == "ClientIP":
@@ -89,10 +76,10 @@ def service_ports(
                 if not slice_port.HasField("port") or not 0 < slice_port.port < 65536:
                     continue
                 for endpoint in endpoint_slice.endpoints:
-                    if not _ready(endpoint):
+                    if not endpoint_ready(endpoint):
                         continue
                     for address in endpoint.addresses[:1]:  # the first is the one used
-                        if _ipv4(address):
+                        if is_ipv4(address):
                             endpoints.add(Endpoint(address, slice_port.port))
         node_port = port.node_port if spec.type in ("NodePort", "LoadBalancer") else 0
         result.append(
