@@ -953,6 +953,8 @@ class Lab:
                 "--sync-pod-routes",
                 "--image-dir", str(self.dir / "images"),
                 "--pod-log-dir", str(base / "pods"),
+                # Each node's pod volumes in its own folder (down unmounts them).
+                "--root-dir", str(base / "kubelet"),
                 *self._require().kubelet_args,
             ),
             # (The process renames itself, kubeling-kubelet: the marker is in its arguments.)
