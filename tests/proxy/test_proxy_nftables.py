@@ -197,6 +197,49 @@ async def test_node_port_from_another_namespace(lab: Lab, proxy: ProxyProcess, a
     assert explained.masquerade
 
 
+EXTERNAL_IP = "198.51.100.7"  # TEST-NET-2: reaches the node only by the outside's default route
+
+
+async def test_external_ip_and_load_balancer_ingress_reach_the_endpoints(
+    lab: Lab, proxy: ProxyProcess, api: Client
+) -> None:
+    """As the servicelb controller would, the test writes the node's address into the
+    Service's load balancer status; both it and an externalIP are DNATed to the pods."""
+    body = {
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {
+            "type": "LoadBalancer",
+            "externalIPs": [EXTERNAL_IP],
+            "ports": [{"name": "http", "port": 8081, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }
+    created = await api.services.create(json_format.ParseDict(body, core_pb2.Service()))
+    try:
+        created.status.load_balancer.ingress.add(ip=NODE_IP)
+        await api.services.update_status(created)
+        await set_endpoints(api, "lb", [1, 3], create=True)
+        proxy.wait_endpoints(EXTERNAL_IP, 8081, ips([1, 3]))
+        proxy.wait_endpoints(NODE_IP, 8081, ips([1, 3]))
+        for address in (EXTERNAL_IP, NODE_IP):
+            explained = proxy.explain(address, 8081)
+            assert explained.verdict == "external-ip", explained
+            assert explained.service == "default/lb:http"
+            assert explained.masquerade
+            result = await asyncio.to_thread(lab.client, lab.outside, "connect", address, 8081, 20)
+            assert result["errors"] == {}, result
+            assert set(result["answers"]) == {"pod1", "pod3"}, result
+        # From the node itself too (nat output).
+        result = await asyncio.to_thread(lab.client, lab.node, "connect", EXTERNAL_IP, 8081, 10)
+        assert result["errors"] == {}, result
+    finally:
+        await api.services.delete("lb", "default")
+        await api.endpoint_slices.delete("lb-slice", "default")
+    deadline = time.monotonic() + 15
+    while proxy.explain(EXTERNAL_IP, 8081).verdict != "none":
+        assert time.monotonic() < deadline, "externalIP still mapped after the Service went"
+        await asyncio.sleep(0.05)
+
+
 async def test_removed_endpoint_gets_no_new_connections(
     lab: Lab, proxy: ProxyProcess, api: Client
 ) -> None:

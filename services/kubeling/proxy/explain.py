@@ -20,7 +20,7 @@ _CHAIN_NAME = re.compile(r"^(?:svc|ext)-[0-9a-f]{8}-([^/]+)/([^/]+)/[^/]+/(.+)$"
 
 @dataclass
 class Explanation:
-    verdict: str  # cluster-ip | node-port | no-endpoints | none
+    verdict: str  # cluster-ip | external-ip | node-port | no-endpoints | none
     service: str = ""
     chain: str = ""
     endpoints: list[tuple[str, int]] = field(default_factory=list)
@@ -55,6 +55,15 @@ def _target(value: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def _follow_external(backend: NftBackend, external: str, out: Explanation) -> str | None:
+    """Record an external chain's rules in `out`; the service chain it goes to."""
+    ext_rules = backend.chain_rules(external) or []
+    out.rules.extend(f"{external}: {rule}" for rule in ext_rules)
+    out.masquerade = f"jump {r.MARK_FOR_MASQUERADE}" in ext_rules
+    out.service = _service_name(external)
+    return next((t for t in map(_target, ext_rules) if t), None)
+
+
 def explain(
     backend: NftBackend,
     address: str,
@@ -69,7 +78,12 @@ def explain(
     nodeport_key = f"{proto} . {port}"
     out = Explanation("none")
     chain = _target(backend.map_value(r.SERVICE_IPS, service_key))
-    if chain:
+    if chain and chain.startswith("ext-"):
+        # An externalIP or LoadBalancer ingress IP: through the external chain.
+        out.verdict = "external-ip"
+        out.rules.append(f"{r.SERVICE_IPS}: {service_key} : goto {chain}")
+        chain = _follow_external(backend, chain, out)
+    elif chain:
         out.verdict = "cluster-ip"
         out.rules.append(f"{r.SERVICE_IPS}: {service_key} : goto {chain}")
     elif backend.map_value(r.NO_ENDPOINT_SERVICES, service_key):
@@ -81,11 +95,7 @@ def explain(
         if external:
             out.verdict = "node-port"
             out.rules.append(f"{r.SERVICE_NODEPORTS}: {nodeport_key} : goto {external}")
-            ext_rules = backend.chain_rules(external) or []
-            out.rules.extend(f"{external}: {rule}" for rule in ext_rules)
-            out.masquerade = f"jump {r.MARK_FOR_MASQUERADE}" in ext_rules
-            chain = next((t for t in map(_target, ext_rules) if t), None)
-            out.service = _service_name(external)
+            chain = _follow_external(backend, external, out)
         elif backend.map_value(r.NO_ENDPOINT_NODEPORTS, nodeport_key):
             out.verdict = "no-endpoints"
             out.rules.append(f"{r.NO_ENDPOINT_NODEPORTS}: {nodeport_key} : goto {r.REJECT_CHAIN}")

@@ -6,7 +6,11 @@ Layout (one `ip kubeling` table, after upstream kube-proxy's nftables mode):
   `daddr . l4proto . dport` in the verdict map `service-ips`, and for the node's own
   addresses `l4proto . dport` in `service-nodeports`;
 - each service port has a chain `svc-...` that picks an endpoint and DNATs to it,
-  and for a NodePort a chain `ext-...` that marks for masquerade and goes there;
+  and for a NodePort or a service with external addresses a chain `ext-...` that
+  marks for masquerade and goes there;
+- a service's externalIPs and LoadBalancer ingress IPs are more `service-ips`
+  elements, `ip . l4proto . port : goto ext-...`, so they cost no rule of their own
+  and are matched in the same single lookup as ClusterIPs;
 - `no-endpoint-services` / `no-endpoint-nodeports` send new connections to a service
   without ready endpoints to `reject-chain` (filter hooks), so clients fail at once;
 - masquerade happens in postrouting for marked packets and for hairpin traffic
@@ -168,6 +172,11 @@ def service_key(sp: ServicePort) -> str:
     return f"{sp.cluster_ip} . {sp.protocol} . {sp.port}"
 
 
+def external_keys(sp: ServicePort) -> list[str]:
+    """The `service-ips` element keys of a service port's external addresses."""
+    return [f"{ip} . {sp.protocol} . {sp.port}" for ip in sp.external_ips]
+
+
 def nodeport_key(sp: ServicePort) -> str:
     return f"{sp.protocol} . {sp.node_port}"
 
@@ -178,6 +187,8 @@ def service_rules(sp: ServicePort, cluster_cidr: str = "") -> ServiceRules:
     out = ServiceRules(elements={name: {} for name in MAPS})
     if not sp.endpoints:
         out.elements[NO_ENDPOINT_SERVICES][service_key(sp)] = f"goto {REJECT_CHAIN}"
+        for key in external_keys(sp):
+            out.elements[NO_ENDPOINT_SERVICES][key] = f"goto {REJECT_CHAIN}"
         if sp.node_port:
             out.elements[NO_ENDPOINT_NODEPORTS][nodeport_key(sp)] = f"goto {REJECT_CHAIN}"
         return out
@@ -202,10 +213,15 @@ def service_rules(sp: ServicePort, cluster_cidr: str = "") -> ServiceRules:
         rules.append(f"{pick}{remember}{nat} {ep.ip}:{ep.port}")
     out.chains[svc] = tuple(rules)
     out.elements[SERVICE_IPS][service_key(sp)] = f"goto {svc}"
-    if sp.node_port:
+    if sp.node_port or sp.external_ips:
+        # Traffic from outside is masqueraded so replies come back through this
+        # node (externalTrafficPolicy Cluster, as upstream's external chain).
         ext = external_chain(sp)
         out.chains[ext] = (f"jump {MARK_FOR_MASQUERADE}", f"goto {svc}")
-        out.elements[SERVICE_NODEPORTS][nodeport_key(sp)] = f"goto {ext}"
+        for key in external_keys(sp):
+            out.elements[SERVICE_IPS][key] = f"goto {ext}"
+        if sp.node_port:
+            out.elements[SERVICE_NODEPORTS][nodeport_key(sp)] = f"goto {ext}"
     out.hairpin = frozenset(ep.ip for ep in sp.endpoints)
     return out
 

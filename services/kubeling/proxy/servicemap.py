@@ -1,6 +1,12 @@
 """From Services and EndpointSlices to what the proxy programs: one `ServicePort` per
 port of a service, with the ready endpoints behind it. Pure functions over the API
-objects, so the rule generation can be tested without a master or a kernel."""
+objects, so the rule generation can be tested without a master or a kernel.
+
+A service's external addresses (`spec.externalIPs`, and for type LoadBalancer the
+IPs in `status.loadBalancer.ingress`, which the servicelb controller sets to node
+addresses) are handled like its ClusterIP: `ServicePort.external_ips` lists them
+(IPv4 only, sorted, without the ClusterIP itself) and rules.py maps each to the
+service's external chain."""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ class ServicePort:
     node_port: int = 0
     affinity_timeout: int = 0  # seconds of ClientIP affinity; 0 = none
     endpoints: tuple[Endpoint, ...] = ()  # ready endpoints, sorted
+    external_ips: tuple[str, ...] = ()  # externalIPs and LB ingress IPs, sorted
 
     @property
     def service(self) -> str:
@@ -48,6 +55,18 @@ def slice_service(endpoint_slice: discovery_pb2.EndpointSlice) -> str | None:
     return service_key(endpoint_slice.metadata.namespace, name) if name else None
 
 
+def external_addresses(service: core_pb2.Service) -> tuple[str, ...]:
+    """The IPv4 addresses besides the ClusterIP that reach the service: its
+    externalIPs, and its load balancer ingress IPs when it is a LoadBalancer (a
+    status left over from an earlier type is ignored)."""
+    spec = service.spec
+    addresses = set(spec.external_ips)
+    if spec.type == "LoadBalancer":
+        addresses.update(i.ip for i in service.status.load_balancer.ingress)
+    addresses.discard(spec.cluster_ip)
+    return tuple(sorted(a for a in addresses if is_ipv4(a)))
+
+
 def service_ports(
     service: core_pb2.Service, slices: Iterable[discovery_pb2.EndpointSlice]
 ) -> list[ServicePort]:
@@ -63,6 +82,7 @@ def service_ports(
             config.timeout_seconds if config.HasField("timeout_seconds") else 0
         ) or DEFAULT_AFFINITY_TIMEOUT
     slices = [s for s in slices if (s.address_type or "IPv4") == "IPv4"]
+    external = external_addresses(service)
     result = []
     for port in spec.ports:
         protocol = (port.protocol or "TCP").lower()
@@ -93,6 +113,7 @@ def service_ports(
                 node_port=node_port,
                 affinity_timeout=affinity,
                 endpoints=tuple(sorted(endpoints)),
+                external_ips=external,
             )
         )
     return result

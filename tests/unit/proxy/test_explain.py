@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import grpc
 import pytest
 
@@ -186,3 +188,30 @@ async def test_explain_rpc_answers_from_the_backend() -> None:
     # Protocol defaults to TCP.
     default = await service.explain(proxy_pb2.ExplainRequest(address="10.96.0.10", port=80), None)
     assert default.verdict == "cluster-ip"
+
+
+def test_external_ip_goes_through_the_external_chain_without_being_local() -> None:
+    lb = replace(WEB, external_ips=("192.168.1.10", "203.0.113.9"))
+    found = explain(installed(lb, DB), "203.0.113.9", 80, "tcp", is_local=never_local)
+    assert found.verdict == "external-ip"
+    assert found.service == "default/web:http"
+    assert found.chain == r.service_chain(lb)
+    assert found.endpoints == [("10.244.0.5", 8080), ("10.244.0.6", 8080)]
+    assert found.masquerade
+    ext = r.external_chain(lb)
+    assert found.rules[:3] == [
+        f"service-ips: 203.0.113.9 . tcp . 80 : goto {ext}",
+        f"{ext}: jump mark-for-masquerade",
+        f"{ext}: goto {found.chain}",
+    ]
+    # Another port on that address is nothing of the service's.
+    assert explain(installed(lb), "203.0.113.9", 81, "tcp", is_local=lambda a: False).verdict == (
+        "none"
+    )
+
+
+def test_external_ip_without_endpoints() -> None:
+    db = replace(DB, external_ips=("203.0.113.9",))
+    found = explain(installed(db), "203.0.113.9", 5432, "tcp", is_local=never_local)
+    assert found.verdict == "no-endpoints"
+    assert found.rules == ["no-endpoint-services: 203.0.113.9 . tcp . 5432 : goto reject-chain"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kubeling.proxy import rules as r
@@ -421,3 +423,58 @@ def test_full_sync_applies_a_changed_affinity_timeout() -> None:
     changed = {WEB: [sp(affinity_timeout=60)]}
     proxier.sync_full(changed)
     assert backend.dump() == full_dump(changed)
+
+
+def test_external_addresses_are_service_ips_elements_to_the_external_chain() -> None:
+    backend = FakeNftables()
+    web = replace(sp(endpoints=["10.244.0.5"]), external_ips=("192.168.1.10", "203.0.113.9"))
+    Proxier(backend, "10.244.0.0/16").sync_full({WEB: [web]})
+    svc, ext = r.service_chain(web), r.external_chain(web)
+    assert backend.map_value(r.SERVICE_IPS, "10.96.0.10 . tcp . 80") == f"goto {svc}"
+    for ip in web.external_ips:
+        assert backend.map_value(r.SERVICE_IPS, f"{ip} . tcp . 80") == f"goto {ext}"
+    assert backend.chain_rules(ext) == ["jump mark-for-masquerade", f"goto {svc}"]
+    # No rule of their own: the service chain is the ClusterIP's, unchanged.
+    plain = FakeNftables()
+    Proxier(plain, "10.244.0.0/16").sync_full({WEB: [sp(endpoints=["10.244.0.5"])]})
+    assert backend.chain_rules(svc) == plain.chain_rules(svc)
+
+
+def test_external_addresses_without_endpoints_are_rejected() -> None:
+    backend = FakeNftables()
+    web = replace(sp(endpoints=[]), external_ips=("203.0.113.9",))
+    Proxier(backend).sync_full({WEB: [web]})
+    assert backend.map_value(r.NO_ENDPOINT_SERVICES, "203.0.113.9 . tcp . 80") == (
+        "goto reject-chain"
+    )
+    assert backend.map_value(r.SERVICE_IPS, "203.0.113.9 . tcp . 80") is None
+
+
+def test_partial_sync_of_an_added_load_balancer_ip_adds_one_element() -> None:
+    backend = CapturingNftables()
+    proxier = Proxier(backend)
+    desired = two_services()
+    web = replace(desired[WEB][0], external_ips=("192.168.1.10",))
+    proxier.sync_full({**desired, WEB: [web]})
+    grown = replace(web, external_ips=("192.168.1.10", "192.168.1.20"))
+    proxier.sync_partial({WEB: [grown]})
+    ops = [(op.verb, op.kind, op.name) for op in backend.seen[-1].ops]
+    assert ops == [("add", "elements", r.SERVICE_IPS)]
+    assert backend.dump() == full_dump({**desired, WEB: [grown]})
+    # Gone again (the type changed): the elements go, and the external chain stays
+    # only because of the node port.
+    bare = replace(web, external_ips=())
+    proxier.sync_partial({WEB: [bare]})
+    assert backend.map_value(r.SERVICE_IPS, "192.168.1.10 . tcp . 80") is None
+    assert backend.dump() == full_dump({**desired, WEB: [bare]})
+
+
+def test_external_chain_goes_with_the_last_external_address_of_a_cluster_ip_service() -> None:
+    backend = FakeNftables()
+    proxier = Proxier(backend)
+    web = replace(sp(endpoints=["10.244.0.5"]), external_ips=("203.0.113.9",))
+    proxier.sync_full({WEB: [web]})
+    assert backend.chain_rules(r.external_chain(web)) is not None
+    proxier.sync_partial({WEB: [replace(web, external_ips=())]})
+    assert backend.chain_rules(r.external_chain(web)) is None
+    assert backend.dump() == full_dump({WEB: [replace(web, external_ips=())]})

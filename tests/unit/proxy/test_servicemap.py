@@ -156,3 +156,23 @@ def test_slice_service_uses_the_service_name_label() -> None:
     unlabelled = endpoint_slice()
     unlabelled.metadata.labels.clear()
     assert slice_service(unlabelled) is None
+
+
+def test_external_ips_and_load_balancer_ingress_are_external_addresses() -> None:
+    svc = service(type_="LoadBalancer", ports=[("http", "TCP", 80, 30080)])
+    svc.spec.external_ips.extend(["203.0.113.9", "10.96.0.10", "2001:db8::1", "203.0.113.9"])
+    svc.status.load_balancer.ingress.add(ip="192.168.1.20")
+    svc.status.load_balancer.ingress.add(ip="192.168.1.10")
+    svc.status.load_balancer.ingress.add(hostname="lb.example")
+    port = only(service_ports(svc, []))
+    # IPv4 only, deduplicated, sorted, and never the ClusterIP itself.
+    assert port.external_ips == ("192.168.1.10", "192.168.1.20", "203.0.113.9")
+    assert port.node_port == 30080
+
+
+def test_ingress_of_a_service_that_is_no_longer_a_load_balancer_is_ignored() -> None:
+    svc = service(type_="NodePort", ports=[("http", "TCP", 80, 30080)])
+    svc.status.load_balancer.ingress.add(ip="192.168.1.10")
+    assert only(service_ports(svc, [])).external_ips == ()
+    svc.spec.external_ips.append("203.0.113.9")
+    assert only(service_ports(svc, [])).external_ips == ("203.0.113.9",)
