@@ -6,11 +6,18 @@ A service's external addresses (`spec.externalIPs`, and for type LoadBalancer th
 IPs in `status.loadBalancer.ingress`, which the servicelb controller sets to node
 addresses) are handled like its ClusterIP: `ServicePort.external_ips` lists them
 (IPv4 only, sorted, without the ClusterIP itself) and rules.py maps each to the
-service's external chain."""
+service's external chain.
+
+Unlike ClusterIPs, external addresses are not allocated: two Services may name the
+same `ip . protocol . port`, or one may name another's ClusterIP. nftables refuses a
+map element added twice with different verdicts, which would fail the whole sync,
+so `external_owners` decides who answers (ClusterIPs first, then the oldest
+Service) and `service_ports(..., owners=...)` leaves out what a Service does not
+own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kubeling.api.endpoints import endpoint_ready, is_ipv4
@@ -55,6 +62,39 @@ def slice_service(endpoint_slice: discovery_pb2.EndpointSlice) -> str | None:
     return service_key(endpoint_slice.metadata.namespace, name) if name else None
 
 
+Claim = tuple[str, str, int]  # (ip, protocol in nft spelling, port)
+
+
+def _protocol(port: core_pb2.ServicePort) -> str:
+    return (port.protocol or "TCP").lower()
+
+
+def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
+    """Which service (by key) answers on each address, protocol and port: every
+    ClusterIP's own, then external addresses to the oldest Service naming them
+    (creation time, then namespace/name), so the answer does not depend on order."""
+    proxied = sorted(
+        (s for s in services if is_ipv4(s.spec.cluster_ip)),
+        key=lambda s: (
+            s.metadata.creation_timestamp.seconds,
+            s.metadata.creation_timestamp.nanos,
+            s.metadata.namespace,
+            s.metadata.name,
+        ),
+    )
+    owners: dict[Claim, str] = {}
+    for svc in proxied:
+        key = service_key(svc.metadata.namespace, svc.metadata.name)
+        for port in svc.spec.ports:
+            owners[(svc.spec.cluster_ip, _protocol(port), port.port)] = key
+    for svc in proxied:
+        key = service_key(svc.metadata.namespace, svc.metadata.name)
+        for ip in external_addresses(svc):
+            for port in svc.spec.ports:
+                owners.setdefault((ip, _protocol(port), port.port), key)
+    return owners
+
+
 def external_addresses(service: core_pb2.Service) -> tuple[str, ...]:
     """The IPv4 addresses besides the ClusterIP that reach the service: its
     externalIPs, and its load balancer ingress IPs when it is a LoadBalancer (a
@@ -68,10 +108,14 @@ def external_addresses(service: core_pb2.Service) -> tuple[str, ...]:
 
 
 def service_ports(
-    service: core_pb2.Service, slices: Iterable[discovery_pb2.EndpointSlice]
+    service: core_pb2.Service,
+    slices: Iterable[discovery_pb2.EndpointSlice],
+    owners: Mapping[Claim, str] | None = None,
 ) -> list[ServicePort]:
     """The ports of a service the proxy handles, each with its ready endpoints.
-    Headless services (no cluster IP) and non-IPv4 addresses are not proxied."""
+    Headless services (no cluster IP) and non-IPv4 addresses are not proxied.
+    `owners` (from `external_owners` over every service): external addresses the
+    service does not own are left out; None keeps them all."""
     spec = service.spec
     if not is_ipv4(spec.cluster_ip):
         return []
@@ -102,6 +146,10 @@ def service_ports(
                         if is_ipv4(address):
                             endpoints.add(Endpoint(address, slice_port.port))
         node_port = port.node_port if spec.type in ("NodePort", "LoadBalancer") else 0
+        mine = external
+        if owners is not None:
+            me = service_key(service.metadata.namespace, service.metadata.name)
+            mine = tuple(ip for ip in external if owners.get((ip, protocol, port.port)) == me)
         result.append(
             ServicePort(
                 namespace=service.metadata.namespace,
@@ -113,7 +161,7 @@ def service_ports(
                 node_port=node_port,
                 affinity_timeout=affinity,
                 endpoints=tuple(sorted(endpoints)),
-                external_ips=external,
+                external_ips=mine,
             )
         )
     return result

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
+from kubeling.proxy import rules as r
+from kubeling.proxy.nft import FakeNftables, NftError
+from kubeling.proxy.proxier import Proxier
 from kubeling.proxy.servicemap import (
     DEFAULT_AFFINITY_TIMEOUT,
     Endpoint,
     ServicePort,
+    external_owners,
     service_ports,
     slice_service,
 )
@@ -176,3 +182,51 @@ def test_ingress_of_a_service_that_is_no_longer_a_load_balancer_is_ignored() -> 
     assert only(service_ports(svc, [])).external_ips == ()
     svc.spec.external_ips.append("203.0.113.9")
     assert only(service_ports(svc, [])).external_ips == ("203.0.113.9",)
+
+
+def test_external_owners_cluster_ips_first_then_the_oldest_service() -> None:
+    old = service("old", cluster_ip="10.96.0.20")
+    old.metadata.creation_timestamp.seconds = 100
+    old.spec.external_ips.extend(["203.0.113.9", "10.96.0.30"])
+    new = service("new", cluster_ip="10.96.0.30")
+    new.metadata.creation_timestamp.seconds = 200
+    new.spec.external_ips.extend(["203.0.113.9", "203.0.113.10"])
+    udp = service("udp", cluster_ip="10.96.0.40", ports=[("http", "UDP", 80, 0)])
+    udp.metadata.creation_timestamp.seconds = 300
+    udp.spec.external_ips.append("203.0.113.9")
+    headless = service("headless", cluster_ip="None")
+    headless.spec.external_ips.append("203.0.113.11")
+    owners = external_owners([udp, new, headless, old])
+    assert owners[("203.0.113.9", "tcp", 80)] == "default/old"
+    assert owners[("10.96.0.30", "tcp", 80)] == "default/new"  # a ClusterIP is its own
+    assert owners[("203.0.113.9", "udp", 80)] == "default/udp"
+    assert ("203.0.113.11", "tcp", 80) not in owners  # headless: not proxied
+    assert only(service_ports(old, [], owners)).external_ips == ("203.0.113.9",)
+    assert only(service_ports(new, [], owners)).external_ips == ("203.0.113.10",)
+    assert only(service_ports(udp, [], owners)).external_ips == ("203.0.113.9",)
+    # Without owners everything named is kept.
+    assert only(service_ports(new, [])).external_ips == ("203.0.113.10", "203.0.113.9")
+
+
+def test_services_kept_apart_by_owners_sync_without_a_clash() -> None:
+    a = service("a", cluster_ip="10.96.0.20")
+    a.spec.external_ips.append("203.0.113.9")
+    b = service("b", cluster_ip="10.96.0.21")
+    b.metadata.creation_timestamp.seconds = 1
+    b.spec.external_ips.append("203.0.113.9")
+    slices = {n: [endpoint_slice(n)] for n in ("a", "b")}
+    clashing = {
+        f"default/{s.metadata.name}": service_ports(s, slices[s.metadata.name]) for s in (a, b)
+    }
+    with pytest.raises(NftError):
+        Proxier(FakeNftables()).sync_full(clashing)
+    owners = external_owners([a, b])
+    apart = {
+        f"default/{s.metadata.name}": service_ports(s, slices[s.metadata.name], owners)
+        for s in (a, b)
+    }
+    backend = FakeNftables()
+    Proxier(backend).sync_full(apart)
+    assert backend.map_value(r.SERVICE_IPS, "203.0.113.9 . tcp . 80") == (
+        f"goto {r.external_chain(apart['default/a'][0])}"
+    )
