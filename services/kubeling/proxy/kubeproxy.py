@@ -32,7 +32,10 @@ from kubeling.proxy.conntrack import Conntrack
 from kubeling.proxy.nft import NftBackend
 from kubeling.proxy.proxier import Proxier, SyncResult
 from kubeling.proxy.servicemap import (
+    Claim,
     ServicePort,
+    external_addresses,
+    external_owners,
     service_key,
     service_ports,
     slice_service,
@@ -158,6 +161,12 @@ class KubeProxy:
         obj = new if new is not None else old
         assert obj is not None
         self._queue(service_key(obj.metadata.namespace, obj.metadata.name))
+        # External addresses are not allocated: a change may hand one to, or take
+        # it from, another service (servicemap.external_owners), so resync all.
+        before = external_addresses(old) if old is not None else ()
+        after = external_addresses(new) if new is not None and kind != "DELETED" else ()
+        if before != after:
+            self._needs_full = True
 
     def _on_slice(
         self,
@@ -193,12 +202,14 @@ class KubeProxy:
             self._needs_full = True
             self._wake.set()
 
-    def desired(self, key: str) -> list[ServicePort]:
+    def desired(self, key: str, owners: Mapping[Claim, str] | None = None) -> list[ServicePort]:
         namespace, _, name = key.partition("/")
         service = self.services.get(namespace, name)
         if service is None:
             return []
-        return service_ports(service, self._slices_by_service.get(key, {}).values())
+        if owners is None:
+            owners = external_owners(self.services.list())
+        return service_ports(service, self._slices_by_service.get(key, {}).values(), owners)
 
     def healthy(self, now: float | None = None) -> bool:
         """Kubernetes' rule: unhealthy when a queued change has waited longer than
@@ -271,14 +282,15 @@ class KubeProxy:
         # Taken now: a request made during the sync (a new pod CIDR) stays set.
         self._needs_full = False
         try:
+            owners = external_owners(self.services.list())
             if full:
                 keys = {
                     service_key(s.metadata.namespace, s.metadata.name) for s in self.services.list()
                 }
-                desired = {key: self.desired(key) for key in keys}
+                desired = {key: self.desired(key, owners) for key in keys}
                 result = await _in_thread(self.proxier.sync_full, desired)
             else:
-                desired = {key: self.desired(key) for key in dirty}
+                desired = {key: self.desired(key, owners) for key in dirty}
                 result = await _in_thread(self.proxier.sync_partial, desired)
         except asyncio.CancelledError:
             # Stopped, or the loop crashed: what was taken stays queued.

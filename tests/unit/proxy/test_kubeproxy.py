@@ -355,3 +355,26 @@ async def test_change_during_a_failed_sync_keeps_the_health_clock_running() -> N
     assert KEY in proxy._dirty
     assert proxy.state.queued_since is not None
     assert not proxy.healthy(now=queued + 61)
+
+
+async def test_a_shared_external_ip_goes_to_the_older_service_and_moves_when_it_goes() -> None:
+    proxy = make_kube_proxy()
+    old = service("old", cluster_ip="10.96.0.20")
+    old.metadata.creation_timestamp.seconds = 1
+    old.spec.external_ips.append("203.0.113.9")
+    new = service("new", cluster_ip="10.96.0.21")
+    new.metadata.creation_timestamp.seconds = 2
+    new.spec.external_ips.append("203.0.113.9")
+    for svc in (old, new):
+        add_service(proxy, svc)
+        add_slice(proxy, endpoint_slice(svc.metadata.name))
+    assert await proxy.sync_once(full=True)
+    backend = proxy.proxier.backend
+    key = "203.0.113.9 . tcp . 80"
+    old_ext = r.external_chain(service_ports(old, [])[0])
+    new_ext = r.external_chain(service_ports(new, [])[0])
+    assert backend.map_value(r.SERVICE_IPS, key) == f"goto {old_ext}"  # type: ignore[attr-defined]
+    delete_service(proxy, old)
+    assert proxy._needs_full
+    assert await proxy.sync_once(full=proxy._needs_full)
+    assert backend.map_value(r.SERVICE_IPS, key) == f"goto {new_ext}"  # type: ignore[attr-defined]

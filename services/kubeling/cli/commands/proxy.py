@@ -114,7 +114,8 @@ async def run_explain(args: argparse.Namespace, ctx: Context) -> int:
     if reply.verdict == "no-endpoints":
         ctx.out(f"{target}: a service with no ready endpoints; new connections are rejected")
     else:
-        kind = "ClusterIP" if reply.verdict == "cluster-ip" else "NodePort"
+        kinds = {"cluster-ip": "ClusterIP", "external-ip": "external IP"}
+        kind = kinds.get(reply.verdict, "NodePort")
         ctx.out(f"{target}: {kind} of service {reply.service} (chain {reply.chain})")
         ctx.out(f"  endpoints ({len(reply.endpoints)}, one picked at random per connection):")
         for ep in reply.endpoints:
