@@ -14,6 +14,7 @@ import pytest
 from kubeling.etcdpb import etcd_pb2 as pb
 from kubeling.etcdpb import etcd_pb2_grpc as pb_grpc
 from kubeling.master.codec import ProtoCodec
+from kubeling.master.store import etcd as etcd_module
 from kubeling.master.store.base import WatchClosedError
 from kubeling.master.store.etcd import EtcdStore, EtcdStoreError, parse_endpoints
 from kubeling.v1 import core_pb2
@@ -173,3 +174,19 @@ async def test_a_consistent_read_does_not_wait_on_writes_outside_the_prefix(
         assert store._cache.revision >= written.header.revision
     finally:
         await store.close()
+
+
+async def test_a_write_that_gave_up_waiting_for_the_watch_leaves_no_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the watch is down every write waits for it in vain: the waiters must
+    not pile up (no etcd needed: only the cache's revision is looked at)."""
+    monkeypatch.setattr(etcd_module, "_CACHE_WAIT", 0.01)
+    store = EtcdStore(["127.0.0.1:1"], ProtoCodec())
+    await store._until_cached(5)
+    waiting = asyncio.ensure_future(store._until_cached(6))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert store._waiters == []

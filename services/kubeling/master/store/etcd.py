@@ -424,11 +424,16 @@ class EtcdStore(CachedReads):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._seq += 1
-        bisect.insort(self._waiters, (revision, self._seq, future))
+        waiter = (revision, self._seq, future)
+        bisect.insort(self._waiters, waiter)
         try:
             await asyncio.wait_for(future, _CACHE_WAIT)
         except TimeoutError:
             log.warning("etcd watch is behind; write acknowledged before it was cached")
+        finally:
+            # Timed out or cancelled: not left behind while the watch stays down.
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     async def wait_consistent(self) -> None:
         """Until the cache holds everything etcd had committed when this was called
