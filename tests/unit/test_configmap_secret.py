@@ -20,6 +20,7 @@ from kubeling.common.identity import Identity
 from kubeling.master import cluster_ca
 from kubeling.master.authz import Authorizer
 from kubeling.master.codec import (
+    ENCRYPTION_PREFIX,
     LOCAL_KEY_FILE,
     ProtoCodec,
     SecretDecryptionError,
@@ -556,3 +557,12 @@ def test_tls_master_without_ca_key_says_why(tmp_path: Path) -> None:
     cipher = SecretsCipher.for_data_dir(tmp_path, tls=True)
     with pytest.raises(SecretDecryptionError, match=r"ca\.key is missing"):
         cipher.encrypt("/secrets/default/s", b"x")
+
+
+@pytest.mark.parametrize("tail", [b"", b"short", b"n" * 12])
+def test_a_truncated_encrypted_secret_is_a_decryption_error(tail: bytes) -> None:
+    """A value cut short (no whole nonce, or no tag) is 'damaged', not a ValueError
+    the store's loops do not expect."""
+    codec = ProtoCodec(SecretsCipher("ca", keys={"ca": b"k" * 32}))
+    with pytest.raises(SecretDecryptionError, match="damaged"):
+        codec.decode("/secrets/default/s", ENCRYPTION_PREFIX + b"ca:" + tail)

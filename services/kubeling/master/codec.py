@@ -127,6 +127,8 @@ class SecretsCipher:
                 f"{key}: encrypted with key {name!r}, which this master does not have "
                 f"(it has: {', '.join(sorted(self._aead)) or 'none'})"
             )
+        if len(rest) < _NONCE_SIZE:
+            raise SecretDecryptionError(f"{key}: the encrypted value is damaged (cut short)")
         try:
             return aead.decrypt(rest[:_NONCE_SIZE], rest[_NONCE_SIZE:], key.encode())
         except InvalidTag:
