@@ -3,19 +3,26 @@ ConfigMaps and Secrets from an in-memory source and the fake CRI runtime."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
+import grpc
 import pytest
 
+from kubeling.api import kinds
+from kubeling.client import Client
 from kubeling.cri.api import pb
 from kubeling.kubelet.steps.app_containers import StartAppContainers
 from kubeling.kubelet.steps.sandbox import EnsureSandbox
 from kubeling.kubelet.steps.volumes import MountVolumes, UnmountVolumes
 from kubeling.kubelet.volumes import (
     DATA_LINK,
+    ApiObjects,
     FileData,
     VolumeError,
     VolumeManager,
@@ -372,3 +379,51 @@ async def test_a_failed_unmount_is_retried_before_the_pod_is_forgotten(tmp_path:
     volumes.teardown = busy  # type: ignore[method-assign]
     result = await UnmountVolumes(node).run(await context(node, pod))
     assert result is not None and result.retry_after == 5.0 and not result.done
+
+
+class _Resource:
+    """A client resource whose get answers with `outcome` (or never)."""
+
+    def __init__(self, kind: kinds.Kind, outcome: object) -> None:
+        self.kind = kind
+        self.outcome = outcome
+
+    async def get(self, name: str, namespace: str = "") -> object:
+        if self.outcome is None:
+            await asyncio.Event().wait()  # a master that never answers
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def _api(config_maps: object, secrets: object) -> Client:
+    return cast(
+        Client,
+        SimpleNamespace(
+            config_maps=_Resource(kinds.CONFIG_MAP, config_maps),
+            secrets=_Resource(kinds.SECRET, secrets),
+        ),
+    )
+
+
+def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    empty = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, empty, empty, details="from the test")
+
+
+async def test_api_objects_read_through_the_clients_resources() -> None:
+    """The client's own resources (which follow its channel on a renewed
+    certificate): found, NOT_FOUND is None, another status a VolumeError."""
+    found = core_pb2.ConfigMap(data={"k": "v"})
+    objects = ApiObjects(_api(found, _rpc_error(grpc.StatusCode.NOT_FOUND)))
+    assert await objects.config_map("default", "cm") is found
+    assert await objects.secret("default", "s") is None
+    refused = ApiObjects(_api(_rpc_error(grpc.StatusCode.PERMISSION_DENIED), None))
+    with pytest.raises(VolumeError, match="reading configmap default/cm: PERMISSION_DENIED"):
+        await refused.config_map("default", "cm")
+
+
+async def test_api_objects_give_up_on_a_silent_master() -> None:
+    objects = ApiObjects(_api(None, None), timeout=0.05)
+    with pytest.raises(VolumeError, match=r"reading secret default/s: no answer in 0\.05 s"):
+        await objects.secret("default", "s")

@@ -39,7 +39,6 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from kubeling.api import kinds
 from kubeling.api.quantity import as_int_bytes, parse_quantity
 from kubeling.client import Client
 from kubeling.client.client import ResourceClient
@@ -75,37 +74,33 @@ class ObjectSource(Protocol):
 
 class ApiObjects:
     """Reads through the kubelet's API client: a get per object (the node
-    authorizer lets a node get only what its pods refer to, not list or watch)."""
+    authorizer lets a node get only what its pods refer to, not list or watch).
+    The client's own resources follow its channel when its certificate is renewed;
+    each read is bounded by `timeout` so a sync never waits on a silent master."""
 
     def __init__(self, api: Client, timeout: float = 10.0) -> None:
         self.api = api
         self.timeout = timeout
-        self._clients: dict[str, tuple[Any, ResourceClient[Any]]] = {}
 
-    def _client(self, kind: kinds.Kind) -> ResourceClient[Any]:
-        # Rebuilt when the client switched channels (a renewed certificate).
-        held = self._clients.get(kind.name)
-        if held is None or held[0] is not self.api.channel:
-            held = (self.api.channel, ResourceClient(kind, self.api.channel, self.timeout))
-            self._clients[kind.name] = held
-        return held[1]
-
-    async def _get(self, kind: kinds.Kind, namespace: str, name: str) -> Any:
+    async def _get(self, resource: ResourceClient[Any], namespace: str, name: str) -> Any:
+        what = f"{resource.kind.name.lower()} {namespace}/{name}"
         try:
-            return await self._client(kind).get(name, namespace=namespace)
+            async with asyncio.timeout(self.timeout):
+                return await resource.get(name, namespace=namespace)
+        except TimeoutError:
+            raise VolumeError(f"reading {what}: no answer in {self.timeout:g} s") from None
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             # Unreachable master, refused read: the caller retries on a later sync.
-            what = f"{kind.name.lower()} {namespace}/{name}"
             raise VolumeError(f"reading {what}: {exc.code().name}: {exc.details()}") from None
 
     async def config_map(self, namespace: str, name: str) -> core_pb2.ConfigMap | None:
-        result: core_pb2.ConfigMap | None = await self._get(kinds.CONFIG_MAP, namespace, name)
+        result: core_pb2.ConfigMap | None = await self._get(self.api.config_maps, namespace, name)
         return result
 
     async def secret(self, namespace: str, name: str) -> core_pb2.Secret | None:
-        result: core_pb2.Secret | None = await self._get(kinds.SECRET, namespace, name)
+        result: core_pb2.Secret | None = await self._get(self.api.secrets, namespace, name)
         return result
 
 
