@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from kubeling.api.objects import now
 from kubeling.client import Client
-from kubeling.controllers.servicelb import assign_ingress, desired_ingress, node_addresses
+from kubeling.controllers.context import ControllerContext
+from kubeling.controllers.servicelb import (
+    ServiceLBController,
+    assign_ingress,
+    desired_ingress,
+    node_addresses,
+)
 from kubeling.v1 import core_pb2
 from tests.support import waiting
 from tests.support.inprocess import in_process_master
@@ -156,3 +164,27 @@ async def test_controller_hands_a_freed_port_to_the_waiting_service(tmp_path: Pa
         assert await _ingress(api, "second") == []
         await api.services.delete("first", "default")
         await eventually(lambda: ingress_is("second", ["192.168.1.10"]))
+
+
+def test_only_a_change_in_what_a_node_publishes_resyncs_the_load_balancers() -> None:
+    api = cast(Client, SimpleNamespace(services=object(), nodes=object()))
+    settings = SimpleNamespace(workers=1)
+    controller = ServiceLBController(
+        cast(ControllerContext, SimpleNamespace(api=api, settings=settings))
+    )
+    controller.services.store["default/lb"] = service("lb")
+    queued: list[str] = []
+    controller.queue.add = queued.append  # type: ignore[method-assign]
+
+    before = node("n1", "192.168.1.10")
+    heartbeat = node("n1", "192.168.1.10")
+    controller._on_node("MODIFIED", before, heartbeat)
+    assert queued == []  # a heartbeat
+    not_ready = node("n1", "192.168.1.10", ready="False")
+    controller._on_node("MODIFIED", heartbeat, not_ready)
+    assert queued == ["default/lb"]
+    controller._on_node("DELETED", not_ready, not_ready)
+    assert queued == ["default/lb"]  # it published nothing any more
+    controller._on_node("ADDED", None, before)
+    controller._on_node("DELETED", before, before)
+    assert queued == ["default/lb"] * 3

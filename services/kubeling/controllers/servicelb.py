@@ -19,10 +19,11 @@ Service left with no address has an empty ingress (pending, as in k3s) until the
 older one goes or changes.
 
 A Service whose type changes away from LoadBalancer has its ingress cleared; a
-node that comes, goes, turns Ready or unschedulable changes every LoadBalancer
-Service, and so does any Service change (one may free or take addresses). The
-assignment is recomputed from the caches for each sync: linear in the number of
-Services, fine at this project's scale. Status is written only when it differs,
+node that comes, goes, turns Ready or unschedulable or changes its InternalIP
+resyncs every LoadBalancer Service (its heartbeats do not), and so does any
+Service change (one may free or take addresses). The assignment is recomputed
+from the caches for each sync: linear in the number of Services, fine at this
+project's scale. Status is written only when it differs,
 through UpdateStatus.
 """
 
@@ -121,7 +122,12 @@ class ServiceLBController:
         self._enqueue_load_balancers()
 
     def _on_node(self, kind: str, old: Any, new: Any) -> None:
-        self._enqueue_load_balancers()
+        # Only what the node publishes matters, not its heartbeats: each status
+        # update would otherwise resync every LoadBalancer Service.
+        before = node_addresses([old]) if old is not None else []
+        after = node_addresses([new]) if new is not None and kind != "DELETED" else []
+        if before != after:
+            self._enqueue_load_balancers()
 
     def _enqueue_load_balancers(self) -> None:
         # A sync that changes nothing writes nothing, so over-queueing is cheap.
