@@ -316,6 +316,27 @@ def test_container_mounts_with_sub_path_and_read_only(tmp_path: Path) -> None:
     assert all(m.propagation == pb.PROPAGATION_PRIVATE for m in mounts)
 
 
+def test_sub_path_directories_take_the_volumes_mode(tmp_path: Path) -> None:
+    """As the kubelet: an emptyDir's subPath is writable by anyone (past the umask);
+    one made in a hostPath is no more open than the hostPath itself."""
+    scratch, host = tmp_path / "scratch", tmp_path / "host"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    host.mkdir()
+    host.chmod(0o750)
+    pod = make_pod()
+    pod.spec.volumes.add(name="scratch").empty_dir.SetInParent()
+    pod.spec.volumes.add(name="host").host_path.path = str(host)
+    container = pod.spec.containers[0]
+    container.volume_mounts.add(name="scratch", mount_path="/a", sub_path="x/y")
+    container.volume_mounts.add(name="host", mount_path="/b", sub_path="data/db")
+    container_mounts(pod, container, {"scratch": scratch, "host": host})
+    for made in (scratch / "x", scratch / "x" / "y"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o777
+    for made in (host / "data", host / "data" / "db"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o750
+
+
 def test_a_sub_path_may_not_leave_its_volume(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()

@@ -514,8 +514,7 @@ def container_mounts(
             ):
                 raise VolumeError(f"subPath {mount.sub_path!r} leads out of its volume")
             if not host.exists():
-                host.mkdir(parents=True)
-                host.chmod(0o777)  # past the umask: as the volume, any user may write
+                _make_sub_path(base, host)
         mounts.append(
             pb.Mount(
                 container_path=mount.mount_path,
@@ -525,3 +524,15 @@ def container_mounts(
             )
         )
     return mounts
+
+
+def _make_sub_path(base: Path, host: Path) -> None:
+    """Make the missing directories of a subPath with the volume's own mode, past
+    the umask, as the kubelet does: an emptyDir's 0777 (2777 with an fsGroup) lets
+    any container user write; a hostPath's directories stay as private as it is."""
+    mode = stat.S_IMODE(base.stat().st_mode)
+    missing = [p for p in (host, *host.parents) if p.is_relative_to(base) and p != base]
+    for directory in reversed(missing):
+        if not directory.exists():
+            directory.mkdir()
+            directory.chmod(mode)
