@@ -242,6 +242,30 @@ async def test_malformed_messages() -> None:
         assert reply.header.rcode == RCODE.NOERROR
 
 
+class _BrokenIndex(ClusterIndex):
+    def resolve(self, qname: object, qtype: int) -> None:
+        raise RuntimeError("a bug")
+
+
+async def test_a_failure_answering_is_servfail_and_the_connection_stays() -> None:
+    async with dns_server(_BrokenIndex()) as server:
+        assert (await ask(server.port, "web.demo.svc.cluster.local")).header.rcode == (
+            RCODE.SERVFAIL
+        )
+        question = DNSRecord.question("web.demo.svc.cluster.local")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            for _ in range(2):  # the same TCP connection answers again
+                packed = question.pack()
+                writer.write(len(packed).to_bytes(2, "big") + packed)
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                reply = DNSRecord.parse(await reader.readexactly(size))
+                assert reply.header.rcode == RCODE.SERVFAIL
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
 async def test_stop_frees_the_port() -> None:
     async with dns_server(big_index()) as server:
         port = server.port

@@ -244,31 +244,38 @@ class DnsServer:
             DROPPED.inc()
             return None  # a response sent to us: never answer one (loops)
         type_label = _type_label(request.q.qtype) if request.questions else "other"
-        source = "cluster"
-        if request.header.opcode != OPCODE.QUERY:
-            reply_bytes = self._pack(_bare_reply(request, RCODE.NOTIMP), request, tcp)
-        elif len(request.questions) != 1:
-            reply_bytes = self._pack(_bare_reply(request, RCODE.FORMERR), request, tcp)
-        elif request.q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
-            # Zone transfers are not served: the zone is the API's, read it there.
-            reply_bytes = self._pack(_bare_reply(request, RCODE.REFUSED), request, tcp)
-        else:
-            question = request.q
-            answer = self.index.resolve(question.qname, question.qtype)
-            if answer is not None:
-                if self.ready():
-                    reply_bytes = self._pack(self._reply(request, answer), request, tcp)
-                else:
-                    reply_bytes = self._pack(_bare_reply(request, RCODE.SERVFAIL), request, tcp)
-            elif self.index.in_zone(str(question.qname)) and not self.ready():
-                reply_bytes = self._pack(_bare_reply(request, RCODE.SERVFAIL), request, tcp)
-            else:
-                source = "forward"
-                reply_bytes = await self._forwarded(data, request, tcp)
+        try:
+            reply_bytes, source = await self._answer(data, request, tcp)
+        except Exception:
+            # A bug must cost this question a SERVFAIL, not the client a timeout
+            # (UDP) or its connection (TCP).
+            log.exception("dns question failed", question=str(request.q.qname))
+            reply_bytes, source = self._pack(_bare_reply(request, RCODE.SERVFAIL), request, tcp), ""
         rcode = RCODE.get(reply_bytes[3] & 0x0F, "other") if len(reply_bytes) > 3 else "other"
         REQUESTS.labels(type_label, rcode).inc()
-        DURATION.labels(source).observe(time.monotonic() - started)
+        if source:
+            DURATION.labels(source).observe(time.monotonic() - started)
         return reply_bytes
+
+    async def _answer(self, data: bytes, request: DNSRecord, tcp: bool) -> tuple[bytes, str]:
+        """The reply to a parsed query, and where it came from (cluster, forward)."""
+        pack = self._pack
+        if request.header.opcode != OPCODE.QUERY:
+            return pack(_bare_reply(request, RCODE.NOTIMP), request, tcp), "cluster"
+        if len(request.questions) != 1:
+            return pack(_bare_reply(request, RCODE.FORMERR), request, tcp), "cluster"
+        if request.q.qtype in (QTYPE.AXFR, QTYPE.IXFR):
+            # Zone transfers are not served: the zone is the API's, read it there.
+            return pack(_bare_reply(request, RCODE.REFUSED), request, tcp), "cluster"
+        question = request.q
+        answer = self.index.resolve(question.qname, question.qtype)
+        if answer is not None:
+            if self.ready():
+                return pack(self._reply(request, answer), request, tcp), "cluster"
+            return pack(_bare_reply(request, RCODE.SERVFAIL), request, tcp), "cluster"
+        if self.index.in_zone(str(question.qname)) and not self.ready():
+            return pack(_bare_reply(request, RCODE.SERVFAIL), request, tcp), "cluster"
+        return await self._forwarded(data, request, tcp), "forward"
 
     def _reply(self, request: DNSRecord, answer: Answer) -> DNSRecord:
         reply = request.reply(ra=1, aa=1)
