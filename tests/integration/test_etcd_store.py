@@ -5,8 +5,10 @@ reloading itself rather than serving a gap."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -190,3 +192,23 @@ async def test_a_write_that_gave_up_waiting_for_the_watch_leaves_no_waiter(
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert store._waiters == []
+
+
+async def test_a_history_replay_etcd_refuses_ends_without_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """etcd cancels a watch for other reasons than compaction (auth, a bad range)
+    and keeps the stream open: the replay must end there, not wait forever."""
+
+    async def replies() -> AsyncIterator[pb.WatchResponse]:
+        yield pb.WatchResponse(created=True)
+        yield pb.WatchResponse(canceled=True, cancel_reason="permission denied")
+        await asyncio.Event().wait()  # the stream stays open
+
+    @contextlib.asynccontextmanager
+    async def stream(create: pb.WatchRequest) -> AsyncIterator[tuple[Any, Any]]:
+        yield replies(), asyncio.Queue()
+
+    store = EtcdStore(["127.0.0.1:1"], ProtoCodec())
+    monkeypatch.setattr(store, "_watch_stream", stream)
+    assert await asyncio.wait_for(store._replay(100), 5.0) == []

@@ -293,6 +293,11 @@ class EtcdStore(CachedReads):
                         return []
                     await requests.put(self._create_request(reply.compact_revision, True))
                     continue
+                if reply.canceled:
+                    # Refused for another reason: the stream stays open without
+                    # events, so waiting for the marker would wait forever.
+                    log.warning("etcd refused the history; none kept", reason=reply.cancel_reason)
+                    return []
                 for change in reply.events:
                     if change.kv.mod_revision >= revision:
                         return events
