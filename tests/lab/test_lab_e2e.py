@@ -332,3 +332,47 @@ def test_no_secret_on_a_command_line_or_in_a_log(lab: Lab) -> None:
     assert len(secrets_at_rest) >= 8  # the kubelet's and the proxy's keys among them
     for path in secrets_at_rest:
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+PULLED = """
+apiVersion: v1
+kind: Pod
+metadata: {name: pulled, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - {name: main, image: busybox, command: ["sleep", "100000"]}
+"""
+
+
+async def test_busybox_is_pulled_from_the_lab_registry_with_no_failed_pull(
+    lab: Lab, api: Client
+) -> None:
+    """`image: busybox` (pull policy Always) is pulled through CRI from the lab's
+    docker-registry, the nodes' docker.io mirror: busybox is not imported on nodes."""
+    from kubeling.node.images import BUSYBOX_IMAGE, containerd_images, read_archive_names
+
+    await api.pods.create(parse(PULLED, core_pb2.Pod()))
+
+    async def running() -> bool:
+        return ready(await api.pods.get("pulled", NS))
+
+    await eventually(running, within=120)
+    pod = await api.pods.get("pulled", NS)
+    events = (await api.events.list("")).items
+    pulled = [e for e in events if e.involved_object.name == "pulled" and e.reason == "Pulled"]
+    assert pulled and "Successfully pulled" in pulled[0].message, await snapshot(api)
+    failed = [
+        f"{e.involved_object.name}: {e.reason} {e.message}"
+        for e in events
+        if e.reason in ("Failed", "ErrImagePull", "ImagePullBackOff")
+        or "failed to pull" in e.message.lower()
+    ]
+    assert not failed, failed
+    # The node has the registry's copy, the very manifest the lab built.
+    built = read_archive_names(lab.dir / "images" / "busybox.tar")[BUSYBOX_IMAGE]
+    socket = lab.node_dir(pod.spec.node_name) / "containerd.sock"
+    assert containerd_images(str(socket))[BUSYBOX_IMAGE] == built
+    assert not (lab.sandbox_images / "busybox.tar").exists()
+    assert next(row for row in lab.status() if row[0] == "registry")[4] == "up"
+    await api.pods.delete("pulled", NS)

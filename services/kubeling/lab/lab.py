@@ -50,6 +50,14 @@ socket, which the lab moves to another running master when it stops or kills the
 one it points to (what a load balancer's health check does). `stop`, `start` and
 `kill` take `master-N` and `etcd-N` as they take nodes.
 
+Images: Debian's `docker-registry` runs on 10.99.0.1:5000 (kl-net, or kl-master-1
+with several masters) with its own config and storage under `registry/`; the lab's
+images are pushed to it once, at `up`. Every node's containerd takes it as the mirror
+for docker.io (`nodes/NAME/certs.d/docker.io/hosts.toml`), so `image: busybox` is
+pulled for real through CRI PullImage; only the pause (sandbox) image is imported on
+each node, as it must be there before any pull. The upstream named in hosts.toml is
+never reached: nothing has a route off the machine.
+
 Everything the lab makes is recorded in `STATE_DIR/lab.json`, and `down()` removes it
 all: processes (by PID, checked against their command line), pods (through CRI),
 mounts, namespaces and files.
@@ -84,8 +92,10 @@ from kubeling.node.containerd import (
     remove_all_sandboxes,
     remove_leftovers,
     write_containerd_config,
+    write_registry_mirror,
 )
 from kubeling.node.images import PAUSE_IMAGE, build_images
+from kubeling.node.registry import REGISTRY_BINARY, write_registry_config
 
 LAB_NETWORK = ipaddress.IPv4Network("10.99.0.0/24")
 MASTER_IP = "10.99.0.1"
@@ -103,6 +113,10 @@ STORES = ("sqlite", "etcd")
 MAX_MASTERS = 9
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+# The lab's image registry, the nodes' mirror for docker.io (in the namespace that
+# holds 10.99.0.1: the bridge's with one master, master-1's with several).
+REGISTRY_PORT = 5000
+REGISTRY_ADDRESS = f"{MASTER_IP}:{REGISTRY_PORT}"
 
 
 class LabError(RuntimeError):
@@ -194,6 +208,7 @@ class LabState:
     proxy_args: list[str] = field(default_factory=list)
     store: str = "sqlite"
     masters: list[MasterState] = field(default_factory=list)  # with --store etcd
+    registry: Proc | None = None  # docker-registry on REGISTRY_ADDRESS
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -230,6 +245,7 @@ class LabState:
             list(raw.get("proxy_args", [])),
             str(raw.get("store", "sqlite")),
             masters,
+            registry=proc(raw.get("registry")),
         )
 
     def save(self, path: Path) -> None:
@@ -516,6 +532,7 @@ class Lab:
                 f"master on {MASTER_IP}:{MASTER_PORT} (join port {JOIN_PORT}) and {self.server}"
             )
             self.start_master()
+        self._up_registry(progress)
         self.write_config()
         progress(f"cluster CA {self.ca_pin()}; admin config {self.config_path}")
         token = self._create_token(DEFAULT_TTL, "kubeling lab: the lab's nodes")
@@ -600,6 +617,67 @@ class Lab:
         for master in state.masters:
             self._wait_master(master.name)
         self._point_socket()
+
+    # -- the image registry -------------------------------------------------------------
+
+    @property
+    def registry_netns(self) -> str:
+        state = self._require()
+        return state.masters[0].netns if state.masters else state.master_netns
+
+    @property
+    def sandbox_images(self) -> Path:
+        """What each kubelet imports at start: only the pause image (the sandbox
+        image must be there before any pull); busybox comes from the registry."""
+        return self.dir / "images" / "sandbox"
+
+    def _up_registry(self, progress: Callable[[str], None]) -> None:
+        """Debian's docker-registry on 10.99.0.1:5000 with its own config and storage
+        under the lab dir (the package's own service plays no part), and the lab's
+        images pushed to it once, from inside its namespace (the host has no route
+        to the lab network)."""
+        state = self._require()
+        images = self.dir / "images"
+        self.sandbox_images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / "pause.tar", self.sandbox_images / "pause.tar")
+        if not Path(REGISTRY_BINARY).exists():
+            # Still a working lab (machines set up before the registry came): busybox
+            # imported on each node, and pods warn that pulling it failed.
+            progress(
+                f"no image registry: {REGISTRY_BINARY} is not installed (apt-get install "
+                "docker-registry); busybox is imported on each node instead"
+            )
+            shutil.copyfile(images / "busybox.tar", self.sandbox_images / "busybox.tar")
+            return
+        base = self.dir / "registry"
+        base.mkdir(parents=True, exist_ok=True)
+        config = write_registry_config(
+            base / "config.yml", addr=REGISTRY_ADDRESS, root=base / "data"
+        )
+        progress(f"image registry on {REGISTRY_ADDRESS} (namespace {self.registry_netns})")
+        state.registry = self._spawn(
+            self.registry_netns, "registry", [REGISTRY_BINARY, "serve", str(config)], str(config)
+        )
+        self._save()
+        archives = [str(images / "busybox.tar"), str(images / "pause.tar")]
+        with (self.logs / "registry-push.log").open("ab") as log:
+            pushed = subprocess.run(
+                [
+                    "nsenter", f"--net=/var/run/netns/{self.registry_netns}", "--",
+                    *self._python(
+                        "kubeling.node.registry", "push",
+                        "--registry", REGISTRY_ADDRESS,
+                        "--plain-http-network", str(LAB_NETWORK),
+                        "--wait", "30",
+                        *archives,
+                    ),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )  # fmt: skip
+        if pushed.returncode != 0:
+            raise LabError(f"pushing the lab's images failed: see {self.logs}/registry-push.log")
 
     def start_etcd(self, name: str, wait: bool = True) -> None:
         """Start etcd member `name` (etcd-N), again after a stop or kill: same data,
@@ -920,7 +998,12 @@ class Lab:
             grpc_address=str(socket),
             cni_conf_dir=str(base / "net.d"),
             sandbox_image=PAUSE_IMAGE,
+            registry_config_dir=str(base / "certs.d"),
         )
+        if self._require().registry is not None:
+            # docker.io pulls (image: busybox) go to the lab's registry: nothing has a
+            # route off the machine, so the upstream is never reached.
+            write_registry_mirror(base / "certs.d", "docker.io", f"http://{REGISTRY_ADDRESS}")
         containerd = ContainerdProcess(
             config,
             address=str(socket),
@@ -951,7 +1034,7 @@ class Lab:
                 "--cluster-cidr", CLUSTER_CIDR,
                 "--service-cidr", SERVICE_CIDR,
                 "--sync-pod-routes",
-                "--image-dir", str(self.dir / "images"),
+                "--image-dir", str(self.sandbox_images),
                 "--pod-log-dir", str(base / "pods"),
                 # Each node's pod volumes in its own folder (down unmounts them).
                 "--root-dir", str(base / "kubelet"),
@@ -1043,6 +1126,9 @@ class Lab:
             ):
                 parts.append(f"{label}:{'up' if proc and proc.alive() else 'DOWN'}")
             rows.append((node.name, node.netns, node.ip, node.pod_cidr, " ".join(parts), ""))
+        if state.registry is not None:
+            registry = ("registry", self.registry_netns, REGISTRY_ADDRESS, "", up(state.registry))
+            rows.append((*registry, ""))
         return rows
 
     def exec_command(self, name: str, command: list[str]) -> list[str]:
@@ -1080,6 +1166,9 @@ class Lab:
             for master in state.masters:
                 if master.etcd is not None:
                     master.etcd.kill()
+        if state.registry is not None:
+            progress("stopping the image registry")
+            state.registry.stop()
         for master in state.masters:
             if _netns_exists(master.netns):
                 subprocess.run(["ip", "netns", "delete", master.netns], capture_output=True)

@@ -500,3 +500,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_registry_mirror(
+    config_dir: Path | str,
+    registry: str,
+    mirror: str,
+    *,
+    server: str | None = None,
+) -> Path:
+    """Write CONFIG_DIR/REGISTRY/hosts.toml so pulls of `registry` images (docker.io)
+    go to `mirror` (http://10.99.0.1:5000) first; `server` (default: Docker Hub's
+    for docker.io, else https://REGISTRY) stays the upstream, as containerd's own
+    examples do. A plain-http mirror needs no skip_verify."""
+    if server is None:
+        server = (
+            "https://registry-1.docker.io" if registry == "docker.io" else f"https://{registry}"
+        )
+    path = Path(config_dir) / registry / "hosts.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by kubeling.node.containerd: a registry mirror.\n"
+        f"server = {_toml_value(server)}\n"
+        "\n"
+        f"[host.{_toml_value(mirror)}]\n"
+        'capabilities = ["pull", "resolve"]\n'
+    )
+    return path

@@ -13,6 +13,7 @@ from kubeling.cli.commands import delete as delete
 from kubeling.cli.commands import describe as describe
 from kubeling.cli.commands import exec as exec
 from kubeling.cli.commands import get as get
+from kubeling.cli.commands import image as image
 from kubeling.cli.commands import lab as lab
 from kubeling.cli.commands import logs as logs
 from kubeling.cli.commands import proxy as proxy
@@ -24,6 +25,7 @@ from kubeling.cli.commands.base import SubParsers
 
 COMMANDS = (
     get, describe, create, apply, delete, logs, exec, scale, rollout, proxy, token, user, lab,
+    image,
 )  # fmt: skip
 
 
