@@ -27,6 +27,8 @@ PACKAGES=(
   busybox-static
   gcc
   libc6-dev
+  # The lab's image registry (docker.io's mirror for its nodes); harmless on a worker.
+  docker-registry
 )
 
 if [ "$(id -u)" -ne 0 ]; then

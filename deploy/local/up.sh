@@ -26,6 +26,7 @@ for tool in containerd runc nft conntrack nsenter ip busybox gcc; do
   command -v "$tool" >/dev/null || need+=("$tool")
 done
 [[ -x /usr/lib/cni/bridge ]] || need+=(cni-plugins)
+[[ -x /usr/bin/docker-registry ]] || need+=(docker-registry)
 if ((${#need[@]})); then
   step "installing system packages (missing: ${need[*]}) — log: .kubeling/install-deps.log"
   bash deploy/containerd/install-deps.sh >.kubeling/install-deps.log 2>&1 \
