@@ -155,29 +155,6 @@ async def test_the_store_says_unhealthy_while_etcd_is_gone_and_recovers(
             await store.close()
 
 
-async def test_a_consistent_read_does_not_wait_on_writes_outside_the_prefix(
-    etcd: EtcdCluster,
-) -> None:
-    """etcd's revision also moves for keys under other prefixes (another cluster on
-    the same etcd), which the prefix watch never sees as events: the store asks the
-    watch for a progress notification rather than waiting for the periodic one
-    (minutes) or its own give-up timeout."""
-    store = await opened(etcd, f"/p-{uuid.uuid4().hex[:6]}")
-    try:
-        await store.create("/nodes/n1", node("n1"))
-        async with grpc.aio.insecure_channel(etcd.endpoint(0)) as channel:
-            put = pb.PutRequest(key=f"/elsewhere-{uuid.uuid4().hex[:6]}".encode(), value=b"x")
-            txn = pb.TxnRequest(success=[pb.RequestOp(request_put=put)])
-            written = await pb_grpc.KVStub(channel).Txn(txn)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await store.wait_consistent()
-        assert loop.time() - started < 3.0
-        assert store._cache.revision >= written.header.revision
-    finally:
-        await store.close()
-
-
 async def test_a_write_that_gave_up_waiting_for_the_watch_leaves_no_waiter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -138,8 +138,6 @@ class EtcdStore(CachedReads):
         self._open = False
         # Since when the etcd watch is down (None: up), for health.
         self._watch_down_since: float | None = None
-        # The live watch stream's request queue (None: no stream), for progress requests.
-        self._watch_requests: asyncio.Queue[pb.WatchRequest | None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -377,21 +375,17 @@ class EtcdStore(CachedReads):
 
     async def _watch_once(self) -> None:
         create = self._create_request(self._cache.revision + 1, prev_kv=False)
-        async with self._watch_stream(create) as (call, requests):
-            try:
-                async for reply in call:
-                    if reply.canceled or reply.compact_revision:
-                        await self._resync(reply.compact_revision, reply.cancel_reason)
-                        return
-                    if reply.created:
-                        # Its header is etcd's revision now, not progress: the events
-                        # from our start revision are still to come.
-                        self._watch_down_since = None
-                        self._watch_requests = requests
-                        continue
-                    self._apply(reply)
-            finally:
-                self._watch_requests = None
+        async with self._watch_stream(create) as (call, _):
+            async for reply in call:
+                if reply.canceled or reply.compact_revision:
+                    await self._resync(reply.compact_revision, reply.cancel_reason)
+                    return
+                if reply.created:
+                    # Its header is etcd's revision now, not progress: the events
+                    # from our start revision are still to come.
+                    self._watch_down_since = None
+                    continue
+                self._apply(reply)
 
     def _apply(self, reply: pb.WatchResponse) -> None:
         events: list[Event] = []
@@ -442,18 +436,12 @@ class EtcdStore(CachedReads):
 
     async def wait_consistent(self) -> None:
         """Until the cache holds everything etcd had committed when this was called
-        (writes through other masters included): one cheap count-only read.
-        etcd's revision also moves for keys outside the prefix, which the watch
-        never sends as events, so the watch is asked for a progress notification
-        (kube-apiserver's RequestProgress) instead of waiting for a periodic one."""
+        (writes through other masters included): one cheap count-only read."""
         request = pb.RangeRequest(key=self._range_key, range_end=self._range_end, count_only=True)
         try:
             reply = await self._call(lambda c: self._kv(c).Range(request, timeout=5.0), "rev")
         except grpc.aio.AioRpcError as exc:
             raise StoreUnavailableError(f"etcd: {exc.details()}") from None
-        if self._cache.revision < reply.header.revision and self._watch_requests is not None:
-            progress = pb.WatchRequest(progress_request=pb.WatchProgressRequest())
-            self._watch_requests.put_nowait(progress)
         await self._until_cached(reply.header.revision)
 
     # ------------------------------------------------------------ backups
