@@ -189,3 +189,40 @@ async def test_a_history_replay_etcd_refuses_ends_without_history(
     store = EtcdStore(["127.0.0.1:1"], ProtoCodec())
     monkeypatch.setattr(store, "_watch_stream", stream)
     assert await asyncio.wait_for(store._replay(100), 5.0) == []
+
+
+async def test_a_value_no_master_can_decode_is_left_out_and_the_watch_goes_on(
+    etcd: EtcdCluster,
+) -> None:
+    from kubeling.master.metrics import STORAGE_DECODE_ERRORS
+
+    prefix = f"/bad-{uuid.uuid4().hex[:6]}"
+    store = await opened(etcd, prefix)
+    before = STORAGE_DECODE_ERRORS._value.get()
+    try:
+        # Someone else's bytes under our prefix (damage, or another cluster's key).
+        async with grpc.aio.insecure_channel(etcd.endpoint(0)) as channel:
+            await pb_grpc.KVStub(channel).Txn(
+                pb.TxnRequest(
+                    success=[
+                        pb.RequestOp(
+                            request_put=pb.PutRequest(
+                                key=f"{prefix}/nodes/garbage".encode(), value=b"\xff\x00junk"
+                            )
+                        )
+                    ]
+                )
+            )
+        # Writes after it are still seen (the watch did not die on it).
+        await asyncio.wait_for(store.create("/nodes/good", node("good")), 10)
+        assert store.get("/nodes/good") is not None
+        assert store.get("/nodes/garbage") is None
+        assert STORAGE_DECODE_ERRORS._value.get() == before + 1
+        # A master opening on it now loads the rest.
+        again = await opened(etcd, prefix)
+        try:
+            assert [e.key for e in again.list_prefix("/nodes/")[0]] == ["/nodes/good"]
+        finally:
+            await again.close()
+    finally:
+        await store.close()

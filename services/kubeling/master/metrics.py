@@ -53,6 +53,11 @@ STORAGE_COMMIT_DURATION = Histogram(
     "Time to commit one group of writes to the store (one transaction and fsync)",
     buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1, 2),
 )
+STORAGE_DECODE_ERRORS = Counter(
+    "kubeling_storage_decode_errors_total",
+    "Stored values this master could not decode (damaged, or a Secret under a key it "
+    "does not hold): left out of its cache and logged with their key",
+)
 STORAGE_GROUP_SIZE = Histogram(
     "kubeling_storage_commit_group_size",
     "Writes committed together in one group",

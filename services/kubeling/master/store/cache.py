@@ -209,7 +209,7 @@ class WatchCache:
             if len(self._history) == self._history.maxlen:
                 self._window_start = self._history[0].rev
             self._history.append(event)
-            self.revision = event.rev
+            self.revision = max(self.revision, event.rev)  # never back past advance()
         for watcher in list(self._watchers):
             watcher.offer(events)
         if self._triggered:

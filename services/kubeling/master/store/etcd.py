@@ -46,7 +46,7 @@ import structlog
 from kubeling.common.supervisor import Supervisor
 from kubeling.etcdpb import etcd_pb2 as pb
 from kubeling.etcdpb import etcd_pb2_grpc as pb_grpc
-from kubeling.master.metrics import STORAGE_COMMIT_DURATION
+from kubeling.master.metrics import STORAGE_COMMIT_DURATION, STORAGE_DECODE_ERRORS
 from kubeling.master.store.base import (
     Codec,
     ConflictError,
@@ -248,6 +248,17 @@ class EtcdStore(CachedReads):
         self._codec.stamp(value, kv.mod_revision)
         return value
 
+    def _decode_cached(self, key: str, kv: pb.KeyValue) -> Any | None:
+        """A value for the cache, or None (logged, counted) when this master cannot
+        decode it: one bad value must not stop the watch every master depends on."""
+        try:
+            return self._decode(key, kv)
+        except Exception as exc:
+            STORAGE_DECODE_ERRORS.inc()
+            log.error("stored value not decodable; left out", key=key,
+                      revision=kv.mod_revision, error=str(exc))  # fmt: skip
+            return None
+
     async def _mark_open(self) -> int:
         """Write the open marker; its revision is where loading and replay meet."""
         key = (self._prefix + _OPEN_KEY).encode()
@@ -271,7 +282,9 @@ class EtcdStore(CachedReads):
             for kv in reply.kvs:
                 key = self._store_key(kv.key)
                 if self._is_ours(key):
-                    entries.append(Entry(key, self._decode(key, kv), kv.mod_revision))
+                    value = self._decode_cached(key, kv)
+                    if value is not None:
+                        entries.append(Entry(key, value, kv.mod_revision))
             if not reply.more or not reply.kvs:
                 return entries, revision
             start = reply.kvs[-1].key + b"\0"
@@ -343,7 +356,7 @@ class EtcdStore(CachedReads):
         if not self._is_ours(key):
             return None
         if replaying:
-            prev = self._decode(key, change.prev_kv) if change.HasField("prev_kv") else None
+            prev = self._decode_cached(key, change.prev_kv) if change.HasField("prev_kv") else None
         else:
             entry = self._cache.get(key)
             prev = entry.value if entry is not None else None
@@ -351,7 +364,9 @@ class EtcdStore(CachedReads):
             if prev is None:
                 return None  # deleted before we ever saw it
             return Event(EventType.DELETED, key, kv.mod_revision, prev, prev)
-        value = self._decode(key, kv)
+        value = self._decode_cached(key, kv)
+        if value is None:
+            return None
         type_ = EventType.ADDED if kv.create_revision == kv.mod_revision else EventType.MODIFIED
         return Event(type_, key, kv.mod_revision, value, prev)
 
@@ -517,7 +532,11 @@ class EtcdStore(CachedReads):
         version, previous = 0, 0
         while True:
             await asyncio.sleep(self._compaction_interval)
-            version, previous = await self.compact_once(version, previous)
+            try:
+                version, previous = await self.compact_once(version, previous)
+            except (StoreUnavailableError, grpc.aio.AioRpcError) as exc:
+                # etcd unreachable now: the next round tries again.
+                log.warning("etcd compaction skipped", error=str(exc))
 
     async def compact_once(self, version: int, previous: int) -> tuple[int, int]:
         """One round of kube-apiserver's coordinated compaction: whoever bumps the
