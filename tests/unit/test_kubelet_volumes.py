@@ -352,6 +352,20 @@ def test_a_sub_path_may_not_leave_its_volume(tmp_path: Path) -> None:
         container_mounts(pod, container, {"scratch": scratch})
 
 
+def test_a_sub_path_to_a_missing_key_is_refused_not_made(tmp_path: Path) -> None:
+    """A configMap volume's entries are its keys, rewritten as a whole on change: a
+    directory made for a missing key would be deleted under the container's mount."""
+    conf = tmp_path / "conf"
+    write_atomic(conf, {"app.ini": FileData(b"x")})
+    pod = make_pod()
+    pod.spec.volumes.add(name="conf").config_map.name = "conf"
+    container = pod.spec.containers[0]
+    container.volume_mounts.add(name="conf", mount_path="/etc/other", sub_path="other.ini")
+    with pytest.raises(VolumeError, match="no such key"):
+        container_mounts(pod, container, {"conf": conf})
+    assert not (conf / "other.ini").exists()
+
+
 # ------------------------------------------------------------------ steps
 
 

@@ -496,7 +496,8 @@ def container_mounts(
 ) -> list[pb.Mount]:
     """The container's volumeMounts as CRI mounts. configMap, secret, downwardAPI
     and projected volumes are always read-only (as the kubelet mounts them); a
-    subPath binds that entry of the volume (a missing directory is made)."""
+    subPath binds that entry of the volume (a missing directory is made, except in
+    those four, whose entries are the source's keys)."""
     kinds_of = {v.name: _plugin(v) for v in pod.spec.volumes}
     mounts: list[pb.Mount] = []
     for mount in container.volume_mounts:
@@ -514,6 +515,12 @@ def container_mounts(
             ):
                 raise VolumeError(f"subPath {mount.sub_path!r} leads out of its volume")
             if not host.exists():
+                if kinds_of.get(mount.name) in _ATOMIC:
+                    # Its files are the object's keys, rewritten as a whole on every
+                    # change: a directory made here would vanish under the mount.
+                    raise VolumeError(
+                        f"subPath {mount.sub_path!r} is not in volume {mount.name!r} (no such key)"
+                    )
                 _make_sub_path(base, host)
         mounts.append(
             pb.Mount(
