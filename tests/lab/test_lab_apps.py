@@ -1,0 +1,326 @@
+"""What real applications need from a pod, on a 2-worker lab (kubeling.lab): real
+master, containerd, kubelets and kube-proxy, images pulled from the lab's registry.
+
+- configuration: a ConfigMap volume, a Secret and a ConfigMap key as env vars, a
+  downwardAPI volume (labels, name, memory limit); a changed ConfigMap reaches the
+  running container's file (not its subPath mount) without a restart;
+- scratch space: two containers share an emptyDir; `medium: Memory` is a tmpfs;
+- a real server: `redis:7` from the lab registry answers PING by pod IP and ClusterIP;
+- the master's SQLite store never holds a Secret's value in the clear;
+- and, last, no event in the lab tells of a failed image pull.
+
+Traffic stays in the lab's namespaces, which have no route off the machine."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from kubeling.client import Client
+from kubeling.client.pods import pod_exec
+from kubeling.lab.lab import Lab, LabOptions, running_lab
+from kubeling.v1 import apps_pb2, core_pb2
+from tests.support import waiting
+from tests.support.containerd import skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+
+NS = "default"
+
+eventually = functools.partial(waiting.eventually, within=120.0, interval=0.5)
+
+# Unique per run: found in a file or the store only if this run put it there.
+SECRET_VALUE = f"s3cr3t-{secrets.token_hex(8)}"
+
+CONFIG = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config, namespace: default}
+data:
+  greeting: hello-v1
+  mode: fast
+"""
+
+SECRET = """
+apiVersion: v1
+kind: Secret
+metadata: {name: app-secret, namespace: default}
+type: Opaque
+"""
+
+APP = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+  namespace: default
+  labels: {app: demo, tier: backend}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: main
+      image: busybox
+      command: ["sleep", "100000"]
+      resources:
+        requests: {cpu: 10m, memory: 16Mi}
+        limits: {memory: 64Mi}
+      env:
+        - name: DB_PASSWORD
+          valueFrom: {secretKeyRef: {name: app-secret, key: password}}
+        - name: MODE
+          valueFrom: {configMapKeyRef: {name: app-config, key: mode}}
+      volumeMounts:
+        - {name: config, mountPath: /etc/app}
+        - {name: config, mountPath: /etc/greeting-pinned, subPath: greeting}
+        - {name: podinfo, mountPath: /etc/podinfo}
+  volumes:
+    - name: config
+      configMap: {name: app-config}
+    - name: podinfo
+      downwardAPI:
+        items:
+          - path: labels
+            fieldRef: {fieldPath: metadata.labels}
+          - path: name
+            fieldRef: {fieldPath: metadata.name}
+          - path: mem_limit
+            resourceFieldRef: {containerName: main, resource: limits.memory}
+          - path: mem_limit_mi
+            resourceFieldRef: {containerName: main, resource: limits.memory, divisor: 1Mi}
+"""
+
+SHARED = """
+apiVersion: v1
+kind: Pod
+metadata: {name: shared, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: writer
+      image: busybox
+      command: ["sh", "-c", "echo written-by-$(hostname) > /data/note && exec sleep 100000"]
+      volumeMounts:
+        - {name: data, mountPath: /data}
+        - {name: cache, mountPath: /cache}
+    - name: reader
+      image: busybox
+      command: ["sleep", "100000"]
+      volumeMounts:
+        - {name: data, mountPath: /data, readOnly: true}
+  volumes:
+    - {name: data, emptyDir: {}}
+    - {name: cache, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
+"""
+
+REDIS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: redis, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: redis}}
+  template:
+    metadata: {labels: {app: redis}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: redis
+          image: redis:7
+          ports: [{name: redis, containerPort: 6379}]
+          readinessProbe: {tcpSocket: {port: 6379}, periodSeconds: 1}
+          resources: {requests: {cpu: 10m, memory: 16Mi}}
+"""
+
+REDIS_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: redis, namespace: default}
+spec:
+  selector: {app: redis}
+  ports: [{name: redis, port: 6379, targetPort: redis}]
+"""
+
+
+def parse(text: str, message: Any) -> Any:
+    return json_format.ParseDict(yaml.safe_load(text), message)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    # A short folder: unix socket paths are limited to 108 bytes.
+    base = Path(f"/tmp/kltest-{secrets.token_hex(3)}")
+    options = LabOptions(nodes=2, prefix=f"kla{secrets.token_hex(2)}-")
+    with running_lab(base, options) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(lab: Lab) -> AsyncIterator[Client]:
+    async with lab.client(timeout=20) as client:
+        yield client
+
+
+def ready(pod: core_pb2.Pod) -> bool:
+    return pod.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in pod.status.conditions
+    )
+
+
+async def snapshot(api: Client) -> str:
+    """Pods and recent events, for a failure message."""
+    lines = ["", "pods:"]
+    for pod in (await api.pods.list(NS)).items:
+        restarts = {c.name: c.restart_count for c in pod.status.container_statuses}
+        lines.append(
+            f"  {pod.metadata.name} node={pod.spec.node_name} phase={pod.status.phase} "
+            f"ip={pod.status.pod_ip} ready={ready(pod)} restarts={restarts}"
+        )
+    lines.append("events:")
+    for event in (await api.events.list("")).items[-40:]:
+        lines.append(f"  {event.involved_object.name}: {event.reason} {event.message}")
+    return "\n".join(lines)
+
+
+async def run_ready(api: Client, name: str, within: float = 120) -> core_pb2.Pod:
+    async def is_ready() -> bool:
+        return ready(await api.pods.get(name, NS))
+
+    await eventually(is_ready, within=within, describe=lambda: snapshot(api))
+    return await api.pods.get(name, NS)
+
+
+async def shell(api: Client, pod: str, script: str, container: str = "") -> str:
+    """stdout of `sh -c script` in the pod; a non-zero exit fails the test."""
+    reply = await pod_exec(api, pod, ["sh", "-c", script], NS, container=container)
+    assert reply.exit_code == 0, (script, reply)
+    return str(reply.stdout)
+
+
+async def test_a_pod_reads_its_config_secret_and_downward_api(lab: Lab, api: Client) -> None:
+    await api.config_maps.create(parse(CONFIG, core_pb2.ConfigMap()))
+    secret = parse(SECRET, core_pb2.Secret())
+    secret.data["password"] = SECRET_VALUE.encode()
+    await api.secrets.create(secret)
+    await api.pods.create(parse(APP, core_pb2.Pod()))
+    await run_ready(api, "app")
+
+    assert await shell(api, "app", "cat /etc/app/greeting") == "hello-v1"
+    assert await shell(api, "app", "cat /etc/app/mode") == "fast"
+    assert await shell(api, "app", "cat /etc/greeting-pinned") == "hello-v1"
+    assert await shell(api, "app", 'echo "$DB_PASSWORD"') == SECRET_VALUE + "\n"
+    assert await shell(api, "app", 'echo "$MODE"') == "fast\n"
+    assert await shell(api, "app", "cat /etc/podinfo/name") == "app"
+    assert await shell(api, "app", "cat /etc/podinfo/labels") == 'app="demo"\ntier="backend"'
+    assert await shell(api, "app", "cat /etc/podinfo/mem_limit") == str(64 * 1024 * 1024)
+    assert await shell(api, "app", "cat /etc/podinfo/mem_limit_mi") == "64"
+    # The Secret reached the container only as the env var asked for.
+    assert SECRET_VALUE not in await shell(api, "app", "cat /etc/app/* /etc/podinfo/*")
+
+
+async def test_a_changed_config_map_reaches_the_running_pod_but_not_its_sub_path(
+    lab: Lab, api: Client
+) -> None:
+    before = await api.pods.get("app", NS)
+    (status,) = before.status.container_statuses
+    assert status.restart_count == 0 and status.container_id
+
+    config = await api.config_maps.get("app-config", NS)
+    config.data["greeting"] = "hello-v2"
+    await api.config_maps.update(config)
+
+    async def updated() -> bool:
+        return await shell(api, "app", "cat /etc/app/greeting") == "hello-v2"
+
+    await eventually(updated, within=60, interval=1, describe=lambda: snapshot(api))
+    # A subPath mount is bound to the file it was given at start (as Kubernetes
+    # documents): it keeps the old content.
+    assert await shell(api, "app", "cat /etc/greeting-pinned") == "hello-v1"
+    # Updated in place: the same container, never restarted.
+    after = await api.pods.get("app", NS)
+    (status_after,) = after.status.container_statuses
+    assert status_after.restart_count == 0
+    assert status_after.container_id == status.container_id
+    assert after.metadata.uid == before.metadata.uid
+
+
+async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
+    lab: Lab, api: Client
+) -> None:
+    await api.pods.create(parse(SHARED, core_pb2.Pod()))
+    await run_ready(api, "shared")
+
+    async def written() -> str:
+        return await shell(api, "shared", "cat /data/note", container="reader")
+
+    assert await eventually(written, within=30) == "written-by-shared\n"
+    # The reader's mount is read-only; the writer's is not.
+    reply = await pod_exec(api, "shared", ["sh", "-c", "echo x > /data/other"], NS, "reader")
+    assert reply.exit_code != 0, reply
+    await shell(api, "shared", "echo back > /data/other", container="writer")
+    assert await shell(api, "shared", "cat /data/other", container="reader") == "back\n"
+    # medium: Memory is a tmpfs mount in the container; the plain one is not.
+    mounts = await shell(api, "shared", "cat /proc/mounts", container="writer")
+    types = {line.split()[1]: line.split()[2] for line in mounts.splitlines()}
+    assert types.get("/cache") == "tmpfs", mounts
+    assert types.get("/data") != "tmpfs", mounts
+
+
+async def test_redis_from_the_lab_registry_answers_ping(lab: Lab, api: Client) -> None:
+    await api.deployments.create(parse(REDIS, apps_pb2.Deployment()))
+    await api.services.create(parse(REDIS_SERVICE, core_pb2.Service()))
+
+    async def redis_ready() -> core_pb2.Pod | None:
+        listed = await api.pods.list(NS, label_selector="app=redis")
+        return next((p for p in listed.items if ready(p)), None)
+
+    pod = await eventually(redis_ready, within=180, describe=lambda: snapshot(api))
+    service = await api.services.get("redis", NS)
+    # From the busybox pod of the first test, by pod IP, then through the ClusterIP.
+    for address in (pod.status.pod_ip, service.spec.cluster_ip):
+        script = f"(printf 'PING\\r\\n'; sleep 1) | nc -w 5 {address} 6379"
+
+        async def pong(script: str = script) -> bool:
+            return await shell(api, "app", script) == "+PONG\r\n"
+
+        await eventually(pong, within=30, interval=1, describe=lambda: snapshot(api))
+
+
+async def test_the_store_file_holds_no_secret_in_the_clear(lab: Lab, api: Client) -> None:
+    """The master's SQLite database (and its WAL) hold the Secret encrypted: neither
+    its value nor the value's base64 is in the bytes, while the API returns it."""
+    secret = await api.secrets.get("app-secret", NS)
+    assert secret.data["password"] == SECRET_VALUE.encode()
+    files = sorted((lab.dir / "master").glob("state.db*"))
+    assert files and files[0].name == "state.db", files
+    raw = b"".join(path.read_bytes() for path in files)
+    assert len(raw) > 4096
+    # The ConfigMap (not encrypted) is there: these are the right bytes.
+    assert b"hello-v2" in raw
+    assert SECRET_VALUE.encode() not in raw
+    assert base64.b64encode(SECRET_VALUE.encode()) not in raw
+    assert b"app-secret" in raw  # the key names it; only its data is sealed
+
+
+PULL_FAILURES = ("failed to pull", "falling back", "errimagepull", "back-off pulling")
+
+
+async def test_no_event_tells_of_a_failed_pull(lab: Lab, api: Client) -> None:
+    """Last: every image in this module came from the lab registry at first try."""
+    events = (await api.events.list("")).items
+    assert any(e.reason == "Pulled" for e in events), await snapshot(api)
+    failed = [
+        f"{e.metadata.namespace}/{e.involved_object.name}: {e.reason} {e.message}"
+        for e in events
+        if e.reason in ("ErrImagePull", "ImagePullBackOff")
+        or (e.reason in ("Failed", "BackOff") and "pull" in e.message.lower())
+        or any(words in e.message.lower() for words in PULL_FAILURES)
+    ]
+    assert not failed, failed
