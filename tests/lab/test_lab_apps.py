@@ -97,6 +97,53 @@ spec:
             resourceFieldRef: {containerName: main, resource: limits.memory, divisor: 1Mi}
 """
 
+# A non-root app as real ones are configured: a Secret volume readable through its
+# fsGroup, mapped ConfigMap items, a projected volume, envFrom, and `$(VAR)`
+# references in env values and in the command's args.
+NON_ROOT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}
+  containers:
+    - name: main
+      image: busybox
+      command: ["sh", "-c"]
+      args: ["echo $(CFG_mode) at $(POD_IP) on $(NODE) > /scratch/started; exec sleep 100000"]
+      env:
+        - name: POD_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+        - name: NODE
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        - name: URL
+          value: "redis://:$(password)@$(POD_IP):6379"
+        - name: CPU_MILLIS
+          valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
+      envFrom:
+        - {prefix: CFG_, configMapRef: {name: app-config}}
+        - {secretRef: {name: app-secret}}
+      resources: {limits: {cpu: 250m, memory: 32Mi}}
+      volumeMounts:
+        - {name: creds, mountPath: /etc/creds}
+        - {name: settings, mountPath: /etc/settings}
+        - {name: all, mountPath: /etc/all}
+        - {name: scratch, mountPath: /scratch}
+  volumes:
+    - name: creds
+      secret: {secretName: app-secret, defaultMode: 0440}
+    - name: settings
+      configMap: {name: app-config, items: [{key: mode, path: conf/mode.txt}]}
+    - name: all
+      projected:
+        sources:
+          - configMap: {name: app-config, items: [{key: mode, path: mode}]}
+          - secret: {name: app-secret, items: [{key: password, path: password}]}
+          - downwardAPI: {items: [{path: name, fieldRef: {fieldPath: metadata.name}}]}
+    - {name: scratch, emptyDir: {}}
+"""
+
 SHARED = """
 apiVersion: v1
 kind: Pod
@@ -251,6 +298,55 @@ async def test_a_changed_config_map_reaches_the_running_pod_but_not_its_sub_path
     assert after.metadata.uid == before.metadata.uid
 
 
+async def test_a_non_root_app_gets_its_secret_files_env_from_and_expanded_command(
+    lab: Lab, api: Client
+) -> None:
+    await api.pods.create(parse(NON_ROOT, core_pb2.Pod()))
+    pod = await run_ready(api, "nonroot")
+    ip, node = pod.status.pod_ip, pod.spec.node_name
+    assert ip and node
+
+    assert await shell(api, "nonroot", "id -u") == "1000\n"
+    assert "2000" in (await shell(api, "nonroot", "id -G")).split()
+    # 0440, group fsGroup: the non-root user reads it through its supplementary group.
+    assert await shell(api, "nonroot", "cat /etc/creds/password") == SECRET_VALUE
+    owner = await shell(api, "nonroot", "stat -L -c '%a %g' /etc/creds/password")
+    assert owner == "440 2000\n"
+    mounts = await shell(api, "nonroot", "cat /proc/mounts")
+    types = {line.split()[1]: line.split()[2] for line in mounts.splitlines()}
+    assert types.get("/etc/creds") == "tmpfs", mounts  # never on the node's disk
+    # Only the mapped item, at its path; the volume is read-only.
+    assert await shell(api, "nonroot", "cat /etc/settings/conf/mode.txt") == "fast"
+    assert await shell(api, "nonroot", "ls /etc/settings") == "conf\n"
+    refused = await pod_exec(api, "nonroot", ["touch", "/etc/settings/new"], NS)
+    assert refused.exit_code != 0, refused
+    # The projected volume holds the three sources' files.
+    assert await shell(api, "nonroot", "cat /etc/all/mode /etc/all/password /etc/all/name") == (
+        "fast" + SECRET_VALUE + "nonroot"
+    )
+    # envFrom (prefixed ConfigMap keys, Secret keys), $(VAR) in env values.
+    assert await shell(api, "nonroot", 'echo "$CFG_mode $CFG_greeting"') == "fast hello-v2\n"
+    assert await shell(api, "nonroot", 'echo "$password"') == SECRET_VALUE + "\n"
+    assert await shell(api, "nonroot", 'echo "$URL"') == f"redis://:{SECRET_VALUE}@{ip}:6379\n"
+    assert await shell(api, "nonroot", 'echo "$CPU_MILLIS"') == "250\n"
+    # $(VAR) in args is expanded by the kubelet, not left to the shell.
+    assert await shell(api, "nonroot", "cat /scratch/started") == f"fast at {ip} on {node}\n"
+
+    # A changed Secret reaches its files (not the env of the running container).
+    secret = await api.secrets.get("app-secret", NS)
+    secret.data["password"] = (SECRET_VALUE + "-rotated").encode()
+    await api.secrets.update(secret)
+
+    async def rotated() -> bool:
+        both = await shell(api, "nonroot", "cat /etc/creds/password /etc/all/password")
+        return both == (SECRET_VALUE + "-rotated") * 2
+
+    await eventually(rotated, within=60, interval=1, describe=lambda: snapshot(api))
+    assert await shell(api, "nonroot", 'echo "$password"') == SECRET_VALUE + "\n"
+    (status,) = (await api.pods.get("nonroot", NS)).status.container_statuses
+    assert status.restart_count == 0
+
+
 async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
     lab: Lab, api: Client
 ) -> None:
@@ -297,15 +393,17 @@ async def test_the_store_file_holds_no_secret_in_the_clear(lab: Lab, api: Client
     """The master's SQLite database (and its WAL) hold the Secret encrypted: neither
     its value nor the value's base64 is in the bytes, while the API returns it."""
     secret = await api.secrets.get("app-secret", NS)
-    assert secret.data["password"] == SECRET_VALUE.encode()
+    assert secret.data["password"] == (SECRET_VALUE + "-rotated").encode()  # as last written
     files = sorted((lab.dir / "master").glob("state.db*"))
     assert files and files[0].name == "state.db", files
     raw = b"".join(path.read_bytes() for path in files)
     assert len(raw) > 4096
     # The ConfigMap (not encrypted) is there: these are the right bytes.
     assert b"hello-v2" in raw
+    # Neither the value first written nor the rotated one (which contains it).
     assert SECRET_VALUE.encode() not in raw
     assert base64.b64encode(SECRET_VALUE.encode()) not in raw
+    assert base64.b64encode((SECRET_VALUE + "-rotated").encode()) not in raw
     assert b"app-secret" in raw  # the key names it; only its data is sealed
 
 

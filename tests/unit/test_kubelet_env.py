@@ -80,6 +80,28 @@ async def test_missing_required_sources_refuse_the_container(setup: object, mess
         await resolve_environment(objects(), pod, pod.spec.containers[0], "", "")
 
 
+async def test_command_and_args_expand_the_containers_variables() -> None:
+    """`$(VAR)` in command and args is the kubelet's to expand (from the resolved
+    environment, Secrets and envFrom included); `$$` escapes; unknown stays."""
+    pod = make_pod()
+    container = pod.spec.containers[0]
+    container.env_from.add(prefix="APP_").config_map_ref.name = "conf"
+    ref = container.env.add(name="DB_PASSWORD").value_from.secret_key_ref
+    ref.name, ref.key = "creds", "PASSWORD"
+    container.env.add(name="IP").value_from.field_ref.field_path = "status.podIP"
+    container.command[:] = ["sh", "-c"]
+    container.args[:] = ["serve --ip=$(IP) --mode=$(APP_MODE) $$(IP) $(NOPE) $(DB_PASSWORD)"]
+    env, _ = await resolve_environment(objects(), pod, container, "10.244.0.7", "")
+    config = container_config(pod, container, 0, "img", "10.244.0.7", "", env=env)
+    assert list(config.command) == ["sh", "-c"]
+    assert list(config.args) == ["serve --ip=10.244.0.7 --mode=prod $(IP) $(NOPE) s3cret"]
+    # Without a resolved environment: the plain and downward-API variables.
+    plain = container_config(pod, container, 0, "img", "10.244.0.7", "")
+    assert list(plain.args) == [
+        "serve --ip=10.244.0.7 --mode=$(APP_MODE) $(IP) $(NOPE) $(DB_PASSWORD)"
+    ]
+
+
 async def test_resource_field_refs() -> None:
     pod = make_pod()
     container = pod.spec.containers[0]

@@ -92,14 +92,18 @@ def container_config(
     mounts: list[pb.Mount] | None = None,
 ) -> pb.ContainerConfig:
     """`env`: the resolved environment (`resolve_environment`); None: the
-    container's plain and fieldRef vars only. Raises ContainerConfigError for a
-    securityContext the kubelet must refuse."""
+    container's plain and fieldRef vars only. `$(VAR)` in command and args names
+    a variable of that environment, as in Kubernetes. Raises ContainerConfigError
+    for a securityContext the kubelet must refuse."""
     meta = pod.metadata
+    if env is None:
+        env = environment(pod, container, pod_ip, host_ip)
+    variables = dict(env)
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=container.name, attempt=attempt),
         image=pb.ImageSpec(image=image_ref),
-        command=list(container.command),
-        args=list(container.args),
+        command=[expand(part, variables) for part in container.command],
+        args=[expand(part, variables) for part in container.args],
         working_dir=container.working_dir,
         log_path=f"{container.name}/{attempt}.log",
         mounts=mounts or [],
@@ -118,8 +122,6 @@ def container_config(
     )
     if init:
         config.annotations[labels.INIT_CONTAINER] = "true"
-    if env is None:
-        env = environment(pod, container, pod_ip, host_ip)
     for name, value in env:
         config.envs.add(key=name, value=value)
     _resources(container, config.linux.resources)
