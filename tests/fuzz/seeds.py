@@ -43,6 +43,35 @@ OBJECTS: dict[str, dict[str, Any]] = {
         "type": "Opaque",
         "data": {"password": "czNjcjN0"},
     },
+    kinds.JOB.name: {
+        "metadata": {"name": "pi", "namespace": "default"},
+        "spec": {
+            "completions": 2,
+            "parallelism": 1,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "pi", "image": "busybox", "command": ["true"]}],
+                }
+            },
+        },
+    },
+    kinds.CRON_JOB.name: {
+        "metadata": {"name": "hourly", "namespace": "default"},
+        "spec": {
+            "schedule": "0 * * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "OnFailure",
+                            "containers": [{"name": "c", "image": "busybox"}],
+                        }
+                    }
+                }
+            },
+        },
+    },
     kinds.LEASE.name: {
         "metadata": {"name": "node-1", "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 40},

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2
+from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2
 
 FieldsOf = Callable[[Message], dict[str, str]]
 
@@ -155,10 +155,19 @@ SECRET = _kind(
     core_pb2, "Secret", "secrets", "v1", "secret",
     namespaced=True, has_status=False,
 )  # fmt: skip
+JOB = _kind(
+    batch_pb2, "Job", "jobs", "batch/v1", "job",
+    namespaced=True, has_status=True,
+)  # fmt: skip
+CRON_JOB = _kind(
+    batch_pb2, "CronJob", "cronjobs", "batch/v1", "cron_job",
+    namespaced=True, has_status=True, short_names=("cj",),
+)  # fmt: skip
 
 ALL_KINDS: tuple[Kind, ...] = (
     NAMESPACE, NODE, POD, SERVICE, EVENT, ENDPOINT_SLICE,
     REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE, CONFIG_MAP, SECRET,
+    JOB, CRON_JOB,
 )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from kubeling.api.kinds import Kind
 from kubeling.client.config import ConfigError, find_config
 from kubeling.common.rpc import channel as make_channel
 from kubeling.common.tls import Credentials
-from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
 
 T = TypeVar("T", bound=Message)
 
@@ -267,6 +267,8 @@ class Client:
         self.leases: ResourceClient[coordination_pb2.Lease] = self._make(kinds.LEASE, timeout)
         self.config_maps: ResourceClient[core_pb2.ConfigMap] = self._make(kinds.CONFIG_MAP, timeout)
         self.secrets: ResourceClient[core_pb2.Secret] = self._make(kinds.SECRET, timeout)
+        self.jobs: ResourceClient[batch_pb2.Job] = self._make(kinds.JOB, timeout)
+        self.cron_jobs: ResourceClient[batch_pb2.CronJob] = self._make(kinds.CRON_JOB, timeout)
 
     def _make(self, kind: Kind, timeout: float | None) -> Any:
         client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)

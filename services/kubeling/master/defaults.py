@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 
 from kubeling.api.kinds import Kind
 from kubeling.api.quantity import QuantityError, parse_quantity
-from kubeling.v1 import apps_pb2, core_pb2, discovery_pb2
+from kubeling.v1 import apps_pb2, batch_pb2, core_pb2, discovery_pb2
 
-__all__ = ["apply_defaults", "default_pod_spec", "image_tag", "qos_class"]
+__all__ = ["apply_defaults", "default_job_spec", "default_pod_spec", "image_tag", "qos_class"]
 
 DEFAULT_SCHEDULER_NAME = "default-scheduler"
 DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS = 30
@@ -28,6 +28,9 @@ NAMESPACE_FINALIZER = "kubernetes"
 DEFAULT_DNS_POLICY = "ClusterFirst"
 DEFAULT_VOLUME_MODE = 0o644
 DEFAULT_SECRET_TYPE = "Opaque"
+DEFAULT_BACKOFF_LIMIT = 6
+DEFAULT_SUCCESSFUL_JOBS_HISTORY_LIMIT = 3
+DEFAULT_FAILED_JOBS_HISTORY_LIMIT = 1
 
 # QoS only looks at the compute resources the kubelet enforces with cgroups.
 _QOS_RESOURCES = ("cpu", "memory")
@@ -263,6 +266,47 @@ def _daemon_set(obj: Message) -> None:
     _template(spec.template)
 
 
+# --------------------------------------------------------------------- Batch
+
+
+def default_job_spec(spec: batch_pb2.JobSpec) -> None:
+    """Kubernetes' SetDefaults_Job for a spec. Without completions or parallelism
+    the Job runs one pod to success; parallelism alone is the work-queue pattern
+    (completions stays unset: the Job is done once a pod succeeds and all ended)."""
+    if not spec.HasField("completions") and not spec.HasField("parallelism"):
+        spec.completions = 1
+    if not spec.HasField("parallelism"):
+        spec.parallelism = 1
+    if not spec.HasField("backoff_limit"):
+        spec.backoff_limit = DEFAULT_BACKOFF_LIMIT
+    if not spec.completion_mode:
+        spec.completion_mode = "NonIndexed"
+    if not spec.HasField("suspend"):
+        spec.suspend = False
+    _template(spec.template)
+
+
+def _job(obj: Message) -> None:
+    job = cast(batch_pb2.Job, obj)
+    default_job_spec(job.spec)
+    if not job.metadata.labels:
+        job.metadata.labels.update(job.spec.template.metadata.labels)
+
+
+def _cron_job(obj: Message) -> None:
+    spec = cast(batch_pb2.CronJob, obj).spec
+    if not spec.concurrency_policy:
+        spec.concurrency_policy = "Allow"
+    if not spec.HasField("suspend"):
+        spec.suspend = False
+    if not spec.HasField("successful_jobs_history_limit"):
+        spec.successful_jobs_history_limit = DEFAULT_SUCCESSFUL_JOBS_HISTORY_LIMIT
+    if not spec.HasField("failed_jobs_history_limit"):
+        spec.failed_jobs_history_limit = DEFAULT_FAILED_JOBS_HISTORY_LIMIT
+    # Only the pod template: the Job made from it gets the Job defaults then.
+    _template(spec.job_template.spec.template)
+
+
 # ---------------------------------------------------------------- Namespaces
 
 
@@ -305,4 +349,6 @@ _HANDLERS: dict[type[Message], Callable[[Message], None]] = {
     apps_pb2.Deployment: _deployment,
     apps_pb2.DaemonSet: _daemon_set,
     core_pb2.Secret: _secret,
+    batch_pb2.Job: _job,
+    batch_pb2.CronJob: _cron_job,
 }

@@ -12,15 +12,15 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
-from kubeling.api import errors
+from kubeling.api import batch, errors
 from kubeling.api.errors import FieldViolation
-from kubeling.api.kinds import NAMESPACE, NODE, POD, SERVICE, Kind
+from kubeling.api.kinds import JOB, NAMESPACE, NODE, POD, SERVICE, Kind
 from kubeling.master.allocators import AllocationError, IPAllocator, PortAllocator, owner_of
 from kubeling.master.registry import Strategy
 from kubeling.master.store.base import Store
 from kubeling.master.validation import NODE_PORT_RANGE
 from kubeling.master.validation.core import node_loopback_addresses
-from kubeling.v1 import core_pb2, internal_pb2
+from kubeling.v1 import batch_pb2, core_pb2, internal_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +108,43 @@ class NodeStrategy(Strategy):
     async def before_update(self, new: Message, old: Message) -> Callable[[], Awaitable[None]]:
         self._outside_cluster_cidr(cast(core_pb2.Node, new), cast(core_pb2.Node, old))
         return await super().before_update(new, old)
+
+
+class JobStrategy(Strategy):
+    """As Kubernetes' Job strategy: unless `spec.manualSelector`, the server labels
+    the template with the Job's uid and name and selects on the uid, so a Job's
+    pods are its own even when another Job uses the same labels. An update that
+    leaves the generated labels or selector out (a manifest applied again) keeps
+    them: they are the server's, and the template may not change anyway."""
+
+    def prepare_create(self, obj: Message) -> None:
+        super().prepare_create(obj)
+        job = cast(batch_pb2.Job, obj)
+        if job.spec.manual_selector:
+            return
+        meta = job.metadata
+        labels = job.spec.template.metadata.labels
+        labels[batch.CONTROLLER_UID_LABEL] = meta.uid
+        labels[batch.JOB_NAME_LABEL] = meta.name
+        labels[batch.LEGACY_CONTROLLER_UID_LABEL] = meta.uid
+        labels[batch.LEGACY_JOB_NAME_LABEL] = meta.name
+        match = job.spec.selector.match_labels
+        match.setdefault(batch.CONTROLLER_UID_LABEL, meta.uid)
+
+    def prepare_update(self, new: Message, old: Message) -> None:
+        super().prepare_update(new, old)
+        job, prev = cast(batch_pb2.Job, new), cast(batch_pb2.Job, old)
+        if job.spec.manual_selector:
+            return
+        if not job.spec.HasField("selector"):
+            job.spec.selector.CopyFrom(prev.spec.selector)
+        labels = job.spec.template.metadata.labels
+        for key in batch.GENERATED_LABELS:
+            if key not in labels and key in prev.spec.template.metadata.labels:
+                labels[key] = prev.spec.template.metadata.labels[key]
+        for key in batch.GENERATED_LABELS:
+            if key not in job.metadata.labels and key in prev.metadata.labels:
+                job.metadata.labels[key] = prev.metadata.labels[key]
 
 
 class NamespaceStrategy(Strategy):
@@ -375,4 +412,6 @@ def strategy_for(
         return NamespaceStrategy(kind)
     if kind is SERVICE:
         return ServiceStrategy(kind, service_cidr)
+    if kind is JOB:
+        return JobStrategy(kind)
     return Strategy(kind)
