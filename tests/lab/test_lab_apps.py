@@ -268,6 +268,15 @@ async def test_a_pod_reads_its_config_secret_and_downward_api(lab: Lab, api: Cli
     assert await shell(api, "app", "cat /etc/podinfo/labels") == 'app="demo"\ntier="backend"'
     assert await shell(api, "app", "cat /etc/podinfo/mem_limit") == str(64 * 1024 * 1024)
     assert await shell(api, "app", "cat /etc/podinfo/mem_limit_mi") == "64"
+    # Its memory limit is the cgroup's (what a JVM or redis' maxmemory reads).
+    v1, v2 = "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"
+    limit = f"cat {v2} 2>/dev/null || cat {v1}"
+    assert await shell(api, "app", limit) == f"{64 * 1024 * 1024}\n"
+    # Its hostname is its name, and resolves to its IP (the kubelet's hosts file).
+    pod = await api.pods.get("app", NS)
+    assert await shell(api, "app", "hostname") == "app\n"
+    hosts = await shell(api, "app", "cat /etc/hosts")
+    assert f"{pod.status.pod_ip}\tapp" in hosts.replace(" ", "\t"), hosts
     # The Secret reached the container only as the env var asked for.
     assert SECRET_VALUE not in await shell(api, "app", "cat /etc/app/* /etc/podinfo/*")
 

@@ -28,6 +28,7 @@ from kubeling.kubelet.volumes import (
     VolumeManager,
     check_host_path,
     container_mounts,
+    hosts_file,
     write_atomic,
 )
 from kubeling.node.containerd import mounts_under
@@ -393,8 +394,12 @@ async def test_the_steps_mount_volumes_into_containers_and_remove_them(tmp_path:
     await StartAppContainers(node).run(ctx)
     assert "main" not in ctx.waiting
     stored = next(iter(fake(node)._containers.values())).config
-    assert [(m.container_path, m.readonly) for m in stored.mounts] == [("/etc/conf", True)]
+    assert [(m.container_path, m.readonly) for m in stored.mounts] == [
+        ("/etc/conf", True),
+        ("/etc/hosts", False),  # the kubelet's hosts file, writable as the kubelet's
+    ]
     assert read(Path(stored.mounts[0].host_path, "k")) == "v"
+    assert f"{ctx.pod_ip}\tweb\n" in read(Path(stored.mounts[1].host_path))
 
     await UnmountVolumes(node).run(ctx)
     assert not node.volumes.pod_dir(pod.metadata.uid).exists()
@@ -462,3 +467,60 @@ async def test_api_objects_give_up_on_a_silent_master() -> None:
     objects = ApiObjects(_api(None, None), timeout=0.05)
     with pytest.raises(VolumeError, match=r"reading secret default/s: no answer in 0\.05 s"):
         await objects.secret("default", "s")
+
+
+# ------------------------------------------------------------------ hosts file
+
+
+def test_the_hosts_file_names_the_pod_on_its_ip() -> None:
+    pod = make_pod("web")
+    text = hosts_file(pod, "10.244.1.7", "cluster.local").decode()
+    lines = text.splitlines()
+    assert lines[0] == "# Kubernetes-managed hosts file."
+    assert "127.0.0.1\tlocalhost" in lines and lines[-1] == "10.244.1.7\tweb"
+    # hostname and subdomain: the FQDN first, as the kubelet writes it.
+    pod.spec.hostname, pod.spec.subdomain = "db-0", "db"
+    last = hosts_file(pod, "10.244.1.7", "example.org").decode().splitlines()[-1]
+    assert last == "10.244.1.7\tdb-0.db.default.svc.example.org\tdb-0"
+
+
+async def test_hosts_file_is_in_the_pods_directory_and_mounted_unless_taken(
+    tmp_path: Path,
+) -> None:
+    volumes = manager(tmp_path)
+    pod = make_pod("web")
+    path = await volumes.write_hosts(pod, "10.244.1.7", "cluster.local")
+    assert path == volumes.pod_dir(pod.metadata.uid) / "etc-hosts"
+    assert path.read_bytes() == hosts_file(pod, "10.244.1.7", "cluster.local")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    inode = path.stat().st_ino
+    await volumes.write_hosts(pod, "10.244.1.7", "cluster.local")
+    assert path.stat().st_ino == inode  # unchanged: not replaced under a mount
+    # Its directory is the node's (removed with the pod, found by the pruner).
+    assert volumes.known_pods() == [pod.metadata.uid]
+    container = pod.spec.containers[0]
+    mounts = container_mounts(pod, container, {}, path)
+    assert [(m.container_path, m.host_path) for m in mounts] == [("/etc/hosts", str(path))]
+    # A volumeMount at /etc/hosts is the container's own choice.
+    pod.spec.volumes.add(name="own").empty_dir.SetInParent()
+    container.volume_mounts.add(name="own", mount_path="/etc/hosts", sub_path="hosts")
+    base = tmp_path / "own"
+    base.mkdir()
+    mounts = container_mounts(pod, container, {"own": base}, path)
+    assert [(m.container_path, m.host_path) for m in mounts] == [
+        ("/etc/hosts", str(base / "hosts"))
+    ]
+    await volumes.teardown(pod.metadata.uid)
+    assert not path.exists()
+
+
+async def test_a_host_network_pod_gets_no_hosts_file(tmp_path: Path) -> None:
+    node = node_services(tmp_path)
+    node.volumes = manager(tmp_path)
+    pod = make_pod("agent", host_network=True)
+    ctx = await context(node, pod)
+    assert await EnsureSandbox(node).run(ctx) is None
+    await StartAppContainers(node).run(ctx)
+    stored = next(iter(fake(node)._containers.values())).config
+    assert all(m.container_path != "/etc/hosts" for m in stored.mounts)
+    assert not node.volumes.pod_dir(pod.metadata.uid).exists()

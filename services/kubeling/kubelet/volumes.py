@@ -2,7 +2,8 @@
 
 Layout, as the kubelet's: `ROOT/pods/UID/volumes/PLUGIN/NAME`, PLUGIN one of
 kubernetes.io~empty-dir, ~configmap, ~secret, ~downward-api, ~projected (hostPath
-volumes are the host's path itself). Nothing is made for a pod without volumes.
+volumes are the host's path itself). Nothing but the hosts file (below) is made for a
+pod without volumes.
 
 - emptyDir: a directory; medium Memory is a tmpfs the kubelet mounts (size from
   sizeLimit) and unmounts when the pod is removed.
@@ -15,6 +16,12 @@ volumes are the host's path itself). Nothing is made for a pod without volumes.
   the old or the new set, never half of each. A secret volume is a tmpfs (so its
   values never reach the node's disk) when the kubelet may mount; else a plain
   directory whose parent is 0700.
+
+Every pod with an IP (not hostNetwork) also gets the kubelet's hosts file,
+`ROOT/pods/UID/etc-hosts`, bind-mounted at each container's /etc/hosts (unless a
+volumeMount takes that path): localhost, and the pod's hostname (with its FQDN
+when it has a subdomain) on the pod's IP, so an application can resolve its own
+name; the runtime's default would be the node's own hosts file.
 
 `VolumeManager.setup` is idempotent and rewrites only what changed: it runs on
 every sync of a running pod (the kubelet also wakes pods with such volumes every
@@ -57,6 +64,7 @@ SECRET = "kubernetes.io~secret"
 DOWNWARD_API = "kubernetes.io~downward-api"
 PROJECTED = "kubernetes.io~projected"
 NODE_MARKER = ".node"  # in each pod directory: the node whose kubelet made it
+HOSTS_FILE = "etc-hosts"  # in each pod directory: the containers' /etc/hosts
 
 
 class VolumeError(Exception):
@@ -293,14 +301,38 @@ class VolumeManager:
             log.info("volume updated", pod=pod.metadata.name, volume=volume.name)
         return path
 
-    def _make_dirs(self, path: Path, plugin: str) -> None:
-        # The parents are private to root; the volume itself is reached through the
-        # container's bind mount, so its own mode is what container users see.
-        pod = path.parent.parent.parent
+    async def write_hosts(self, pod: core_pb2.Pod, pod_ip: str, cluster_domain: str) -> Path:
+        """The pod's hosts file (written when its content changes); a VolumeError
+        when it cannot be written."""
+        path = self.pod_dir(pod.metadata.uid) / HOSTS_FILE
+        content = hosts_file(pod, pod_ip, cluster_domain)
+        try:
+            await asyncio.to_thread(self._write_hosts, path, content)
+        except OSError as exc:
+            raise VolumeError(f"writing the pod's hosts file: {exc}") from None
+        return path
+
+    def _write_hosts(self, path: Path, content: bytes) -> None:
+        self._make_pod_dir(path.parent)
+        if path.exists() and path.read_bytes() == content:
+            return
+        # A new inode only before the first container mounts it; afterwards the
+        # content (pod IP, hostname) does not change for the sandbox's life.
+        staged = path.with_name(f".{HOSTS_FILE}.tmp")
+        staged.write_bytes(content)
+        staged.chmod(0o644)
+        os.replace(staged, path)
+
+    def _make_pod_dir(self, pod: Path) -> None:
         pod.mkdir(parents=True, exist_ok=True, mode=0o750)
         marker = pod / NODE_MARKER
         if not marker.exists():
             marker.write_text(self.node_name)
+
+    def _make_dirs(self, path: Path, plugin: str) -> None:
+        # The parents are private to root; the volume itself is reached through the
+        # container's bind mount, so its own mode is what container users see.
+        self._make_pod_dir(path.parent.parent.parent)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if plugin == SECRET else 0o750)
         path.mkdir(exist_ok=True, mode=0o755)
 
@@ -488,16 +520,42 @@ def _is(path: str, test: Any) -> bool:
 
 # ---------------------------------------------------------------- container mounts
 
+
+def hosts_file(pod: core_pb2.Pod, pod_ip: str, cluster_domain: str) -> bytes:
+    """The kubelet's managed hosts file for a pod on its own network."""
+    lines = [
+        "# Kubernetes-managed hosts file.",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "fe00::0\tip6-mcastprefix",
+        "fe00::1\tip6-allnodes",
+        "fe00::2\tip6-allrouters",
+    ]
+    hostname = pod.spec.hostname or pod.metadata.name
+    if pod.spec.subdomain:
+        namespace = pod.metadata.namespace or "default"
+        fqdn = f"{hostname}.{pod.spec.subdomain}.{namespace}.svc.{cluster_domain}"
+        lines.append(f"{pod_ip}\t{fqdn}\t{hostname}")
+    else:
+        lines.append(f"{pod_ip}\t{hostname}")
+    return ("\n".join(lines) + "\n").encode()
+
+
 _ATOMIC = (CONFIG_MAP, SECRET, DOWNWARD_API, PROJECTED)
 
 
 def container_mounts(
-    pod: core_pb2.Pod, container: core_pb2.Container, paths: dict[str, Path]
+    pod: core_pb2.Pod,
+    container: core_pb2.Container,
+    paths: dict[str, Path],
+    hosts: Path | None = None,
 ) -> list[pb.Mount]:
     """The container's volumeMounts as CRI mounts. configMap, secret, downwardAPI
     and projected volumes are always read-only (as the kubelet mounts them); a
     subPath binds that entry of the volume (a missing directory is made, except in
-    those four, whose entries are the source's keys)."""
+    those four, whose entries are the source's keys). `hosts`, the pod's hosts
+    file, goes to /etc/hosts unless a volumeMount is there."""
     kinds_of = {v.name: _plugin(v) for v in pod.spec.volumes}
     mounts: list[pb.Mount] = []
     for mount in container.volume_mounts:
@@ -527,6 +585,14 @@ def container_mounts(
                 container_path=mount.mount_path,
                 host_path=str(host),
                 readonly=mount.read_only or kinds_of.get(mount.name) in _ATOMIC,
+                propagation=pb.PROPAGATION_PRIVATE,
+            )
+        )
+    if hosts is not None and all(m.container_path != "/etc/hosts" for m in mounts):
+        mounts.append(
+            pb.Mount(
+                container_path="/etc/hosts",
+                host_path=str(hosts),
                 propagation=pb.PROPAGATION_PRIVATE,
             )
         )

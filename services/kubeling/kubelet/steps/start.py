@@ -80,7 +80,10 @@ async def start_container(
     node.image_backoff.forget(image_key)
     try:
         env, warnings = await resolve_environment(node.objects, pod, spec, ctx.pod_ip, node.host_ip)
-        mounts = container_mounts(pod, spec, ctx.volume_paths)
+        hosts = None
+        if node.volumes is not None and ctx.pod_ip and not pod.spec.host_network:
+            hosts = await node.volumes.write_hosts(pod, ctx.pod_ip, node.dns.cluster_domain)
+        mounts = container_mounts(pod, spec, ctx.volume_paths, hosts)
         config = container_config(
             pod, spec, attempt, image_ref, ctx.pod_ip, node.host_ip, init, env=env, mounts=mounts
         )
