@@ -150,6 +150,11 @@ kind: Pod
 metadata: {name: shared, namespace: default}
 spec:
   terminationGracePeriodSeconds: 1
+  initContainers:
+    - name: seed
+      image: busybox
+      command: ["sh", "-c", "echo seeded-before-start > /data/seed"]
+      volumeMounts: [{name: data, mountPath: /data}]
   containers:
     - name: writer
       image: busybox
@@ -290,15 +295,28 @@ async def test_a_changed_config_map_reaches_the_running_pod_but_not_its_sub_path
 
     config = await api.config_maps.get("app-config", NS)
     config.data["greeting"] = "hello-v2"
+    config.data["added"] = "new-key"
     await api.config_maps.update(config)
 
     async def updated() -> bool:
         return await shell(api, "app", "cat /etc/app/greeting") == "hello-v2"
 
     await eventually(updated, within=60, interval=1, describe=lambda: snapshot(api))
+    # A new key appears as a new file.
+    assert await shell(api, "app", "cat /etc/app/added") == "new-key"
     # A subPath mount is bound to the file it was given at start (as Kubernetes
     # documents): it keeps the old content.
     assert await shell(api, "app", "cat /etc/greeting-pinned") == "hello-v1"
+    # The pod's own labels, changed, reach its downwardAPI file the same way.
+    pod = await api.pods.get("app", NS)
+    pod.metadata.labels["tier"] = "frontend"
+    await api.pods.update(pod)
+
+    async def relabelled() -> bool:
+        text = await shell(api, "app", "cat /etc/podinfo/labels")
+        return text == 'app="demo"\ntier="frontend"'
+
+    await eventually(relabelled, within=60, interval=1, describe=lambda: snapshot(api))
     # Updated in place: the same container, never restarted.
     after = await api.pods.get("app", NS)
     (status_after,) = after.status.container_statuses
@@ -366,6 +384,10 @@ async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
         return await shell(api, "shared", "cat /data/note", container="reader")
 
     assert await eventually(written, within=30) == "written-by-shared\n"
+    # What the init container left is there for both.
+    assert await shell(api, "shared", "cat /data/seed", container="reader") == (
+        "seeded-before-start\n"
+    )
     # The reader's mount is read-only; the writer's is not.
     reply = await pod_exec(api, "shared", ["sh", "-c", "echo x > /data/other"], NS, "reader")
     assert reply.exit_code != 0, reply
@@ -375,6 +397,8 @@ async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
     mounts = await shell(api, "shared", "cat /proc/mounts", container="writer")
     types = {line.split()[1]: line.split()[2] for line in mounts.splitlines()}
     assert types.get("/cache") == "tmpfs", mounts
+    cache = next(line for line in mounts.splitlines() if line.split()[1] == "/cache")
+    assert "size=16384k" in cache, cache  # its sizeLimit
     assert types.get("/data") != "tmpfs", mounts
 
 
