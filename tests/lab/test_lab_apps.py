@@ -411,6 +411,14 @@ async def test_redis_from_the_lab_registry_answers_ping(lab: Lab, api: Client) -
         return next((p for p in listed.items if ready(p)), None)
 
     pod = await eventually(redis_ready, within=180, describe=lambda: snapshot(api))
+    # Pulled through CRI (the lab registry is docker.io's mirror), not imported.
+    events = (await api.events.list(NS)).items
+    pulled = [
+        e.message
+        for e in events
+        if e.involved_object.name == pod.metadata.name and e.reason == "Pulled"
+    ]
+    assert any('Successfully pulled image "redis:7"' in m for m in pulled), pulled
     service = await api.services.get("redis", NS)
     # From the busybox pod of the first test, by pod IP, then through the ClusterIP.
     for address in (pod.status.pod_ip, service.spec.cluster_ip):
@@ -419,7 +427,8 @@ async def test_redis_from_the_lab_registry_answers_ping(lab: Lab, api: Client) -
         async def pong(script: str = script) -> bool:
             return await shell(api, "app", script) == "+PONG\r\n"
 
-        await eventually(pong, within=30, interval=1, describe=lambda: snapshot(api))
+        # Until the proxy has the Service's endpoint, nc may fail: retried.
+        await waiting.eventually_passes(pong, 30, interval=1, describe=lambda: snapshot(api))
 
 
 async def test_the_store_file_holds_no_secret_in_the_clear(lab: Lab, api: Client) -> None:
