@@ -158,7 +158,11 @@ spec:
   containers:
     - name: writer
       image: busybox
-      command: ["sh", "-c", "echo written-by-$(hostname) > /data/note && exec sleep 100000"]
+      # Runs until told to stop (a file), then exits: restarted, it writes again.
+      command: ["sh", "-c"]
+      args:
+        - echo written-by-$(hostname) >> /data/note;
+          until [ -e /data/stop ]; do sleep 0.2; done; rm /data/stop
       volumeMounts:
         - {name: data, mountPath: /data}
         - {name: cache, mountPath: /cache}
@@ -383,7 +387,7 @@ async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
     async def written() -> str:
         return await shell(api, "shared", "cat /data/note", container="reader")
 
-    assert await eventually(written, within=30) == "written-by-shared\n"
+    assert await waiting.eventually_passes(written, 30, interval=0.5) == "written-by-shared\n"
     # What the init container left is there for both.
     assert await shell(api, "shared", "cat /data/seed", container="reader") == (
         "seeded-before-start\n"
@@ -399,6 +403,18 @@ async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
     assert types.get("/cache") == "tmpfs", mounts
     cache = next(line for line in mounts.splitlines() if line.split()[1] == "/cache")
     assert "size=16384k" in cache, cache  # its sizeLimit
+
+    # Both volumes outlive a container: the writer exits, is restarted, finds them.
+    await shell(api, "shared", "echo kept > /cache/kept && touch /data/stop", "writer")
+
+    async def restarted() -> bool:
+        pod = await api.pods.get("shared", NS)
+        writer = next(c for c in pod.status.container_statuses if c.name == "writer")
+        return ready(pod) and writer.restart_count == 1
+
+    await eventually(restarted, within=90, describe=lambda: snapshot(api))
+    assert await shell(api, "shared", "cat /data/note", "writer") == "written-by-shared\n" * 2
+    assert await shell(api, "shared", "cat /cache/kept /data/other", "writer") == "kept\nback\n"
     assert types.get("/data") != "tmpfs", mounts
 
 
