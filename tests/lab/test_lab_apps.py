@@ -2,9 +2,13 @@
 master, containerd, kubelets and kube-proxy, images pulled from the lab's registry.
 
 - configuration: a ConfigMap volume, a Secret and a ConfigMap key as env vars, a
-  downwardAPI volume (labels, name, memory limit); a changed ConfigMap reaches the
-  running container's file (not its subPath mount) without a restart;
-- scratch space: two containers share an emptyDir; `medium: Memory` is a tmpfs;
+  downwardAPI volume (labels, name, memory limit); a changed ConfigMap (and the
+  pod's labels) reach the running container's files (not a subPath mount) without
+  a restart; a non-root app reads its Secret volume through its fsGroup, gets
+  envFrom and `$(VAR)` in args, and sees a rotated Secret; its hostname resolves;
+- scratch space: two containers (and an init container) share an emptyDir;
+  `medium: Memory` is a tmpfs; both outlive a container's restart;
+- shutdown: a deleted pod's app gets SIGTERM and finishes within its grace period;
 - a real server: `redis:7` from the lab registry answers PING by pod IP and ClusterIP;
 - the master's SQLite store never holds a Secret's value in the clear;
 - and, last, no event in the lab tells of a failed image pull.
@@ -13,6 +17,7 @@ Traffic stays in the lab's namespaces, which have no route off the machine."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import secrets
@@ -174,6 +179,30 @@ spec:
   volumes:
     - {name: data, emptyDir: {}}
     - {name: cache, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
+"""
+
+# Deleted, an app gets SIGTERM and its grace period to finish (redis saves its data
+# then): it leaves a word in a hostPath folder, which outlives the pod.
+GRACEFUL = """
+apiVersion: v1
+kind: Pod
+metadata: {name: graceful, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+    - name: main
+      image: busybox
+      command: ["sh", "-c"]
+      args:
+        - trap 'echo saved-on-TERM > /out/$(POD_NAME); exit 0' TERM;
+          while true; do sleep 0.2; done
+      env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+      volumeMounts: [{name: out, mountPath: /out}]
+  volumes:
+    - name: out
+      hostPath: {path: HOST_DIR, type: DirectoryOrCreate}
 """
 
 REDIS = """
@@ -416,6 +445,23 @@ async def test_containers_share_an_empty_dir_and_memory_medium_is_tmpfs(
     assert await shell(api, "shared", "cat /data/note", "writer") == "written-by-shared\n" * 2
     assert await shell(api, "shared", "cat /cache/kept /data/other", "writer") == "kept\nback\n"
     assert types.get("/data") != "tmpfs", mounts
+
+
+async def test_a_deleted_pod_gets_sigterm_and_time_to_finish(lab: Lab, api: Client) -> None:
+    out = lab.dir / "graceful-out"
+    await api.pods.create(parse(GRACEFUL.replace("HOST_DIR", str(out)), core_pb2.Pod()))
+    await run_ready(api, "graceful")
+    started = asyncio.get_running_loop().time()
+    await api.pods.delete("graceful", NS)
+
+    async def gone() -> bool:
+        names = [p.metadata.name for p in (await api.pods.list(NS)).items]
+        return "graceful" not in names
+
+    await eventually(gone, within=60, describe=lambda: snapshot(api))
+    assert (out / "graceful").read_text() == "saved-on-TERM\n"
+    # It exited on TERM: the pod went well before its 30 s grace period ran out.
+    assert asyncio.get_running_loop().time() - started < 25
 
 
 async def test_redis_from_the_lab_registry_answers_ping(lab: Lab, api: Client) -> None:
