@@ -17,6 +17,7 @@ from kubeling.cli.document import Document
 from kubeling.cli.printers import dump_yaml, output_dict
 from kubeling.cli.tables import (
     NONE,
+    job_duration,
     label_text,
     node_roles,
     pod_status,
@@ -24,7 +25,7 @@ from kubeling.cli.tables import (
     service_ports,
 )
 from kubeling.cli.timefmt import age, is_set, rfc1123
-from kubeling.v1 import apps_pb2, core_pb2, discovery_pb2, meta_pb2
+from kubeling.v1 import apps_pb2, batch_pb2, core_pb2, discovery_pb2, meta_pb2
 
 
 @dataclass
@@ -364,6 +365,69 @@ def _daemon_set(doc: Document, obj: Any, related: Related) -> None:
     _pod_template(doc, ds.spec.template)
 
 
+# ----------------------------------------------------------------------- batch
+
+
+def _optional(message: Any, field_name: str) -> str:
+    if not message.HasField(field_name):
+        return "<unset>"
+    value = getattr(message, field_name)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _job(doc: Document, obj: Any, related: Related) -> None:
+    job = cast(batch_pb2.Job, obj)
+    spec, status = job.spec, job.status
+    doc.add("Selector", selector_text(spec.selector))
+    doc.add("Parallelism", _optional(spec, "parallelism"))
+    doc.add("Completions", _optional(spec, "completions"))
+    doc.add("Completion Mode", spec.completion_mode or "NonIndexed")
+    doc.add("Suspend", _optional(spec, "suspend"))
+    doc.add("Backoff Limit", _optional(spec, "backoff_limit"))
+    if spec.HasField("ttl_seconds_after_finished"):
+        doc.add("TTL Seconds After Finished", str(spec.ttl_seconds_after_finished))
+    if is_set(status.start_time):
+        doc.add("Start Time", rfc1123(status.start_time))
+    if is_set(status.completion_time):
+        doc.add("Completed At", rfc1123(status.completion_time))
+    if is_set(status.start_time):
+        doc.add("Duration", job_duration(job))
+    if spec.HasField("active_deadline_seconds"):
+        doc.add("Active Deadline Seconds", f"{spec.active_deadline_seconds}s")
+    doc.add(
+        "Pods Statuses",
+        f"{status.active} Active ({status.ready} Ready) / {status.succeeded} Succeeded / "
+        f"{status.failed} Failed",
+    )
+    if spec.completion_mode == "Indexed":
+        doc.add("Completed Indexes", status.completed_indexes or NONE)
+    _pod_template(doc, spec.template)
+    _conditions(doc, status.conditions)
+
+
+def _cron_job(doc: Document, obj: Any, related: Related) -> None:
+    cj = cast(batch_pb2.CronJob, obj)
+    spec, status = cj.spec, cj.status
+    doc.add("Schedule", spec.schedule)
+    doc.add("Time Zone", spec.time_zone or "<unset>")
+    doc.add("Concurrency Policy", spec.concurrency_policy or "Allow")
+    doc.add("Suspend", "True" if spec.suspend else "False")
+    doc.add("Successful Job History Limit", _optional(spec, "successful_jobs_history_limit"))
+    doc.add("Failed Job History Limit", _optional(spec, "failed_jobs_history_limit"))
+    doc.add("Starting Deadline Seconds", _optional(spec, "starting_deadline_seconds"))
+    job_spec = spec.job_template.spec
+    has_selector = job_spec.HasField("selector")
+    doc.add("Selector", selector_text(job_spec.selector) if has_selector else "<unset>")
+    doc.add("Parallelism", _optional(job_spec, "parallelism"))
+    doc.add("Completions", _optional(job_spec, "completions"))
+    _pod_template(doc, job_spec.template)
+    last = status.last_schedule_time
+    doc.add("Last Schedule Time", rfc1123(last) if is_set(last) else "<unset>")
+    if is_set(status.last_successful_time):
+        doc.add("Last Successful Time", rfc1123(status.last_successful_time))
+    doc.add("Active Jobs", ", ".join(ref.name for ref in status.active) or NONE)
+
+
 # --------------------------------------------------------------------- network
 
 
@@ -615,4 +679,6 @@ _DESCRIBERS: dict[str, Describer] = {
     kinds.EVENT.name: _event,
     kinds.CONFIG_MAP.name: _config_map,
     kinds.SECRET.name: _secret,
+    kinds.JOB.name: _job,
+    kinds.CRON_JOB.name: _cron_job,
 }

@@ -10,8 +10,8 @@ from google.protobuf.message import Message
 
 from kubeling.api import kinds
 from kubeling.api.kinds import Kind
-from kubeling.cli.timefmt import age, is_set
-from kubeling.v1 import apps_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+from kubeling.cli.timefmt import age, human_duration, is_set
+from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
 
 Row = list[str]
 RowOf = Callable[[Any], Row]
@@ -275,6 +275,77 @@ def _daemon_set_wide(obj: Any) -> Row:
     return [*containers_and_images(ds.spec.template), selector_text(ds.spec.selector)]
 
 
+# ------------------------------------------------------------------------ batch
+
+
+def _has_condition(job: batch_pb2.Job, type_: str) -> bool:
+    return any(c.type == type_ and c.status == "True" for c in job.status.conditions)
+
+
+def job_status(job: batch_pb2.Job) -> str:
+    """kubectl's STATUS column of a Job."""
+    if _has_condition(job, "Complete"):
+        return "Complete"
+    if _has_condition(job, "Failed"):
+        return "Failed"
+    if job.metadata.HasField("deletion_timestamp"):
+        return "Terminating"
+    for type_ in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if _has_condition(job, type_):
+            return type_
+    return "Running"
+
+
+def job_completions(job: batch_pb2.Job) -> str:
+    succeeded = job.status.succeeded
+    if job.spec.HasField("completions"):
+        return f"{succeeded}/{job.spec.completions}"
+    parallelism = job.spec.parallelism
+    return f"{succeeded}/1 of {parallelism}" if parallelism > 1 else f"{succeeded}/1"
+
+
+def job_duration(job: batch_pb2.Job, now: float | None = None) -> str:
+    status = job.status
+    if not is_set(status.start_time):
+        return ""
+    start = status.start_time.seconds + status.start_time.nanos / 1e9
+    if is_set(status.completion_time):
+        end = status.completion_time.seconds + status.completion_time.nanos / 1e9
+        return human_duration(end - start)
+    return age(status.start_time, now)
+
+
+def _job_row(obj: Any) -> Row:
+    job = cast(batch_pb2.Job, obj)
+    return [_name(job), job_status(job), job_completions(job), job_duration(job), _age(job)]
+
+
+def _job_wide(obj: Any) -> Row:
+    job = cast(batch_pb2.Job, obj)
+    return [*containers_and_images(job.spec.template), selector_text(job.spec.selector)]
+
+
+def _cron_job_row(obj: Any) -> Row:
+    cj = cast(batch_pb2.CronJob, obj)
+    spec, status = cj.spec, cj.status
+    last = age(status.last_schedule_time) if is_set(status.last_schedule_time) else NONE
+    return [
+        _name(cj),
+        spec.schedule,
+        spec.time_zone or NONE,
+        "True" if spec.suspend else "False",
+        str(len(status.active)),
+        last,
+        _age(cj),
+    ]
+
+
+def _cron_job_wide(obj: Any) -> Row:
+    cj = cast(batch_pb2.CronJob, obj)
+    job_spec = cj.spec.job_template.spec
+    return [*containers_and_images(job_spec.template), selector_text(job_spec.selector)]
+
+
 # ------------------------------------------------------------------- the others
 
 
@@ -362,6 +433,18 @@ COLUMNS: dict[str, Columns] = {
         _daemon_set_row,
         ("CONTAINERS", "IMAGES", "SELECTOR"),
         _daemon_set_wide,
+    ),
+    kinds.JOB.name: Columns(
+        ("NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"),
+        _job_row,
+        ("CONTAINERS", "IMAGES", "SELECTOR"),
+        _job_wide,
+    ),
+    kinds.CRON_JOB.name: Columns(
+        ("NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"),
+        _cron_job_row,
+        ("CONTAINERS", "IMAGES", "SELECTOR"),
+        _cron_job_wide,
     ),
     kinds.ENDPOINT_SLICE.name: Columns(
         ("NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"), _endpoint_slice_row

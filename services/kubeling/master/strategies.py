@@ -114,8 +114,9 @@ class JobStrategy(Strategy):
     """As Kubernetes' Job strategy: unless `spec.manualSelector`, the server labels
     the template with the Job's uid and name and selects on the uid, so a Job's
     pods are its own even when another Job uses the same labels. An update that
-    leaves the generated labels or selector out (a manifest applied again) keeps
-    them: they are the server's, and the template may not change anyway."""
+    leaves the generated labels, the selector or completions out (a manifest
+    applied again) keeps them: they are the server's or defaulted, and may not
+    change anyway."""
 
     def prepare_create(self, obj: Message) -> None:
         super().prepare_create(obj)
@@ -134,6 +135,10 @@ class JobStrategy(Strategy):
     def prepare_update(self, new: Message, old: Message) -> None:
         super().prepare_update(new, old)
         job, prev = cast(batch_pb2.Job, new), cast(batch_pb2.Job, old)
+        # completions may not change, and a manifest without it (defaulted on
+        # create) means "as it is", not "unset".
+        if not job.spec.HasField("completions") and prev.spec.HasField("completions"):
+            job.spec.completions = prev.spec.completions
         if job.spec.manual_selector:
             return
         if not job.spec.HasField("selector"):
