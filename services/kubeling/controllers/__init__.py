@@ -1,4 +1,4 @@
-"""Controllers that keep desired state (ReplicaSet, Deployment, DaemonSet,
-EndpointSlice, node lifecycle, garbage collector) and the scheduler's home in the
+"""Controllers that keep desired state (ReplicaSet, Deployment, DaemonSet, Job,
+CronJob, EndpointSlice, node lifecycle, garbage collector) and the scheduler's home in the
 master process. Each talks to the API only through the client, so any of them can
 also run as its own process."""
