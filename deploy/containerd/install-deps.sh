@@ -12,6 +12,7 @@
 #   util-linux                  nsenter, unshare, umount
 #   busybox-static              source of the busybox image (and the pause fallback)
 #   gcc libc6-dev               compile the static pause binary for the sandbox image
+#   mmdebstrap                  builds the provided images from Debian packages (make images)
 set -euo pipefail
 
 PACKAGES=(
@@ -27,6 +28,7 @@ PACKAGES=(
   busybox-static
   gcc
   libc6-dev
+  mmdebstrap
   # The lab's image registry (docker.io's mirror for its nodes); harmless on a worker.
   docker-registry
 )

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
 PAUSE_IMAGE = "localhost/kubeling/pause:1.0"
@@ -156,6 +156,152 @@ def gzip_bytes(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class LayerFile:
+    """A gzip layer written to a file, with the digests an OCI config and manifest
+    need."""
+
+    path: Path
+    digest: str  # of the gzip bytes (the blob)
+    size: int
+    diff_id: str  # of the uncompressed tar
+    raw_size: int
+
+
+class _HashingWriter(io.RawIOBase):
+    """Passes bytes on to `sink` (when given) while hashing and counting them."""
+
+    def __init__(self, sink: IO[bytes] | None = None) -> None:
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.hash.update(view)
+        self.size += view.nbytes
+        if self.sink is not None:
+            self.sink.write(view)
+        return view.nbytes
+
+
+def _rootfs_path(name: str) -> str:
+    """ "./usr/bin/x" or "/usr/bin/x" -> "usr/bin/x"; "." and "./" -> ""."""
+    path = name
+    while path.startswith("./"):
+        path = path[2:]
+    return path.strip("/") if path not in (".", "") else ""
+
+
+def layer_from_rootfs_tar(
+    rootfs: Path, out: Path, *, mtime: int = 0, compresslevel: int = 6
+) -> LayerFile:
+    """Turn a root file system tar (mmdebstrap's output) into a reproducible gzip layer.
+
+    Entries come out sorted by path with no leading "./", uid/gid and modes kept, user
+    and group names, xattrs and other PAX records dropped, and mtimes clamped to
+    `mtime` (newer files get `mtime`, older keep theirs). Device nodes are dropped (the
+    runtime mounts its own /dev; unpacking them needs privileges). A hard link must
+    follow its target in the stream, and sorting can reorder them, so each group of
+    hard-linked paths is rewritten with the first path in sorted order as the file
+    and the others linking to it.
+    """
+    with tarfile.open(rootfs, mode="r:") as src:
+        members: dict[str, tarfile.TarInfo] = {}
+        for member in src.getmembers():
+            path = _rootfs_path(member.name)
+            if not path or ".." in path.split("/"):
+                continue
+            if member.ischr() or member.isblk():
+                continue
+            if path.startswith("dev/"):
+                continue
+            members[path] = member
+
+        # Hard-link groups: original target path -> every path of the group.
+        groups: dict[str, list[str]] = {}
+        for path, member in members.items():
+            if member.islnk():
+                target = _rootfs_path(member.linkname)
+                if target in members and not members[target].islnk():
+                    groups.setdefault(target, [target]).append(path)
+        data_of: dict[str, str] = {}  # path written as the file -> path holding the data
+        link_to: dict[str, str] = {}  # path written as a hard link -> its (new) target
+        for target, paths in groups.items():
+            first, *rest = sorted(paths)
+            data_of[first] = target
+            for path in rest:
+                link_to[path] = first
+
+        raw_hash = _HashingWriter()
+        with out.open("wb") as fh:
+            gz_hash = _HashingWriter(fh)
+            with gzip.GzipFile(
+                fileobj=gz_hash, mode="wb", filename="", mtime=0, compresslevel=compresslevel
+            ) as gz:
+                tee = _Tee(gz, raw_hash)
+                with tarfile.open(fileobj=tee, mode="w", format=tarfile.PAX_FORMAT) as dst:
+                    for path in sorted(members):
+                        member = members[path]
+                        if member.islnk() and path not in link_to and path not in data_of:
+                            # Its target is missing or itself a link: skip it rather
+                            # than write a dangling hard link.
+                            continue
+                        info = tarfile.TarInfo(path)
+                        info.mode = member.mode
+                        info.uid, info.gid = member.uid, member.gid
+                        info.uname = info.gname = ""
+                        info.mtime = min(int(member.mtime), mtime) if mtime else int(member.mtime)
+                        info.pax_headers = {}
+                        if path in link_to:
+                            info.type = tarfile.LNKTYPE
+                            info.linkname = link_to[path]
+                            dst.addfile(info)
+                        elif path in data_of or member.isreg():
+                            origin = members[data_of.get(path, path)]
+                            info.type = tarfile.REGTYPE
+                            info.mode = origin.mode
+                            info.size = origin.size
+                            dst.addfile(info, src.extractfile(origin))
+                        elif member.isdir():
+                            info.type = tarfile.DIRTYPE
+                            dst.addfile(info)
+                        elif member.issym():
+                            info.type = tarfile.SYMTYPE
+                            info.linkname = member.linkname
+                            dst.addfile(info)
+                        elif member.isfifo():
+                            info.type = tarfile.FIFOTYPE
+                            dst.addfile(info)
+    return LayerFile(
+        path=out,
+        digest="sha256:" + gz_hash.hash.hexdigest(),
+        size=gz_hash.size,
+        diff_id="sha256:" + raw_hash.hash.hexdigest(),
+        raw_size=raw_hash.size,
+    )
+
+
+class _Tee(io.RawIOBase):
+    """Writes to two file objects: the gzip stream and the uncompressed-digest hash."""
+
+    def __init__(self, first: io.BufferedIOBase, second: _HashingWriter) -> None:
+        self.first, self.second = first, second
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.first.write(data)
+        return self.second.write(data)
+
+    def tell(self) -> int:  # tarfile asks for the start offset
+        return self.second.size
+
+
 def base_files() -> list[Entry]:
     """The small /etc and mount-point skeleton every image here gets."""
     return [
@@ -238,6 +384,12 @@ class ImageSpec:
     architecture: str = field(default_factory=lambda: host_architecture())
     created_by: str = "kubeling.node.images"
     mtime: int = 0
+    workdir: str = ""
+    exposed_ports: Sequence[str] = ()  # "6379/tcp"
+    labels: dict[str, str] = field(default_factory=dict)
+    # A layer already written to disk (a whole Debian root file system is too big to
+    # hold as Entry objects); when set, `entries` is ignored.
+    layer: LayerFile | None = None
 
 
 @dataclass(frozen=True)
@@ -252,12 +404,21 @@ def host_architecture() -> str:
     return _ARCH.get(machine, machine)
 
 
-def oci_layout_blobs(spec: ImageSpec) -> tuple[dict[str, bytes], dict[str, Any], Descriptor]:
-    """All blobs of the image keyed by digest, the index.json object, and the
-    manifest descriptor."""
-    raw_layer = layer_tar(spec.entries, mtime=spec.mtime)
-    layer = gzip_bytes(raw_layer)
-    layer_desc = Descriptor(MEDIA_LAYER_GZIP, sha256_digest(layer), len(layer))
+def oci_layout_blobs(
+    spec: ImageSpec,
+) -> tuple[dict[str, bytes | Path], dict[str, Any], Descriptor]:
+    """All blobs of the image keyed by digest (bytes, or the file holding them), the
+    index.json object, and the manifest descriptor."""
+    layer: bytes | Path
+    if spec.layer is not None:
+        layer = spec.layer.path
+        layer_desc = Descriptor(MEDIA_LAYER_GZIP, spec.layer.digest, spec.layer.size)
+        diff_id = spec.layer.diff_id
+    else:
+        raw_layer = layer_tar(spec.entries, mtime=spec.mtime)
+        layer = gzip_bytes(raw_layer)
+        layer_desc = Descriptor(MEDIA_LAYER_GZIP, sha256_digest(layer), len(layer))
+        diff_id = sha256_digest(raw_layer)
 
     runtime: dict[str, Any] = {"Env": list(spec.env)}
     if spec.cmd:
@@ -266,11 +427,17 @@ def oci_layout_blobs(spec: ImageSpec) -> tuple[dict[str, bytes], dict[str, Any],
         runtime["Entrypoint"] = list(spec.entrypoint)
     if spec.user:
         runtime["User"] = spec.user
+    if spec.workdir:
+        runtime["WorkingDir"] = spec.workdir
+    if spec.exposed_ports:
+        runtime["ExposedPorts"] = {port: {} for port in spec.exposed_ports}
+    if spec.labels:
+        runtime["Labels"] = dict(spec.labels)
     config_obj = {
         "architecture": spec.architecture,
         "os": "linux",
         "config": runtime,
-        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(raw_layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": spec.created_by}],
     }
     config = _canonical(config_obj)
@@ -315,7 +482,7 @@ def write_oci_archive(path: Path, spec: ImageSpec) -> BuiltImage:
     if not spec.names:
         raise ValueError("an image needs at least one name")
     blobs, index, manifest_desc = oci_layout_blobs(spec)
-    files: list[tuple[str, bytes]] = [
+    files: list[tuple[str, bytes | Path]] = [
         ("oci-layout", _canonical({"imageLayoutVersion": "1.0.0"})),
         ("index.json", _canonical(index)),
     ]
@@ -329,8 +496,14 @@ def write_oci_archive(path: Path, spec: ImageSpec) -> BuiltImage:
             tar.addfile(info)
         for name, data in files:
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, spec.mtime
-            tar.addfile(info, io.BytesIO(data))
+            info.mode, info.mtime = 0o644, spec.mtime
+            if isinstance(data, Path):
+                info.size = data.stat().st_size
+                with data.open("rb") as src:
+                    tar.addfile(info, src)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     # Rename last so an importer never sees a half-written archive.
     tmp.replace(path)
     return BuiltImage(path, tuple(spec.names), manifest_desc.digest)
