@@ -36,9 +36,13 @@ def sandbox_config(
         metadata=pb.PodSandboxMetadata(
             name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=attempt
         ),
-        hostname=pod.spec.hostname or meta.name,
         log_directory=str(pod_log_directory(log_root, pod)),
     )
+    if not pod.spec.host_network:
+        # A hostNetwork pod shares the node's UTS namespace too (containerd gives it
+        # no private one, and runc refuses to set a hostname there): no hostname, as
+        # Kubernetes' kubelet.
+        config.hostname = pod.spec.hostname or meta.name
     if dns is not None:
         config.dns_config.CopyFrom(dns)
     config.labels.update(dict(meta.labels))

@@ -412,7 +412,9 @@ class Kubelet:
             latest = current.latest(spec.name, sandbox.id)
             if latest is not None and latest.running:
                 containers[spec.name] = latest.id
-        self.probes.add_pod(pod, containers, sandbox.ip)
+        # A hostNetwork pod is probed on its node's address (its sandbox has none).
+        pod_ip = self.config.node_ip if pod.spec.host_network else sandbox.ip
+        self.probes.add_pod(pod, containers, pod_ip)
 
     async def _finalize(self, pod: core_pb2.Pod) -> None:
         """Containers are stopped: remove the pod object (grace 0) on the master."""

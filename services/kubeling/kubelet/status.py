@@ -95,9 +95,11 @@ def compute_status(inputs: StatusInputs) -> core_pb2.PodStatus:
     status = core_pb2.PodStatus(host_ip=inputs.host_ip, qos_class=previous.qos_class)
     sandbox = runtime.sandbox if runtime else None
     sandbox_id = sandbox.id if sandbox else None
-    if sandbox is not None and sandbox.ready and sandbox.ip:
-        status.pod_ip = sandbox.ip
-        status.pod_ips.add(ip=sandbox.ip)
+    # A hostNetwork pod's address is its node's (the runtime reports none for it).
+    pod_ip = inputs.host_ip if pod.spec.host_network else sandbox.ip if sandbox else ""
+    if sandbox is not None and sandbox.ready and pod_ip:
+        status.pod_ip = pod_ip
+        status.pod_ips.add(ip=pod_ip)
     if previous.HasField("start_time"):
         status.start_time.CopyFrom(previous.start_time)
     else:

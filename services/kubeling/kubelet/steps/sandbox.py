@@ -49,7 +49,7 @@ class EnsureSandbox:
         sandbox = current.sandbox if current is not None else None
         if sandbox is not None and sandbox.ready:
             assert current is not None
-            ctx.sandbox_id, ctx.pod_ip = sandbox.id, sandbox.ip
+            ctx.sandbox_id, ctx.pod_ip = sandbox.id, self._pod_ip(pod, sandbox.ip)
         else:
             if current is not None and sandbox is not None and all_done(pod, current, sandbox.id):
                 return SyncResult()  # nothing left to run: do not start a new sandbox
@@ -91,8 +91,12 @@ class EnsureSandbox:
             self.node.recorder.record(pod, "Warning", "FailedCreatePodSandBox", message)
             log.warning("sandbox failed", pod=pod.metadata.name, error=exc.details)
             return False
-        ctx.sandbox_id, ctx.pod_ip = sandbox_id, status.status.network.ip
+        ctx.sandbox_id, ctx.pod_ip = sandbox_id, self._pod_ip(pod, status.status.network.ip)
         return True
+
+    def _pod_ip(self, pod: core_pb2.Pod, sandbox_ip: str) -> str:
+        """A hostNetwork pod's address is its node's (the runtime reports none)."""
+        return self.node.host_ip if pod.spec.host_network else sandbox_ip
 
 
 def all_done(pod: core_pb2.Pod, current: RuntimePod, sandbox_id: str) -> bool:
