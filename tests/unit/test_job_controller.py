@@ -44,6 +44,19 @@ class Env:
     async def job(self, name: str) -> batch_pb2.Job:
         return await self.api.jobs.get(name, NS)
 
+    async def set_suspend(self, name: str, suspend: bool) -> None:
+        """Update the Job's spec, again when the controller's status write won."""
+        for _ in range(10):
+            j = await self.job(name)
+            j.spec.suspend = suspend
+            try:
+                await self.api.jobs.update(j)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:
+                    raise
+        raise AssertionError("could not update the job")
+
     async def set_phase(self, pod: core_pb2.Pod, phase: str, restarts: int = 0) -> None:
         for _ in range(10):
             try:
@@ -314,9 +327,7 @@ async def test_work_queue_job_completes_when_one_succeeds_and_all_ended(env: Env
 async def test_suspend_deletes_active_pods_and_resume_starts_them(env: Env) -> None:
     await env.api.jobs.create(job("pause", parallelism=2, completions=2))
     await eventually(lambda: _count(env, "pause", 2))
-    j = await env.job("pause")
-    j.spec.suspend = True
-    await env.api.jobs.update(j)
+    await env.set_suspend("pause", True)
 
     async def suspended() -> bool:
         current = await env.job("pause")
@@ -328,9 +339,7 @@ async def test_suspend_deletes_active_pods_and_resume_starts_them(env: Env) -> N
 
     await eventually(suspended)
     assert (await env.job("pause")).status.failed == 0  # suspending is not failing
-    j = await env.job("pause")
-    j.spec.suspend = False
-    await env.api.jobs.update(j)
+    await env.set_suspend("pause", False)
     await eventually(lambda: _count(env, "pause", 2))
     j = await env.job("pause")
     resumed = next(c for c in j.status.conditions if c.type == batch.SUSPENDED)
@@ -391,4 +400,3 @@ async def test_on_failure_restarts_count_toward_the_backoff_limit(env: Env) -> N
     await eventually(failed)
     assert condition(await env.job("restarts"), batch.FAILED) is not None
     assert condition(await env.job("restarts"), batch.FAILED)[0] == "BackoffLimitExceeded"  # type: ignore[index]
-

@@ -489,7 +489,10 @@ class JobController:
         if target is not None:
             _set_condition(status, batch.FAILED, target.reason, target.message, now)
             return
-        _set_condition(status, batch.COMPLETE, "CompletionsReached", "", now)
+        _set_condition(
+            status, batch.COMPLETE, "CompletionsReached",
+            "Reached expected number of succeeded pods", now,
+        )  # fmt: skip
         status.completion_time.CopyFrom(_stamp(now))
         self.recorder.record(job, "Normal", "Completed", "Job completed")
 
