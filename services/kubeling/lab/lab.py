@@ -65,7 +65,10 @@ mounts, namespaces and files.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import importlib
 import ipaddress
 import json
 import os
@@ -74,17 +77,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from kubeling.client import Client
-from kubeling.common import pki
+from kubeling.client.config import ClientConfig
+from kubeling.common import identity, pki
 from kubeling.common.etcd_member import EtcdMemberFiles
 from kubeling.common.tls import Credentials
 from kubeling.common.token import DEFAULT_TTL, write_private
+from kubeling.lab import addons
 from kubeling.node.containerd import (
     ContainerdError,
     ContainerdProcess,
@@ -96,6 +102,7 @@ from kubeling.node.containerd import (
 )
 from kubeling.node.images import PAUSE_IMAGE, build_images
 from kubeling.node.registry import REGISTRY_BINARY, write_registry_config
+from kubeling.v1 import core_pb2
 
 LAB_NETWORK = ipaddress.IPv4Network("10.99.0.0/24")
 MASTER_IP = "10.99.0.1"
@@ -108,6 +115,9 @@ SERVICE_CIDR = "10.96.0.0/12"
 BRIDGE = "klbr0"
 # A node's processes, in start order (the kubelet needs containerd's socket).
 COMPONENTS = ("containerd", "kubelet", "proxy")
+# How kube-proxy runs: a process per node beside the kubelet (a systemd unit on real
+# machines), or a DaemonSet of pods (deploy/addons/kube-proxy.yaml), as kubeadm runs it.
+PROXY_MODES = ("process", "pod")
 STORES = ("sqlite", "etcd")
 # Masters take 10.99.0.1 to .9; workers start at .11.
 MAX_MASTERS = 9
@@ -117,6 +127,9 @@ ETCD_PEER_PORT = 2380
 # holds 10.99.0.1: the bridge's with one master, master-1's with several).
 REGISTRY_PORT = 5000
 REGISTRY_ADDRESS = f"{MASTER_IP}:{REGISTRY_PORT}"
+
+
+_T = TypeVar("_T")
 
 
 class LabError(RuntimeError):
@@ -209,6 +222,13 @@ class LabState:
     store: str = "sqlite"
     masters: list[MasterState] = field(default_factory=list)  # with --store etcd
     registry: Proc | None = None  # docker-registry on REGISTRY_ADDRESS
+    proxy_mode: str = "process"  # PROXY_MODES: "pod" starts no proxy process
+    addons: list[str] = field(default_factory=list)  # installed: addons.DNS, addons.PROXY
+
+    @property
+    def cluster_dns(self) -> bool:
+        """Whether the kubelets name the cluster DNS (the DNS add-on runs)."""
+        return addons.DNS in self.addons
 
     @classmethod
     def load(cls, path: Path) -> LabState:
@@ -246,6 +266,8 @@ class LabState:
             str(raw.get("store", "sqlite")),
             masters,
             registry=proc(raw.get("registry")),
+            proxy_mode=str(raw.get("proxy_mode", "process")),
+            addons=[str(a) for a in raw.get("addons", [])],
         )
 
     def save(self, path: Path) -> None:
@@ -264,6 +286,9 @@ class LabOptions:
     master_args: list[str] = field(default_factory=list)
     kubelet_args: list[str] = field(default_factory=list)
     proxy_args: list[str] = field(default_factory=list)
+    # The cluster DNS add-on (deploy/addons/dns.yaml), and the kubelets' --cluster-dns.
+    dns: bool = True
+    proxy: str = "process"  # PROXY_MODES
 
 
 def _ip(*args: str) -> None:
@@ -274,6 +299,17 @@ def _ip(*args: str) -> None:
 
 def _netns_exists(name: str) -> bool:
     return Path(f"/var/run/netns/{name}").exists()
+
+
+def _run_async(coro: Coroutine[object, object, _T]) -> _T:
+    """Run a coroutine from the lab's synchronous code, on its own event loop (in a
+    thread when the caller's thread already runs one: tests call the lab from theirs)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _stop_all(procs: list[Proc | None]) -> None:
@@ -480,6 +516,10 @@ class Lab:
                 f"--masters {options.masters} needs --store etcd: on SQLite each master has "
                 "its own file, so they would be separate clusters"
             )
+        if options.proxy not in PROXY_MODES:
+            raise LabError(
+                f"--proxy must be one of {', '.join(PROXY_MODES)}, not {options.proxy!r}"
+            )
         if options.store == "etcd":
             for tool in ("etcd", "etcdctl"):
                 if shutil.which(tool) is None:
@@ -501,6 +541,9 @@ class Lab:
             kubelet_args=list(options.kubelet_args),
             proxy_args=list(options.proxy_args),
             store=options.store,
+            proxy_mode=options.proxy,
+            addons=([addons.PROXY] if options.proxy == "pod" else [])
+            + ([addons.DNS] if options.dns else []),
         )
         self._save()
         try:
@@ -517,6 +560,7 @@ class Lab:
         images = self.dir / "images"
         if not images.exists():
             build_images(images)
+        provided = self._provided_images(progress)
         progress(f"lab network {LAB_NETWORK} in namespace {state.master_netns}")
         net = state.master_netns
         _ip("netns", "add", net)
@@ -532,7 +576,7 @@ class Lab:
                 f"master on {MASTER_IP}:{MASTER_PORT} (join port {JOIN_PORT}) and {self.server}"
             )
             self.start_master()
-        self._up_registry(progress)
+        self._up_registry(progress, provided)
         self.write_config()
         progress(f"cluster CA {self.ca_pin()}; admin config {self.config_path}")
         token = self._create_token(DEFAULT_TTL, "kubeling lab: the lab's nodes")
@@ -555,7 +599,108 @@ class Lab:
             self.start_node(name)
         progress("waiting for the nodes to register and get pod CIDRs")
         self._wait_pod_cidrs()
+        self._route_pod_cidrs()
         self._save()
+        self._install_addons(progress)
+
+    def _provided_images(self, progress: Callable[[str], None]) -> dict[str, Path]:
+        """The provided images (kubeling.node.imagebuild) already built in the shared
+        cache, to push to the lab's registry; the kubeling image is built when an
+        add-on needs it and it is not there yet (once: the cache outlives labs)."""
+        state = self._require()
+        needed = bool(state.addons)
+        try:
+            imagebuild = importlib.import_module("kubeling.node.imagebuild")
+        except ImportError:
+            if addons.PROXY in state.addons:
+                raise LabError(
+                    "--proxy=pod runs the kubeling image, which this installation cannot "
+                    "build (no kubeling.node.imagebuild)"
+                ) from None
+            if needed:
+                # The default lab still comes up, as before the add-ons: without DNS.
+                progress(
+                    "no DNS add-on: this installation cannot build the kubeling image "
+                    "(no kubeling.node.imagebuild)"
+                )
+                state.addons.remove(addons.DNS)
+                self._save()
+            return {}
+        cache: Path = imagebuild.image_cache_dir()
+        archives: dict[str, Path] = dict(imagebuild.provided_archives(cache))
+        if needed and "kubeling" not in archives:
+            progress(f"building the kubeling image into {cache} (once; `make images` builds all)")
+            archives.update(imagebuild.build_provided(["kubeling"], cache, progress))
+            if "kubeling" not in archives:
+                raise LabError(f"the kubeling image was not built into {cache}")
+        # The lab's own busybox (images/busybox.tar) is the one pushed under that name.
+        archives.pop("busybox", None)
+        return archives
+
+    def _route_pod_cidrs(self) -> None:
+        """Routes from the masters' namespaces to each node's pod CIDR, via the node:
+        pods talk to the masters (the DNS add-on, kube-proxy pods are on the node's
+        own address) and the replies must find them, as a real network's router
+        would route them (no masquerading: pods keep their addresses)."""
+        state = self._require()
+        namespaces = [m.netns for m in state.masters] or [state.master_netns]
+        for netns in namespaces:
+            for node in state.nodes:
+                _ip("-n", netns, "route", "replace", node.pod_cidr, "via", node.ip)
+
+    def _install_addons(self, progress: Callable[[str], None]) -> None:
+        """The add-ons of `state.addons`, as pods (kubeling.lab.addons): what their
+        manifests need made, the manifests applied, then waited for until they serve."""
+        state = self._require()
+        if not state.addons:
+            return
+        objects: list[core_pb2.Secret | core_pb2.ConfigMap] = []
+        if addons.PROXY in state.addons:
+            # No expiry: a proxy pod made later (a node started again) joins with it.
+            token = self._create_token(0, "kubeling lab: kube-proxy pods (the add-on)")
+            objects += addons.proxy_objects(
+                token, self.master_addresses(MASTER_PORT), self.ca_pin(), CLUSTER_CIDR
+            )
+        if addons.DNS in state.addons:
+            objects += addons.dns_objects(self._dns_client_config())
+
+        async def install() -> dict[str, float]:
+            async with self.client(timeout=30) as api:
+                await addons.apply_objects(api, objects)
+                for addon in state.addons:
+                    path = addons.manifest_path(addon)
+                    progress(f"add-on {addon}: applying {path}")
+                    await addons.apply_file(api, path)
+                progress(f"waiting for the add-ons to serve: {', '.join(state.addons)}")
+                return await addons.wait_ready(api, state.addons, len(state.nodes))
+
+        try:
+            took = _run_async(install())
+        except addons.AddonError as exc:
+            raise LabError(f"{exc}; see {self.logs}") from None
+        for addon, seconds in took.items():
+            progress(f"add-on {addon} ready after {seconds:.1f} s")
+
+    def _dns_client_config(self) -> str:
+        """A client config for kubeling-dns: a `dns`-role certificate for user
+        kube-dns (as `kubeling user add kube-dns --role dns`: the key is made here,
+        only a CSR goes to the master), naming the masters as pods reach them."""
+        from kubeling.v1 import certificates_pb2
+
+        key = pki.make_key()
+        csr = pki.make_csr(key, addons.DNS_USER, [identity.ROLE_GROUPS[identity.DNS]])
+        request = certificates_pb2.IssueUserRequest(
+            name=addons.DNS_USER, role=identity.DNS, csr=csr
+        )
+        with self._admin_channel() as channel:
+            call = channel.unary_unary(
+                "/kubeling.v1.Certificates/IssueUser",
+                request_serializer=certificates_pb2.IssueUserRequest.SerializeToString,
+                response_deserializer=certificates_pb2.CertificateResponse.FromString,
+            )
+            reply: certificates_pb2.CertificateResponse = call(request, timeout=30)
+        credentials = Credentials(reply.ca, reply.certificate, key)
+        return ClientConfig(self.master_addresses(MASTER_PORT), credentials).to_yaml()
 
     def _up_masters(self, count: int, progress: Callable[[str], None]) -> None:
         """`count` masters, each in its own namespace with an etcd member beside it."""
@@ -631,7 +776,7 @@ class Lab:
         image must be there before any pull); busybox comes from the registry."""
         return self.dir / "images" / "sandbox"
 
-    def _up_registry(self, progress: Callable[[str], None]) -> None:
+    def _up_registry(self, progress: Callable[[str], None], provided: dict[str, Path]) -> None:
         """Debian's docker-registry on 10.99.0.1:5000 with its own config and storage
         under the lab dir (the package's own service plays no part), and the lab's
         images pushed to it once, from inside its namespace (the host has no route
@@ -648,6 +793,10 @@ class Lab:
                 "docker-registry); busybox is imported on each node instead"
             )
             shutil.copyfile(images / "busybox.tar", self.sandbox_images / "busybox.tar")
+            for name, archive in provided.items():
+                # Linked, not copied: the kubelets import from the shared cache.
+                link = self.sandbox_images / f"provided-{name.replace(':', '-')}.tar"
+                link.symlink_to(archive)
             return
         base = self.dir / "registry"
         base.mkdir(parents=True, exist_ok=True)
@@ -660,6 +809,9 @@ class Lab:
         )
         self._save()
         archives = [str(images / "busybox.tar"), str(images / "pause.tar")]
+        archives += [str(path) for path in provided.values()]
+        if provided:
+            progress(f"pushing the provided images: {', '.join(sorted(provided))}")
         with (self.logs / "registry-push.log").open("ab") as log:
             pushed = subprocess.run(
                 [
@@ -898,10 +1050,18 @@ class Lab:
         )  # fmt: skip
 
     def start_node(self, name: str) -> None:
-        """Start (or restart) a node's containerd, kubelet and kube-proxy."""
+        """Start (or restart) a node's containerd, kubelet and kube-proxy (with
+        --proxy=pod, no kube-proxy: the DaemonSet's pod on the node comes back with
+        its kubelet)."""
         self.stop_node(name)  # whatever still runs of it: never two of anything
-        for component in COMPONENTS:
+        for component in self.components():
             self.start_component(name, component)
+
+    def components(self) -> tuple[str, ...]:
+        """The processes a node runs: COMPONENTS, but the proxy in pod mode."""
+        if self._require().proxy_mode == "pod":
+            return tuple(c for c in COMPONENTS if c != "proxy")
+        return COMPONENTS
 
     def start(self, name: str) -> str:
         """`lab start NAME`: a node's processes, the master, a master (master-N) or an
@@ -949,6 +1109,11 @@ class Lab:
             return
         if component not in COMPONENTS:
             raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
+        if component not in self.components():
+            raise LabError(
+                f"kube-proxy on {name} is a pod of DaemonSet kube-system/kube-proxy "
+                "(lab up --proxy=pod), not a process of the lab"
+            )
         node = self.node(name)
         running: Proc | None = getattr(node, component)
         if running is not None and running.alive():
@@ -1038,11 +1203,17 @@ class Lab:
                 "--pod-log-dir", str(base / "pods"),
                 # Each node's pod volumes in its own folder (down unmounts them).
                 "--root-dir", str(base / "kubelet"),
+                *self._cluster_dns_args(),
                 *self._require().kubelet_args,
             ),
             # (The process renames itself, kubeling-kubelet: the marker is in its arguments.)
             f"--node-name {name} --join-address",
         )  # fmt: skip
+
+    def _cluster_dns_args(self) -> list[str]:
+        if not self._require().cluster_dns:
+            return []  # pods resolve with the node's resolv.conf (dnsPolicy Default)
+        return ["--cluster-dns", addons.CLUSTER_DNS, "--cluster-domain", addons.CLUSTER_DOMAIN]
 
     def _start_proxy(self, node: NodeState, base: Path) -> Proc:
         name = node.name
@@ -1124,11 +1295,44 @@ class Lab:
                 ("kubelet", node.kubelet),
                 ("proxy", node.proxy),
             ):
-                parts.append(f"{label}:{'up' if proc and proc.alive() else 'DOWN'}")
+                if label in self.components():
+                    parts.append(f"{label}:{'up' if proc and proc.alive() else 'DOWN'}")
+            if state.proxy_mode == "pod":
+                parts.append("proxy:pod")
             rows.append((node.name, node.netns, node.ip, node.pod_cidr, " ".join(parts), ""))
         if state.registry is not None:
             registry = ("registry", self.registry_netns, REGISTRY_ADDRESS, "", up(state.registry))
             rows.append((*registry, ""))
+        rows += self._addon_rows()
+        return rows
+
+    def _addon_rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        """One row per add-on: where it serves, its pods ready (DOWN when not all)."""
+        state = self._require()
+
+        async def read() -> list[addons.AddonStatus | None]:
+            async with self.client(timeout=3) as api:
+                found: list[addons.AddonStatus | None] = []
+                for addon in state.addons:
+                    try:
+                        found.append(await addons.addon_status(api, addon))
+                    except grpc.aio.AioRpcError:
+                        found.append(None)
+                return found
+
+        try:
+            statuses = _run_async(read()) if state.addons else []
+        except (OSError, grpc.aio.AioRpcError):
+            statuses = [None] * len(state.addons)
+        rows = []
+        for addon, status in zip(state.addons, statuses, strict=True):
+            where = f"{addons.CLUSTER_DNS}:53" if addon == addons.DNS else "every node"
+            if status is None:
+                text = "DOWN (no answer from the master)"
+            else:
+                text = f"{status.kind} {status.ready}/{status.want} ready"
+                text += "" if status.ok else " DOWN"
+            rows.append((f"add-on {addon}", addons.NAMESPACE, where, "", text, ""))
         return rows
 
     def exec_command(self, name: str, command: list[str]) -> list[str]:

@@ -1,6 +1,8 @@
 """`kubeling lab up|status|exec|stop|start|down`: a multi-node cluster on this machine,
 one network namespace per node (see kubeling.lab); with `--masters N --store etcd`
-N masters on an N-member etcd cluster, each master in its own namespace."""
+N masters on an N-member etcd cluster, each master in its own namespace. The cluster
+DNS runs as an add-on (pods, deploy/addons/dns.yaml) unless `--no-dns`; `--proxy=pod`
+runs kube-proxy as a DaemonSet instead of processes."""
 
 from __future__ import annotations
 
@@ -19,7 +21,15 @@ from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.config import config_path, forget_server, save_config
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
-from kubeling.lab.lab import MAX_MASTERS, STORES, Lab, LabError, LabOptions, default_dir
+from kubeling.lab.lab import (
+    MAX_MASTERS,
+    PROXY_MODES,
+    STORES,
+    Lab,
+    LabError,
+    LabOptions,
+    default_dir,
+)
 
 T = TypeVar("T")
 
@@ -44,6 +54,20 @@ def register(subparsers: SubParsers) -> None:
         default="sqlite",
         help="sqlite (default: one master, its own file) or etcd (an etcd member beside "
         "each master, mutual TLS from the cluster CA)",
+    )
+    up.add_argument(
+        "--proxy",
+        choices=PROXY_MODES,
+        default="process",
+        help="process (default: a kube-proxy process per node, as a systemd unit runs it) "
+        "or pod (the kube-proxy DaemonSet of deploy/addons/kube-proxy.yaml, as kubeadm)",
+    )
+    up.add_argument(
+        "--no-dns",
+        dest="dns",
+        action="store_false",
+        help="no cluster DNS add-on (deploy/addons/dns.yaml; pods then resolve with the "
+        "node's resolv.conf)",
     )
     status = add_command(actions, "status", run_status, "What runs where.")
     down = add_command(actions, "down", run_down, "Remove everything the lab made.")
@@ -85,7 +109,13 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 
 async def run_up(args: argparse.Namespace, ctx: Context) -> int:
     lab = _lab(args)
-    options = LabOptions(nodes=args.nodes, masters=args.masters, store=args.store)
+    options = LabOptions(
+        nodes=args.nodes,
+        masters=args.masters,
+        store=args.store,
+        dns=args.dns,
+        proxy=args.proxy,
+    )
     await _run(lab.up, options, lambda m: ctx.out(f"==> {m}"))
     path = save_config(lab.server, tls_files=lab.admin_files())
     ctx.out(
