@@ -2,10 +2,15 @@
 the job and garbage collector controllers, and a real kubelet on the fake CRI
 runtime, whose containers exit by themselves (FAKE_RUN_FOR, FAKE_EXIT_CODE). What
 this adds to tests/unit/test_job_controller.py: the kubelet's own phases, its
-deletion of stopped pods, and the tracking finalizer together."""
+deletion of stopped pods, and the tracking finalizer together; and a CronJob (its
+controller on a fake clock) whose Jobs run there, with history pruned through the
+garbage collector's CronJob -> Job -> Pod cascade."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +19,9 @@ import pytest
 
 from kubeling.api import batch
 from kubeling.client import Client
+from kubeling.client.events import EventRecorder
+from kubeling.controllers.cronjob import CronJobController, job_name
+from kubeling.controllers.manager import ControllerContext, ControllerSettings
 from kubeling.v1 import batch_pb2, core_pb2
 from tests.support import hollow, waiting
 from tests.support.hollow import HollowNode, hollow_node
@@ -118,3 +126,45 @@ async def test_deadline_stops_running_pods_through_the_kubelet(
 
 async def _no_pods(api: Client, name: str) -> bool:
     return not await pods_of(api, name)
+
+
+async def test_cron_job_runs_jobs_and_prunes_their_history(api: Client, node: HollowNode) -> None:
+    recorder = EventRecorder(api, "test-cronjob")
+    controller = CronJobController(ControllerContext(api, recorder, ControllerSettings()))
+    clock = [dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)]
+    controller.clock = lambda: clock[0]
+    task = asyncio.create_task(controller.run())
+    try:
+        cj = batch_pb2.CronJob(api_version="batch/v1", kind="CronJob")
+        cj.metadata.name = "tick"
+        cj.metadata.namespace = NS
+        cj.spec.schedule = "* * * * *"
+        cj.spec.successful_jobs_history_limit = 1
+        cj.spec.job_template.spec.CopyFrom(job("x", {"FAKE_RUN_FOR": "0.2s"}).spec)
+        created = await api.cron_jobs.create(cj)
+        start = created.metadata.creation_timestamp.ToDatetime(tzinfo=dt.UTC)
+        first = start.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        names = [job_name("tick", first + dt.timedelta(minutes=i)) for i in range(2)]
+        for i, name in enumerate(names):
+            clock[0] = first + dt.timedelta(minutes=i, seconds=1)
+            controller.queue.add(f"{NS}/tick")
+
+            async def complete(name: str = name) -> bool:
+                return finished(await api.jobs.get(name, NS)) == batch.COMPLETE
+
+            await eventually(complete, retry_on=waiting.TRANSIENT_ERRORS)
+        controller.queue.add(f"{NS}/tick")
+
+        async def pruned() -> bool:
+            jobs = [j.metadata.name for j in (await api.jobs.list(NS)).items]
+            return jobs == [names[1]] and not await pods_of(api, names[0])
+
+        await eventually(pruned)
+        status = (await api.cron_jobs.get("tick", NS)).status
+        assert status.HasField("last_successful_time") and not status.active
+        assert len(await pods_of(api, names[1])) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await recorder.flush()
