@@ -280,7 +280,8 @@ def test_mmdebstrap_command_for_the_kubeling_image(tmp_path: Path) -> None:
     assert f"sync-in {tmp_path / 'wheels'} /tmp/kubeling-wheels" in text
     assert "python3 -m venv /opt/kubeling" in text
     assert "pip install --quiet --no-index --no-deps" in text
-    assert "import kubeling.v1.core_pb2, grpc, nftables" in text
+    assert "import grpc, nftables; nftables.Nftables()" in text  # the base stage
+    assert "kubeling-0" not in text  # the project goes into a layer of its own
 
 
 def test_provided_images_have_the_expected_names() -> None:
@@ -450,3 +451,45 @@ def test_cli_build_surfaces_a_missing_package(
     assert "no such Debian package: nosuchpkg" in err
     assert "exit 25" in err
     assert [p for p in (tmp_path / "c").iterdir()] == []
+
+
+def test_changes_tar_holds_what_an_install_changed(tmp_path: Path) -> None:
+    """The kubeling image's project layer: new and changed paths over the base, and
+    whiteouts for removed ones."""
+    root = tmp_path / "root"
+    (root / "opt/venv/bin").mkdir(parents=True)
+    (root / "opt/venv/lib").mkdir(parents=True)
+    (root / "opt/venv/bin/python").write_text("base")
+    (root / "opt/venv/lib/keep.py").write_text("keep")
+    (root / "opt/venv/lib/edit.py").write_text("old")
+    (root / "opt/old/sub").mkdir(parents=True)
+    (root / "opt/old/sub/x").write_text("x")
+    before = imagebuild._tree_state(root)
+
+    (root / "opt/venv/lib/pkg").mkdir()
+    (root / "opt/venv/lib/pkg/new.py").write_text("new")
+    (root / "opt/venv/lib/edit.py").write_text("changed")
+    os.symlink("python", root / "opt/venv/bin/python3")
+    (root / "opt/old/sub/x").unlink()
+    (root / "opt/old/sub").rmdir()
+    (root / "opt/old").rmdir()
+
+    out = tmp_path / "changes.tar"
+    count = imagebuild.write_changes_tar(root, before, out)
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        assert sorted(names) == sorted(
+            [
+                "opt",  # a child was removed: its entry changed
+                "opt/.wh.old",  # only the removed top directory gets a whiteout
+                "opt/venv/bin",
+                "opt/venv/bin/python3",
+                "opt/venv/lib",
+                "opt/venv/lib/edit.py",
+                "opt/venv/lib/pkg",
+                "opt/venv/lib/pkg/new.py",
+            ]
+        )
+        assert tar.getmember("opt/venv/bin/python3").issym()
+        assert tar.extractfile("opt/venv/lib/edit.py").read() == b"changed"  # type: ignore[union-attr]
+    assert count == len(names)

@@ -28,14 +28,21 @@ The ``kubeling`` image carries Python, the libraries kube-proxy and kubeling-dns
 and its runtime dependencies, installed from wheels with hashes checked: the project
 wheel is built on the host, the dependencies' wheels come from ``pip download
 --require-hashes`` of requirements.lock's lines, and the chroot installs them with
-``--no-index``. busybox keeps coming from ``images.py``'s busybox-static builder
-(offline), under the same cache.
+``--no-index``. It has two layers: a base (packages, venv, dependencies) cached in
+``CACHE/stages`` under a key without the project's source, and the project on top,
+pip-installed into the unpacked base in a chroot and diffed against it. A change to
+the project's source (which changes the image's key) so rebuilds in seconds, and a
+registry push or a node's pull moves only the small top layer.
+
+busybox keeps coming from ``images.py``'s busybox-static builder (offline), under the
+same cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -43,6 +50,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -57,6 +65,7 @@ from kubeling.node.images import (
     DEFAULT_PATH,
     ImageBuildError,
     ImageSpec,
+    LayerFile,
     busybox_from_deb,
     busybox_installed,
     busybox_spec,
@@ -68,7 +77,7 @@ from kubeling.node.images import (
 DEFAULT_CACHE = Path("/var/cache/kubeling/images")
 CACHE_ENV = "KUBELING_IMAGE_CACHE"
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 """Bump when the builder's output changes for the same inputs (invalidates caches)."""
 
 SUITE = "bookworm"
@@ -470,7 +479,9 @@ def _in_chroot(command: str, env: Mapping[str, str] | None = None) -> str:
 def mmdebstrap_command(recipe: Recipe, out: Path, *, wheels: Path | None = None) -> list[str]:
     """The mmdebstrap command line that writes the recipe's root file system to `out`.
 
-    `wheels` is the host directory of wheels a python_project recipe installs."""
+    For a python_project recipe this is the base stage: a venv at /opt/kubeling
+    holding the wheels of `wheels` (the project's runtime dependencies); the project
+    itself goes into a layer of its own (`project_layer`)."""
     cmd = ["mmdebstrap", f"--variant={recipe.variant}", "--mode=root", "--format=tar"]
     if recipe.packages:
         cmd.append("--include=" + ",".join(sorted(set(recipe.packages))))
@@ -493,10 +504,7 @@ def mmdebstrap_command(recipe: Recipe, out: Path, *, wheels: Path | None = None)
                 {**pip_env, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)},
             ),
             # Fail the build, not the first pod, when the venv is broken.
-            _in_chroot(
-                "/opt/kubeling/bin/python -c 'import kubeling.v1.core_pb2, grpc, nftables;"
-                " nftables.Nftables()'"
-            ),
+            _in_chroot("/opt/kubeling/bin/python -c 'import grpc, nftables; nftables.Nftables()'"),
             'rm -rf "$1/tmp/kubeling-wheels"',
         ]
     hooks += [_in_chroot(h) for h in recipe.hooks]
@@ -551,29 +559,15 @@ def run_streaming(cmd: Sequence[str], env: Mapping[str, str], progress: Progress
 # The project's wheels
 
 
-def project_wheels(dest: Path, cache: Path, progress: Progress) -> Path:
-    """The kubeling wheel (built from the checkout) plus its runtime dependencies'
-    wheels (hash-checked downloads, kept in CACHE/wheels), all copied into `dest`."""
+def project_wheel(dest: Path, progress: Progress) -> Path:
+    """The kubeling wheel, built from the checkout into `dest`, with the generated
+    protobuf code checked to be inside."""
     if not (PROJECT_ROOT / "setup.py").is_file():
         raise ImageBuildError(f"{PROJECT_ROOT}: not a kubeling source checkout")
-    dest.mkdir(parents=True, exist_ok=True)
     progress("building the kubeling wheel")
     build = dest / ".build"
-    _run_quiet(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(build),
-            str(PROJECT_ROOT),
-        ],
-        cwd=PROJECT_ROOT,
-    )
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+    _run_quiet([*pip, "-w", str(build), str(PROJECT_ROOT)], cwd=PROJECT_ROOT)
     built = sorted(build.glob("kubeling-*.whl"))
     if len(built) != 1:
         raise ImageBuildError(f"pip wheel made {[p.name for p in built]}, expected one")
@@ -582,32 +576,27 @@ def project_wheels(dest: Path, cache: Path, progress: Progress) -> Path:
     for needed in ("kubeling/v1/core_pb2.py", "kubeling/etcdpb/__init__.py"):
         if needed not in members:
             raise ImageBuildError(f"{built[0].name} lacks generated {needed}: run make proto")
-    shutil.move(str(built[0]), dest / built[0].name)
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel_path = dest / built[0].name
+    shutil.move(str(built[0]), wheel_path)
     shutil.rmtree(build)
+    return wheel_path
 
+
+def dependency_wheels(dest: Path, cache: Path, progress: Progress) -> Path:
+    """The runtime dependencies' wheels, downloaded with the lock's hashes checked
+    (kept in CACHE/wheels between builds) and copied into `dest`."""
     progress("downloading the runtime dependencies' wheels (hashes checked)")
+    requirements_text = runtime_requirements(PROJECT_ROOT / "requirements.lock")
     wheel_cache = cache / "wheels"
     wheel_cache.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     requirements = dest / ".requirements.txt"
-    requirements.write_text(runtime_requirements(PROJECT_ROOT / "requirements.lock"))
-    _run_quiet(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--require-hashes",
-            "--only-binary=:all:",
-            "-r",
-            str(requirements),
-            "-d",
-            str(wheel_cache),
-        ]
-    )
+    requirements.write_text(requirements_text)
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes"]
+    _run_quiet([*pip, "--only-binary=:all:", "-r", str(requirements), "-d", str(wheel_cache)])
     requirements.unlink()
-    pins = {_norm(n): v for n, v in _pins(runtime_requirements(PROJECT_ROOT / "requirements.lock"))}
+    pins = {_norm(n): v for n, v in _pins(requirements_text)}
     for wheel_path in sorted(wheel_cache.glob("*.whl")):
         name, version = wheel_path.name.split("-")[:2]
         if pins.get(_norm(name)) == version:
@@ -674,23 +663,18 @@ def build_image(
         work.chmod(0o755)  # apt downloads as user _apt, which must reach its lists
         if recipe.source == "busybox":
             spec = _busybox_spec(work)
+        elif recipe.python_project:
+            base = python_base_layer(recipe, cache, work, progress, runner)
+            upper = project_layer(base, work, progress)
+            layers = [base, upper]
         else:
-            wheels = (
-                project_wheels(work / "wheels", cache, progress) if recipe.python_project else None
-            )
-            rootfs = work / "rootfs.tar"
-            env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "TMPDIR": str(work)}
-            runner(mmdebstrap_command(recipe, rootfs, wheels=wheels), env, progress)
-            if not rootfs.is_file():
-                raise ImageBuildError(f"mmdebstrap wrote no {rootfs.name}")
-            progress(f"{recipe.name}: writing the layer ({_size(rootfs.stat().st_size)} rootfs)")
-            layer = layer_from_rootfs_tar(rootfs, work / "layer.tar.gz", mtime=SOURCE_DATE_EPOCH)
-            rootfs.unlink()
-            raw_size = layer.raw_size
+            layers = [_mmdebstrap_layer(recipe, None, work, progress, runner)]
+        if recipe.source != "busybox":
+            raw_size = sum(layer.raw_size for layer in layers)
             spec = ImageSpec(
                 names=list(recipe.names),
                 entries=(),
-                layer=layer,
+                layers=layers,
                 cmd=list(recipe.cmd),
                 entrypoint=list(recipe.entrypoint),
                 env=list(recipe.full_env()),
@@ -713,6 +697,139 @@ def build_image(
     sizes = _size(size) + (f" compressed, {_size(raw_size)} uncompressed" if raw_size else "")
     progress(f"{recipe.name}: built {archive} ({sizes}) in {time.monotonic() - start:.1f} s")
     return archive
+
+
+def _mmdebstrap_layer(
+    recipe: Recipe, wheels: Path | None, work: Path, progress: Progress, runner: Runner
+) -> LayerFile:
+    """mmdebstrap's root file system for the recipe as a gzip layer in `work`."""
+    rootfs = work / "rootfs.tar"
+    env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "TMPDIR": str(work)}
+    runner(mmdebstrap_command(recipe, rootfs, wheels=wheels), env, progress)
+    if not rootfs.is_file():
+        raise ImageBuildError(f"mmdebstrap wrote no {rootfs.name}")
+    progress(f"{recipe.name}: writing the layer ({_size(rootfs.stat().st_size)} rootfs)")
+    layer = layer_from_rootfs_tar(rootfs, work / "rootfs.tar.gz", mtime=SOURCE_DATE_EPOCH)
+    rootfs.unlink()
+    return layer
+
+
+# ---------------------------------------------------------------------------
+# The kubeling image: a cached base layer (Debian packages and a venv with the locked
+# dependencies) and a small layer with the project, so a change to the project's
+# source rebuilds seconds' worth, not the whole root file system.
+
+
+def _base_key(recipe: Recipe) -> str:
+    h = hashlib.sha256(json.dumps(recipe_config(recipe), sort_keys=True).encode())
+    h.update(b"\0base\0" + runtime_requirements(PROJECT_ROOT / "requirements.lock").encode())
+    if recipe.files is not None:
+        _hash_tree(h, recipe.files)
+    return h.hexdigest()
+
+
+def python_base_layer(
+    recipe: Recipe, cache: Path, work: Path, progress: Progress, runner: Runner
+) -> LayerFile:
+    """The base layer from CACHE/stages, else built with mmdebstrap and kept there."""
+    stages = cache / "stages"
+    stem = f"{_slug(recipe.name)}-base-"
+    blob, meta = (stages / f"{stem}{_base_key(recipe)[:12]}{ext}" for ext in (".tar.gz", ".json"))
+    if blob.is_file() and meta.is_file():
+        fields = json.loads(meta.read_text())
+        progress(f"{recipe.name}: base layer cached {blob}")
+        return LayerFile(path=blob, **fields)
+    wheels = dependency_wheels(work / "wheels", cache, progress)
+    layer = _mmdebstrap_layer(recipe, wheels, work, progress, runner)
+    shutil.rmtree(wheels)
+    stages.mkdir(parents=True, exist_ok=True)
+    for old in stages.glob(f"{stem}*"):
+        old.unlink(missing_ok=True)
+    fields = {k: getattr(layer, k) for k in ("digest", "size", "diff_id", "raw_size")}
+    tmp = meta.with_name(meta.name + ".tmp")
+    tmp.write_text(json.dumps(fields))
+    # The blob first, the description last: a description always has its blob.
+    layer.path.replace(blob)
+    tmp.replace(meta)
+    return LayerFile(path=blob, **fields)
+
+
+def _in_namespaces(root: Path, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Run argv chrooted into `root`, with /proc and /dev mounted in a private mount
+    namespace (they vanish with it) and no network."""
+    r = shlex.quote(str(root))
+    env_args = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # env -i drops the caller's PATH
+    script = (
+        f"mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev"
+        f" && exec env -i {env_args} {chroot} {r} {shlex.join(argv)}"
+    )
+    _run_quiet(
+        ["unshare", "--mount", "--pid", "--net", "--fork", "--kill-child", "sh", "-c", script]
+    )
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Relative path -> (inode, ctime, size), for finding what an install changed."""
+    state: dict[str, tuple[int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            state[os.path.relpath(path, root)] = (st.st_ino, st.st_ctime_ns, st.st_size)
+    return state
+
+
+def project_layer(base: LayerFile, work: Path, progress: Progress) -> LayerFile:
+    """The project installed over the base layer: the base is unpacked, the project
+    wheel is pip-installed into /opt/kubeling inside it (chroot), and what changed
+    becomes the layer (new and changed paths; whiteouts for removed ones)."""
+    wheel = project_wheel(work / "project", progress)
+    root = work / "root"
+    root.mkdir()
+    progress("installing the project over the base layer")
+    _run_quiet(["tar", "-xzf", str(base.path), "-C", str(root), "--numeric-owner"])
+    before = _tree_state(root)
+    inside = Path("/tmp") / wheel.name
+    shutil.copyfile(wheel, root / inside.relative_to("/"))
+    env = {
+        "PATH": f"/opt/kubeling/bin:{DEFAULT_PATH}",
+        "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),  # hash-checked .pyc files
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_CACHE_DIR": "1",
+    }
+    pip = ["/opt/kubeling/bin/pip", "install", "--quiet", "--no-index", "--no-deps"]
+    _in_namespaces(root, [*pip, str(inside)], env)
+    # Fail the build, not the first pod, when the image cannot run the project.
+    check = "import kubeling.v1.core_pb2, kubeling.cli.main, grpc, nftables; nftables.Nftables()"
+    _in_namespaces(root, ["/opt/kubeling/bin/python", "-c", check], env)
+    (root / inside.relative_to("/")).unlink()
+    upper = work / "upper.tar"
+    count = write_changes_tar(root, before, upper)
+    shutil.rmtree(root)
+    layer = layer_from_rootfs_tar(upper, work / "upper.tar.gz", mtime=SOURCE_DATE_EPOCH)
+    upper.unlink()
+    progress(f"project layer: {count} paths, {_size(layer.size)}")
+    return layer
+
+
+def write_changes_tar(root: Path, before: Mapping[str, tuple[int, int, int]], out: Path) -> int:
+    """A tar of what changed under `root` since `before` (its _tree_state): new and
+    changed paths (a changed directory's entry too), and an OCI whiteout
+    (`.wh.NAME`) per removed path. Returns the number of entries."""
+    after = _tree_state(root)
+    changed = sorted(p for p, st in after.items() if before.get(p) != st)
+    removed = sorted(p for p in before if p not in after)
+    # Under a removed directory only the directory's whiteout is needed.
+    removed = [p for p in removed if not any(p.startswith(q + "/") for q in removed)]
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in changed:
+            tar.add(root / rel, arcname=rel, recursive=False)
+        for rel in removed:
+            parent, _, name = rel.rpartition("/")
+            info = tarfile.TarInfo(f"{parent}/.wh.{name}" if parent else f".wh.{name}")
+            tar.addfile(info, io.BytesIO(b""))
+    return len(changed) + len(removed)
 
 
 def _busybox_spec(work: Path) -> ImageSpec:

@@ -387,9 +387,9 @@ class ImageSpec:
     workdir: str = ""
     exposed_ports: Sequence[str] = ()  # "6379/tcp"
     labels: dict[str, str] = field(default_factory=dict)
-    # A layer already written to disk (a whole Debian root file system is too big to
-    # hold as Entry objects); when set, `entries` is ignored.
-    layer: LayerFile | None = None
+    # Layers already written to disk, bottom first (a whole Debian root file system
+    # is too big to hold as Entry objects); when given, `entries` is ignored.
+    layers: Sequence[LayerFile] = ()
 
 
 @dataclass(frozen=True)
@@ -409,16 +409,16 @@ def oci_layout_blobs(
 ) -> tuple[dict[str, bytes | Path], dict[str, Any], Descriptor]:
     """All blobs of the image keyed by digest (bytes, or the file holding them), the
     index.json object, and the manifest descriptor."""
-    layer: bytes | Path
-    if spec.layer is not None:
-        layer = spec.layer.path
-        layer_desc = Descriptor(MEDIA_LAYER_GZIP, spec.layer.digest, spec.layer.size)
-        diff_id = spec.layer.diff_id
-    else:
+    layers: list[tuple[Descriptor, bytes | Path]] = []
+    diff_ids: list[str] = []
+    for given in spec.layers:
+        layers.append((Descriptor(MEDIA_LAYER_GZIP, given.digest, given.size), given.path))
+        diff_ids.append(given.diff_id)
+    if not spec.layers:
         raw_layer = layer_tar(spec.entries, mtime=spec.mtime)
         layer = gzip_bytes(raw_layer)
-        layer_desc = Descriptor(MEDIA_LAYER_GZIP, sha256_digest(layer), len(layer))
-        diff_id = sha256_digest(raw_layer)
+        layers.append((Descriptor(MEDIA_LAYER_GZIP, sha256_digest(layer), len(layer)), layer))
+        diff_ids.append(sha256_digest(raw_layer))
 
     runtime: dict[str, Any] = {"Env": list(spec.env)}
     if spec.cmd:
@@ -437,8 +437,8 @@ def oci_layout_blobs(
         "architecture": spec.architecture,
         "os": "linux",
         "config": runtime,
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": spec.created_by}],
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": spec.created_by} for _ in diff_ids],
     }
     config = _canonical(config_obj)
     config_desc = Descriptor(MEDIA_CONFIG, sha256_digest(config), len(config))
@@ -447,7 +447,7 @@ def oci_layout_blobs(
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": config_desc.to_json(),
-        "layers": [layer_desc.to_json()],
+        "layers": [desc.to_json() for desc, _ in layers],
     }
     manifest = _canonical(manifest_obj)
     manifest_desc = Descriptor(MEDIA_MANIFEST, sha256_digest(manifest), len(manifest))
@@ -464,8 +464,8 @@ def oci_layout_blobs(
             for name in spec.names
         ],
     }
-    blobs = {
-        layer_desc.digest: layer,
+    blobs: dict[str, bytes | Path] = {desc.digest: data for desc, data in layers}
+    blobs |= {
         config_desc.digest: config,
         manifest_desc.digest: manifest,
     }
