@@ -400,3 +400,26 @@ async def test_on_failure_restarts_count_toward_the_backoff_limit(env: Env) -> N
     await eventually(failed)
     assert condition(await env.job("restarts"), batch.FAILED) is not None
     assert condition(await env.job("restarts"), batch.FAILED)[0] == "BackoffLimitExceeded"  # type: ignore[index]
+
+
+async def test_a_released_pod_loses_the_tracking_finalizer(env: Env) -> None:
+    await env.api.jobs.create(job("keep", parallelism=1, completions=1))
+    pod = (await eventually(lambda: _one_pod(env, "keep")))[0]
+    for _ in range(10):
+        fresh = await env.api.pods.get(pod.metadata.name, NS)
+        del fresh.metadata.labels[batch.CONTROLLER_UID_LABEL]
+        try:
+            await env.api.pods.update(fresh)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ABORTED:
+                raise
+
+    async def released() -> bool:
+        current = await env.api.pods.get(pod.metadata.name, NS)
+        return not current.metadata.owner_references and not current.metadata.finalizers
+
+    await eventually(released)
+    # The Job runs a new pod in its place.
+    replacement = await eventually(lambda: _pod_other_than(env, "keep", pod.metadata.uid))
+    assert replacement.metadata.owner_references[0].kind == "Job"

@@ -32,8 +32,9 @@ As kube-controller-manager's:
   Suspended condition; resuming resets `startTime`, which the deadline counts from.
 - A finished Job with `ttlSecondsAfterFinished` is deleted that long after it
   finished; the garbage collector removes its pods.
-- Pods whose Job is gone lose the finalizer, so the garbage collector (or the
-  kubelet) can remove them.
+- Pods whose Job is gone, or that their Job released (labels changed so its
+  selector no longer matches), lose the finalizer, so the garbage collector (or
+  the kubelet) can remove them.
 
 Status is written through UpdateStatus with the cached resourceVersion, so a
 write based on a stale Job is refused and the sync retried. Events:
@@ -163,6 +164,12 @@ class JobController:
         pod: core_pb2.Pod = new if new is not None else old
         key = self._owner_key(pod)
         if key is None:
+            if kind != "DELETED" and self._tracked(pod):
+                self.queue.add(_ORPHAN + key_of(pod))  # released by its Job: let it go
+            if kind == "MODIFIED":
+                old_key = self._owner_key(old)
+                if old_key is not None:
+                    self.queue.add(old_key)
             return
         uid = pod.metadata.uid
         if kind == "ADDED":
