@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make up`: install what is missing, start a 2-worker lab on this machine (a master,
-# and per worker a network namespace with containerd, kubelet and kube-proxy), apply
-# the demo, wait until its service answers through its ClusterIP from inside the lab,
-# and show what runs. `make down` removes it all. Needs root (namespaces, containerd).
+# and per worker a network namespace with containerd, kubelet and kube-proxy; the
+# cluster DNS as an add-on, pods of the kubeling image), apply the demo, wait until
+# its service answers through its ClusterIP from inside the lab and by its name from
+# a pod, and show what runs. `make down` removes it all. Needs root (namespaces,
+# containerd). PROXY=pod runs kube-proxy as a DaemonSet (deploy/addons/kube-proxy.yaml)
+# instead of a process per node.
 # TLS is on as across machines: the lab's master makes its CA, the nodes join with a
 # bootstrap token from a 0600 file and the CA's pin; the CLI here is the master's
 # admin through the lab's admin.conf (no key is copied anywhere).
@@ -10,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
 NODES=${NODES:-2}
+PROXY=${PROXY:-process}
 KUBELING="$VENV/bin/kubeling"
 LAB_DIR=${KUBELING_LAB_DIR:-$HOME/.kubeling/lab}
 mkdir -p .kubeling
@@ -45,8 +49,8 @@ else
     step "a lab is recorded but not running (after a reboot?): removing it"
     "$KUBELING" lab down
   fi
-  step "starting a lab with $NODES worker nodes"
-  "$KUBELING" lab up --nodes "$NODES"
+  step "starting a lab with $NODES worker nodes (kube-proxy: $PROXY)"
+  "$KUBELING" lab up --nodes "$NODES" --proxy "$PROXY"
 fi
 # Every command below is the lab master's admin, whatever ~/.kubeling/config holds.
 export KUBELING_CONFIG="$LAB_DIR/admin.conf"
@@ -79,8 +83,21 @@ done
 [[ -n $answer ]] || { echo "the service did not answer; see $LAB_DIR/logs" >&2; exit 1; }
 echo "    $answer"
 
+pod=$("$KUBELING" get pods -n demo -o json | "$VENV/bin/python" -c 'import json,sys; print(next(p["metadata"]["name"] for p in json.load(sys.stdin)["items"] if p["status"].get("phase") == "Running"))')
+if "$KUBELING" get deployment kube-dns -n kube-system >/dev/null 2>&1; then
+  step "from pod $pod: http://web/ by its name (the cluster DNS add-on, 10.96.0.10)"
+  answer=""
+  for _ in $(seq 1 30); do
+    answer=$("$KUBELING" exec -n demo "$pod" -- wget -qO- http://web/ 2>/dev/null) && break
+    sleep 1
+  done
+  [[ -n $answer ]] || { echo "web did not answer by name; see $LAB_DIR/logs" >&2; exit 1; }
+  echo "    $answer"
+fi
+
 step "what is running"
 "$KUBELING" lab status
+"$KUBELING" get pods -n kube-system -o wide
 "$KUBELING" get pods -n demo -o wide
 "$KUBELING" get services -n demo -o wide
 
@@ -94,7 +111,8 @@ Try next:
   $KUBELING lab exec worker-2 -- python3 -c '$fetch' http://$ip/
                                                (again: another pod may answer)
   $KUBELING scale deployment web -n demo --replicas 6
-  $KUBELING proxy explain worker-1 $ip:80      (what kube-proxy installed for it)
+  $KUBELING proxy explain worker-1 $ip:80      (what kube-proxy installed for it; PROXY=process)
+  $KUBELING exec -n demo $pod -- nslookup web.demo.svc.cluster.local   (the cluster DNS)
   $KUBELING logs -n demo POD                   (a pod name from 'get pods')
   $KUBELING lab stop worker-2                  (node loss: NotReady after 50 s, pods move 5 min later)
   $KUBELING user add alice --role view -o .kubeling/users   (a read-only credential)
