@@ -348,6 +348,36 @@ async def test_the_dns_pods_use_the_nodes_resolver_and_a_dns_role(api: Client) -
     assert "CN=kube-dns" in subject and "O=kubeling:dns" in subject
 
 
+async def test_no_add_on_secret_on_a_command_line_or_in_a_log(lab: Lab, api: Client) -> None:
+    """The proxy pods' bootstrap token and the DNS credential's key are in Secrets
+    only: no process's command line and no pod or lab log holds them."""
+    token = (await api.secrets.get("kube-proxy-bootstrap", addons.NAMESPACE)).data["token"]
+    token_secret = token.decode().strip().partition(".")[2]
+    assert len(token_secret) == 16
+    config = yaml.safe_load(
+        (await api.secrets.get("kube-dns-credentials", addons.NAMESPACE)).data["config"]
+    )
+    key_line = config["client-key-data"].splitlines()[1]  # a line of the key's base64
+    ps = (
+        await asyncio.to_thread(
+            subprocess.run,
+            ["ps", "-e", "-ww", "-o", "args="],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    ).stdout
+    assert "kubeling-proxy --node-name=worker-1" in ps  # the pods' processes are there
+    assert "kubeling-dns --config=/etc/kube-dns/config" in ps
+    assert token_secret not in ps and key_line not in ps
+    logs = [*lab.logs.glob("*.log"), *lab.dir.glob("nodes/*/pods/**/*.log")]
+    assert any("kube-proxy" in str(log) for log in logs)  # the pods' logs are among them
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert token_secret not in text, f"{log} holds the proxies' bootstrap token"
+        assert key_line not in text and "PRIVATE KEY" not in text, f"{log} holds a key"
+
+
 async def test_a_restarted_node_gets_its_proxy_pod_back(lab: Lab, api: Client) -> None:
     with pytest.raises(LabError, match="is a pod"):
         lab.start_component("worker-2", "proxy")

@@ -58,9 +58,18 @@ pulled for real through CRI PullImage; only the pause (sandbox) image is importe
 each node, as it must be there before any pull. The upstream named in hosts.toml is
 never reached: nothing has a route off the machine.
 
+Add-ons (kubeling.lab.addons), as kubeadm installs them: once the nodes have their
+pod CIDRs, the lab applies `deploy/addons/dns.yaml` (the cluster DNS, by default;
+the kubelets then run with `--cluster-dns 10.96.0.10`) and, with `--proxy=pod`,
+`deploy/addons/kube-proxy.yaml` (a DaemonSet instead of a proxy process per node),
+and waits until they serve. Both run the `kubeling` image (kubeling.node.imagebuild,
+built into the shared cache when missing), pushed to the registry with every other
+provided image already built. The masters' namespaces route each pod CIDR via its
+node, so pods reach the masters with their own addresses (the DNS pods do).
+
 Everything the lab makes is recorded in `STATE_DIR/lab.json`, and `down()` removes it
-all: processes (by PID, checked against their command line), pods (through CRI),
-mounts, namespaces and files.
+all: processes (by PID, checked against their command line), pods (through CRI, the
+add-ons' with them), mounts, namespaces (with the nftables tables in them) and files.
 """
 
 from __future__ import annotations
