@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2
+from kubeling.v1 import (
+    apps_pb2,
+    batch_pb2,
+    coordination_pb2,
+    core_pb2,
+    discovery_pb2,
+    storage_pb2,
+)
 
 FieldsOf = Callable[[Message], dict[str, str]]
 
@@ -51,6 +58,38 @@ def _event_fields(obj: Message) -> dict[str, str]:
     }
 
 
+def _pv_fields(obj: Message) -> dict[str, str]:
+    """`spec.nodeName`: the one node a local PV's nodeAffinity names (kubernetes.io/
+    hostname In [NODE]), "" otherwise; a kubelet lists only its own node's PVs."""
+    pv: storage_pb2.PersistentVolume = obj  # type: ignore[assignment]
+    return {
+        **_meta_fields(pv),
+        "spec.nodeName": pv_node(pv),
+        "spec.storageClassName": pv.spec.storage_class_name,
+        "status.phase": pv.status.phase,
+    }
+
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def pv_node(pv: storage_pb2.PersistentVolume) -> str:
+    """The node a PV lives on when its nodeAffinity is one `kubernetes.io/hostname
+    In [NODE]` term (what the local-path provisioner writes), else ""."""
+    terms = pv.spec.node_affinity.required.node_selector_terms
+    if len(terms) != 1:
+        return ""
+    for req in terms[0].match_expressions:
+        if req.key == HOSTNAME_LABEL and req.operator == "In" and len(req.values) == 1:
+            return str(req.values[0])
+    return ""
+
+
+def _pvc_fields(obj: Message) -> dict[str, str]:
+    pvc: storage_pb2.PersistentVolumeClaim = obj  # type: ignore[assignment]
+    return {**_meta_fields(pvc), "status.phase": pvc.status.phase}
+
+
 def _service_fields(obj: Message) -> dict[str, str]:
     svc: core_pb2.Service = obj  # type: ignore[assignment]
     return {**_meta_fields(svc), "spec.type": svc.spec.type, "spec.clusterIP": svc.spec.cluster_ip}
@@ -71,11 +110,13 @@ class Kind:
     has_status: bool
     short_names: tuple[str, ...] = ()
     fields_of: FieldsOf = _meta_fields
+    # The gRPC service's name when it is not NAME + "s" ("StorageClasses").
+    service_name: str = ""
 
     @property
     def service(self) -> str:
         """The gRPC service name, e.g. kubeling.v1.Pods."""
-        return f"kubeling.v1.{self.name}s"
+        return f"kubeling.v1.{self.service_name or self.name + 's'}"
 
     @property
     def field_names(self) -> frozenset[str]:
@@ -163,11 +204,28 @@ CRON_JOB = _kind(
     batch_pb2, "CronJob", "cronjobs", "batch/v1", "cron_job",
     namespaced=True, has_status=True, short_names=("cj",),
 )  # fmt: skip
+STATEFUL_SET = _kind(
+    apps_pb2, "StatefulSet", "statefulsets", "apps/v1", "stateful_set",
+    namespaced=True, has_status=True, short_names=("sts",),
+)  # fmt: skip
+PERSISTENT_VOLUME = _kind(
+    storage_pb2, "PersistentVolume", "persistentvolumes", "v1", "persistent_volume",
+    namespaced=False, has_status=True, short_names=("pv",), fields_of=_pv_fields,
+)  # fmt: skip
+PERSISTENT_VOLUME_CLAIM = _kind(
+    storage_pb2, "PersistentVolumeClaim", "persistentvolumeclaims", "v1",
+    "persistent_volume_claim",
+    namespaced=True, has_status=True, short_names=("pvc",), fields_of=_pvc_fields,
+)  # fmt: skip
+STORAGE_CLASS = _kind(
+    storage_pb2, "StorageClass", "storageclasses", "storage.k8s.io/v1", "storage_class",
+    namespaced=False, has_status=False, short_names=("sc",), service_name="StorageClasses",
+)  # fmt: skip
 
 ALL_KINDS: tuple[Kind, ...] = (
     NAMESPACE, NODE, POD, SERVICE, EVENT, ENDPOINT_SLICE,
     REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE, CONFIG_MAP, SECRET,
-    JOB, CRON_JOB,
+    JOB, CRON_JOB, STATEFUL_SET, PERSISTENT_VOLUME, PERSISTENT_VOLUME_CLAIM, STORAGE_CLASS,
 )  # fmt: skip
 
 

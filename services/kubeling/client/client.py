@@ -37,7 +37,15 @@ from kubeling.api.kinds import Kind
 from kubeling.client.config import ConfigError, find_config
 from kubeling.common.rpc import channel as make_channel
 from kubeling.common.tls import Credentials
-from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+from kubeling.v1 import (
+    apps_pb2,
+    batch_pb2,
+    coordination_pb2,
+    core_pb2,
+    discovery_pb2,
+    meta_pb2,
+    storage_pb2,
+)
 
 T = TypeVar("T", bound=Message)
 
@@ -269,6 +277,18 @@ class Client:
         self.secrets: ResourceClient[core_pb2.Secret] = self._make(kinds.SECRET, timeout)
         self.jobs: ResourceClient[batch_pb2.Job] = self._make(kinds.JOB, timeout)
         self.cron_jobs: ResourceClient[batch_pb2.CronJob] = self._make(kinds.CRON_JOB, timeout)
+        self.stateful_sets: ResourceClient[apps_pb2.StatefulSet] = self._make(
+            kinds.STATEFUL_SET, timeout
+        )
+        self.persistent_volumes: ResourceClient[storage_pb2.PersistentVolume] = self._make(
+            kinds.PERSISTENT_VOLUME, timeout
+        )
+        self.persistent_volume_claims: ResourceClient[storage_pb2.PersistentVolumeClaim] = (
+            self._make(kinds.PERSISTENT_VOLUME_CLAIM, timeout)
+        )
+        self.storage_classes: ResourceClient[storage_pb2.StorageClass] = self._make(
+            kinds.STORAGE_CLASS, timeout
+        )
 
     def _make(self, kind: Kind, timeout: float | None) -> Any:
         client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)

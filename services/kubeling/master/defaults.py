@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from kubeling.api.kinds import Kind
 from kubeling.api.quantity import QuantityError, parse_quantity
-from kubeling.v1 import apps_pb2, batch_pb2, core_pb2, discovery_pb2
+from kubeling.v1 import apps_pb2, batch_pb2, core_pb2, discovery_pb2, storage_pb2
 
 __all__ = ["apply_defaults", "default_job_spec", "default_pod_spec", "image_tag", "qos_class"]
 
@@ -266,6 +266,57 @@ def _daemon_set(obj: Message) -> None:
     _template(spec.template)
 
 
+def _stateful_set(obj: Message) -> None:
+    """Kubernetes' SetDefaults_StatefulSet."""
+    spec = cast(apps_pb2.StatefulSet, obj).spec
+    if not spec.HasField("replicas"):
+        spec.replicas = 1
+    if not spec.pod_management_policy:
+        spec.pod_management_policy = "OrderedReady"
+    strategy = spec.update_strategy
+    if not strategy.type:
+        strategy.type = "RollingUpdate"
+    if strategy.type == "RollingUpdate" and not strategy.rolling_update.HasField("partition"):
+        strategy.rolling_update.partition = 0
+    if not spec.HasField("revision_history_limit"):
+        spec.revision_history_limit = DEFAULT_REVISION_HISTORY_LIMIT
+    retention = spec.persistent_volume_claim_retention_policy
+    retention.when_deleted = retention.when_deleted or "Retain"
+    retention.when_scaled = retention.when_scaled or "Retain"
+    for claim in spec.volume_claim_templates:
+        _claim_spec(claim.spec)
+    _template(spec.template)
+
+
+# ------------------------------------------------------------------- Storage
+
+
+def _claim_spec(spec: storage_pb2.PersistentVolumeClaimSpec) -> None:
+    if not spec.HasField("volume_mode"):
+        spec.volume_mode = "Filesystem"
+
+
+def _persistent_volume_claim(obj: Message) -> None:
+    # The default StorageClass is filled in by the strategy, which reads the store.
+    _claim_spec(cast(storage_pb2.PersistentVolumeClaim, obj).spec)
+
+
+def _persistent_volume(obj: Message) -> None:
+    spec = cast(storage_pb2.PersistentVolume, obj).spec
+    if not spec.persistent_volume_reclaim_policy:
+        spec.persistent_volume_reclaim_policy = "Retain"
+    if not spec.HasField("volume_mode"):
+        spec.volume_mode = "Filesystem"
+
+
+def _storage_class(obj: Message) -> None:
+    sc = cast(storage_pb2.StorageClass, obj)
+    if not sc.HasField("reclaim_policy"):
+        sc.reclaim_policy = "Delete"
+    if not sc.HasField("volume_binding_mode"):
+        sc.volume_binding_mode = "Immediate"
+
+
 # --------------------------------------------------------------------- Batch
 
 
@@ -351,4 +402,8 @@ _HANDLERS: dict[type[Message], Callable[[Message], None]] = {
     core_pb2.Secret: _secret,
     batch_pb2.Job: _job,
     batch_pb2.CronJob: _cron_job,
+    apps_pb2.StatefulSet: _stateful_set,
+    storage_pb2.PersistentVolume: _persistent_volume,
+    storage_pb2.PersistentVolumeClaim: _persistent_volume_claim,
+    storage_pb2.StorageClass: _storage_class,
 }

@@ -32,8 +32,9 @@ import grpc
 import structlog
 from aiohttp import web
 
+from kubeling.api import storage as st
 from kubeling.api.errors import ApiError
-from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE
+from kubeling.api.kinds import ALL_KINDS, NAMESPACE, NODE, POD, SERVICE, STORAGE_CLASS
 from kubeling.client import Client
 from kubeling.common.httpserve import bound_port, serve_http
 from kubeling.common.rpc import Server, ServerTls
@@ -68,7 +69,7 @@ from kubeling.master.strategies import DEFAULT_SERVICE_CIDR, ServiceStrategy, st
 from kubeling.master.tokens import SERVICE_NAME as TOKENS_SERVICE
 from kubeling.master.tokens import TokensService
 from kubeling.scheduler.scheduler import Scheduler
-from kubeling.v1 import core_pb2
+from kubeling.v1 import core_pb2, storage_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -295,6 +296,7 @@ class Master:
         await services.strategy.repair()
         await self.tokens.import_legacy()
         await self._ensure_namespaces()
+        await self._ensure_storage_class()
         # Loopback SANs only when no other machine can reach either port.
         reachable = ",".join(a for a in (self.config.listen, self.config.join_listen) if a)
         certificates = CertificatesService(self.ca, self.tokens, loopback_only(reachable))
@@ -399,6 +401,22 @@ class Master:
                     ns = core_pb2.Namespace()
                     ns.metadata.name = name
                     await namespaces.create(ns)
+
+    async def _ensure_storage_class(self) -> None:
+        """The default `local-path` StorageClass (as k3s ships it), made once: an
+        admin may change its default-class annotation or delete it, and a master
+        restart makes it again only when it is gone."""
+        if self.store.get(STORAGE_CLASS.key("", st.LOCAL_PATH_CLASS)) is not None:
+            return
+        sc = storage_pb2.StorageClass(
+            provisioner=st.LOCAL_PATH_PROVISIONER,
+            reclaim_policy=st.RECLAIM_DELETE,
+            volume_binding_mode=st.WAIT_FOR_FIRST_CONSUMER,
+        )
+        sc.metadata.name = st.LOCAL_PATH_CLASS
+        sc.metadata.annotations[st.DEFAULT_CLASS_ANNOTATION] = "true"
+        with contextlib.suppress(ApiError):
+            await self.registries[STORAGE_CLASS.name].create(sc)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -13,14 +13,25 @@ import structlog
 from google.protobuf.message import Message
 
 from kubeling.api import batch, errors
+from kubeling.api import storage as st
 from kubeling.api.errors import FieldViolation
-from kubeling.api.kinds import JOB, NAMESPACE, NODE, POD, SERVICE, Kind
+from kubeling.api.kinds import (
+    JOB,
+    NAMESPACE,
+    NODE,
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
+    POD,
+    SERVICE,
+    STORAGE_CLASS,
+    Kind,
+)
 from kubeling.master.allocators import AllocationError, IPAllocator, PortAllocator, owner_of
 from kubeling.master.registry import Strategy
 from kubeling.master.store.base import Store
 from kubeling.master.validation import NODE_PORT_RANGE
 from kubeling.master.validation.core import node_loopback_addresses
-from kubeling.v1 import batch_pb2, core_pb2, internal_pb2
+from kubeling.v1 import batch_pb2, core_pb2, internal_pb2, storage_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -150,6 +161,48 @@ class JobStrategy(Strategy):
         for key in batch.GENERATED_LABELS:
             if key not in job.metadata.labels and key in prev.metadata.labels:
                 job.metadata.labels[key] = prev.metadata.labels[key]
+
+
+class PersistentVolumeClaimStrategy(Strategy):
+    """A claim starts Pending; one created without `storageClassName` gets the
+    default StorageClass (the one annotated storageclass.kubernetes.io/is-default-class,
+    the newest when several are), as Kubernetes' DefaultStorageClass admission. No
+    default class: the field stays unset and only a class-less PV can bind it."""
+
+    store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        self.store = store
+
+    def default_class(self) -> str:
+        if self.store is None:
+            return ""
+        entries, _ = self.store.list_prefix(STORAGE_CLASS.prefix())
+        defaults = [
+            cast(storage_pb2.StorageClass, e.value) for e in entries if st.is_default_class(e.value)
+        ]
+        if not defaults:
+            return ""
+        newest = max(
+            defaults,
+            key=lambda c: (c.metadata.creation_timestamp.ToNanoseconds(), c.metadata.name),
+        )
+        return newest.metadata.name
+
+    def prepare_create(self, obj: Message) -> None:
+        super().prepare_create(obj)
+        pvc = cast(storage_pb2.PersistentVolumeClaim, obj)
+        pvc.status.phase = st.CLAIM_PENDING
+        if not pvc.spec.HasField("storage_class_name"):
+            name = self.default_class()
+            if name:
+                pvc.spec.storage_class_name = name
+
+
+class PersistentVolumeStrategy(Strategy):
+    def prepare_create(self, obj: Message) -> None:
+        super().prepare_create(obj)
+        cast(storage_pb2.PersistentVolume, obj).status.phase = st.PV_PENDING
 
 
 class NamespaceStrategy(Strategy):
@@ -419,4 +472,8 @@ def strategy_for(
         return ServiceStrategy(kind, service_cidr)
     if kind is JOB:
         return JobStrategy(kind)
+    if kind is PERSISTENT_VOLUME_CLAIM:
+        return PersistentVolumeClaimStrategy(kind)
+    if kind is PERSISTENT_VOLUME:
+        return PersistentVolumeStrategy(kind)
     return Strategy(kind)

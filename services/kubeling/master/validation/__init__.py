@@ -7,7 +7,7 @@ with Kubernetes' field paths (JSON names: `spec.containers[0].image`) and
 Kubernetes' phrasing ("Required value", "Unsupported value: ...") so users can
 search for the messages they know.
 
-One module per API group (core, apps, batch, discovery, coordination), as Kubernetes
+One module per API group (core, apps, batch, discovery, coordination, storage), as Kubernetes
 keeps one validation package per group; each maps its kinds to their checks.
 The field helpers and object metadata rules they share live in `common`.
 """
@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from kubeling.api.errors import FieldViolation
 from kubeling.api.kinds import Kind
-from kubeling.master.validation import apps, batch, coordination, core, discovery
+from kubeling.master.validation import apps, batch, coordination, core, discovery, storage
 from kubeling.master.validation.common import (
     TOTAL_ANNOTATION_SIZE_LIMIT,
     UpdateValidator,
@@ -37,7 +37,7 @@ __all__ = [
     "validate_update",
 ]
 
-_GROUPS = (core, apps, batch, discovery, coordination)
+_GROUPS = (core, apps, batch, discovery, coordination, storage)
 _VALIDATORS: dict[type[Message], Validator] = {
     kind: check for group in _GROUPS for kind, check in group.VALIDATORS.items()
 }

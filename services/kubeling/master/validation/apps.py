@@ -1,5 +1,6 @@
-"""Validation of the apps API group: Deployments, ReplicaSets and DaemonSets,
-whose pod templates are checked as the core group checks a pod spec."""
+"""Validation of the apps API group: Deployments, ReplicaSets, DaemonSets and
+StatefulSets, whose pod templates are checked as the core group checks a pod spec
+(a StatefulSet's volumeClaimTemplates as the storage group checks a claim)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import cast
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
+from kubeling.api import naming
 from kubeling.api.selectors import SelectorError, selector_from_match
 from kubeling.master.validation.common import (
     Errors,
     UpdateValidator,
     Validator,
+    check,
+    duplicate,
     forbidden,
     immutable,
     int_value,
@@ -25,6 +29,7 @@ from kubeling.master.validation.common import (
     validate_labels,
 )
 from kubeling.master.validation.core import RESTART_POLICIES, pod_spec
+from kubeling.master.validation.storage import claim_template_errors
 from kubeling.v1 import apps_pb2
 
 _PERCENT_RE = re.compile("[0-9]+%")
@@ -55,7 +60,12 @@ def _int_or_percent(path: str, value: struct_pb2.Value, *, max_percent: bool) ->
     return 0, [invalid(path, value, "must be an integer or a percentage")]
 
 
-_WorkloadSpec = apps_pb2.ReplicaSetSpec | apps_pb2.DeploymentSpec | apps_pb2.DaemonSetSpec
+_WorkloadSpec = (
+    apps_pb2.ReplicaSetSpec
+    | apps_pb2.DeploymentSpec
+    | apps_pb2.DaemonSetSpec
+    | apps_pb2.StatefulSetSpec
+)
 
 
 def _unavailable_and_surge(
@@ -204,6 +214,101 @@ def _daemon_set(obj: Message) -> Errors:
     return errs
 
 
+POD_MANAGEMENT_POLICIES = ("OrderedReady", "Parallel")
+RETENTION_POLICIES = ("Retain", "Delete")
+# What a StatefulSet update may change (Kubernetes' list, in its message).
+_STATEFUL_SET_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "update_strategy",
+    "persistent_volume_claim_retention_policy",
+    "min_ready_seconds",
+)
+
+
+def _stateful_set(obj: Message) -> Errors:
+    spec = cast(apps_pb2.StatefulSet, obj).spec
+    errs = _selector_and_template("statefulset", spec)
+    errs += non_negative("spec.replicas", spec.replicas)
+    errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
+    errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
+    errs += non_negative("spec.ordinals.start", spec.ordinals.start)
+    if not spec.service_name:
+        errs.append(required("spec.serviceName"))
+    else:
+        errs += check("spec.serviceName", spec.service_name, naming.dns1123_label)
+    if spec.pod_management_policy not in POD_MANAGEMENT_POLICIES:
+        errs.append(
+            unsupported(
+                "spec.podManagementPolicy", spec.pod_management_policy, POD_MANAGEMENT_POLICIES
+            )
+        )
+    strategy = spec.update_strategy
+    if strategy.type == "OnDelete":
+        if strategy.HasField("rolling_update"):
+            errs.append(
+                forbidden(
+                    "spec.updateStrategy.rollingUpdate",
+                    "only allowed for updateStrategy 'RollingUpdate'",
+                )
+            )
+    elif strategy.type == "RollingUpdate":
+        path = "spec.updateStrategy.rollingUpdate"
+        rolling = strategy.rolling_update
+        errs += non_negative(f"{path}.partition", rolling.partition)
+        if rolling.HasField("max_unavailable"):
+            unavailable, u_errs = _int_or_percent(
+                f"{path}.maxUnavailable", rolling.max_unavailable, max_percent=True
+            )
+            errs += u_errs
+            if not u_errs and unavailable < 1:
+                errs.append(
+                    invalid(
+                        f"{path}.maxUnavailable", rolling.max_unavailable, "must be greater than 0"
+                    )
+                )
+    else:
+        errs.append(
+            unsupported("spec.updateStrategy.type", strategy.type, ("RollingUpdate", "OnDelete"))
+        )
+    retention = spec.persistent_volume_claim_retention_policy
+    policies = (("whenDeleted", retention.when_deleted), ("whenScaled", retention.when_scaled))
+    for name, value in policies:
+        path = f"spec.persistentVolumeClaimRetentionPolicy.{name}"
+        if value not in RETENTION_POLICIES:
+            errs.append(unsupported(path, value, RETENTION_POLICIES))
+    names: set[str] = set()
+    for i, template in enumerate(spec.volume_claim_templates):
+        path = f"spec.volumeClaimTemplates[{i}]"
+        errs += claim_template_errors(path, template)
+        if template.metadata.name in names:
+            errs.append(duplicate(f"{path}.metadata.name", template.metadata.name))
+        names.add(template.metadata.name)
+    return errs
+
+
+def _stateful_set_update(new_obj: Message, old_obj: Message) -> Errors:
+    new = cast(apps_pb2.StatefulSet, new_obj).spec
+    old = cast(apps_pb2.StatefulSet, old_obj).spec
+    before, after = apps_pb2.StatefulSetSpec(), apps_pb2.StatefulSetSpec()
+    before.CopyFrom(old)
+    after.CopyFrom(new)
+    for field in _STATEFUL_SET_MUTABLE:
+        before.ClearField(field)  # type: ignore[arg-type]
+        after.ClearField(field)  # type: ignore[arg-type]
+    if before != after:
+        return [
+            forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', "
+                "'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and "
+                "'minReadySeconds' are forbidden",
+            )
+        ]
+    return []
+
+
 def _selector_update(new_obj: Message, old_obj: Message) -> Errors:
     new, old = new_obj.spec.selector, old_obj.spec.selector  # type: ignore[attr-defined]
     # Changing it would orphan the existing pods (or adopt foreign ones).
@@ -214,9 +319,11 @@ VALIDATORS: dict[type[Message], Validator] = {
     apps_pb2.ReplicaSet: _replica_set,
     apps_pb2.Deployment: _deployment,
     apps_pb2.DaemonSet: _daemon_set,
+    apps_pb2.StatefulSet: _stateful_set,
 }
 UPDATE_VALIDATORS: dict[type[Message], UpdateValidator] = {
     apps_pb2.ReplicaSet: _selector_update,
     apps_pb2.Deployment: _selector_update,
     apps_pb2.DaemonSet: _selector_update,
+    apps_pb2.StatefulSet: _stateful_set_update,
 }

@@ -613,6 +613,7 @@ _VOLUME_SOURCES = (
     ("secret", "secret"),
     ("downwardAPI", "downward_api"),
     ("projected", "projected"),
+    ("persistentVolumeClaim", "persistent_volume_claim"),
 )
 
 
@@ -750,6 +751,12 @@ def _volume(path: str, volume: core_pb2.Volume) -> Errors:
         downward = volume.downward_api
         errs += _downward_files(f"{at}.items", downward.items)
         errs += _mode(f"{at}.defaultMode", downward.HasField("default_mode"), downward.default_mode)
+    elif volume.HasField("persistent_volume_claim"):
+        claim = volume.persistent_volume_claim.claim_name
+        if not claim:
+            errs.append(required(f"{at}.claimName"))
+        else:
+            errs += check(f"{at}.claimName", claim, naming.dns1123_subdomain)
     else:
         errs += _projected(at, volume.projected)
     return errs
