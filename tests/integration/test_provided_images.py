@@ -27,8 +27,12 @@ from typing import Any
 
 import pytest
 
-from kubeling.node.imagebuild import PROVIDED, image_cache_dir, provided_archives
+from kubeling.cli.main import main as cli_main
+from kubeling.node.imagebuild import KUBELING_IMAGE, PROVIDED, image_cache_dir, provided_archives
 from kubeling.node.images import MEDIA_LAYER_GZIP, MEDIA_MANIFEST, read_archive_names
+from tests.node import test_registry
+
+registry = test_registry.registry  # the fixture: a docker-registry on loopback
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +261,24 @@ def test_containerd_imports_every_provided_archive(containerd: Any) -> None:
         ).stdout.split()
         for name in read_archive_names(archive):
             assert name in listing, key
+
+
+def test_push_finds_provided_images_in_the_cache(
+    registry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kubeling image push redis:7` takes the cached archive (no build), and the
+    kubeling image's two layers arrive too."""
+    archive_of("redis:7")
+    archive_of("kubeling")
+    assert cli_main(["image", "push", "redis:7", "--registry", registry]) == 0
+    out = capsys.readouterr()
+    assert f"pushed {registry}/library/redis:7 " in out.out
+    assert "library/redis:7.0" not in out.out  # only the tag asked for
+    assert "cached" in out.err and "building" not in out.err
+    assert cli_main(["image", "push", "kubeling", "--registry", registry]) == 0
+    pushed = capsys.readouterr().out
+    assert "(3 blobs uploaded" in pushed  # two layers and the config
+    assert cli_main(["image", "list", "--registry", registry]) == 0
+    listed = capsys.readouterr().out.split()
+    assert f"{registry}/library/redis:7" in listed
+    assert f"{registry}/{KUBELING_IMAGE.removeprefix('docker.io/')}" in listed

@@ -305,6 +305,44 @@ def test_provided_images_have_the_expected_names() -> None:
 # A whole build with a fake mmdebstrap
 
 
+def _contents(cache: Path) -> list[str]:
+    """What a cache directory holds, besides the lock file builds serialize on."""
+    return sorted(p.name for p in cache.iterdir() if p.name != ".lock")
+
+
+def test_builds_in_one_cache_take_turns(tmp_path: Path) -> None:
+    """A second build of the same image waits for the first and then finds it cached."""
+    import threading
+
+    release = threading.Event()
+    started = threading.Event()
+    runner = FakeMmdebstrap()
+
+    def slow(cmd: Sequence[str], env: Mapping[str, str], progress: imagebuild.Progress) -> None:
+        started.set()
+        assert release.wait(10)
+        runner(cmd, env, progress)
+
+    first = threading.Thread(
+        target=build_image, args=(REDIS, tmp_path, print), kwargs={"runner": slow}
+    )
+    first.start()
+    assert started.wait(10)
+    lines: list[str] = []
+    second = threading.Thread(
+        target=lambda: lines.append(str(build_image(REDIS, tmp_path, lines.append, runner=runner)))
+    )
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting on the lock
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(runner.calls) == 1  # built once
+    assert any("waiting for another image build" in line for line in lines)
+    assert any("cached" in line for line in lines)
+
+
 class FakeMmdebstrap:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -358,7 +396,7 @@ def test_build_image_caches_and_replaces_old_archives(tmp_path: Path) -> None:
     assert other.exists()
     assert len(runner.calls) == 2
     # No work directories left behind.
-    assert sorted(p.name for p in cache.iterdir()) == sorted([new.name, other.name])
+    assert _contents(cache) == sorted([new.name, other.name])
 
 
 def test_provided_archives_never_build(tmp_path: Path) -> None:
@@ -376,7 +414,7 @@ def test_a_failing_build_leaves_no_archive(tmp_path: Path) -> None:
 
     with pytest.raises(ImageBuildError):
         build_image(REDIS, tmp_path, lambda _: None, runner=failing)
-    assert list(tmp_path.iterdir()) == []
+    assert _contents(tmp_path) == []
 
 
 # ---------------------------------------------------------------------------
@@ -450,7 +488,7 @@ def test_cli_build_surfaces_a_missing_package(
     assert "I: running apt-get update..." in err  # progress streamed
     assert "no such Debian package: nosuchpkg" in err
     assert "exit 25" in err
-    assert [p for p in (tmp_path / "c").iterdir()] == []
+    assert _contents(tmp_path / "c") == []
 
 
 def test_changes_tar_holds_what_an_install_changed(tmp_path: Path) -> None:
@@ -493,3 +531,29 @@ def test_changes_tar_holds_what_an_install_changed(tmp_path: Path) -> None:
         assert tar.getmember("opt/venv/bin/python3").issym()
         assert tar.extractfile("opt/venv/lib/edit.py").read() == b"changed"  # type: ignore[union-attr]
     assert count == len(names)
+
+
+def test_project_digest_follows_protos_not_generated_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the wheel regenerates kubeling/v1 from protos/: the key must not
+    depend on whether that happened yet, and must follow the .proto sources."""
+    import kubeling
+
+    package = tmp_path / "services" / "kubeling"
+    (package / "v1").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "v1" / "core_pb2.py").write_text("generated 1")
+    (tmp_path / "protos").mkdir()
+    (tmp_path / "protos" / "core.proto").write_text("message A {}")
+    monkeypatch.setattr(kubeling, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(imagebuild, "PROJECT_ROOT", tmp_path)
+
+    first = imagebuild.project_digest()
+    (package / "v1" / "core_pb2.py").write_text("generated 2")
+    assert imagebuild.project_digest() == first
+    (tmp_path / "protos" / "core.proto").write_text("message B {}")
+    second = imagebuild.project_digest()
+    assert second != first
+    (package / "__init__.py").write_text("# changed")
+    assert imagebuild.project_digest() != second

@@ -40,6 +40,8 @@ same cache.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import io
@@ -55,7 +57,7 @@ import tempfile
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -379,18 +381,33 @@ def runtime_requirements(lock: Path) -> str:
 
 
 def project_digest() -> str:
-    """What the project wheel holds: the kubeling package's files (generated protobuf
-    code included) and the locked runtime requirements. Hashing the inputs instead of
-    a freshly built wheel keeps a cached build instant (zip timestamps would vary)."""
+    """What the project wheel holds, from its inputs: the kubeling package's files, the
+    .proto sources its generated code comes from, the build files and the locked
+    runtime requirements. Hashing inputs instead of a freshly built wheel keeps a
+    cached build instant (zip timestamps would vary anyway).
+
+    In a checkout the generated code (kubeling/v1, kubeling/etcdpb) is left out for
+    its protos/: building the wheel regenerates it, so hashing it would key the
+    image on whether `make proto` ran since the last .proto edit."""
     import kubeling
 
     h = hashlib.sha256()
     package = Path(kubeling.__file__).resolve().parent
-    _hash_tree(
-        h,
-        package,
-        skip=lambda p: "__pycache__" in p.parts or p.suffix == ".pyc" or p.is_dir(),
-    )
+    protos = PROJECT_ROOT / "protos"
+    generated = {package / "v1", package / "etcdpb"} if protos.is_dir() else set()
+
+    def skip(path: Path) -> bool:
+        return (
+            path.is_dir()
+            or "__pycache__" in path.parts
+            or path.suffix == ".pyc"
+            or any(g in path.parents for g in generated)
+        )
+
+    _hash_tree(h, package, skip=skip)
+    if protos.is_dir():
+        h.update(b"\0protos\0")
+        _hash_tree(h, protos, skip=lambda p: p.is_dir())
     for name in ("pyproject.toml", "setup.py"):
         path = PROJECT_ROOT / name
         if path.is_file():
@@ -654,6 +671,34 @@ def build_image(
         progress(f"{recipe.name}: cached {archive}")
         return archive
     cache.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cache, progress):
+        # Another builder may have made it while this one waited.
+        if archive.is_file():
+            progress(f"{recipe.name}: cached {archive}")
+            return archive
+        return _build_locked(recipe, cache, archive, progress, runner)
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path, progress: Progress) -> Iterator[None]:
+    """One build at a time per cache (`make images`, a lab's `up`, a test run may
+    overlap): they share the stage and wheel directories, and two mmdebstraps on two
+    cores would only slow each other down."""
+    with (cache / ".lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another image build in {cache}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_locked(
+    recipe: Recipe, cache: Path, archive: Path, progress: Progress, runner: Runner
+) -> Path:
     start = time.monotonic()
     progress(f"{recipe.name}: building ({recipe.source}, {len(recipe.packages)} packages)")
     raw_size = 0

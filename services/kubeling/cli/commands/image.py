@@ -203,7 +203,7 @@ def _matches(wanted: str, name: str) -> bool:
     return want.repository == have.repository and (not explicit_tag or want.tag == have.tag)
 
 
-def _push(image: str, registry: str) -> list[PushResult]:
+def _push(image: str, registry: str, progress: Progress) -> list[PushResult]:
     plain = [LAB_NETWORK]
     path = Path(image)
     if path.is_file():
@@ -213,7 +213,7 @@ def _push(image: str, registry: str) -> list[PushResult]:
     recipe = provided_recipe(image)
     if recipe is not None and recipe.source != "busybox":
         # Built into the image cache unless it is there already.
-        archive = build_image(recipe, image_cache_dir(), lambda line: None)
+        archive = build_image(recipe, image_cache_dir(), progress)
         names = [n for n in read_archive_names(archive) if _matches(image, n)]
         return push_archive(archive, registry, plain_http_networks=plain, names=names or None)
     with tempfile.TemporaryDirectory(prefix="kubeling-image-") as tmp:
@@ -234,7 +234,7 @@ def _push(image: str, registry: str) -> list[PushResult]:
 
 async def run_push(args: argparse.Namespace, ctx: Context) -> int:
     try:
-        results = await asyncio.to_thread(_push, args.image, args.registry)
+        results = await asyncio.to_thread(_push, args.image, args.registry, ctx.err)
     except (RegistryError, ImageBuildError) as exc:
         raise CliError(f"error: {exc}") from None
     for result in results:
