@@ -259,18 +259,45 @@ def ready(pod: core_pb2.Pod) -> bool:
     )
 
 
-async def snapshot(api: Client) -> str:
-    """Pods and recent events, for a failure message."""
+def container_state(status: core_pb2.ContainerStatus) -> str:
+    state = status.state
+    if state.HasField("waiting"):
+        return f"waiting {state.waiting.reason}: {state.waiting.message}"
+    if state.HasField("terminated"):
+        return f"exited {state.terminated.exit_code} {state.terminated.reason}"
+    return "running" if state.HasField("running") else "unknown"
+
+
+async def snapshot(api: Client, lab: Lab | None = None, app: str = "") -> str:
+    """Pods (with their containers' states) and the default namespace's recent
+    events, for a failure message; with `app`, that app's events and the end of
+    its nodes' kubelet logs."""
     lines = ["", "pods:"]
     for pod in (await api.pods.list(NS)).items:
-        restarts = {c.name: c.restart_count for c in pod.status.container_statuses}
+        containers = {
+            c.name: f"{container_state(c)} restarts={c.restart_count}"
+            for c in pod.status.container_statuses
+        }
         lines.append(
             f"  {pod.metadata.name} node={pod.spec.node_name} phase={pod.status.phase} "
-            f"ip={pod.status.pod_ip} ready={ready(pod)} restarts={restarts}"
+            f"ip={pod.status.pod_ip} ready={ready(pod)} {containers}"
         )
+    events = (await api.events.list(NS)).items
+    if app:
+        events = [e for e in events if e.involved_object.name.startswith(app)]
     lines.append("events:")
-    for event in (await api.events.list("")).items[-40:]:
+    for event in events[-40:]:
         lines.append(f"  {event.involved_object.name}: {event.reason} {event.message}")
+    if lab is not None and app:
+        nodes = {
+            p.spec.node_name
+            for p in (await api.pods.list(NS, label_selector=f"app={app}")).items
+            if p.spec.node_name
+        }
+        for node in sorted(nodes):
+            log = lab.logs / f"{node}-kubelet.log"
+            tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+            lines += [f"{log.name}:", *(f"  {line}" for line in tail)]
     return "\n".join(lines)
 
 
@@ -472,7 +499,7 @@ async def test_redis_from_the_lab_registry_answers_ping(lab: Lab, api: Client) -
         listed = await api.pods.list(NS, label_selector="app=redis")
         return next((p for p in listed.items if ready(p)), None)
 
-    pod = await eventually(redis_ready, within=180, describe=lambda: snapshot(api))
+    pod = await eventually(redis_ready, within=180, describe=lambda: snapshot(api, lab, "redis"))
     # Pulled through CRI (the lab registry is docker.io's mirror), not imported.
     events = (await api.events.list(NS)).items
     pulled = [
