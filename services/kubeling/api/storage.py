@@ -95,3 +95,14 @@ def local_path_dir_name(pvc: Any) -> str:
 def volume_name_for(pvc: Any) -> str:
     """The PV name a provisioner gives a claim's volume (Kubernetes: pvc-UID)."""
     return f"pvc-{pvc.metadata.uid}"
+
+
+# On a Node: the directory its kubelet keeps local-path volumes in (the kubelet
+# writes it when it registers); the provisioner puts each volume under it.
+LOCAL_PATH_DIR_ANNOTATION = "kubeling.io/local-path-dir"
+# Where local-path volumes go on a node that does not say (k3s's default place).
+DEFAULT_LOCAL_PATH_DIR = "/var/lib/kubeling/storage"
+# Provisioners this project implements (k3s's name and our own).
+LOCAL_PATH_PROVISIONERS = (LOCAL_PATH_PROVISIONER, "kubeling.io/local-path")
+# A class whose volumes are all made by hand (Kubernetes' convention).
+NO_PROVISIONER = "kubernetes.io/no-provisioner"
