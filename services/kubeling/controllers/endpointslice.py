@@ -91,6 +91,10 @@ def endpoint_for(svc: core_pb2.Service, pod: core_pb2.Pod) -> discovery_pb2.Endp
             uid=pod.metadata.uid,
         ),
     )
+    # As Kubernetes: a pod whose subdomain is this Service publishes its hostname,
+    # so DNS answers HOSTNAME.SERVICE.NS.svc (a StatefulSet's stable pod names).
+    if pod.spec.hostname and pod.spec.subdomain == svc.metadata.name:
+        endpoint.hostname = pod.spec.hostname
     endpoint.conditions.ready = serving and not terminating
     endpoint.conditions.serving = serving
     endpoint.conditions.terminating = terminating

@@ -95,6 +95,28 @@ def _finished(pod: core_pb2.Pod) -> bool:
     return pod.status.phase in ("Failed", "Succeeded")
 
 
+def new_pod(sts: apps_pb2.StatefulSet, revision: str, ordinal: int) -> core_pb2.Pod:
+    """Pod `ordinal` of `sts` at `revision`: name, DNS fields, labels, claim volumes."""
+    pod = podutil.pod_from_template(sts.spec.template, sts)
+    name = pod_name(sts, ordinal)
+    pod.metadata.name = name
+    pod.metadata.generate_name = ""
+    pod.metadata.labels[POD_NAME_LABEL] = name
+    pod.metadata.labels[POD_INDEX_LABEL] = str(ordinal)
+    pod.metadata.labels[REVISION_LABEL] = revision
+    pod.spec.hostname = name
+    pod.spec.subdomain = sts.spec.service_name
+    # The claim templates replace template volumes of the same name.
+    claims = {t.metadata.name: claim_name(t, sts, ordinal) for t in sts.spec.volume_claim_templates}
+    kept = [v for v in pod.spec.volumes if v.name not in claims]
+    del pod.spec.volumes[:]
+    pod.spec.volumes.extend(kept)
+    for volume_name, claim in claims.items():
+        volume = pod.spec.volumes.add(name=volume_name)
+        volume.persistent_volume_claim.claim_name = claim
+    return pod
+
+
 @register("statefulset")
 class StatefulSetController:
     def __init__(self, context: ControllerContext) -> None:
@@ -223,32 +245,10 @@ class StatefulSetController:
 
     # --------------------------------------------------------------- pods/claims
 
-    def _new_pod(self, sts: apps_pb2.StatefulSet, revision: str, ordinal: int) -> core_pb2.Pod:
-        pod = podutil.pod_from_template(sts.spec.template, sts)
-        name = pod_name(sts, ordinal)
-        pod.metadata.name = name
-        pod.metadata.generate_name = ""
-        pod.metadata.labels[POD_NAME_LABEL] = name
-        pod.metadata.labels[POD_INDEX_LABEL] = str(ordinal)
-        pod.metadata.labels[REVISION_LABEL] = revision
-        pod.spec.hostname = name
-        pod.spec.subdomain = sts.spec.service_name
-        # The claim templates replace template volumes of the same name.
-        claims = {
-            t.metadata.name: claim_name(t, sts, ordinal) for t in sts.spec.volume_claim_templates
-        }
-        kept = [v for v in pod.spec.volumes if v.name not in claims]
-        del pod.spec.volumes[:]
-        pod.spec.volumes.extend(kept)
-        for volume_name, claim in claims.items():
-            volume = pod.spec.volumes.add(name=volume_name)
-            volume.persistent_volume_claim.claim_name = claim
-        return pod
-
     async def _create(self, sts: apps_pb2.StatefulSet, revision: str, ordinal: int) -> None:
         for template in sts.spec.volume_claim_templates:
             await self._ensure_claim(sts, template, ordinal)
-        pod = self._new_pod(sts, revision, ordinal)
+        pod = new_pod(sts, revision, ordinal)
         try:
             created = await self.api.pods.create(pod)
         except grpc.aio.AioRpcError as exc:
