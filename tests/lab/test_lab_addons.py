@@ -384,9 +384,10 @@ async def test_a_restarted_node_gets_its_proxy_pod_back(lab: Lab, api: Client) -
     await asyncio.to_thread(lab.stop_node, "worker-2")
     await asyncio.to_thread(lab.start_node, "worker-2")
     node = lab.node("worker-2")
-    assert node.proxy is None and node.kubelet is not None and node.kubelet.alive()
+    assert node.proxy is None and node.kubelet is not None  # no proxy process started
 
     async def proxies_ready() -> bool:
+        assert node.kubelet is not None and node.kubelet.alive()
         found = await live_pods(api, addons.NAMESPACE, "k8s-app=kube-proxy")
         return sorted(p.spec.node_name for p in found if ready(p)) == list(NODES)
 

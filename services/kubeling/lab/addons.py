@@ -62,6 +62,20 @@ def manifest_path(addon: str) -> Path:
     return path
 
 
+def manifest_images(addon: str) -> set[str]:
+    """The images the add-on's manifest runs (as written: `kubeling/kubeling:0.1.0`)."""
+    from kubeling.cli.manifests import load_manifests
+
+    images: set[str] = set()
+    for manifest in load_manifests([str(manifest_path(addon))], io.StringIO()):
+        spec = getattr(manifest.obj, "spec", None)
+        template = getattr(spec, "template", None)
+        if template is not None:
+            pod_spec = template.spec
+            images |= {c.image for c in [*pod_spec.containers, *pod_spec.init_containers]}
+    return images
+
+
 async def apply_file(api: Client, path: Path) -> list[str]:
     """`kubeling apply -f PATH`: every object created or updated; what was done."""
     from kubeling.cli.commands.apply import apply_object, set_namespace

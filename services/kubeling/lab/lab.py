@@ -77,7 +77,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import ipaddress
 import json
 import os
@@ -109,7 +108,7 @@ from kubeling.node.containerd import (
     write_containerd_config,
     write_registry_mirror,
 )
-from kubeling.node.images import PAUSE_IMAGE, build_images
+from kubeling.node.images import PAUSE_IMAGE, ImageBuildError, build_images
 from kubeling.node.registry import REGISTRY_BINARY, write_registry_config
 from kubeling.v1 import core_pb2
 
@@ -615,31 +614,32 @@ class Lab:
     def _provided_images(self, progress: Callable[[str], None]) -> dict[str, Path]:
         """The provided images (kubeling.node.imagebuild) already built in the shared
         cache, to push to the lab's registry; the kubeling image is built when an
-        add-on needs it and it is not there yet (once: the cache outlives labs)."""
+        add-on needs it and the cache has none for this kubeling's code."""
+        from kubeling.node import imagebuild
+
         state = self._require()
         needed = bool(state.addons)
-        try:
-            imagebuild = importlib.import_module("kubeling.node.imagebuild")
-        except ImportError:
-            if addons.PROXY in state.addons:
-                raise LabError(
-                    "--proxy=pod runs the kubeling image, which this installation cannot "
-                    "build (no kubeling.node.imagebuild)"
-                ) from None
-            if needed:
-                # The default lab still comes up, as before the add-ons: without DNS.
-                progress(
-                    "no DNS add-on: this installation cannot build the kubeling image "
-                    "(no kubeling.node.imagebuild)"
-                )
-                state.addons.remove(addons.DNS)
-                self._save()
-            return {}
+        for addon in state.addons:
+            # A manifest naming another version than this kubeling builds would wait
+            # out its pulls (ImagePullBackOff): say so now.
+            for image in addons.manifest_images(addon):
+                if imagebuild.normalize_name(image) != imagebuild.KUBELING_IMAGE:
+                    raise LabError(
+                        f"{addons.manifest_path(addon)} runs {image}, but this kubeling "
+                        f"builds {imagebuild.KUBELING_IMAGE}: change the manifest's image"
+                    )
         cache: Path = imagebuild.image_cache_dir()
         archives: dict[str, Path] = dict(imagebuild.provided_archives(cache))
         if needed and "kubeling" not in archives:
-            progress(f"building the kubeling image into {cache} (once; `make images` builds all)")
-            archives.update(imagebuild.build_provided(["kubeling"], cache, progress))
+            # Cached by its inputs: built again only after kubeling itself changed.
+            progress(f"building the kubeling image into {cache} (`make images` builds all)")
+            try:
+                archives.update(imagebuild.build_provided(["kubeling"], cache, progress))
+            except ImageBuildError as exc:
+                raise LabError(
+                    f"the add-ons run the kubeling image, and building it failed: {exc} "
+                    "(`lab up --no-dns` runs without them)"
+                ) from None
             if "kubeling" not in archives:
                 raise LabError(f"the kubeling image was not built into {cache}")
         # The lab's own busybox (images/busybox.tar) is the one pushed under that name.
