@@ -8,6 +8,13 @@ the queue (pods without a node) and the cache (pods with one); a second
 field-selected watch would deliver every pending pod twice for no extra
 information.
 
+A pod with PersistentVolumeClaims goes through the VolumeBinding step first
+(scheduler/volumebinding.py): a missing or unbound Immediate claim makes it
+unschedulable, a bound local volume's nodeAffinity joins its node affinity, and
+the claims of WaitForFirstConsumer classes get the chosen node in their
+`volume.kubernetes.io/selected-node` annotation before the pod is bound. Claim,
+volume and StorageClass changes wake unschedulable pods.
+
 A pod that fits nowhere gets PodScheduled=False/Unschedulable and a
 FailedScheduling event, and waits in the unschedulable set until something that
 could make room happens (a node added or changed in a way that matters, a bound
@@ -34,6 +41,7 @@ import grpc
 import structlog
 from prometheus_client import Counter, Histogram
 
+from kubeling.api import storage as st
 from kubeling.api.objects import clone, now
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers, start_informer
@@ -42,7 +50,8 @@ from kubeling.controllers.context import ControllerContext
 from kubeling.scheduler.algorithm import DEFAULT_PERCENTAGE, Algorithm
 from kubeling.scheduler.cache import NodeCache
 from kubeling.scheduler.framework import DEFAULT_SCHEDULER, PodInfo
-from kubeling.v1 import core_pb2
+from kubeling.scheduler.volumebinding import check_volumes, claim_names, with_volume_affinity
+from kubeling.v1 import core_pb2, storage_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +101,13 @@ class Scheduler:
         self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 32)))
         self.nodes: Informer[core_pb2.Node] = Informer(context.api.nodes)
         self.pods: Informer[core_pb2.Pod] = Informer(context.api.pods)
+        self.claims: Informer[storage_pb2.PersistentVolumeClaim] = Informer(
+            context.api.persistent_volume_claims
+        )
+        self.volumes: Informer[storage_pb2.PersistentVolume] = Informer(
+            context.api.persistent_volumes
+        )
+        self.classes: Informer[storage_pb2.StorageClass] = Informer(context.api.storage_classes)
         self.queue = WorkQueue(name="scheduler")
         self.unschedulable: set[str] = set()
         self._binding: set[str] = set()  # keys with a bind call in flight
@@ -102,15 +118,22 @@ class Scheduler:
     async def run(self) -> None:
         self.nodes.add_handler(self._on_node)
         self.pods.add_handler(self._on_pod)
+        for storage in (self.claims, self.volumes, self.classes):
+            storage.add_handler(self._on_storage)
         # Supervised loops of their own when the manager runs us under a supervisor.
         informers = [
             start_informer(self.nodes, "scheduler.nodes"),
             start_informer(self.pods, "scheduler.pods"),
+            start_informer(self.claims, "scheduler.persistentvolumeclaims"),
+            start_informer(self.volumes, "scheduler.persistentvolumes"),
+            start_informer(self.classes, "scheduler.storageclasses"),
         ]
         try:
             # Deciding before both are synced would ignore nodes or their pods.
             await self.nodes.synced.wait()
             await self.pods.synced.wait()
+            for storage in (self.claims, self.volumes, self.classes):
+                await storage.synced.wait()
             informers.append(asyncio.create_task(self._retry_periodically()))
             log.info("scheduler running", nodes=self.cache.node_count, pending=len(self.queue))
             await run_workers(self.queue, self._schedule_one, 1, "scheduler")
@@ -159,6 +182,10 @@ class Scheduler:
         if self._wanted(new):
             self.queue.add(key)
 
+    def _on_storage(self, kind: str, old: Any, new: Any) -> None:
+        # A claim made or bound, a volume provisioned: pods waiting on them may fit.
+        self._wake()
+
     def _wake(self) -> None:
         if self._wake_handle is None and self.unschedulable:
             loop = asyncio.get_running_loop()
@@ -194,12 +221,28 @@ class Scheduler:
             pod = self.pods.get(namespace, name)
             if pod is None or not self._wanted(pod) or key in self._binding:
                 return
-            info = PodInfo.of(pod)
+            to_select: list[storage_pb2.PersistentVolumeClaim] = []
+            considered = pod
+            if claim_names(pod):
+                decision = check_volumes(
+                    pod,
+                    self.claims.get,
+                    lambda name: self.volumes.get("", name),
+                    lambda name: self.classes.get("", name),
+                )
+                if decision.error:
+                    _attempt("unschedulable", started)
+                    self.unschedulable.add(key)
+                    self._spawn(self._report_unschedulable(pod, decision.error))
+                    return
+                considered = with_volume_affinity(pod, decision.affinities)
+                to_select = decision.to_select
+            info = PodInfo.of(considered)
             result = self.algorithm.schedule(info)
             if isinstance(result, str):
                 self.cache.assume(info, result)
                 self._binding.add(key)
-                self._spawn(self._bind(pod, info, result, started))
+                self._spawn(self._bind(pod, info, result, started, to_select))
                 handed_off = True
             else:
                 _attempt("unschedulable", started)
@@ -209,8 +252,38 @@ class Scheduler:
             if not handed_off:
                 self._binds.release()
 
-    async def _bind(self, pod: core_pb2.Pod, info: PodInfo, node: str, started: float) -> None:
+    async def _select_node(
+        self, claims: list[storage_pb2.PersistentVolumeClaim], node: str
+    ) -> None:
+        """PreBind: the WaitForFirstConsumer claims learn their pod's node."""
+        for pvc in claims:
+            if pvc.metadata.annotations.get(st.SELECTED_NODE_ANNOTATION) == node:
+                continue
+            updated = clone(pvc)
+            updated.metadata.annotations[st.SELECTED_NODE_ANNOTATION] = node
+            await self.api.persistent_volume_claims.update(updated)
+
+    async def _bind(
+        self,
+        pod: core_pb2.Pod,
+        info: PodInfo,
+        node: str,
+        started: float,
+        to_select: list[storage_pb2.PersistentVolumeClaim] | None = None,
+    ) -> None:
         meta = pod.metadata
+        if to_select:
+            try:
+                await self._select_node(to_select, node)
+            except Exception as exc:
+                # A claim changed meanwhile (or the API failed): decide again.
+                _attempt("error", started)
+                self.cache.forget(info.key, info.uid)
+                self._binding.discard(info.key)
+                self._binds.release()
+                log.info("selected-node not written; retrying", pod=info.key, error=str(exc))
+                self.queue.retry(info.key)
+                return
         try:
             bound = await pod_bind(self.api, meta.name, node, meta.namespace, meta.uid)
         except grpc.aio.AioRpcError as exc:
