@@ -381,6 +381,8 @@ async def test_no_add_on_secret_on_a_command_line_or_in_a_log(lab: Lab, api: Cli
 async def test_a_restarted_node_gets_its_proxy_pod_back(lab: Lab, api: Client) -> None:
     with pytest.raises(LabError, match="is a pod"):
         lab.start_component("worker-2", "proxy")
+    with pytest.raises(LabError, match="is a pod"):
+        lab.kill("worker-2", "proxy")
     await asyncio.to_thread(lab.stop_node, "worker-2")
     await asyncio.to_thread(lab.start_node, "worker-2")
     node = lab.node("worker-2")

@@ -1153,6 +1153,11 @@ class Lab:
         else:
             if component not in COMPONENTS:
                 raise LabError(f'no component "{component}" (one of {", ".join(COMPONENTS)})')
+            if component not in self.components():
+                raise LabError(
+                    f"kube-proxy on {name} is a pod of DaemonSet kube-system/kube-proxy "
+                    "(lab up --proxy=pod): delete the pod instead"
+                )
             proc, what = getattr(self.node(name), component), f"{component} on {name}"
         if proc is None or not proc.alive():
             raise LabError(f"{what} does not run")
