@@ -30,6 +30,7 @@ import grpc
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
+from kubeling.api import storage as st
 from kubeling.api.objects import clone
 from kubeling.client import Client
 from kubeling.client.bootstrap import CertificateRenewer
@@ -44,6 +45,7 @@ from kubeling.kubelet import metrics
 from kubeling.kubelet.backoff import Backoff
 from kubeling.kubelet.directory import ContainerRef
 from kubeling.kubelet.dns import DNSSettings
+from kubeling.kubelet.localpath import LocalPathCleaner
 from kubeling.kubelet.node import NodeAgent, NodeSettings
 from kubeling.kubelet.probes import ProbeManager
 from kubeling.kubelet.routes import PodRouteSync
@@ -190,6 +192,8 @@ class Kubelet:
             status_interval=self.config.status_interval,
             max_pods=self.config.max_pods,
             nodefs=self.config.pod_log_dir,
+            # Where the local-path provisioner puts this node's volumes.
+            annotations={st.LOCAL_PATH_DIR_ANNOTATION: str(self.volumes.local_path_dir.absolute())},
         )
         self.agent = NodeAgent(self.api, self.runtime, settings)
         self.agent.on_node = self._node_seen  # writes the CNI config once a CIDR shows
@@ -210,6 +214,8 @@ class Kubelet:
         supervisor.start("pod-watch", self.pod_informer.run)
         supervisor.start("relist", self._relist_loop)
         supervisor.start("volume-refresh", self._volume_refresh_loop)
+        cleaner = LocalPathCleaner(self.api, self.node_name, self.volumes, self.recorder)
+        supervisor.start("local-path-cleanup", cleaner.run)
         supervisor.start("node-status", agent.status_loop)
         supervisor.start("lease", agent.lease_loop)
         if self.config.cni_conf_dir is not None and not self._cni_cidr:

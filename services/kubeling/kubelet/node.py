@@ -52,6 +52,8 @@ class NodeSettings:
     # A pressure condition stays True this long after its last crossing, so it does
     # not flap (upstream's --eviction-pressure-transition-period).
     pressure_transition_period: float = 300.0
+    # Annotations the kubelet keeps on its Node (the local-path directory).
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 # (condition, True reason and message, False reason and message), as upstream's
@@ -270,6 +272,7 @@ class NodeAgent:
                         "kubernetes.io/arch": status.node_info.architecture,
                     }
                 )
+                node.metadata.annotations.update(s.annotations)
                 node.spec.pod_cidr = s.pod_cidr
                 if s.pod_cidr:
                     node.spec.pod_cidrs.append(s.pod_cidr)
@@ -284,10 +287,13 @@ class NodeAgent:
                     raise
                 log.info("node registered", node=s.name)
                 return self.node
-            if s.pod_cidr and not existing.spec.pod_cidr:
+            stale = any(existing.metadata.annotations.get(k) != v for k, v in s.annotations.items())
+            if (s.pod_cidr and not existing.spec.pod_cidr) or stale:
                 updated = clone(existing)
-                updated.spec.pod_cidr = s.pod_cidr
-                updated.spec.pod_cidrs.append(s.pod_cidr)
+                updated.metadata.annotations.update(s.annotations)
+                if s.pod_cidr and not existing.spec.pod_cidr:
+                    updated.spec.pod_cidr = s.pod_cidr
+                    updated.spec.pod_cidrs.append(s.pod_cidr)
                 existing = await self.api.nodes.update(updated)
             self._seen(existing)
             status.conditions.extend(await self.conditions(existing, health))

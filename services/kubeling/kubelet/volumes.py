@@ -2,13 +2,25 @@
 
 Layout, as the kubelet's: `ROOT/pods/UID/volumes/PLUGIN/NAME`, PLUGIN one of
 kubernetes.io~empty-dir, ~configmap, ~secret, ~downward-api, ~projected (hostPath
-volumes are the host's path itself). Nothing but the hosts file (below) is made for a
-pod without volumes.
+volumes are the host's path itself, and so are PersistentVolumes). Nothing but the
+hosts file (below) is made for a pod without volumes.
 
 - emptyDir: a directory; medium Memory is a tmpfs the kubelet mounts (size from
   sizeLimit) and unmounts when the pod is removed.
 - hostPath: the path after its `type` check (DirectoryOrCreate and FileOrCreate
   create it).
+- persistentVolumeClaim: the claim is read, then the PersistentVolume bound to it
+  (a get each, as the node authorizer allows for claims its pods use); the PV's
+  `local` or `hostPath` directory is bind-mounted (read-only when the pod's
+  volume says readOnly). A local PV must be this node's (its nodeAffinity names
+  it). A directory under this kubelet's local-path directory
+  (`ROOT/storage`, where the local-path provisioner puts its volumes) is made on
+  first use with mode 0777 (as k3s's provisioner makes it); any other local path
+  must exist. A claim not found or not yet bound (WaitForFirstConsumer: the
+  provisioner has not made the volume yet) fails the mount (FailedMount) and the
+  sync is retried. Once set up, the path is remembered for the pod's life: a
+  bound claim's volume never changes, and an unreachable master does not stop a
+  running pod's later syncs.
 - configMap, secret, downwardAPI, projected: files written by `write_atomic` the
   way the kubelet's AtomicWriter does: the payload goes into a new timestamped
   directory `..2026_12_04_05_00_00.NNN`, the `..data` symlink is swapped to it by
@@ -46,13 +58,15 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
+from kubeling.api import storage as st
+from kubeling.api.kinds import pv_node
 from kubeling.api.quantity import as_int_bytes, parse_quantity
 from kubeling.client import Client
 from kubeling.client.client import ResourceClient
 from kubeling.cri.api import pb
 from kubeling.kubelet.downward import DownwardError, field_value, resource_value
 from kubeling.node.containerd import mounts_under
-from kubeling.v1 import core_pb2
+from kubeling.v1 import core_pb2, storage_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +92,16 @@ class ObjectSource(Protocol):
     async def config_map(self, namespace: str, name: str) -> core_pb2.ConfigMap | None: ...
 
     async def secret(self, namespace: str, name: str) -> core_pb2.Secret | None: ...
+
+
+class StorageSource(Protocol):
+    """Claims and volumes as the node may read them (None: not found)."""
+
+    async def claim(
+        self, namespace: str, name: str
+    ) -> storage_pb2.PersistentVolumeClaim | None: ...
+
+    async def volume(self, name: str) -> storage_pb2.PersistentVolume | None: ...
 
 
 class ApiObjects:
@@ -109,6 +133,18 @@ class ApiObjects:
 
     async def secret(self, namespace: str, name: str) -> core_pb2.Secret | None:
         result: core_pb2.Secret | None = await self._get(self.api.secrets, namespace, name)
+        return result
+
+    async def claim(self, namespace: str, name: str) -> storage_pb2.PersistentVolumeClaim | None:
+        result: storage_pb2.PersistentVolumeClaim | None = await self._get(
+            self.api.persistent_volume_claims, namespace, name
+        )
+        return result
+
+    async def volume(self, name: str) -> storage_pb2.PersistentVolume | None:
+        result: storage_pb2.PersistentVolume | None = await self._get(
+            self.api.persistent_volumes, "", name
+        )
         return result
 
 
@@ -224,15 +260,20 @@ class VolumeManager:
         *,
         tmpfs: bool = True,
         node_name: str = "",
+        local_path_dir: Path | None = None,
     ) -> None:
         """`tmpfs`: the kubelet may mount (root); without it Memory emptyDirs and
         secrets are plain directories. `node_name` marks the pod directories this
         kubelet made (`known_pods`): kubelets sharing a root (lab nodes on one
-        machine) never remove each other's."""
+        machine) never remove each other's. `local_path_dir`: where this node's
+        local-path volumes live (default ROOT/storage)."""
         self.root = root
         self.objects = objects
         self.tmpfs = tmpfs and os.geteuid() == 0
         self.node_name = node_name
+        self.local_path_dir = local_path_dir or root / st.LOCAL_PATH_SUBDIR
+        # (pod uid, volume name) -> the PersistentVolume's path, once set up.
+        self._claimed: dict[tuple[str, str], Path] = {}
 
     def pod_dir(self, uid: str) -> Path:
         return self.root / "pods" / uid
@@ -261,6 +302,8 @@ class VolumeManager:
         return paths, warnings
 
     def _existing(self, uid: str, volume: core_pb2.Volume) -> Path | None:
+        if volume.HasField("persistent_volume_claim"):
+            return self._claimed.get((uid, volume.name))
         plugin = _plugin(volume)
         if plugin is None:
             return None
@@ -273,6 +316,12 @@ class VolumeManager:
         uid = pod.metadata.uid
         if volume.HasField("host_path"):
             return await asyncio.to_thread(check_host_path, volume.host_path)
+        if volume.HasField("persistent_volume_claim"):
+            known = self._claimed.get((uid, volume.name))
+            if known is None:
+                known = await self._claim_path(pod, volume.persistent_volume_claim)
+                self._claimed[(uid, volume.name)] = known
+            return known
         plugin = _plugin(volume)
         if plugin is None:
             raise VolumeError("the volume has no source this kubelet supports")
@@ -300,6 +349,65 @@ class VolumeManager:
         if await asyncio.to_thread(write_atomic, path, payload, gid) and not fresh:
             log.info("volume updated", pod=pod.metadata.name, volume=volume.name)
         return path
+
+    async def _claim_path(
+        self, pod: core_pb2.Pod, source: core_pb2.PersistentVolumeClaimVolumeSource
+    ) -> Path:
+        """The bound PersistentVolume's directory on this node (made for local-path)."""
+        objects = self.objects
+        if objects is None or not hasattr(objects, "claim"):
+            raise VolumeError("this kubelet reads no PersistentVolumeClaims")
+        storage: StorageSource = objects  # type: ignore[assignment]
+        namespace, name = pod.metadata.namespace or "default", source.claim_name
+        pvc = await storage.claim(namespace, name)
+        if pvc is None:
+            raise VolumeError(f'persistentvolumeclaim "{name}" not found')
+        if not pvc.spec.volume_name or pvc.status.phase != st.CLAIM_BOUND:
+            phase = pvc.status.phase or "Pending"
+            raise VolumeError(f'PersistentVolumeClaim "{name}" is not bound yet (phase {phase})')
+        pv = await storage.volume(pvc.spec.volume_name)
+        if pv is None:
+            raise VolumeError(f'persistentvolume "{pvc.spec.volume_name}" not found')
+        ref = pv.spec.claim_ref
+        if ref.uid and ref.uid != pvc.metadata.uid:
+            raise VolumeError(f'persistentvolume "{pv.metadata.name}" is bound to another claim')
+        if pv.spec.HasField("host_path"):
+            return await asyncio.to_thread(check_host_path, pv.spec.host_path)
+        if not pv.spec.HasField("local"):
+            raise VolumeError(
+                f'persistentvolume "{pv.metadata.name}" has no source this kubelet supports'
+            )
+        owner = pv_node(pv)
+        if owner and self.node_name and owner != self.node_name:
+            raise VolumeError(
+                f'persistentvolume "{pv.metadata.name}" is on node "{owner}", '
+                f'not "{self.node_name}"'
+            )
+        return await asyncio.to_thread(self._local_dir, Path(pv.spec.local.path))
+
+    def _local_dir(self, path: Path) -> Path:
+        if self.owns_local_path(path):
+            if not path.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                path.chmod(0o777)  # past the umask: any container user writes, as k3s
+            return path
+        if not path.is_dir():
+            raise VolumeError(f"local volume path {path} is not a directory on this node")
+        return path
+
+    def in_use(self, path: Path) -> bool:
+        """Whether a pod of this node has `path` set up as a claim's volume."""
+        return any(known == path for known in self._claimed.values())
+
+    def owns_local_path(self, path: Path) -> bool:
+        """Whether `path` is a volume directory inside this node's local-path dir
+        (the only places the kubelet makes or removes)."""
+        base = self.local_path_dir.resolve()
+        try:
+            resolved = path.resolve()
+        except OSError:
+            return False
+        return resolved != base and resolved.parent == base
 
     async def write_hosts(self, pod: core_pb2.Pod, pod_ip: str, cluster_domain: str) -> Path:
         """The pod's hosts file (written when its content changes); a VolumeError
@@ -405,6 +513,8 @@ class VolumeManager:
 
     async def teardown(self, uid: str) -> None:
         """Unmount the pod's tmpfs volumes, then delete its directory."""
+        for key in [k for k in self._claimed if k[0] == uid]:
+            del self._claimed[key]
         pod = self.pod_dir(uid)
         if not pod.exists():
             return
@@ -557,6 +667,11 @@ def container_mounts(
     those four, whose entries are the source's keys). `hosts`, the pod's hosts
     file, goes to /etc/hosts unless a volumeMount is there."""
     kinds_of = {v.name: _plugin(v) for v in pod.spec.volumes}
+    read_only_claims = {
+        v.name
+        for v in pod.spec.volumes
+        if v.HasField("persistent_volume_claim") and v.persistent_volume_claim.read_only
+    }
     mounts: list[pb.Mount] = []
     for mount in container.volume_mounts:
         base = paths.get(mount.name)
@@ -584,7 +699,9 @@ def container_mounts(
             pb.Mount(
                 container_path=mount.mount_path,
                 host_path=str(host),
-                readonly=mount.read_only or kinds_of.get(mount.name) in _ATOMIC,
+                readonly=mount.read_only
+                or kinds_of.get(mount.name) in _ATOMIC
+                or mount.name in read_only_claims,
                 propagation=pb.PROPAGATION_PRIVATE,
             )
         )

@@ -17,7 +17,12 @@ certificate's CN is the user, its O the groups, the groups decide the role:
   kube-node-lease; Events Create/Update/Get/List; ConfigMaps and Secrets only
   those a pod bound to it refers to (volumes, projected sources, env, envFrom):
   Get by name, and List/Watch in the namespace with `metadata.name=NAME` (the
-  kubelet's per-object watch).
+  kubelet's per-object watch). PersistentVolumeClaims likewise (those its pods
+  mount). PersistentVolumes: Get of one bound to a claim a pod of the node mounts,
+  or whose nodeAffinity names the node (`spec.nodeName`, see api/kinds.py);
+  List/Watch only with the field selector `spec.nodeName=NAME`; Update only of
+  such a PV of its own and only to remove the `kubeling.io/local-path-cleanup`
+  finalizer (the kubelet removed the directory, kubelet/localpath.py).
 - proxy (system:kube-proxy:NAME): read Services, EndpointSlices, Nodes; write Events.
 - dns (kubeling:dns, `kubeling user add kube-dns --role dns`): read Services,
   EndpointSlices and Namespaces only (what kubeling-dns answers from).
@@ -44,6 +49,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 
+from kubeling.api import storage as st
 from kubeling.api.errors import ApiError
 from kubeling.api.kinds import (
     CONFIG_MAP,
@@ -52,17 +58,20 @@ from kubeling.api.kinds import (
     LEASE,
     NAMESPACE,
     NODE,
+    PERSISTENT_VOLUME,
+    PERSISTENT_VOLUME_CLAIM,
     POD,
     SECRET,
     SERVICE,
     Kind,
+    pv_node,
 )
 from kubeling.api.selectors import EQUALS
 from kubeling.common import identity
 from kubeling.common.handlers import Context, Malformed
 from kubeling.common.identity import Identity
 from kubeling.master.registry import Registry
-from kubeling.v1 import core_pb2
+from kubeling.v1 import core_pb2, storage_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -327,10 +336,84 @@ class Authorizer:
             if method in ("Create", "Update", "Get", "List"):
                 return
             raise deny("a node may create, update, get and list events only")
-        if kind in (CONFIG_MAP, SECRET):
+        if kind in (CONFIG_MAP, SECRET, PERSISTENT_VOLUME_CLAIM):
             self._node_pod_reference(kind, method, own, named, request, parsed, deny)
             return
+        if kind is PERSISTENT_VOLUME:
+            self._node_volume(method, own, named, request, parsed, deny)
+            return
         raise deny(f"a node has no business with {kind.plural}")
+
+    def _node_volume(
+        self,
+        method: str,
+        own: str,
+        named: Request,
+        request: Any,
+        parsed: bool,
+        deny: Callable[[str], ApiError],
+    ) -> None:
+        """PVs of this node (local volumes) or mounted by its pods; the only write is
+        dropping the local-path cleanup finalizer of its own PV."""
+        if method in ("List", "Watch"):
+            if parsed and not self._selects_field(PERSISTENT_VOLUME, request.field_selector,
+                                                  "spec.nodeName", own):  # fmt: skip
+                raise deny(
+                    "a node lists and watches only the persistentvolumes on it (field "
+                    f"selector spec.nodeName={own})"
+                )
+            return
+        if method not in ("Get", "Update"):
+            raise deny("a node may only read persistentvolumes and finish their cleanup")
+        if not parsed:
+            return
+        try:
+            stored = cast(
+                storage_pb2.PersistentVolume,
+                self.registries[PERSISTENT_VOLUME.name].get("", named.name),
+            )
+        except ApiError:
+            if method == "Get":
+                raise deny("no such persistentvolume for this node") from None
+            return  # the update answers NOT_FOUND
+        on_node = pv_node(stored) == own
+        if method == "Get":
+            if on_node or self._mounted_here(stored, own):
+                return
+            raise deny("the persistentvolume is neither on this node nor used by its pods")
+        if not on_node:
+            raise deny("a node may change only the persistentvolumes on it")
+        new = cast(storage_pb2.PersistentVolume, getattr(request, PERSISTENT_VOLUME.request_field))
+        before = [f for f in stored.metadata.finalizers if f != st.LOCAL_PATH_CLEANUP_FINALIZER]
+        if (
+            list(new.metadata.finalizers) != before
+            or new.spec != stored.spec
+            or dict(new.metadata.labels) != dict(stored.metadata.labels)
+            or dict(new.metadata.annotations) != dict(stored.metadata.annotations)
+            or list(new.metadata.owner_references) != list(stored.metadata.owner_references)
+        ):
+            raise deny(
+                f"a node may only remove the {st.LOCAL_PATH_CLEANUP_FINALIZER} finalizer "
+                "of a persistentvolume"
+            )
+
+    def _mounted_here(self, pv: storage_pb2.PersistentVolume, own: str) -> bool:
+        ref = pv.spec.claim_ref
+        if not ref.name:
+            return False
+        pods, _, _ = self.registries[POD.name].list_objects(
+            ref.namespace or "default", field_selector=f"spec.nodeName={own}"
+        )
+        return any(
+            ref.name in pod_references(cast(core_pb2.Pod, p), PERSISTENT_VOLUME_CLAIM) for p in pods
+        )
+
+    def _selects_field(self, kind: Kind, field_selector: str, field: str, value: str) -> bool:
+        try:
+            _, fields = self.registries[kind.name].selectors("", field_selector)
+        except ApiError:
+            return False
+        return any(t.field == field and t.op == EQUALS and t.value == value for t in fields.terms)
 
     def _node_spec(self, node: core_pb2.Node, method: str, deny: Callable[[str], ApiError]) -> None:
         """NodeRestriction on the Node a node writes: on Create as sent, on Update
@@ -420,9 +503,15 @@ class Authorizer:
 
 
 def pod_references(pod: core_pb2.Pod, kind: Kind) -> set[str]:
-    """Names of the ConfigMaps (or Secrets) `pod` uses: volumes, projected
-    sources, env valueFrom and envFrom of every container."""
+    """Names of the ConfigMaps (or Secrets, or PersistentVolumeClaims) `pod` uses:
+    volumes, projected sources, env valueFrom and envFrom of every container."""
     found: set[str] = set()
+    if kind is PERSISTENT_VOLUME_CLAIM:
+        return {
+            v.persistent_volume_claim.claim_name
+            for v in pod.spec.volumes
+            if v.HasField("persistent_volume_claim")
+        }
     is_cm = kind is CONFIG_MAP
     for volume in pod.spec.volumes:
         if is_cm and volume.HasField("config_map"):
