@@ -64,7 +64,16 @@ def pv_data(**spec: Any) -> dict[str, Any]:
 
 TEMPLATE = {
     "metadata": {"labels": {"app": "db"}},
-    "spec": {"containers": [{"name": "db", "image": "postgres:15"}]},
+    "spec": {
+        "containers": [
+            {
+                "name": "db",
+                "image": "postgres:15",
+                # The claim template's name: a volume of every pod.
+                "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql"}],
+            }
+        ]
+    },
 }
 
 
@@ -223,8 +232,13 @@ def test_statefulset_update_limits() -> None:
     assert update_problems(kind, old, scaled) == {}
     renamed = sts_data(serviceName="other")
     assert "are forbidden" in update_problems(kind, old, renamed)["spec"]
-    claims = sts_data(volumeClaimTemplates=[])
+    claims = sts_data()
+    claims["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = "2Gi"
     assert "spec" in update_problems(kind, old, claims)
+    # Without the claim template the mount names no volume.
+    data = sts_data(volumeClaimTemplates=[])
+    found = problems(kind, data)
+    assert found == {"spec.template.spec.containers[0].volumeMounts[0].name": 'Not found: "data"'}
 
 
 def test_pod_claim_volume_needs_a_name() -> None:

@@ -229,7 +229,16 @@ _STATEFUL_SET_MUTABLE = (
 
 def _stateful_set(obj: Message) -> Errors:
     spec = cast(apps_pb2.StatefulSet, obj).spec
-    errs = _selector_and_template("statefulset", spec)
+    # As Kubernetes: the template is checked with the claim templates as its
+    # volumes, so a volumeMount may name a claim template.
+    checked = apps_pb2.StatefulSetSpec()
+    checked.CopyFrom(spec)
+    volumes = {v.name for v in checked.template.spec.volumes}
+    for claim in spec.volume_claim_templates:
+        if claim.metadata.name and claim.metadata.name not in volumes:
+            volume = checked.template.spec.volumes.add(name=claim.metadata.name)
+            volume.persistent_volume_claim.claim_name = claim.metadata.name
+    errs = _selector_and_template("statefulset", checked)
     errs += non_negative("spec.replicas", spec.replicas)
     errs += non_negative("spec.minReadySeconds", spec.min_ready_seconds)
     errs += non_negative("spec.revisionHistoryLimit", spec.revision_history_limit)
