@@ -237,3 +237,11 @@ def find_kind(text: str) -> Kind | None:
         if wanted in names:
             return kind
     return None
+
+
+def kind_by_api(api_version: str, kind_name: str) -> Kind | None:
+    """The kind a manifest's apiVersion and kind name."""
+    for kind in ALL_KINDS:
+        if kind.name == kind_name and kind.api_version == api_version:
+            return kind
+    return None

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from kubeling.api.kinds import ALL_KINDS, Kind, find_kind
+from kubeling.api.kinds import Kind, find_kind
 from kubeling.cli.errors import CliError
 
 
@@ -38,13 +38,6 @@ def resource_name(kind: Kind) -> str:
 
 def object_name(kind: Kind, name: str) -> str:
     return f"{resource_name(kind)}/{name}"
-
-
-def kind_by_api(api_version: str, kind_name: str) -> Kind | None:
-    for kind in ALL_KINDS:
-        if kind.name == kind_name and kind.api_version == api_version:
-            return kind
-    return None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ import grpc
 
 from kubeling.api import kinds
 from kubeling.client import Client
+from kubeling.client.apply import apply_object
+from kubeling.client.manifests import load_manifests
 from kubeling.v1 import apps_pb2, core_pb2, meta_pb2
 
 NAMESPACE = "kube-system"
@@ -64,8 +66,6 @@ def manifest_path(addon: str) -> Path:
 
 def manifest_images(addon: str) -> set[str]:
     """The images the add-on's manifest runs (as written: `kubeling/kubeling:0.1.0`)."""
-    from kubeling.cli.manifests import load_manifests
-
     images: set[str] = set()
     for manifest in load_manifests([str(manifest_path(addon))], io.StringIO()):
         spec = getattr(manifest.obj, "spec", None)
@@ -78,23 +78,18 @@ def manifest_images(addon: str) -> set[str]:
 
 async def apply_file(api: Client, path: Path) -> list[str]:
     """`kubeling apply -f PATH`: every object created or updated; what was done."""
-    from kubeling.cli.commands.apply import apply_object, set_namespace
-    from kubeling.cli.manifests import load_manifests
-    from kubeling.cli.resources import object_name
-
     manifests = load_manifests([str(path)], io.StringIO())
     done = []
     for manifest in manifests:
-        set_namespace(manifest, None)
+        if manifest.kind.namespaced and not manifest.namespace:
+            raise AddonError(f"{manifest.label}: an add-on's objects name their namespace")
         outcome = await apply_object(api.resource(manifest.kind), manifest.obj)
-        done.append(f"{object_name(manifest.kind, manifest.name)} {outcome}")
+        done.append(f"{manifest.kind.name.lower()}/{manifest.name} {outcome}")
     return done
 
 
 async def apply_objects(api: Client, objects: list[core_pb2.Secret | core_pb2.ConfigMap]) -> None:
     """Create or update the Secrets and ConfigMaps the manifests name."""
-    from kubeling.cli.commands.apply import apply_object
-
     for obj in objects:
         kind = kinds.SECRET if isinstance(obj, core_pb2.Secret) else kinds.CONFIG_MAP
         await apply_object(api.resource(kind), obj)
