@@ -288,6 +288,23 @@ async def test_services_answer_from_every_node(
     assert page.strip() in names
 
 
+async def test_cli_explains_a_proxy_pod(lab: Lab, web: core_pb2.Service) -> None:
+    """`kubeling proxy explain` reaches a proxy pod: no unix socket on this side of
+    the lab network, so the CLI runs itself inside the node's namespace."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "kubeling.cli.main",
+            "proxy", "explain", NODES[0], f"{web.spec.cluster_ip}:80",
+        ],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KUBELING_LAB_DIR": str(lab.dir),
+             "KUBELING_CONFIG": str(lab.config_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"ClusterIP of service {DEMO}/web:" in done.stdout, done.stdout
+
+
 async def test_pods_resolve_services_by_their_names(api: Client, web: core_pb2.Service) -> None:
     cluster_ip = web.spec.cluster_ip
     for name in ("web", "web.demo", "web.demo.svc.cluster.local"):

@@ -4,6 +4,8 @@ node's kube-proxy (kubeling.v1.Proxy) what it has installed in the kernel."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 
 import grpc
 from google.protobuf.message import Message
@@ -51,14 +53,54 @@ def parse_target(text: str) -> tuple[str, int, str]:
     return host, int(port), (protocol or "TCP").upper()
 
 
+def _lab_node(args: argparse.Namespace) -> tuple[Lab, str] | None:
+    """The lab and the node's IP when NODE is a node of the lab on this machine."""
+    if args.proxy:
+        return None
+    lab = Lab()
+    if lab.state is None:
+        return None
+    for node in lab.state.nodes:
+        if node.name == args.node:
+            return lab, node.ip
+    return None
+
+
+async def _in_lab_namespace(args: argparse.Namespace, ctx: Context) -> int | None:
+    """With the lab's kube-proxy running as pods (`lab up --proxy=pod`) there is no
+    unix socket on this side of the lab network, which only its namespaces reach:
+    this same command runs again inside the node's namespace, aimed at the node's
+    address (its output relayed). None when that is not the case."""
+    found = _lab_node(args)
+    if found is None:
+        return None
+    lab, node_ip = found
+    if lab.state is None or lab.state.proxy_mode != "pod":
+        return None
+    argv = [sys.executable, "-m", "kubeling.cli.main", "proxy", args.action, args.node]
+    argv += [*([args.target] if args.action == "explain" else []), "--proxy"]
+    argv.append(f"{node_ip}:{DEFAULT_PORT}")
+    child = await asyncio.create_subprocess_exec(
+        *lab.exec_command(args.node, argv),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await child.communicate()
+    for line in out.decode(errors="replace").splitlines():
+        ctx.out(line)
+    for line in err.decode(errors="replace").splitlines():
+        ctx.err(line)
+    return child.returncode or 0
+
+
 async def _proxy_address(args: argparse.Namespace, ctx: Context) -> str:
     if args.proxy:
         return str(args.proxy)
-    # A lab node's proxy also listens on a unix socket: the lab network is not
-    # reachable from outside its namespaces.
-    lab = Lab()
-    if lab.state is not None and any(n.name == args.node for n in lab.state.nodes):
-        return f"unix:{lab.proxy_socket(args.node)}"
+    # A lab node's proxy process also listens on a unix socket: the lab network is
+    # not reachable from outside its namespaces.
+    found = _lab_node(args)
+    if found is not None:
+        return f"unix:{found[0].proxy_socket(args.node)}"
     async with ctx.client() as api:
         node = await api.nodes.get(args.node)
     for address in node.status.addresses:
@@ -101,6 +143,9 @@ async def _call(
 
 async def run_explain(args: argparse.Namespace, ctx: Context) -> int:
     host, port, protocol = parse_target(args.target)
+    relayed = await _in_lab_namespace(args, ctx)
+    if relayed is not None:
+        return relayed
     address = await _proxy_address(args, ctx)
     request = proxy_pb2.ExplainRequest(address=host, port=port, protocol=protocol)
     reply = await _call(
@@ -131,6 +176,9 @@ async def run_explain(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def run_status(args: argparse.Namespace, ctx: Context) -> int:
+    relayed = await _in_lab_namespace(args, ctx)
+    if relayed is not None:
+        return relayed
     address = await _proxy_address(args, ctx)
     reply = await _call(
         address,
