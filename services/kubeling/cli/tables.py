@@ -9,9 +9,18 @@ from typing import Any, cast
 from google.protobuf.message import Message
 
 from kubeling.api import kinds
+from kubeling.api import storage as st
 from kubeling.api.kinds import Kind
 from kubeling.cli.timefmt import age, human_duration, is_set
-from kubeling.v1 import apps_pb2, batch_pb2, coordination_pb2, core_pb2, discovery_pb2, meta_pb2
+from kubeling.v1 import (
+    apps_pb2,
+    batch_pb2,
+    coordination_pb2,
+    core_pb2,
+    discovery_pb2,
+    meta_pb2,
+    storage_pb2,
+)
 
 Row = list[str]
 RowOf = Callable[[Any], Row]
@@ -275,6 +284,81 @@ def _daemon_set_wide(obj: Any) -> Row:
     return [*containers_and_images(ds.spec.template), selector_text(ds.spec.selector)]
 
 
+def _stateful_set_row(obj: Any) -> Row:
+    sts = cast(apps_pb2.StatefulSet, obj)
+    desired = sts.spec.replicas if sts.spec.HasField("replicas") else 1
+    return [_name(sts), f"{sts.status.ready_replicas}/{desired}", _age(sts)]
+
+
+def _stateful_set_wide(obj: Any) -> Row:
+    return containers_and_images(cast(apps_pb2.StatefulSet, obj).spec.template)
+
+
+# ---------------------------------------------------------------------- storage
+
+_ACCESS_MODES = {
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteMany": "RWX",
+    "ReadWriteOncePod": "RWOP",
+}
+
+
+def access_modes(modes: Iterable[str]) -> str:
+    """kubectl's short form: "RWO,ROX"."""
+    return ",".join(_ACCESS_MODES.get(m, m) for m in modes)
+
+
+def _volume_mode(holder: Any) -> str:
+    return str(holder.volume_mode) if holder.HasField("volume_mode") else "Filesystem"
+
+
+def _pv_row(obj: Any) -> Row:
+    pv = cast(storage_pb2.PersistentVolume, obj)
+    ref = pv.spec.claim_ref
+    claim = f"{ref.namespace}/{ref.name}" if ref.name else ""
+    phase = "Terminating" if pv.metadata.HasField("deletion_timestamp") else pv.status.phase
+    return [
+        _name(pv),
+        pv.spec.capacity.get("storage", ""),
+        access_modes(pv.spec.access_modes),
+        pv.spec.persistent_volume_reclaim_policy,
+        phase,
+        claim,
+        pv.spec.storage_class_name,
+        pv.status.reason,
+        _age(pv),
+    ]
+
+
+def _pvc_row(obj: Any) -> Row:
+    pvc = cast(storage_pb2.PersistentVolumeClaim, obj)
+    phase = "Terminating" if pvc.metadata.HasField("deletion_timestamp") else pvc.status.phase
+    return [
+        _name(pvc),
+        phase,
+        pvc.spec.volume_name,
+        pvc.status.capacity.get("storage", ""),
+        access_modes(pvc.status.access_modes),
+        st.claim_class(pvc) or NONE,
+        _age(pvc),
+    ]
+
+
+def _storage_class_row(obj: Any) -> Row:
+    sc = cast(storage_pb2.StorageClass, obj)
+    name = _name(sc) + (" (default)" if st.is_default_class(sc) else "")
+    expansion = sc.allow_volume_expansion if sc.HasField("allow_volume_expansion") else False
+    return [
+        name,
+        sc.provisioner,
+        st.reclaim_policy(sc),
+        st.binding_mode(sc),
+        str(expansion).lower(),
+        _age(sc),
+    ]
+
+
 # ------------------------------------------------------------------------ batch
 
 
@@ -433,6 +517,42 @@ COLUMNS: dict[str, Columns] = {
         _daemon_set_row,
         ("CONTAINERS", "IMAGES", "SELECTOR"),
         _daemon_set_wide,
+    ),
+    kinds.STATEFUL_SET.name: Columns(
+        ("NAME", "READY", "AGE"), _stateful_set_row, ("CONTAINERS", "IMAGES"), _stateful_set_wide
+    ),
+    kinds.PERSISTENT_VOLUME.name: Columns(
+        (
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "REASON",
+            "AGE",
+        ),
+        _pv_row,
+        ("VOLUMEMODE",),
+        lambda obj: [_volume_mode(obj.spec)],
+    ),
+    kinds.PERSISTENT_VOLUME_CLAIM.name: Columns(
+        ("NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"),
+        _pvc_row,
+        ("VOLUMEMODE",),
+        lambda obj: [_volume_mode(obj.spec)],
+    ),
+    kinds.STORAGE_CLASS.name: Columns(
+        (
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE",
+        ),
+        _storage_class_row,
     ),
     kinds.JOB.name: Columns(
         ("NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"),

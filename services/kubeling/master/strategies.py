@@ -198,11 +198,32 @@ class PersistentVolumeClaimStrategy(Strategy):
             if name:
                 pvc.spec.storage_class_name = name
 
+    def prepare_update(self, new: Message, old: Message) -> None:
+        """A manifest applied again leaves out what the server filled in (the
+        bound volume, the default class): keep them, as kubectl's merge would."""
+        super().prepare_update(new, old)
+        pvc, prev = (
+            cast(storage_pb2.PersistentVolumeClaim, new),
+            cast(storage_pb2.PersistentVolumeClaim, old),
+        )
+        if not pvc.spec.volume_name:
+            pvc.spec.volume_name = prev.spec.volume_name
+        if not pvc.spec.HasField("storage_class_name") and prev.spec.HasField("storage_class_name"):
+            pvc.spec.storage_class_name = prev.spec.storage_class_name
+
 
 class PersistentVolumeStrategy(Strategy):
     def prepare_create(self, obj: Message) -> None:
         super().prepare_create(obj)
         cast(storage_pb2.PersistentVolume, obj).status.phase = st.PV_PENDING
+
+    def prepare_update(self, new: Message, old: Message) -> None:
+        """A bound PV keeps its claimRef when an update leaves it out (a manifest
+        applied again); a Released one may have it cleared to be reused."""
+        super().prepare_update(new, old)
+        pv, prev = cast(storage_pb2.PersistentVolume, new), cast(storage_pb2.PersistentVolume, old)
+        if not pv.spec.HasField("claim_ref") and prev.status.phase == st.PV_BOUND:
+            pv.spec.claim_ref.CopyFrom(prev.spec.claim_ref)
 
 
 class NamespaceStrategy(Strategy):

@@ -1,4 +1,5 @@
-"""`kubeling rollout status|history|undo deployment/NAME`, as kubectl's."""
+"""`kubeling rollout status|history|undo deployment/NAME` and `rollout status
+statefulset/NAME`, as kubectl's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import grpc
 
-from kubeling.api.kinds import DEPLOYMENT
+from kubeling.api.kinds import DEPLOYMENT, STATEFUL_SET, Kind
 from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
@@ -27,7 +28,7 @@ def register(subparsers: SubParsers) -> None:
     parser = add_command(subparsers, "rollout", _usage, "Manage the rollout of a deployment.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     status = add_command(actions, "status", run_status, "Wait for a rollout to finish.")
-    status.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    status.add_argument("resources", nargs="+", metavar="deployment/NAME|statefulset/NAME")
     status.add_argument("--timeout", default="0s", help="give up after this long (0: never)")
     add_namespace(status)
     history = add_command(actions, "history", run_history, "List a deployment's revisions.")
@@ -48,6 +49,51 @@ def _name(args: argparse.Namespace) -> str:
     if kinds or len(targets) != 1 or targets[0].kind is not DEPLOYMENT:
         raise CliError("error: give one deployment: deployment/NAME or deployment NAME")
     return targets[0].name
+
+
+def _status_target(args: argparse.Namespace) -> tuple[Kind, str]:
+    kinds, targets = parse_targets(args.resources)
+    if kinds or len(targets) != 1 or targets[0].kind not in (DEPLOYMENT, STATEFUL_SET):
+        raise CliError(
+            "error: give one deployment or statefulset: deployment/NAME or statefulset/NAME"
+        )
+    return targets[0].kind, targets[0].name
+
+
+def statefulset_message(sts: apps_pb2.StatefulSet) -> tuple[str, bool]:
+    """kubectl's status line for a statefulset (its StatefulSetStatusViewer)."""
+    spec, status = sts.spec, sts.status
+    if spec.update_strategy.type != "RollingUpdate":
+        raise CliError("error: rollout status is only available for RollingUpdate strategy type")
+    if status.observed_generation == 0 or sts.metadata.generation > status.observed_generation:
+        return "Waiting for statefulset spec update to be observed...", False
+    if status.ready_replicas < spec.replicas:
+        return f"Waiting for {spec.replicas - status.ready_replicas} pods to be ready...", False
+    partition = spec.update_strategy.rolling_update.partition
+    if partition > 0:
+        wanted = spec.replicas - partition
+        if status.updated_replicas < wanted:
+            return (
+                f"Waiting for partitioned roll out to finish: {status.updated_replicas} out "
+                f"of {wanted} new pods have been updated...",
+                False,
+            )
+        return (
+            f"partitioned roll out complete: {status.updated_replicas} new pods have been "
+            "updated...",
+            True,
+        )
+    if status.update_revision != status.current_revision:
+        return (
+            f"waiting for statefulset rolling update to complete {status.updated_replicas} "
+            f"pods at revision {status.update_revision}...",
+            False,
+        )
+    return (
+        f"statefulset rolling update complete {status.current_replicas} pods at revision "
+        f"{status.current_revision}...",
+        True,
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -86,15 +132,17 @@ def rollout_message(deployment: apps_pb2.Deployment) -> tuple[str, bool]:
 
 
 async def run_status(args: argparse.Namespace, ctx: Context) -> int:
-    name = _name(args)
+    kind, name = _status_target(args)
     timeout = parse_duration(args.timeout)
     deadline = time.monotonic() + timeout if timeout > 0 else None
-    namespace = namespace_for(DEPLOYMENT, args)
+    namespace = namespace_for(kind, args)
     last = ""
     async with ctx.client() as api:
         while True:
-            deployment = await api.deployments.get(name, namespace)
-            message, done = rollout_message(deployment)
+            if kind is STATEFUL_SET:
+                message, done = statefulset_message(await api.stateful_sets.get(name, namespace))
+            else:
+                message, done = rollout_message(await api.deployments.get(name, namespace))
             if message != last:
                 ctx.out(message)
                 last = message

@@ -1,4 +1,4 @@
-"""`kubeling scale deployment|replicaset NAME --replicas N`: set spec.replicas."""
+"""`kubeling scale deployment|replicaset|statefulset NAME --replicas N`: set spec.replicas."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 
 import grpc
 
-from kubeling.api.kinds import DEPLOYMENT, REPLICA_SET
+from kubeling.api.kinds import DEPLOYMENT, REPLICA_SET, STATEFUL_SET
 from kubeling.cli.commands.base import SubParsers, add_command
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.options import add_namespace, namespace_for
 from kubeling.cli.resources import object_name, parse_targets
 
-_SCALABLE = (DEPLOYMENT, REPLICA_SET)
+_SCALABLE = (DEPLOYMENT, REPLICA_SET, STATEFUL_SET)
 
 
 def register(subparsers: SubParsers) -> None:
