@@ -38,7 +38,13 @@ eventually = functools.partial(
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Client]:
-    controllers = {"scheduler", "statefulset", "persistentvolume-binder", "garbagecollector"}
+    controllers = {
+        "scheduler",
+        "statefulset",
+        "persistentvolume-binder",
+        "pvc-protection",
+        "garbagecollector",
+    }
     async with in_process_master(tmp_path / "master", controllers, bookmark_interval=1) as client:
         yield client
 
