@@ -4,11 +4,18 @@ async with Client("localhost:6443") as api:
     async for text in pod_logs(api, "web", follow=True):
         print(text, end="")
     result = await pod_exec(api, "web", ["cat", "/etc/hostname"])
+    session = await open_exec(api, "web", ["sh"], stdin=True, tty=True)
+    await session.write(core_pb2.ExecStreamRequest(stdin=b"exit 3\n"))
+    async for message in session: ...   # stdout/stderr, then exit
+
+Sessions (ExecStream, Attach, PortForward) are gRPC bidirectional streams whose
+first message, written here, is `start`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -16,7 +23,15 @@ from kubeling.api import kinds
 from kubeling.client.client import Client
 from kubeling.v1 import core_pb2
 
-__all__ = ["pod_bind", "pod_exec", "pod_logs"]
+__all__ = [
+    "open_attach",
+    "open_exec",
+    "open_port_forward",
+    "pod_bind",
+    "pod_exec",
+    "pod_logs",
+    "pod_top",
+]
 
 _BASE = f"/{kinds.POD.service}/"
 # An exec with a time limit gets this much longer for the round trips around it.
@@ -106,3 +121,76 @@ async def pod_bind(
     request = core_pb2.BindRequest(namespace=namespace, name=name, node_name=node_name, uid=uid)
     pod: core_pb2.Pod = await bind_call(request, timeout=30)
     return pod
+
+
+async def _open(client: Client, method: str, response: type[Message], first: Message) -> Any:
+    call = client.channel.stream_stream(
+        _BASE + method, request_serializer=_serialize, response_deserializer=response.FromString
+    )()  # no deadline: a session lasts as long as its user
+    await call.write(first)
+    return call
+
+
+async def open_exec(
+    client: Client,
+    name: str,
+    command: Sequence[str],
+    namespace: str = "default",
+    container: str = "",
+    stdin: bool = False,
+    tty: bool = False,
+    size: tuple[int, int] | None = None,
+) -> Any:
+    """An interactive exec session (a grpc.aio StreamStreamCall): write
+    ExecStreamRequest stdin/resize/stdin_close, read ExecStreamResponse until exit."""
+    start = core_pb2.ExecStreamRequest.Start(
+        namespace=namespace, name=name, container=container, command=list(command),
+        stdin=stdin, tty=tty,
+    )  # fmt: skip
+    if size is not None:
+        start.size.width, start.size.height = size
+    first = core_pb2.ExecStreamRequest(start=start)
+    return await _open(client, "ExecStream", core_pb2.ExecStreamResponse, first)
+
+
+async def open_attach(
+    client: Client,
+    name: str,
+    namespace: str = "default",
+    container: str = "",
+    stdin: bool = False,
+    tty: bool = False,
+    size: tuple[int, int] | None = None,
+) -> Any:
+    """Attach to the container's running process (as open_exec, without a command)."""
+    start = core_pb2.ExecStreamRequest.Start(
+        namespace=namespace, name=name, container=container, stdin=stdin, tty=tty
+    )
+    if size is not None:
+        start.size.width, start.size.height = size
+    first = core_pb2.ExecStreamRequest(start=start)
+    return await _open(client, "Attach", core_pb2.ExecStreamResponse, first)
+
+
+async def open_port_forward(
+    client: Client, name: str, port: int, namespace: str = "default"
+) -> Any:
+    """One forwarded TCP connection to the pod's `port`: write PortForwardRequest
+    data, read PortForwardResponse data (or an error) until the end."""
+    start = core_pb2.PortForwardRequest.Start(namespace=namespace, name=name, port=port)
+    first = core_pb2.PortForwardRequest(start=start)
+    return await _open(client, "PortForward", core_pb2.PortForwardResponse, first)
+
+
+async def pod_top(
+    client: Client, namespace: str = "", name: str = "", label_selector: str = ""
+) -> core_pb2.PodTopResponse:
+    """CPU (millicores) and memory of running containers, from their kubelets."""
+    top = client.channel.unary_unary(
+        _BASE + "Top",
+        request_serializer=_serialize,
+        response_deserializer=core_pb2.PodTopResponse.FromString,
+    )
+    request = core_pb2.PodTopRequest(namespace=namespace, name=name, label_selector=label_selector)
+    response: core_pb2.PodTopResponse = await top(request, timeout=30)
+    return response

@@ -355,6 +355,33 @@ class RuntimeClient:
         )
         return ExecResult(reply.stdout, reply.stderr, reply.exit_code)
 
+    async def exec(self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool) -> str:
+        # With a tty stderr is merged into stdout (CRI refuses both together).
+        request = pb.ExecRequest(
+            container_id=container_id, cmd=list(cmd), tty=tty, stdin=stdin, stdout=True,
+            stderr=not tty,
+        )  # fmt: skip
+        reply = await self._call(
+            RUNTIME_SERVICE, "Exec", request, pb.ExecResponse, idempotent=False
+        )
+        return str(reply.url)
+
+    async def attach(self, container_id: str, *, tty: bool, stdin: bool) -> str:
+        request = pb.AttachRequest(
+            container_id=container_id, tty=tty, stdin=stdin, stdout=True, stderr=not tty
+        )
+        reply = await self._call(
+            RUNTIME_SERVICE, "Attach", request, pb.AttachResponse, idempotent=False
+        )
+        return str(reply.url)
+
+    async def port_forward(self, pod_sandbox_id: str, port: int) -> str:
+        request = pb.PortForwardRequest(pod_sandbox_id=pod_sandbox_id, port=[port])
+        reply = await self._call(
+            RUNTIME_SERVICE, "PortForward", request, pb.PortForwardResponse, idempotent=False
+        )
+        return str(reply.url)
+
     async def container_stats(self, container_id: str) -> pb.ContainerStats:
         request = pb.ContainerStatsRequest(container_id=container_id)
         reply = await self._call(

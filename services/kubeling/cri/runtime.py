@@ -72,6 +72,16 @@ class Runtime(Protocol):
         self, container_id: str, cmd: Sequence[str], timeout_seconds: int = 0
     ) -> ExecResult: ...
 
+    # Streaming: each returns the URL of the runtime's streaming server for one
+    # session (see kubeling.cri.streaming for the protocol spoken there).
+    async def exec(
+        self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool
+    ) -> str: ...
+
+    async def attach(self, container_id: str, *, tty: bool, stdin: bool) -> str: ...
+
+    async def port_forward(self, pod_sandbox_id: str, port: int) -> str: ...
+
     async def container_stats(self, container_id: str) -> pb.ContainerStats: ...
 
     async def list_container_stats(

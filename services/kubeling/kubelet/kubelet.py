@@ -97,6 +97,9 @@ class KubeletConfig:
     # from here (re-read after renewal) to the master only. None: plaintext, on
     # loopback only (--insecure, tests).
     credentials: CredentialDir | None = None
+    # Network namespace (a path) of the runtime's streaming server (exec -it, attach,
+    # port-forward) when it is not the kubelet's own, as with a test's containerd.
+    runtime_stream_netns: str = ""
     # Pods' resolv.conf (kubelet/dns.py): --cluster-dns (empty: pods use the
     # node's resolver), --cluster-domain, --resolv-conf.
     dns: DNSSettings = field(default_factory=DNSSettings)
@@ -176,7 +179,9 @@ class Kubelet:
     async def start(self) -> None:
         port = 10250
         if self.config.listen:  # hollow nodes run without the kubelet API
-            service = KubeletService(self, self.runtime)
+            service = KubeletService(
+                self, self.runtime, stream_netns=self.config.runtime_stream_netns
+            )
             self.server = kubelet_server(self.config.listen, service, self.config.credentials)
             await self.server.start()
             port = int(self.server.port)

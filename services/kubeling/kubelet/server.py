@@ -15,6 +15,8 @@ the API server. Everyone else gets PERMISSION_DENIED naming them. Without TLS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,6 +28,8 @@ from kubeling.api.errors import ApiError
 from kubeling.common import handlers, identity, rpc
 from kubeling.common.handlers import Context
 from kubeling.common.tls import CredentialDir
+from kubeling.cri import streaming
+from kubeling.cri.api import pb
 from kubeling.cri.errors import CRIError
 from kubeling.cri.runtime import Runtime
 from kubeling.kubelet import labels as pod_labels
@@ -79,11 +83,15 @@ class KubeletService:
         runtime: Runtime,
         poll_interval: float = 0.15,
         authenticated: bool = False,
+        stream_netns: str = "",
     ) -> None:
+        """`stream_netns`: path of the network namespace the runtime's streaming
+        server listens in, when not this process's own (a test's containerd)."""
         self.directory = directory
         self.runtime = runtime
         self.poll_interval = poll_interval
         self.authenticated = authenticated
+        self.stream_netns = stream_netns
 
     def _check(self, context: Context, method: str) -> None:
         if self.authenticated:
@@ -109,6 +117,21 @@ class KubeletService:
                 "Logs": grpc.unary_stream_rpc_method_handler(
                     self.logs,
                     request_deserializer=handlers.parser(core_pb2.PodLogsRequest),
+                    response_serializer=handlers.serialize,
+                ),
+                "ExecStream": grpc.stream_stream_rpc_method_handler(
+                    self.exec_stream,
+                    request_deserializer=handlers.parser(core_pb2.ExecStreamRequest),
+                    response_serializer=handlers.serialize,
+                ),
+                "Attach": grpc.stream_stream_rpc_method_handler(
+                    self.attach,
+                    request_deserializer=handlers.parser(core_pb2.ExecStreamRequest),
+                    response_serializer=handlers.serialize,
+                ),
+                "PortForward": grpc.stream_stream_rpc_method_handler(
+                    self.port_forward,
+                    request_deserializer=handlers.parser(core_pb2.PortForwardRequest),
                     response_serializer=handlers.serialize,
                 ),
             },
@@ -230,6 +253,178 @@ class KubeletService:
             exit_code=result.exit_code,
         )
 
+    # -- streaming sessions (CRI Exec/Attach/PortForward URLs) -------------------
+
+    async def exec_stream(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[core_pb2.ExecStreamResponse]:
+        async for response in self._session("ExecStream", requests, context):
+            yield response
+
+    async def attach(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[core_pb2.ExecStreamResponse]:
+        async for response in self._session("Attach", requests, context):
+            yield response
+
+    async def _open_session(
+        self, method: str, start: core_pb2.ExecStreamRequest.Start
+    ) -> streaming.WebSocket:
+        if method == "ExecStream" and not start.command:
+            raise ApiError(
+                _CODE.INVALID_ARGUMENT, "you must specify at least one command for the container"
+            )
+        namespace = start.namespace or "default"
+        container, ref = self._container(namespace, start.name, start.container)
+        doing = "exec in" if method == "ExecStream" else "attach to"
+        if not ref.running:
+            raise ApiError(
+                _CODE.FAILED_PRECONDITION,
+                f'unable to {doing} container "{container}" of pod "{start.name}": '
+                "container is not running",
+            )
+        try:
+            if method == "ExecStream":
+                url = await self.runtime.exec(
+                    ref.container_id, list(start.command), tty=start.tty, stdin=start.stdin
+                )
+            else:
+                url = await self.runtime.attach(ref.container_id, tty=start.tty, stdin=start.stdin)
+        except CRIError as exc:
+            raise _runtime_error(exc, f"unable to {doing} the container") from None
+        return await self._connect(url, doing)
+
+    async def _connect(self, url: str, doing: str) -> streaming.WebSocket:
+        try:
+            return await streaming.connect(url, netns=self.stream_netns or None)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            raise ApiError(
+                _CODE.UNAVAILABLE,
+                f"unable to {doing} the container: cannot reach the runtime's streaming "
+                f"server: {exc}",
+            ) from None
+        except (streaming.StreamingError, ValueError) as exc:
+            raise ApiError(_CODE.INTERNAL, f"unable to {doing} the container: {exc}") from None
+
+    async def _first(self, requests: AsyncIterator[Any], kind: str) -> Any:
+        """The stream's first message: it must be parseable and a `start`."""
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise ApiError(_CODE.INVALID_ARGUMENT, "start: the stream ended before it") from None
+        if isinstance(first, handlers.Malformed):
+            raise first.to_error()
+        if first.WhichOneof("kind") != "start":
+            raise ApiError(
+                _CODE.INVALID_ARGUMENT, f"start: Required value: the first {kind} must be start"
+            )
+        return first.start
+
+    async def _session(
+        self, method: str, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[core_pb2.ExecStreamResponse]:
+        try:
+            self._check(context, method)
+            start = await self._first(requests, "ExecStreamRequest")
+            ws = await self._open_session(method, start)
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            return
+        if start.tty and start.size.width and start.size.height:
+            await ws.send_channel(
+                streaming.RESIZE, streaming.resize_message(start.size.width, start.size.height)
+            )
+        pump = asyncio.create_task(_pump_input(requests, ws, start.stdin))
+        exit_code, message = 0, ""
+        ended_with_status = False
+        try:
+            while True:
+                got = await ws.receive_channel()
+                if got is None:
+                    break
+                channel, data = got
+                if channel == streaming.STDOUT and data:
+                    yield core_pb2.ExecStreamResponse(stdout=data)
+                elif channel == streaming.STDERR and data:
+                    yield core_pb2.ExecStreamResponse(stderr=data)
+                elif channel == streaming.ERROR and data:
+                    exit_code, message = streaming.exit_status(data)
+                    ended_with_status = True
+            if not ended_with_status and method == "ExecStream":
+                exit_code, message = 1, "the runtime's streaming server closed without a status"
+            yield core_pb2.ExecStreamResponse(
+                exit=core_pb2.ExecExit(exit_code=exit_code, message=message)
+            )
+        except streaming.StreamingError as exc:
+            await context.abort(_CODE.INTERNAL, f"streaming session failed: {exc}")
+        finally:
+            # The caller went away or the process ended: both directions stop.
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            await ws.close()
+
+    async def port_forward(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[core_pb2.PortForwardResponse]:
+        try:
+            self._check(context, "PortForward")
+            start = await self._first(requests, "PortForwardRequest")
+            if not 0 < start.port < 65536:
+                raise ApiError(_CODE.INVALID_ARGUMENT, "start.port: must be 1-65535")
+            namespace = start.namespace or "default"
+            if self.directory.find_pod(namespace, start.name) is None:
+                raise ApiError(_CODE.NOT_FOUND, f'pods "{start.name}" not found')
+            sandbox = await self._sandbox(namespace, start.name)
+            try:
+                url = await self.runtime.port_forward(sandbox, start.port)
+            except CRIError as exc:
+                raise _runtime_error(exc, "unable to forward the port") from None
+            separator = "&" if "?" in url else "?"
+            ws = await self._connect(f"{url}{separator}port={start.port}", "forward a port of")
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            return
+        pump = asyncio.create_task(_pump_forwarded(requests, ws))
+        # The first message on each channel names the port: not data.
+        port_seen = {0: False, 1: False}
+        try:
+            while True:
+                got = await ws.receive_channel()
+                if got is None:
+                    break
+                channel, data = got
+                if channel in port_seen and not port_seen[channel]:
+                    port_seen[channel] = True
+                    continue
+                if channel == 0 and data:
+                    yield core_pb2.PortForwardResponse(data=data)
+                elif channel == 1 and data:
+                    yield core_pb2.PortForwardResponse(error=data.decode("utf-8", "replace"))
+                    break
+        except streaming.StreamingError as exc:
+            await context.abort(_CODE.INTERNAL, f"port-forward session failed: {exc}")
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            await ws.close()
+
+    async def _sandbox(self, namespace: str, name: str) -> str:
+        try:
+            found = await self.runtime.list_pod_sandbox(
+                state=pb.SANDBOX_READY,
+                labels={pod_labels.POD_NAMESPACE: namespace, pod_labels.POD_NAME: name},
+            )
+        except CRIError as exc:
+            raise _runtime_error(exc, "cannot list pod sandboxes") from None
+        if not found:
+            raise ApiError(
+                _CODE.FAILED_PRECONDITION, f'pod "{name}" has no running sandbox on this node'
+            )
+        # The newest sandbox is the pod's current one.
+        return str(max(found, key=lambda s: s.created_at).id)
+
     async def stats(
         self, request: kubelet_pb2.StatsRequest, context: Context
     ) -> kubelet_pb2.StatsResponse:
@@ -261,11 +456,36 @@ class KubeletService:
                 container_id=stats.attributes.id,
                 cpu_usage_core_nano_seconds=stats.cpu.usage_core_nano_seconds.value,
                 memory_working_set_bytes=stats.memory.working_set_bytes.value,
+                cpu_usage_nano_cores=stats.cpu.usage_nano_cores.value,
             )
             entry.timestamp.FromNanoseconds(timestamp)
             entries.append(entry)
         entries.sort(key=lambda e: (e.namespace, e.pod, e.container))
         return kubelet_pb2.StatsResponse(node_name=self.directory.node_name, containers=entries)
+
+
+async def _pump_input(requests: AsyncIterator[Any], ws: streaming.WebSocket, stdin: bool) -> None:
+    """Caller -> runtime: stdin and resizes, one message at a time (the gRPC
+    stream is only read as fast as the websocket takes it)."""
+    async for request in requests:
+        if isinstance(request, handlers.Malformed):
+            continue
+        kind = request.WhichOneof("kind")
+        if kind == "stdin" and stdin:
+            await ws.send_channel(streaming.STDIN, request.stdin)
+        elif kind == "resize":
+            size = request.resize
+            resize = streaming.resize_message(size.width, size.height)
+            await ws.send_channel(streaming.RESIZE, resize)
+        # stdin_close: v4.channel.k8s.io cannot half-close stdin (see cri/streaming.py).
+
+
+async def _pump_forwarded(requests: AsyncIterator[Any], ws: streaming.WebSocket) -> None:
+    """Caller -> pod: bytes of the forwarded connection; its end closes the session."""
+    async for request in requests:
+        if not isinstance(request, handlers.Malformed) and request.WhichOneof("kind") == "data":
+            await ws.send_channel(0, request.data)
+    await ws.close()
 
 
 def _waiting_reason(pod: core_pb2.Pod, container: str) -> str:

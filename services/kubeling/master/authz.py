@@ -4,9 +4,12 @@ The identity is what the TLS handshake verified (common/identity.py): the
 certificate's CN is the user, its O the groups, the groups decide the role:
 
 - admin (system:masters): everything.
-- edit: read everything; write namespaced kinds; Pods Logs, Exec and Bind. No
+- edit: read everything; write namespaced kinds; Pods Logs, Exec (and
+  ExecStream, Attach, PortForward: `pods/exec`, `pods/attach`, `pods/portforward`)
+  and Bind. No
   Node or Namespace writes, no bootstrap tokens, no user certificates.
-- view: Get, List and Watch only (not Logs or Exec: they reach into containers),
+- view: Get, List and Watch (and Pods/Top, usage figures) only (not Logs, Exec,
+  Attach or PortForward: they reach into containers),
   and not Secrets (as Kubernetes' view role: reading them would be escalation).
 - node (system:node:NAME), Kubernetes' Node authorizer with NodeRestriction:
   read Nodes, Services, EndpointSlices, Namespaces; write only its own Node (and
@@ -92,6 +95,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "Delete": ("delete", ""),
     "Logs": ("get", "log"),
     "Exec": ("create", "exec"),
+    "ExecStream": ("create", "exec"),
+    "Attach": ("create", "attach"),
+    "PortForward": ("create", "portforward"),
+    "Top": ("get", ""),
     "Bind": ("create", "binding"),
 }
 _HOW_TO_AUTHENTICATE = (
@@ -174,7 +181,13 @@ class Authorizer:
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        raise TypeError("only unary and server-streaming methods are served")
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._bidi(handler.stream_stream, check),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError("only unary, server-streaming and bidirectional methods are served")
 
     @staticmethod
     async def _decide(check: Check, request: Any, context: Context) -> None:
@@ -210,6 +223,37 @@ class Authorizer:
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             await cls._decide(check, request, context)
             async for item in fn(request, context):
+                yield item
+
+        return call
+
+    @classmethod
+    def _bidi(
+        cls, fn: Callable[[Any, Any], AsyncIterator[Any]], check: Check
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        """A bidirectional stream is decided on its first message (its `start`
+        names the pod), which the handler then receives as if unread."""
+
+        @functools.wraps(fn)
+        async def call(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            try:
+                first = await anext(requests)
+            except StopAsyncIteration:
+                first = None
+            start = first
+            parsed = first is not None and not isinstance(first, Malformed)
+            if parsed and first.WhichOneof("kind") == "start":
+                start = first.start
+            await cls._decide(check, start, context)
+
+            async def replayed() -> AsyncIterator[Any]:
+                if first is None:
+                    return
+                yield first
+                async for request in requests:
+                    yield request
+
+            async for item in fn(replayed(), context):
                 yield item
 
         return call
@@ -251,7 +295,7 @@ class Authorizer:
         if role == identity.EDIT:
             if verb in READ and not sub:
                 return
-            if sub in ("log", "exec", "binding"):
+            if sub in ("log", "exec", "attach", "portforward", "binding"):
                 return
             if not kind.namespaced:
                 raise denial(caller, self._named(kind, what, request),
@@ -264,7 +308,8 @@ class Authorizer:
             if verb in READ and not sub:
                 return
             reason = (
-                "the view role may not reach into containers" if sub in ("log", "exec")
+                "the view role may not reach into containers"
+                if sub in ("log", "exec", "attach", "portforward")
                 else "the view role is read only"
             )  # fmt: skip
             raise denial(caller, self._named(kind, what, request), reason)

@@ -16,6 +16,7 @@ least recently used idle one is closed beyond `max_size`, and any left idle for
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import OrderedDict
@@ -33,7 +34,13 @@ from kubeling.common.tls import Credentials
 from kubeling.master.registry import Registry
 from kubeling.v1 import core_pb2, kubelet_pb2
 
-__all__ = ["DEFAULT_KUBELET_PORT", "ChannelCache", "PodProxy", "kubelet_address"]
+__all__ = [
+    "DEFAULT_KUBELET_PORT",
+    "ChannelCache",
+    "PodProxy",
+    "kubelet_address",
+    "start_message",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +50,25 @@ _CODE = grpc.StatusCode
 _NO_DEADLINE = 365 * 24 * 3600.0
 # Carries the rich status (e.g. BadRequest field violations) of a kubelet error.
 _STATUS_DETAILS = "grpc-status-details-bin"
+
+
+# Seconds between the two stats samples CPU usage is computed from.
+TOP_WINDOW = 1.0
+
+
+async def start_message(requests: AsyncIterator[Any]) -> Any:
+    """A bidirectional stream's first message, which must parse and be `start`."""
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        raise ApiError(_CODE.INVALID_ARGUMENT, "start: the stream ended before it") from None
+    if isinstance(first, handlers.Malformed):
+        raise first.to_error()
+    if first.WhichOneof("kind") != "start":
+        raise ApiError(
+            _CODE.INVALID_ARGUMENT, "start: Required value: the first message must be start"
+        )
+    return first
 
 
 def kubelet_address(node: core_pb2.Node) -> str:
@@ -170,6 +196,26 @@ class PodProxy:
                 request_deserializer=handlers.parser(core_pb2.PodExecRequest),
                 response_serializer=None,
             ),
+            "ExecStream": grpc.stream_stream_rpc_method_handler(
+                self.exec_stream,
+                request_deserializer=handlers.parser(core_pb2.ExecStreamRequest),
+                response_serializer=None,
+            ),
+            "Attach": grpc.stream_stream_rpc_method_handler(
+                self.attach,
+                request_deserializer=handlers.parser(core_pb2.ExecStreamRequest),
+                response_serializer=None,
+            ),
+            "PortForward": grpc.stream_stream_rpc_method_handler(
+                self.port_forward,
+                request_deserializer=handlers.parser(core_pb2.PortForwardRequest),
+                response_serializer=None,
+            ),
+            "Top": grpc.unary_unary_rpc_method_handler(
+                self.top,
+                request_deserializer=handlers.parser(core_pb2.PodTopRequest),
+                response_serializer=handlers.serialize,
+            ),
         }
 
     async def close(self) -> None:
@@ -234,6 +280,140 @@ class PodProxy:
             except grpc.aio.AioRpcError as exc:
                 await self._abort(context, exc, node, address)
                 raise AssertionError("unreachable") from None
+
+    async def exec_stream(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[bytes]:
+        # An async generator function, as gRPC requires of a streaming handler.
+        async for data in self._relay("ExecStream", requests, context):
+            yield data
+
+    async def attach(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[bytes]:
+        # An async generator function, as gRPC requires of a streaming handler.
+        async for data in self._relay("Attach", requests, context):
+            yield data
+
+    async def port_forward(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[bytes]:
+        # An async generator function, as gRPC requires of a streaming handler.
+        async for data in self._relay("PortForward", requests, context):
+            yield data
+
+    async def _relay(
+        self, method: str, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[bytes]:
+        """Relay a bidirectional session to the kubelet of the pod `start` names."""
+        try:
+            first = await start_message(requests)
+            start = first.start
+            start.namespace = start.namespace or "default"
+            node, address = self._target(start.namespace, start.name)
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            return
+        async with self.channels.use(self._key(address, node)) as channel:
+            call = channel.stream_stream(
+                _KUBELET + method, request_serializer=handlers.serialize, response_deserializer=None
+            )()
+
+            async def forward() -> None:
+                await call.write(first)
+                async for request in requests:
+                    if isinstance(request, handlers.Malformed):
+                        continue  # nothing sensible to pass on
+                    await call.write(request)
+                await call.done_writing()
+
+            pump = asyncio.create_task(forward())
+            try:
+                async for data in call:
+                    yield data
+            except grpc.aio.AioRpcError as exc:
+                await self._abort(context, exc, node, address)
+            finally:
+                # Whichever side ended (or the caller went), the other ends too.
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+                call.cancel()
+
+    async def top(
+        self, request: core_pb2.PodTopRequest | handlers.Malformed, context: Context
+    ) -> core_pb2.PodTopResponse:
+        try:
+            if isinstance(request, handlers.Malformed):
+                raise request.to_error()
+            field = f"metadata.name={request.name}" if request.name else ""
+            pods, _, _ = self.pods.list_objects(request.namespace, request.label_selector, field)
+            by_node: dict[str, set[tuple[str, str]]] = {}
+            for pod in cast(list[core_pb2.Pod], pods):
+                if pod.spec.node_name and pod.status.phase == "Running":
+                    by_node.setdefault(pod.spec.node_name, set()).add(
+                        (pod.metadata.namespace, pod.metadata.name)
+                    )
+            if request.name and not pods:
+                raise ApiError(_CODE.NOT_FOUND, f'pods "{request.name}" not found')
+        except ApiError as exc:
+            await context.abort_with_status(exc.to_status())
+            raise AssertionError("unreachable") from None
+        stats_request = kubelet_pb2.StatsRequest(namespace=request.namespace, name=request.name)
+        results = await asyncio.gather(
+            *(self._node_usage(node, stats_request, wanted) for node, wanted in by_node.items())
+        )
+        reply = core_pb2.PodTopResponse()
+        for node, usage in zip(by_node, results, strict=True):
+            if usage is None:
+                reply.unreachable_nodes.append(node)
+            else:
+                reply.containers.extend(usage)
+        return reply
+
+    async def _node_usage(
+        self, node: str, request: kubelet_pb2.StatsRequest, wanted: set[tuple[str, str]]
+    ) -> list[core_pb2.ContainerUsage] | None:
+        """The usage of `wanted` pods' containers on `node`; None if unreachable."""
+        try:
+            address = kubelet_address(cast(core_pb2.Node, self.nodes.get("", node)))
+        except ApiError:
+            return None
+        try:
+            async with self.channels.use(self._key(address, node)) as channel:
+                stats = channel.unary_unary(
+                    _KUBELET + "Stats",
+                    request_serializer=handlers.serialize,
+                    response_deserializer=kubelet_pb2.StatsResponse.FromString,
+                )
+                first = await stats(request, timeout=10)
+                second = first
+                if any(not e.cpu_usage_nano_cores for e in first.containers):
+                    await asyncio.sleep(TOP_WINDOW)
+                    second = await stats(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("kubelet stats failed", node=node, error=exc.details())
+            return None
+        before = {e.container_id: e for e in first.containers}
+        usage = []
+        for entry in second.containers:
+            if (entry.namespace, entry.pod) not in wanted:
+                continue
+            cpu = entry.cpu_usage_nano_cores / 1e6
+            earlier = before.get(entry.container_id)
+            if not entry.cpu_usage_nano_cores and earlier is not None:
+                elapsed = entry.timestamp.ToNanoseconds() - earlier.timestamp.ToNanoseconds()
+                used = entry.cpu_usage_core_nano_seconds - earlier.cpu_usage_core_nano_seconds
+                cpu = used / elapsed * 1000 if elapsed > 0 and used >= 0 else 0.0
+            usage.append(
+                core_pb2.ContainerUsage(
+                    namespace=entry.namespace,
+                    pod=entry.pod,
+                    container=entry.container,
+                    node_name=node,
+                    cpu_millicores=round(cpu),
+                    memory_working_set_bytes=entry.memory_working_set_bytes,
+                )
+            )
+        return usage
 
     async def _abort(
         self, context: Context, exc: grpc.aio.AioRpcError, node: str, address: str

@@ -1,5 +1,9 @@
-"""`kubeling exec POD [-c C] -- CMD ARGS...`: run a command in a container, print
-its output and exit with its exit code (not interactive: no stdin, no TTY)."""
+"""`kubeling exec POD [-c C] [-i] [-t] -- CMD ARGS...`: run a command in a container
+and exit with its exit code.
+
+Without -i/-t it is one call (Pods/Exec) that returns the output at the end. With
+-i (stdin) or -t (a tty: raw local terminal, its size and resizes sent along) it is
+an interactive session over Pods/ExecStream, output shown as it comes."""
 
 from __future__ import annotations
 
@@ -13,11 +17,16 @@ from kubeling.cli.commands.logs import kubelet_error, pod_name
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.options import namespace_for
-from kubeling.client.pods import pod_exec
+from kubeling.cli.terminal import run_session, stdin_is_terminal, terminal_size
+from kubeling.client.pods import open_exec, pod_exec
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--container", default="", help="the container (if the pod has many)")
+    parser.add_argument(
+        "-i", "--stdin", action="store_true", help="pass this terminal's stdin to the command"
+    )
+    parser.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
     parser.add_argument("-n", "--namespace", default=None, help="the namespace (default: default)")
     parser.add_argument(
         "--timeout",
@@ -66,6 +75,8 @@ def _parse_words(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     pod, command = _parse_words(args)
+    if args.stdin or args.tty:
+        return await _interactive(args, ctx, pod_name(pod), command)
     async with ctx.client() as api:
         try:
             result = await pod_exec(
@@ -85,3 +96,29 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     if result.exit_code:
         ctx.err(f"command terminated with exit code {result.exit_code}")
     return int(result.exit_code)
+
+
+async def _interactive(args: argparse.Namespace, ctx: Context, pod: str, command: list[str]) -> int:
+    tty = args.tty
+    if tty and not (args.stdin and stdin_is_terminal(ctx)):
+        # As kubectl: a tty only makes sense for a terminal's input.
+        ctx.err("Unable to use a TTY - input is not a terminal or the right kind of file")
+        tty = False
+    async with ctx.client() as api:
+        try:
+            call = await open_exec(
+                api,
+                pod,
+                command,
+                namespace=namespace_for(POD, args),
+                container=args.container,
+                stdin=args.stdin,
+                tty=tty,
+                size=terminal_size(ctx.stdin) if tty else None,
+            )
+            code = await run_session(call, ctx, stdin=args.stdin, tty=tty)
+        except grpc.aio.AioRpcError as exc:
+            raise kubelet_error(exc) or exc from None
+    if code:
+        ctx.err(f"command terminated with exit code {code}")
+    return code

@@ -468,6 +468,21 @@ class FakeRuntime:
             code = b.exec_exit_code
         return ExecResult(stdout, b.exec_stderr, code)
 
+    # Streaming sessions need a streaming server, which the fake does not run.
+    async def exec(self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool) -> str:
+        await self._enter("exec")
+        self._container(container_id)
+        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+
+    async def attach(self, container_id: str, *, tty: bool, stdin: bool) -> str:
+        await self._enter("attach")
+        self._container(container_id)
+        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+
+    async def port_forward(self, pod_sandbox_id: str, port: int) -> str:
+        await self._enter("port_forward")
+        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+
     def _stats(self, container: Container) -> pb.ContainerStats:
         stats = pb.ContainerStats(
             attributes=container.attributes(),
