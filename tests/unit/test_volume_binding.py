@@ -131,6 +131,19 @@ async def test_static_claim_binds_smallest_available_volume(api: Client) -> None
     await eventually(released)
     await asyncio.sleep(0.3)
     assert (await api.persistent_volumes.get("pv-2")).status.phase == "Released"
+    # The admin frees it (claimRef removed): Available again, and a new claim binds.
+    pv = await api.persistent_volumes.get("pv-2")
+    pv.spec.ClearField("claim_ref")
+    await api.persistent_volumes.update(pv)
+
+    async def available() -> bool:
+        assert (await api.persistent_volumes.get("pv-2")).status.phase == "Available"
+        return True
+
+    await eventually(available)
+    await api.persistent_volume_claims.create(claim("again", "2Gi", cls=""))
+    again = await eventually(lambda: bound(api, "again"))
+    assert again.spec.volume_name == "pv-2"
 
 
 async def test_reclaim_delete_removes_the_volume(api: Client) -> None:

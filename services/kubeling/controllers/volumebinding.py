@@ -396,7 +396,8 @@ class VolumeBindingController:
             return
         ref = pv.spec.claim_ref
         if not ref.name:
-            if pv.status.phase in (st.PV_PENDING, ""):
+            # New, or Released and freed by an admin (claimRef removed): usable again.
+            if pv.status.phase in (st.PV_PENDING, st.PV_RELEASED, st.PV_BOUND, ""):
                 await self._volume_phase(pv, st.PV_AVAILABLE)
             return
         pvc = self.claims.get(ref.namespace, ref.name)
