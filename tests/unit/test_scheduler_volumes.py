@@ -19,6 +19,7 @@ from kubeling.api.kinds import HOSTNAME_LABEL
 from kubeling.client import Client
 from kubeling.scheduler.framework import REASON_AFFINITY, PodInfo
 from kubeling.scheduler.volumebinding import (
+    NO_VOLUME,
     UNBOUND_IMMEDIATE,
     VolumeDecision,
     check_volumes,
@@ -72,7 +73,13 @@ def decide(
     by_claim = {(c.metadata.namespace, c.metadata.name): c for c in claims}
     by_volume = {v.metadata.name: v for v in volumes}
     by_class = {c.metadata.name: c for c in classes}
-    return check_volumes(pod, lambda ns, n: by_claim.get((ns, n)), by_volume.get, by_class.get)
+    return check_volumes(
+        pod,
+        lambda ns, n: by_claim.get((ns, n)),
+        by_volume.get,
+        by_class.get,
+        lambda: list(volumes),
+    )
 
 
 def test_missing_and_unbound_immediate_claims_are_unschedulable() -> None:
@@ -105,6 +112,32 @@ def test_bound_local_volume_pins_the_pod_to_its_node() -> None:
     assert isinstance(result, tuple) and REASON_AFFINITY in result[1]
     # The original pod object is left alone.
     assert not pod.spec.HasField("affinity")
+
+
+def test_static_wffc_claim_goes_where_a_free_volume_is() -> None:
+    algorithm = cluster(
+        *(make_node(n, labels={HOSTNAME_LABEL: n}) for n in ("n1", "n2", "n3")),
+    )
+    manual = wffc("manual")
+    manual.provisioner = "kubernetes.io/no-provisioner"
+    claim = pvc("data", "manual")
+    claim.spec.access_modes.append("ReadWriteOnce")
+    claim.spec.resources.requests["storage"] = "1Gi"
+    pod = pod_with_claim("p", "data")
+    assert decide(pod, [claim], [], [manual]).error == NO_VOLUME
+    volumes = []
+    for name, node, size in (("small", "n1", "100Mi"), ("on-n3", "n3", "5Gi")):
+        pv = local_pv(name, node)
+        pv.spec.storage_class_name = "manual"
+        pv.spec.capacity["storage"] = size
+        pv.spec.access_modes.append("ReadWriteOnce")
+        pv.status.phase = "Available"
+        volumes.append(pv)
+    decision = decide(pod, [claim], volumes, [manual])
+    assert decision.error == "" and [c.metadata.name for c in decision.to_select] == ["data"]
+    pinned = with_volume_affinity(pod, decision.affinities)
+    for _ in range(5):
+        assert algorithm.schedule(PodInfo.of(pinned)) == "n3"  # n1's PV is too small
 
 
 def clone_with_affinity(pod: core_pb2.Pod, node: str) -> core_pb2.Pod:

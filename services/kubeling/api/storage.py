@@ -86,6 +86,39 @@ def storage_of(resources: Any) -> Fraction | None:
         return None
 
 
+def _volume_mode(holder: Any) -> str:
+    return str(holder.volume_mode) if holder.HasField("volume_mode") else "Filesystem"
+
+
+def volume_fits(pvc: Any, pv: Any) -> bool:
+    """Whether PV `pv` may be bound to claim `pvc`: not being deleted, free (or
+    reserved for this claim), same class and volumeMode, the claim's access modes,
+    at least the requested storage. Node constraints are the caller's."""
+    if pv.metadata.HasField("deletion_timestamp"):
+        return False
+    ref = pv.spec.claim_ref
+    if pv.spec.HasField("claim_ref") and ref.name:
+        reserved = ref.namespace == pvc.metadata.namespace and ref.name == pvc.metadata.name
+        if not reserved or (ref.uid and ref.uid != pvc.metadata.uid):
+            return False
+    elif pv.status.phase not in (PV_AVAILABLE, PV_PENDING, ""):
+        return False
+    if pv.spec.storage_class_name != claim_class(pvc):
+        return False
+    if not set(pvc.spec.access_modes) <= set(pv.spec.access_modes):
+        return False
+    if _volume_mode(pv.spec) != _volume_mode(pvc.spec):
+        return False
+    capacity = storage_of(pv.spec.capacity)
+    request = storage_of(pvc.spec.resources.requests) or Fraction(0)
+    return capacity is not None and capacity >= request
+
+
+def provisions_here(sc: Any) -> bool:
+    """Whether a class's volumes are made by a provisioner this project runs."""
+    return sc is not None and sc.provisioner in LOCAL_PATH_PROVISIONERS
+
+
 def local_path_dir_name(pvc: Any) -> str:
     """The directory name of a claim's local-path volume, as k3s names it."""
     meta = pvc.metadata

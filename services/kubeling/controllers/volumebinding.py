@@ -67,10 +67,6 @@ _CLAIM = "claim|"
 _VOLUME = "volume|"
 
 
-def _has_modes(pv: storage_pb2.PersistentVolume, wanted: list[str]) -> bool:
-    return set(wanted) <= set(pv.spec.access_modes)
-
-
 def _volume_mode(mode_holder: Any) -> str:
     return str(mode_holder.volume_mode) if mode_holder.HasField("volume_mode") else "Filesystem"
 
@@ -119,34 +115,16 @@ def find_volume(
     node: core_pb2.Node | None = None,
     need_node: bool = False,
 ) -> storage_pb2.PersistentVolume | None:
-    """The smallest PV that fits the claim (class, modes, capacity, volumeMode,
-    free or reserved for it; usable on `node` when `need_node`), or None."""
-    request = st.storage_of(pvc.spec.resources.requests) or Fraction(0)
-    wanted_class = st.claim_class(pvc)
+    """The smallest PV that fits the claim (api/storage.py volume_fits; usable on
+    `node` when `need_node`), or None."""
     best: tuple[Fraction, str] | None = None
     found: storage_pb2.PersistentVolume | None = None
     for pv in volumes:
-        if pv.metadata.HasField("deletion_timestamp"):
-            continue
-        ref = pv.spec.claim_ref
-        if pv.spec.HasField("claim_ref") and ref.name:
-            reserved = ref.namespace == pvc.metadata.namespace and ref.name == pvc.metadata.name
-            if not reserved or (ref.uid and ref.uid != pvc.metadata.uid):
-                continue
-        elif pv.status.phase not in (st.PV_AVAILABLE, st.PV_PENDING, ""):
-            continue
-        if pv.spec.storage_class_name != wanted_class:
-            continue
-        if not _has_modes(pv, list(pvc.spec.access_modes)):
-            continue
-        if _volume_mode(pv.spec) != _volume_mode(pvc.spec):
-            continue
-        capacity = st.storage_of(pv.spec.capacity)
-        if capacity is None or capacity < request:
+        if not st.volume_fits(pvc, pv):
             continue
         if need_node and not node_matches_volume(pv, node):
             continue
-        rank = (capacity, pv.metadata.name)
+        rank = (st.storage_of(pv.spec.capacity) or Fraction(0), pv.metadata.name)
         if best is None or rank < best:
             best, found = rank, pv
     return found
@@ -235,7 +213,7 @@ class VolumeBindingController:
             return
         if sc is None or not sc.provisioner or sc.provisioner == st.NO_PROVISIONER:
             return  # waits for a matching PV to be made
-        if sc.provisioner not in st.LOCAL_PATH_PROVISIONERS:
+        if not st.provisions_here(sc):
             return  # an external provisioner's (none runs here)
         await self._provision(pvc, sc, selected)
 

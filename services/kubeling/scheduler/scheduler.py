@@ -229,6 +229,7 @@ class Scheduler:
                     self.claims.get,
                     lambda name: self.volumes.get("", name),
                     lambda name: self.classes.get("", name),
+                    self.volumes.list,
                 )
                 if decision.error:
                     _attempt("unschedulable", started)

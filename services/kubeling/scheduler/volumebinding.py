@@ -8,7 +8,11 @@ and which claims wait for the pod's node.
   the pod to the nodes matching it: the affinity is ANDed into the pod's own
   required node affinity, so the usual filter (and its cached per-signature
   result) does the work, and a pod that fits nowhere reports the affinity reason.
-- An unbound claim of a WaitForFirstConsumer class fits every node; the claim is
+- An unbound claim of a WaitForFirstConsumer class whose volumes are provisioned
+  here (local-path) fits every node. One of a class without such a provisioner
+  (`kubernetes.io/no-provisioner`, static local PVs) fits the nodes where a free
+  PV that suits it lives (the PVs' node affinities ORed; none: "node(s) didn't
+  find available persistent volumes to bind"). Either way the claim is
   returned in `to_select`, and the scheduler writes the chosen node into its
   `volume.kubernetes.io/selected-node` annotation before it binds the pod (as
   kube-scheduler's PreBind does), which starts provisioning there
@@ -34,6 +38,7 @@ from kubeling.v1 import core_pb2, storage_pb2
 
 UNBOUND_IMMEDIATE = "pod has unbound immediate PersistentVolumeClaims"
 MISSING_VOLUME = "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)"
+NO_VOLUME = "node(s) didn't find available persistent volumes to bind"
 
 ClaimLookup = Callable[[str, str], storage_pb2.PersistentVolumeClaim | None]
 VolumeLookup = Callable[[str], storage_pb2.PersistentVolume | None]
@@ -56,7 +61,11 @@ def claim_names(pod: core_pb2.Pod) -> list[str]:
 
 
 def check_volumes(
-    pod: core_pb2.Pod, claims: ClaimLookup, volumes: VolumeLookup, classes: ClassLookup
+    pod: core_pb2.Pod,
+    claims: ClaimLookup,
+    volumes: VolumeLookup,
+    classes: ClassLookup,
+    all_volumes: Callable[[], list[storage_pb2.PersistentVolume]] = list,
 ) -> VolumeDecision:
     decision = VolumeDecision()
     namespace = pod.metadata.namespace
@@ -79,11 +88,35 @@ def check_volumes(
         class_name = st.claim_class(pvc)
         sc = classes(class_name) if class_name else None
         if sc is not None and st.binding_mode(sc) == st.WAIT_FOR_FIRST_CONSUMER:
+            if not st.provisions_here(sc):
+                where = _static_candidates(pvc, all_volumes())
+                if where is None:
+                    decision.error = NO_VOLUME
+                    return decision
+                if where.node_selector_terms:
+                    decision.affinities.append(where)
             decision.to_select.append(pvc)
             continue
         decision.error = UNBOUND_IMMEDIATE
         return decision
     return decision
+
+
+def _static_candidates(
+    pvc: storage_pb2.PersistentVolumeClaim, volumes: list[storage_pb2.PersistentVolume]
+) -> core_pb2.NodeSelector | None:
+    """Where a free PV for the claim is: None when there is none, an empty
+    selector when one is usable anywhere, else its and the others' node terms."""
+    fitting = [pv for pv in volumes if st.volume_fits(pvc, pv)]
+    if not fitting:
+        return None
+    where = core_pb2.NodeSelector()
+    for pv in fitting:
+        terms = pv.spec.node_affinity.required.node_selector_terms
+        if not terms:
+            return core_pb2.NodeSelector()
+        where.node_selector_terms.extend(terms)
+    return where
 
 
 def with_volume_affinity(
