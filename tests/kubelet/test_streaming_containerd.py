@@ -1,0 +1,350 @@
+"""Interactive exec, attach, port-forward, top and cp against a real containerd:
+client/CLI -> master process -> the in-process kubelet -> CRI Exec/Attach/
+PortForward -> containerd's streaming server (websocket v4.channel.k8s.io).
+
+containerd and its pods live in the test's own network namespace; the kubelet
+dials the streaming server inside it. Port-forward traffic goes from 127.0.0.1
+(this test) to the CLI's loopback listener, then through gRPC to the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fcntl
+import hashlib
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kubeling.client import Client
+from kubeling.client.pods import open_attach, open_exec, open_port_forward, pod_exec, pod_top
+from kubeling.cri.client import RuntimeClient
+from kubeling.kubelet.kubelet import Kubelet
+from kubeling.v1 import core_pb2
+from tests.kubelet.test_kubelet_containerd import NODE, config, pod, sh
+from tests.kubelet.test_kubelet_fake import phase_of
+from tests.support.containerd import PrivateContainerd
+from tests.support.processes import MasterProcess, free_port
+from tests.support.waiting import eventually_passes
+
+pytestmark = pytest.mark.slow
+
+KUBELING = Path(sys.executable).parent / "kubeling"
+
+
+@pytest.fixture(scope="module")
+async def running(
+    master: MasterProcess, containerd: PrivateContainerd
+) -> AsyncIterator[tuple[Client, MasterProcess]]:
+    """A kubelet for the module with two pods: `shell` (busybox, idle) and `web`
+    (busybox httpd on 8080)."""
+    async with Client(master.address, timeout=10) as api:
+        runtime = RuntimeClient(containerd.endpoint)
+        settings = dataclasses.replace(
+            config(master, containerd), runtime_stream_netns=str(containerd.netns)
+        )
+        kubelet = Kubelet(settings, runtime, api)
+        await kubelet.start()
+        try:
+            await api.pods.create(pod("shell", sh("main", "exec sleep 3600")))
+            web = sh(
+                "web",
+                "mkdir -p /www && echo hello-through-port-forward > /www/index.html && "
+                "exec httpd -f -p 8080 -h /www",
+            )
+            await api.pods.create(pod("web", web))
+            ticker = sh("ticker", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done")
+            await api.pods.create(pod("ticker", ticker))
+            for name in ("shell", "web", "ticker"):
+                await eventually_passes(lambda n=name: phase_of(api, n, "Running"), 60)
+            yield api, master
+        finally:
+            for item in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
+                await api.pods.delete(item.metadata.name, item.metadata.namespace, 1)
+
+            async def none_left() -> bool:
+                listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
+                return not listed.items
+
+            await eventually_passes(none_left, 60)
+            await kubelet.stop()
+            await runtime.close()
+
+
+async def test_exec_stream_output_and_exit_code(running: tuple[Client, MasterProcess]) -> None:
+    api, _ = running
+    call = await open_exec(api, "shell", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    out, err, exits = b"", b"", []
+    async for message in call:
+        kind = message.WhichOneof("kind")
+        if kind == "stdout":
+            out += message.stdout
+        elif kind == "stderr":
+            err += message.stderr
+        else:
+            exits.append(message.exit)
+    assert (out, err) == (b"out\n", b"err\n")
+    assert [(e.exit_code, e.message) for e in exits] == [(3, "")]
+
+
+async def test_exec_stdin_without_tty(running: tuple[Client, MasterProcess]) -> None:
+    """-i pipes stdin: the command reads the line it was given."""
+    _, master = running
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "exec", "-i", "shell", "--",
+        "sh", "-c", "read line; echo got:$line; exit 4",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(b"piped words\n"), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out == b"got:piped words\n", err
+    assert proc.returncode == 4
+    assert b"command terminated with exit code 4" in err
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class Pty:
+    """The CLI run on a pseudo-terminal, as a user's shell would run it."""
+
+    def __init__(self, *args: str, rows: int = 24, cols: int = 80) -> None:
+        self.master_fd, slave = os.openpty()
+        _set_size(slave, rows, cols)
+        # Its own session; the terminal is its stdin/stdout/stderr (no controlling
+        # terminal is needed: resizes are signalled here by hand).
+        self.proc = subprocess.Popen(
+            [str(KUBELING), *args], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        self.pid = self.proc.pid
+        os.close(slave)
+        self.output = b""
+        self.status: int | None = None
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master_fd, data)
+
+    async def read_until(self, wanted: bytes, within: float = 20.0) -> bytes:
+        deadline = time.monotonic() + within
+        while wanted not in self.output:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{wanted!r} not seen; output so far: {self.output!r}")
+            chunk = await asyncio.to_thread(self._read_some)
+            if chunk is None:
+                continue
+            if not chunk:
+                raise AssertionError(f"{wanted!r} not seen before EOF: {self.output!r}")
+            self.output += chunk
+        return self.output
+
+    def _read_some(self) -> bytes | None:
+        """Some output; None if none came within half a second; b"" at the end."""
+        ready, _, _ = select.select([self.master_fd], [], [], 0.5)
+        if not ready:
+            return None
+        try:
+            return os.read(self.master_fd, 4096)
+        except OSError:  # EIO: the CLI closed the terminal
+            return b""
+
+    async def wait(self, within: float = 20.0) -> int:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            code = self.proc.poll()
+            if code is not None:
+                self.status = code
+                return code
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the CLI did not exit; output: {self.output!r}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master_fd)
+
+
+async def test_exec_it_interactive_shell_resize_and_exit_code(
+    running: tuple[Client, MasterProcess],
+) -> None:
+    _, master = running
+    term = Pty("--server", master.address, "exec", "-it", "shell", "--", "sh", rows=31, cols=97)
+    try:
+        # busybox sh asks where the cursor is (ESC[6n) before its prompt: answer
+        # as a terminal would, then type.
+        await term.read_until(b"\x1b[6n")
+        term.write(b"\x1b[1;1R")
+        await term.read_until(b"/ # ")
+        term.write(b"stty size; echo hi\n")
+        await term.read_until(b"31 97")
+        await term.read_until(b"hi\r\n")
+        # A resize of the local terminal reaches the remote one.
+        _set_size(term.master_fd, 40, 120)
+        os.kill(term.pid, signal.SIGWINCH)
+        await asyncio.sleep(0.5)
+        term.write(b"stty size\n")
+        await term.read_until(b"40 120")
+        term.write(b"exit 3\n")
+        assert await term.wait() == 3
+    finally:
+        term.close()
+
+
+async def test_port_forward_session(running: tuple[Client, MasterProcess]) -> None:
+    api, _ = running
+    call = await open_port_forward(api, "web", 8080)
+    request = b"GET /index.html HTTP/1.0\r\nHost: web\r\n\r\n"
+    await call.write(core_pb2.PortForwardRequest(data=request))
+    received = b""
+    async for message in call:
+        assert message.WhichOneof("kind") == "data", message
+        received += message.data
+        if b"hello-through-port-forward" in received:
+            break
+    call.cancel()
+    assert received.startswith(b"HTTP/1.") and b"hello-through-port-forward" in received
+
+
+async def test_cli_port_forward_serves_a_request(running: tuple[Client, MasterProcess]) -> None:
+    _, master = running
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "port-forward", "pod/web", f"{port}:8080",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert f"127.0.0.1:{port} -> 8080".encode() in line, line
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as r:
+                return bytes(r.read())
+
+        for _ in range(2):  # two connections, one session each
+            assert await asyncio.to_thread(fetch) == b"hello-through-port-forward\n"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_exec_still_works_unary(running: tuple[Client, MasterProcess]) -> None:
+    api, _ = running
+    reply = await pod_exec(api, "shell", ["sh", "-c", "echo unary; exit 2"])
+    assert (reply.stdout, reply.exit_code) == ("unary\n", 2)
+
+
+async def test_attach_streams_the_running_process_output(
+    running: tuple[Client, MasterProcess],
+) -> None:
+    api, _ = running
+    call = await open_attach(api, "ticker")
+    seen = b""
+    try:
+        async with asyncio.timeout(20):
+            async for message in call:
+                seen += message.stdout
+                if seen.count(b"tick-") >= 2:
+                    break
+    finally:
+        call.cancel()
+    assert b"tick-" in seen
+
+
+async def test_cli_attach(running: tuple[Client, MasterProcess]) -> None:
+    _, master = running
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "attach", "pod/ticker",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line.startswith(b"tick-"), line
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_top_pods_and_nodes(running: tuple[Client, MasterProcess]) -> None:
+    api, master = running
+    usage = await pod_top(api, "default", "ticker")
+    assert [(c.pod, c.container, c.node_name) for c in usage.containers] == [
+        ("ticker", "ticker", NODE)
+    ]
+    assert usage.containers[0].memory_working_set_bytes > 0
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "top", "pods",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0].split() == ["NAME", "CPU(cores)", "MEMORY(bytes)"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert set(rows) >= {"shell", "web", "ticker"}
+    assert rows["ticker"][0].endswith("m") and rows["ticker"][1].endswith("Mi")
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "top", "nodes",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    node_row = next(line.split() for line in out.decode().splitlines() if line.startswith(NODE))
+    assert node_row[1].endswith("m") and int(node_row[3].removesuffix("Mi")) >= 0
+
+
+async def test_cp_both_ways(running: tuple[Client, MasterProcess], tmp_path: Path) -> None:
+    api, master = running
+    payload = os.urandom(200_000) + b"end"
+    local = tmp_path / "data.bin"
+    local.write_bytes(payload)
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(KUBELING), "--server", master.address, *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, err.decode()
+
+    assert await cli("cp", str(local), "shell:/tmp/copied.bin") == (0, "")
+    reply = await pod_exec(
+        api, "shell", ["sh", "-c", "wc -c < /tmp/copied.bin; md5sum /tmp/copied.bin"]
+    )
+
+    size, digest = reply.stdout.split()[:2]
+    assert (int(size), digest) == (len(payload), hashlib.md5(payload).hexdigest())
+    back = tmp_path / "back.bin"
+    assert await cli("cp", "default/shell:/tmp/copied.bin", str(back)) == (0, "")
+    assert back.read_bytes() == payload
+    # A directory, into an existing local directory.
+    await pod_exec(api, "shell", ["sh", "-c", "mkdir -p /tmp/d/sub && echo x > /tmp/d/sub/f"])
+    into = tmp_path / "into"
+    into.mkdir()
+    assert await cli("cp", "shell:/tmp/d", str(into)) == (0, "")
+    assert (into / "d" / "sub" / "f").read_text() == "x\n"
