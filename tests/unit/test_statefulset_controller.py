@@ -325,3 +325,36 @@ async def test_when_deleted_delete_makes_the_set_own_its_claims(env: Env) -> Non
         return not await env.claims() and not await env.names()
 
     await eventually(nothing_left)
+
+
+async def test_max_unavailable_replaces_that_many_at_once(env: Env) -> None:
+    sts = stateful_set(replicas=4)
+    sts.spec.update_strategy.rolling_update.max_unavailable.number_value = 2
+    await env.api.stateful_sets.create(sts)
+    await start_all(env, 4)
+    before = {f"db-{i}": (await env.pod(f"db-{i}")).metadata.uid for i in range(4)}
+    version = (await env.api.pods.list(NS)).resource_version
+    deleted: list[str] = []
+
+    async def watch_deletions() -> None:
+        async for event in env.api.pods.watch(NS, resource_version=version):
+            if event.type == "DELETED":
+                deleted.append(event.object.metadata.name)
+
+    watcher = asyncio.create_task(watch_deletions())
+    try:
+        await env.set_image("postgres:16")
+        # The two highest ordinals go together, before any new pod is Ready.
+        await eventually(lambda: sorted(deleted) == ["db-2", "db-3"])
+        await asyncio.sleep(0.3)
+        assert sorted(deleted) == ["db-2", "db-3"]
+        assert (await env.pod("db-1")).metadata.uid == before["db-1"]
+        # OrderedReady still recreates them in order; then the next two go.
+        for name in ("db-2", "db-3"):
+            await eventually(lambda name=name: _exists(env, name))
+            await env.ready(name)
+        await eventually(lambda: sorted(deleted) == ["db-0", "db-1", "db-2", "db-3"])
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher

@@ -28,10 +28,12 @@ As kube-controller-manager's StatefulSet controller:
   DaemonSet controller does). `RollingUpdate` deletes, from the highest ordinal
   down to `partition`, one pod at a time whose revision is not the update
   revision, waiting for every pod to be Running and Ready before the next (the
-  recreated pod gets the new template). `OnDelete` changes nothing itself: pods
-  deleted by a user come back at the update revision. Without stored revisions, a
-  pod below the partition that is deleted also comes back at the update revision
-  (Kubernetes would recreate it from the current revision's ControllerRevision).
+  recreated pod gets the new template); `maxUnavailable` (Kubernetes'
+  MaxUnavailableStatefulSet) lets that many be replaced at once. `OnDelete`
+  changes nothing itself: pods deleted by a user come back at the update
+  revision. Without stored revisions, a pod below the partition that is deleted
+  also comes back at the update revision (Kubernetes would recreate it from the
+  current revision's ControllerRevision).
 - Status: replicas, readyReplicas, availableReplicas (minReadySeconds),
   currentReplicas, updatedReplicas, currentRevision (becomes the update revision
   once every pod runs it), updateRevision, observedGeneration.
@@ -81,6 +83,22 @@ def ordinal_of(sts: apps_pb2.StatefulSet, pod: core_pb2.Pod) -> int | None:
     if match is None or match.group(1) != sts.metadata.name:
         return None
     return int(match.group(2))
+
+
+def max_unavailable(sts: apps_pb2.StatefulSet) -> int:
+    """rollingUpdate.maxUnavailable: a count or a percentage of replicas (rounded
+    down, at least 1); 1 when unset, as Kubernetes."""
+    value = sts.spec.update_strategy.rolling_update.max_unavailable
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return max(1, int(value.number_value))
+    if kind == "string_value" and value.string_value.endswith("%"):
+        try:
+            percent = int(value.string_value[:-1])
+        except ValueError:
+            return 1
+        return max(1, sts.spec.replicas * percent // 100)
+    return 1
 
 
 def running_and_ready(pod: core_pb2.Pod) -> bool:
@@ -218,23 +236,19 @@ class StatefulSetController:
         # Then roll out the template, highest ordinal first, down to the partition.
         if sts.spec.update_strategy.type == "OnDelete":
             return None
-        live = list(slots.values())
-        if any(_terminating(p) or not running_and_ready(p) for p in live):
-            return None  # one at a time: the last one must be back and Ready
+        # maxUnavailable (default 1) pods may be down at once; those down for any
+        # reason count, so with 1 the last replaced pod must be back and Ready.
+        unavailable = sum(1 for p in slots.values() if _terminating(p) or not running_and_ready(p))
+        budget = max_unavailable(sts) - unavailable
         partition = sts.spec.update_strategy.rolling_update.partition
         for ordinal in sorted(slots, reverse=True):
-            if ordinal < partition:
+            if budget <= 0 or ordinal < partition:
                 break
             pod = slots[ordinal]
-            if pod.metadata.labels.get(REVISION_LABEL) != revision:
-                self.recorder.record(
-                    sts, "Normal", "SuccessfulDelete",
-                    f"delete Pod {pod.metadata.name} in StatefulSet {sts.metadata.name} "
-                    "successful (updating to the new revision)",
-                )  # fmt: skip
-                await podutil.delete_pod(self.api, self.recorder, sts, pod)
-                return None
-        return None
+            if pod.metadata.labels.get(REVISION_LABEL) != revision and not _terminating(pod):
+                jobs.append(podutil.delete_pod(self.api, self.recorder, sts, pod))
+                budget -= 1
+        return await self._run(jobs)
 
     @staticmethod
     async def _run(jobs: list[Any]) -> None:
