@@ -31,7 +31,7 @@ from kubeling.client import Client
 from kubeling.client.pods import open_attach, open_exec, open_port_forward, pod_exec, pod_top
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet.kubelet import Kubelet
-from kubeling.v1 import core_pb2
+from kubeling.v1 import apps_pb2, core_pb2
 from tests.kubelet.test_kubelet_containerd import NODE, config, pod, sh
 from tests.kubelet.test_kubelet_fake import phase_of
 from tests.support.containerd import PrivateContainerd
@@ -348,3 +348,64 @@ async def test_cp_both_ways(running: tuple[Client, MasterProcess], tmp_path: Pat
     into.mkdir()
     assert await cli("cp", "shell:/tmp/d", str(into)) == (0, "")
     assert (into / "d" / "sub" / "f").read_text() == "x\n"
+
+
+def _deployment(name: str, labels: dict[str, str]) -> apps_pb2.Deployment:
+    """A Deployment object only (this master runs no controllers): its selector is
+    what `logs deploy/NAME` follows; the test makes the pods."""
+    deploy = apps_pb2.Deployment()
+    deploy.metadata.name = name
+    deploy.metadata.namespace = "default"
+    deploy.spec.replicas = 1
+    deploy.spec.selector.match_labels.update(labels)
+    deploy.spec.template.metadata.labels.update(labels)
+    deploy.spec.template.spec.containers.add(name="main", image="busybox")
+    return deploy
+
+
+async def test_logs_follow_a_deployment_and_a_new_pod(
+    running: tuple[Client, MasterProcess],
+) -> None:
+    api, master = running
+    labels = {"app": "logger"}
+    await api.deployments.create(_deployment("logger", labels))
+
+    def logger(index: int) -> core_pb2.Pod:
+        obj = pod(f"logger-{index}", sh("main", f"echo line-from-{index}; exec sleep 3600"))
+        obj.metadata.labels.update(labels)
+        return obj
+
+    await api.pods.create(logger(1))
+    await eventually_passes(lambda: phase_of(api, "logger-1", "Running"), 60)
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "logs", "-f", "deploy/logger",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line == b"[pod/logger-1/main] line-from-1\n"
+        # A pod that comes later (a rollout's new one) is followed too.
+        await api.pods.create(logger(2))
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line == b"[pod/logger-2/main] line-from-2\n"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await api.deployments.delete("logger", "default")
+    assert proc.returncode == 0
+    # Without -f: every pod once, prefixed; -l selects the same.
+    out = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "logs", "-l", "app=logger",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    text, err = await asyncio.wait_for(out.communicate(), 30)
+    assert sorted(text.decode().splitlines()) == [
+        "[pod/logger-1/main] line-from-1",
+        "[pod/logger-2/main] line-from-2",
+    ], err
