@@ -66,7 +66,10 @@ async def running(
             await api.pods.create(pod("web", web))
             ticker = sh("ticker", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done")
             await api.pods.create(pod("ticker", ticker))
-            for name in ("shell", "web", "ticker"):
+            reader = sh("reader", "while read line; do echo got:$line; done; echo stdin-ended")
+            reader.stdin = True
+            await api.pods.create(pod("reader", reader))
+            for name in ("shell", "web", "ticker", "reader"):
                 await eventually_passes(lambda n=name: phase_of(api, n, "Running"), 60)
             yield api, master
         finally:
@@ -409,3 +412,27 @@ async def test_logs_follow_a_deployment_and_a_new_pod(
         "[pod/logger-1/main] line-from-1",
         "[pod/logger-2/main] line-from-2",
     ], err
+
+
+async def test_cli_attach_to_a_container_reading_stdin(
+    running: tuple[Client, MasterProcess],
+) -> None:
+    _, master = running
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "attach", "-i", "reader",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"first words\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line == b"got:first words\n"
+        proc.stdin.write(b"second\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"got:second\n"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -111,6 +111,10 @@ def container_config(
         working_dir=container.working_dir,
         log_path=f"{container.name}/{attempt}.log",
         mounts=mounts or [],
+        # What `kubeling attach -i/-t` joins: an open stdin, a terminal.
+        stdin=container.stdin,
+        stdin_once=container.stdin_once,
+        tty=container.tty,
     )
     config.labels.update(
         {
