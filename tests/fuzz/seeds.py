@@ -93,6 +93,11 @@ OBJECTS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    kinds.CONTROLLER_REVISION.name: {
+        "metadata": {"name": "db-5d8f7c9b6d", "namespace": "default"},
+        "data": {"spec": {"template": {"metadata": {"labels": {"app": "db"}}}}},
+        "revision": 1,
+    },
     kinds.PERSISTENT_VOLUME.name: {
         "metadata": {"name": "pv-data"},
         "spec": {

@@ -165,6 +165,10 @@ def test_statefulset_example_applies_lists_scales_and_rolls_out(
     asyncio.run(_ready(master.address, "web-0"))
     done = ok(master, "rollout", "status", "sts/web", "--timeout", "20s")
     assert done.strip().splitlines()[-1].startswith("statefulset rolling update complete 1 pods")
+    revisions = table(ok(master, "get", "controllerrevisions"))
+    assert revisions[0] == ["NAME", "CONTROLLER", "REVISION", "AGE"]
+    assert revisions[1][0].startswith("web-") and revisions[1][1:3] == ["statefulset.apps/web", "1"]
+    assert done.strip().splitlines()[-1].endswith(f"at revision {revisions[1][0]}...")
     described = ok(master, "describe", "sts", "web")
     assert "serviceName: nginx" in described and "SuccessfulCreate" in described
 

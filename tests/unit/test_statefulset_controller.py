@@ -262,6 +262,19 @@ async def test_rolling_update_respects_the_partition(env: Env) -> None:
     pod0 = await env.pod("db-0")
     assert pod0.metadata.uid == before["db-0"]
     assert pod0.spec.containers[0].image == "postgres:15"
+    # Deleted there, it comes back from the current revision's template.
+    await env.api.pods.delete("db-0", NS)
+
+    async def back_as_it_was() -> core_pb2.Pod:
+        pod = await env.pod("db-0")
+        assert pod.metadata.uid != before["db-0"]
+        return pod
+
+    pod0 = await eventually(back_as_it_was)
+    assert pod0.spec.containers[0].image == "postgres:15"
+    assert pod0.metadata.labels["controller-revision-hash"] == first_revision
+    before["db-0"] = pod0.metadata.uid
+    await env.ready("db-0")
     # Partition 0 finishes the rollout.
     await env.change(**{"update_strategy.rolling_update.partition": 0})
     await eventually(lambda: replaced("db-0"))
@@ -358,3 +371,39 @@ async def test_max_unavailable_replaces_that_many_at_once(env: Env) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_revisions_are_kept_as_controller_revisions(env: Env) -> None:
+    sts = stateful_set(replicas=1)
+    sts.spec.revision_history_limit = 0
+    created = await env.api.stateful_sets.create(sts)
+    await start_all(env, 1)
+
+    async def revisions() -> list[tuple[str, int]]:
+        listed = (await env.api.controller_revisions.list(NS)).items
+        return sorted((r.metadata.name, r.revision) for r in listed)
+
+    [(first, number)] = await revisions()
+    assert first.startswith("db-") and number == 1
+    owner = (await env.api.controller_revisions.get(first, NS)).metadata.owner_references[0]
+    assert (owner.kind, owner.uid, owner.controller) == ("StatefulSet", created.metadata.uid, True)
+    assert (await env.pod("db-0")).metadata.labels["controller-revision-hash"] == first
+    await env.set_image("postgres:16")
+
+    async def rolled() -> bool:
+        pod = await env.pod("db-0")
+        assert pod.spec.containers[0].image == "postgres:16"
+        return True
+
+    await eventually(rolled)
+    await env.ready("db-0")
+
+    async def only_the_new_one_left() -> bool:
+        names = await revisions()
+        assert len(names) == 1 and names[0][0] != first and names[0][1] == 2
+        sts = await env.sts()
+        assert sts.status.current_revision == sts.status.update_revision == names[0][0]
+        return True
+
+    # revisionHistoryLimit 0: the old revision goes once no pod uses it.
+    await eventually(only_the_new_one_left)

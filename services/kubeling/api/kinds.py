@@ -221,11 +221,16 @@ STORAGE_CLASS = _kind(
     storage_pb2, "StorageClass", "storageclasses", "storage.k8s.io/v1", "storage_class",
     namespaced=False, has_status=False, short_names=("sc",), service_name="StorageClasses",
 )  # fmt: skip
+CONTROLLER_REVISION = _kind(
+    apps_pb2, "ControllerRevision", "controllerrevisions", "apps/v1", "controller_revision",
+    namespaced=True, has_status=False,
+)  # fmt: skip
 
 ALL_KINDS: tuple[Kind, ...] = (
     NAMESPACE, NODE, POD, SERVICE, EVENT, ENDPOINT_SLICE,
     REPLICA_SET, DEPLOYMENT, DAEMON_SET, LEASE, CONFIG_MAP, SECRET,
     JOB, CRON_JOB, STATEFUL_SET, PERSISTENT_VOLUME, PERSISTENT_VOLUME_CLAIM, STORAGE_CLASS,
+    CONTROLLER_REVISION,
 )  # fmt: skip
 
 

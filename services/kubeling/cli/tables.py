@@ -294,6 +294,16 @@ def _stateful_set_wide(obj: Any) -> Row:
     return containers_and_images(cast(apps_pb2.StatefulSet, obj).spec.template)
 
 
+def _controller_revision_row(obj: Any) -> Row:
+    revision = cast(apps_pb2.ControllerRevision, obj)
+    owner = next((r for r in revision.metadata.owner_references if r.controller), None)
+    controller = NONE
+    if owner is not None:
+        group = owner.api_version.partition("/")[0] if "/" in owner.api_version else ""
+        controller = f"{owner.kind.lower()}{'.' + group if group else ''}/{owner.name}"
+    return [_name(revision), controller, str(revision.revision), _age(revision)]
+
+
 # ---------------------------------------------------------------------- storage
 
 _ACCESS_MODES = {
@@ -520,6 +530,9 @@ COLUMNS: dict[str, Columns] = {
     ),
     kinds.STATEFUL_SET.name: Columns(
         ("NAME", "READY", "AGE"), _stateful_set_row, ("CONTAINERS", "IMAGES"), _stateful_set_wide
+    ),
+    kinds.CONTROLLER_REVISION.name: Columns(
+        ("NAME", "CONTROLLER", "REVISION", "AGE"), _controller_revision_row
     ),
     kinds.PERSISTENT_VOLUME.name: Columns(
         (

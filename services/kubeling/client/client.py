@@ -289,6 +289,9 @@ class Client:
         self.storage_classes: ResourceClient[storage_pb2.StorageClass] = self._make(
             kinds.STORAGE_CLASS, timeout
         )
+        self.controller_revisions: ResourceClient[apps_pb2.ControllerRevision] = self._make(
+            kinds.CONTROLLER_REVISION, timeout
+        )
 
     def _make(self, kind: Kind, timeout: float | None) -> Any:
         client: ResourceClient[Any] = ResourceClient(kind, self.channel, timeout)

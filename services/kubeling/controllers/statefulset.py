@@ -23,17 +23,18 @@ As kube-controller-manager's StatefulSet controller:
   is the only change in flight and the others are Running and Ready. `Parallel`
   creates and deletes all at once.
 - Failed (or Succeeded) pods are deleted and recreated under the same name.
-- Updates: the revision is a hash of the pod template (no ControllerRevision kind
-  here: `status.updateRevision`/`currentRevision` hold template hashes, as the
-  DaemonSet controller does). `RollingUpdate` deletes, from the highest ordinal
-  down to `partition`, one pod at a time whose revision is not the update
-  revision, waiting for every pod to be Running and Ready before the next (the
-  recreated pod gets the new template); `maxUnavailable` (Kubernetes'
-  MaxUnavailableStatefulSet) lets that many be replaced at once. `OnDelete`
-  changes nothing itself: pods deleted by a user come back at the update
-  revision. Without stored revisions, a pod below the partition that is deleted
-  also comes back at the update revision (Kubernetes would recreate it from the
-  current revision's ControllerRevision).
+- Updates: each distinct pod template is kept as a ControllerRevision
+  `NAME-HASH` (owned by the StatefulSet, numbered 1, 2, ...; a template going
+  back to an earlier one renumbers that revision), and a pod's
+  `controller-revision-hash` label names its revision, as Kubernetes does.
+  `RollingUpdate` deletes, from the highest ordinal down to `partition`, pods
+  whose revision is not the update revision, waiting for every pod to be Running
+  and Ready before the next (the recreated pod gets the new template);
+  `maxUnavailable` (Kubernetes' MaxUnavailableStatefulSet) lets that many be
+  replaced at once. A pod below the partition that is deleted comes back from the
+  current revision's template. `OnDelete` changes nothing itself: pods deleted
+  by a user come back at the update revision. Revisions no pod uses, beyond
+  `revisionHistoryLimit`, are deleted oldest first.
 - Status: replicas, readyReplicas, availableReplicas (minReadySeconds),
   currentReplicas, updatedReplicas, currentRevision (becomes the update revision
   once every pod runs it), updateRevision, observedGeneration.
@@ -51,6 +52,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import json_format
 
 from kubeling.api.objects import clone
 from kubeling.api.selectors import SelectorError
@@ -113,9 +115,32 @@ def _finished(pod: core_pb2.Pod) -> bool:
     return pod.status.phase in ("Failed", "Succeeded")
 
 
-def new_pod(sts: apps_pb2.StatefulSet, revision: str, ordinal: int) -> core_pb2.Pod:
-    """Pod `ordinal` of `sts` at `revision`: name, DNS fields, labels, claim volumes."""
-    pod = podutil.pod_from_template(sts.spec.template, sts)
+def revision_name(sts: apps_pb2.StatefulSet, template: core_pb2.PodTemplateSpec) -> str:
+    """The ControllerRevision (and pod label) naming a template: NAME-HASH."""
+    return f"{sts.metadata.name}-{template_hash(template)}"
+
+
+def revision_data(template: core_pb2.PodTemplateSpec) -> dict[str, Any]:
+    """What a StatefulSet's ControllerRevision holds, as Kubernetes' patch."""
+    return {"spec": {"template": json_format.MessageToDict(template)}}
+
+
+def revision_template(revision: apps_pb2.ControllerRevision) -> core_pb2.PodTemplateSpec:
+    data = json_format.MessageToDict(revision.data)
+    template = core_pb2.PodTemplateSpec()
+    json_format.ParseDict(data.get("spec", {}).get("template", {}), template)
+    return template
+
+
+def new_pod(
+    sts: apps_pb2.StatefulSet,
+    revision: str,
+    ordinal: int,
+    template: core_pb2.PodTemplateSpec | None = None,
+) -> core_pb2.Pod:
+    """Pod `ordinal` of `sts` at `revision` (from `template`, default the current
+    spec's): name, DNS fields, labels, claim volumes."""
+    pod = podutil.pod_from_template(template or sts.spec.template, sts)
     name = pod_name(sts, ordinal)
     pod.metadata.name = name
     pod.metadata.generate_name = ""
@@ -143,12 +168,15 @@ class StatefulSetController:
         self.workers = context.settings.workers
         self.sets: Informer[apps_pb2.StatefulSet] = Informer(self.api.stateful_sets)
         self.pods: Informer[core_pb2.Pod] = Informer(self.api.pods)
+        self.revisions: Informer[apps_pb2.ControllerRevision] = Informer(
+            self.api.controller_revisions
+        )
         self.queue = WorkQueue(name="statefulset")
         self.sets.add_handler(self._on_set)
         self.pods.add_handler(self._on_pod)
 
     async def run(self) -> None:
-        informers: list[Informer[Any]] = [self.sets, self.pods]
+        informers: list[Informer[Any]] = [self.sets, self.pods, self.revisions]
         async with informers_running(informers, "statefulset"):
             await run_workers(self.queue, self.sync, self.workers, "statefulset")
 
@@ -177,7 +205,8 @@ class StatefulSetController:
             return
         listed = await self.api.pods.list(namespace, label_selector=str(selector))
         pods = await podutil.claim_pods(self.api, sts, selector, listed.items)
-        revision = template_hash(sts.spec.template)
+        revisions = await self._revisions(sts)
+        revision = revision_name(sts, sts.spec.template)
         start = sts.spec.ordinals.start
         replicas = sts.spec.replicas
         slots: dict[int, core_pb2.Pod] = {}
@@ -191,13 +220,78 @@ class StatefulSetController:
             else:
                 condemned.append((ordinal, pod))
         condemned.sort(key=lambda item: -item[0])
-        await self._reconcile(sts, revision, slots, condemned)
-        await self._update_status(sts, revision, [*slots.values(), *(p for _, p in condemned)])
+        current = revisions.get(sts.status.current_revision)
+        await self._reconcile(sts, revision, current, slots, condemned)
+        everyone = [*slots.values(), *(p for _, p in condemned)]
+        await self._update_status(sts, revision, everyone)
+        await self._truncate_history(sts, revisions, everyone)
+
+    # ----------------------------------------------------------------- revisions
+
+    def _owned_revisions(self, sts: apps_pb2.StatefulSet) -> dict[str, apps_pb2.ControllerRevision]:
+        return {
+            r.metadata.name: r
+            for r in self.revisions.list(sts.metadata.namespace)
+            if podutil.is_controlled_by(r, sts)
+        }
+
+    async def _revisions(self, sts: apps_pb2.StatefulSet) -> dict[str, apps_pb2.ControllerRevision]:
+        """The StatefulSet's revisions by name, the current template's made (or
+        renumbered to the newest, when the template went back to it)."""
+        owned = self._owned_revisions(sts)
+        name = revision_name(sts, sts.spec.template)
+        newest = max((r.revision for r in owned.values()), default=0)
+        found = owned.get(name)
+        if found is None:
+            revision = apps_pb2.ControllerRevision(api_version="apps/v1", kind="ControllerRevision")
+            revision.metadata.name = name
+            revision.metadata.namespace = sts.metadata.namespace
+            revision.metadata.labels.update(sts.spec.template.metadata.labels)
+            revision.metadata.owner_references.append(podutil.owner_ref(sts))
+            json_format.ParseDict(revision_data(sts.spec.template), revision.data)
+            revision.revision = newest + 1
+            try:
+                found = await self.api.controller_revisions.create(revision)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+                found = await self.api.controller_revisions.get(name, sts.metadata.namespace)
+        elif found.revision < newest:
+            renumbered = clone(found)
+            renumbered.revision = newest + 1
+            found = await self.api.controller_revisions.update(renumbered)
+        owned[name] = found
+        return owned
+
+    async def _truncate_history(
+        self,
+        sts: apps_pb2.StatefulSet,
+        revisions: dict[str, apps_pb2.ControllerRevision],
+        pods: list[core_pb2.Pod],
+    ) -> None:
+        live = {p.metadata.labels.get(REVISION_LABEL, "") for p in pods}
+        live |= {sts.status.current_revision, sts.status.update_revision}
+        live.add(revision_name(sts, sts.spec.template))
+        history = sorted(
+            (r for name, r in revisions.items() if name not in live), key=lambda r: r.revision
+        )
+        limit = (
+            sts.spec.revision_history_limit if sts.spec.HasField("revision_history_limit") else 10
+        )
+        for old in history[: max(0, len(history) - limit)]:
+            try:
+                await self.api.controller_revisions.delete(
+                    old.metadata.name, old.metadata.namespace, uid=old.metadata.uid
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
 
     async def _reconcile(
         self,
         sts: apps_pb2.StatefulSet,
         revision: str,
+        current: apps_pb2.ControllerRevision | None,
         slots: dict[int, core_pb2.Pod],
         condemned: list[tuple[int, core_pb2.Pod]],
     ) -> None:
@@ -208,7 +302,7 @@ class StatefulSetController:
         for ordinal in range(start, start + replicas):
             pod = slots.get(ordinal)
             if pod is None:
-                jobs.append(self._create(sts, revision, ordinal))
+                jobs.append(self._create(sts, revision, current, ordinal))
                 if ordered:
                     return await self._run(jobs)
                 continue
@@ -259,10 +353,25 @@ class StatefulSetController:
 
     # --------------------------------------------------------------- pods/claims
 
-    async def _create(self, sts: apps_pb2.StatefulSet, revision: str, ordinal: int) -> None:
+    async def _create(
+        self,
+        sts: apps_pb2.StatefulSet,
+        revision: str,
+        current: apps_pb2.ControllerRevision | None,
+        ordinal: int,
+    ) -> None:
         for template in sts.spec.volume_claim_templates:
             await self._ensure_claim(sts, template, ordinal)
-        pod = new_pod(sts, revision, ordinal)
+        strategy = sts.spec.update_strategy
+        below_partition = (
+            strategy.type == "RollingUpdate"
+            and ordinal < sts.spec.ordinals.start + strategy.rolling_update.partition
+        )
+        if below_partition and current is not None and current.metadata.name != revision:
+            # Kubernetes: a pod the rollout has not reached comes back as it was.
+            pod = new_pod(sts, current.metadata.name, ordinal, revision_template(current))
+        else:
+            pod = new_pod(sts, revision, ordinal)
         try:
             created = await self.api.pods.create(pod)
         except grpc.aio.AioRpcError as exc:

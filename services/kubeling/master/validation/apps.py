@@ -318,6 +318,18 @@ def _stateful_set_update(new_obj: Message, old_obj: Message) -> Errors:
     return []
 
 
+def _controller_revision(obj: Message) -> Errors:
+    revision = cast(apps_pb2.ControllerRevision, obj)
+    return non_negative("revision", int(revision.revision))
+
+
+def _controller_revision_update(new_obj: Message, old_obj: Message) -> Errors:
+    new = cast(apps_pb2.ControllerRevision, new_obj)
+    old = cast(apps_pb2.ControllerRevision, old_obj)
+    # A snapshot: only its revision number may change (a rollback renumbers it).
+    return immutable("data", new.data, old.data, shown="...")
+
+
 def _selector_update(new_obj: Message, old_obj: Message) -> Errors:
     new, old = new_obj.spec.selector, old_obj.spec.selector  # type: ignore[attr-defined]
     # Changing it would orphan the existing pods (or adopt foreign ones).
@@ -329,10 +341,12 @@ VALIDATORS: dict[type[Message], Validator] = {
     apps_pb2.Deployment: _deployment,
     apps_pb2.DaemonSet: _daemon_set,
     apps_pb2.StatefulSet: _stateful_set,
+    apps_pb2.ControllerRevision: _controller_revision,
 }
 UPDATE_VALIDATORS: dict[type[Message], UpdateValidator] = {
     apps_pb2.ReplicaSet: _selector_update,
     apps_pb2.Deployment: _selector_update,
     apps_pb2.DaemonSet: _selector_update,
     apps_pb2.StatefulSet: _stateful_set_update,
+    apps_pb2.ControllerRevision: _controller_revision_update,
 }
