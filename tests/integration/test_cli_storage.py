@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubeling.api.objects import clone
 from kubeling.client import Client
@@ -169,6 +170,18 @@ def test_statefulset_example_applies_lists_scales_and_rolls_out(
     assert revisions[0] == ["NAME", "CONTROLLER", "REVISION", "AGE"]
     assert revisions[1][0].startswith("web-") and revisions[1][1:3] == ["statefulset.apps/web", "1"]
     assert done.strip().splitlines()[-1].endswith(f"at revision {revisions[1][0]}...")
+    # A new template, then back: history lists both revisions, undo restores the first.
+    out = ok(master, "get", "sts", "web", "-o", "yaml")
+    changed = out.replace("nginx-slim:0.24", "nginx-slim:0.25")
+    assert ok(master, "apply", "-f", write(tmp_path, "web2.yaml", changed)).strip() == (
+        "statefulset.apps/web configured"
+    )
+    history = table(ok(master, "rollout", "history", "statefulset/web"))
+    assert history[0] == ["statefulset.apps/web"]
+    assert history[1:] == [["REVISION", "CHANGE-CAUSE"], ["1", "<none>"], ["2", "<none>"]]
+    assert ok(master, "rollout", "undo", "sts/web").strip() == "statefulset.apps/web rolled back"
+    image = yaml.safe_load(ok(master, "get", "sts", "web", "-o", "yaml"))["spec"]["template"]
+    assert image["spec"]["containers"][0]["image"] == "registry.k8s.io/nginx-slim:0.24"
     described = ok(master, "describe", "sts", "web")
     assert "serviceName: nginx" in described and "SuccessfulCreate" in described
 

@@ -1,5 +1,5 @@
-"""`kubeling rollout status|history|undo deployment/NAME` and `rollout status
-statefulset/NAME`, as kubectl's."""
+"""`kubeling rollout status|history|undo deployment/NAME|statefulset/NAME`, as
+kubectl's (a StatefulSet's history is its ControllerRevisions)."""
 
 from __future__ import annotations
 
@@ -19,36 +19,32 @@ from kubeling.client import Client
 from kubeling.common import duration as common_duration
 from kubeling.controllers import podutil
 from kubeling.controllers.deployment import CHANGE_CAUSE, REVISION, revision_of, strip_hash
+from kubeling.controllers.statefulset import revision_template
 from kubeling.v1 import apps_pb2
 
 _POLL = 0.25
 
 
 def register(subparsers: SubParsers) -> None:
-    parser = add_command(subparsers, "rollout", _usage, "Manage the rollout of a deployment.")
+    parser = add_command(
+        subparsers, "rollout", _usage, "Manage the rollout of a deployment or statefulset."
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     status = add_command(actions, "status", run_status, "Wait for a rollout to finish.")
     status.add_argument("resources", nargs="+", metavar="deployment/NAME|statefulset/NAME")
     status.add_argument("--timeout", default="0s", help="give up after this long (0: never)")
     add_namespace(status)
-    history = add_command(actions, "history", run_history, "List a deployment's revisions.")
-    history.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    history = add_command(actions, "history", run_history, "List a workload's revisions.")
+    history.add_argument("resources", nargs="+", metavar="deployment/NAME|statefulset/NAME")
     add_namespace(history)
     undo = add_command(actions, "undo", run_undo, "Roll back to a previous revision.")
-    undo.add_argument("resources", nargs="+", metavar="deployment/NAME")
+    undo.add_argument("resources", nargs="+", metavar="deployment/NAME|statefulset/NAME")
     undo.add_argument("--to-revision", type=int, default=0, help="0: the previous revision")
     add_namespace(undo)
 
 
 async def _usage(args: argparse.Namespace, ctx: Context) -> int:
     raise CliError("error: give an action: rollout status|history|undo deployment/NAME")
-
-
-def _name(args: argparse.Namespace) -> str:
-    kinds, targets = parse_targets(args.resources)
-    if kinds or len(targets) != 1 or targets[0].kind is not DEPLOYMENT:
-        raise CliError("error: give one deployment: deployment/NAME or deployment NAME")
-    return targets[0].name
 
 
 def _status_target(args: argparse.Namespace) -> tuple[Kind, str]:
@@ -160,8 +156,68 @@ async def _owned(api: Client, deployment: apps_pb2.Deployment) -> list[apps_pb2.
     return sorted(owned, key=revision_of)
 
 
+async def _sts_revisions(
+    api: Client, sts: apps_pb2.StatefulSet
+) -> list[apps_pb2.ControllerRevision]:
+    result = await api.controller_revisions.list(sts.metadata.namespace)
+    owned = [r for r in result.items if podutil.is_controlled_by(r, sts)]
+    return sorted(owned, key=lambda r: r.revision)
+
+
+async def _sts_history(args: argparse.Namespace, ctx: Context, name: str) -> int:
+    async with ctx.client() as api:
+        sts = await api.stateful_sets.get(name, namespace_for(STATEFUL_SET, args))
+        revisions = await _sts_revisions(api, sts)
+    ctx.out(object_name(STATEFUL_SET, name))
+    rows = [("REVISION", "CHANGE-CAUSE")]
+    rows += [
+        (str(r.revision), r.metadata.annotations.get(CHANGE_CAUSE, "<none>")) for r in revisions
+    ]
+    width = max(len(r[0]) for r in rows) + 2
+    for revision, cause in rows:
+        ctx.out(f"{revision:<{width}}{cause}")
+    return 0
+
+
+async def _sts_undo(args: argparse.Namespace, ctx: Context, name: str) -> int:
+    namespace = namespace_for(STATEFUL_SET, args)
+    async with ctx.client() as api:
+        for attempt in range(5):
+            sts = await api.stateful_sets.get(name, namespace)
+            revisions = await _sts_revisions(api, sts)
+            if args.to_revision > 0:
+                chosen = [r for r in revisions if r.revision == args.to_revision]
+                if not chosen:
+                    raise CliError(
+                        f"error: unable to find specified revision {args.to_revision} in history"
+                    )
+                target = chosen[0]
+            elif len(revisions) < 2:
+                raise CliError("error: no rollout history found for the previous revision")
+            else:
+                target = revisions[-2]
+            template = revision_template(target)
+            if template == sts.spec.template:
+                ctx.out(
+                    f"{object_name(STATEFUL_SET, name)} skipped rollback (current template "
+                    f"already matches revision {target.revision})"
+                )
+                return 0
+            sts.spec.template.CopyFrom(template)
+            try:
+                await api.stateful_sets.update(sts)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED or attempt == 4:
+                    raise
+    ctx.out(f"{object_name(STATEFUL_SET, name)} rolled back")
+    return 0
+
+
 async def run_history(args: argparse.Namespace, ctx: Context) -> int:
-    name = _name(args)
+    kind, name = _status_target(args)
+    if kind is STATEFUL_SET:
+        return await _sts_history(args, ctx, name)
     async with ctx.client() as api:
         deployment = await api.deployments.get(name, namespace_for(DEPLOYMENT, args))
         owned = await _owned(api, deployment)
@@ -179,7 +235,9 @@ async def run_history(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def run_undo(args: argparse.Namespace, ctx: Context) -> int:
-    name = _name(args)
+    kind, name = _status_target(args)
+    if kind is STATEFUL_SET:
+        return await _sts_undo(args, ctx, name)
     namespace = namespace_for(DEPLOYMENT, args)
     async with ctx.client() as api:
         for attempt in range(5):
