@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: install proto images lint lock test unit integration bench bench-proxy up down clean
+.PHONY: install proto images lint lock test unit integration bench bench-proxy up down demo clean
 
 # Every install comes from requirements.lock (exact versions, hashes checked): runtime,
 # dev and build requirements alike, so a fresh clone builds and tests what was tested.
@@ -59,6 +59,11 @@ up:
 
 down:
 	bash deploy/local/down.sh
+
+# The three-tier application (deploy/examples/three-tier.yaml, README there) on the
+# lab of `make up`, which it starts when none is up.
+demo:
+	bash deploy/local/demo.sh
 
 clean:
 	rm -rf build dist services/*.egg-info services/kubeling/v1 .mypy_cache .ruff_cache .pytest_cache

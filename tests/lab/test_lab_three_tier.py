@@ -153,6 +153,10 @@ async def snapshot(api: Client) -> str:
     return "\n".join(lines)
 
 
+async def snapshot_of(api: Client, what: str) -> str:
+    return f"\n{what}" + await snapshot(api)
+
+
 async def all_ready(api: Client, counts: dict[str, int]) -> bool:
     """Exactly `counts` pods per app, every one Ready, none terminating."""
     for app, count in counts.items():
@@ -248,6 +252,18 @@ async def test_data_written_before_the_database_pod_is_deleted_is_read_after(
 
     names = await eventually(read_back, describe=lambda: snapshot(api))
     assert name in names, names
+    # Every API pod (one shares db-0's node) reads it promptly, asked at its own
+    # address: a pod whose path to db-0 broke would only show up by chance above.
+    for pod in await pods(api, "api"):
+        pod_url = f"http://{pod.status.pod_ip}:8080/api/items"
+
+        async def reads(pod_url: str = pod_url) -> bool:
+            answer = await asyncio.to_thread(request, lab, pod_url)
+            assert answer["status"] == 200, answer
+            return name in answer["body"]
+
+        where = f"{pod.metadata.name} on {pod.spec.node_name}, db-0 at {again.status.pod_ip}"
+        await eventually(reads, within=15, describe=lambda where=where: snapshot_of(api, where))
     # And it takes writes again.
     posted = await asyncio.to_thread(request, lab, url, {"name": "after-restart"})
     assert posted["status"] == 201, posted
@@ -280,6 +296,7 @@ async def test_scaling_the_api_to_five_under_a_client_loop_loses_no_request(
         summary = await asyncio.to_thread(loop.finish)
     finally:
         loop.kill()
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"}))
     assert summary["failures"] == [], summary
     served = {k.removeprefix("api:") for k in summary["served"] if k.startswith("api:")}
     assert served == {p.metadata.name for p in await pods(api, "api")}, summary
@@ -317,6 +334,7 @@ async def test_a_front_end_rollout_loses_no_request(lab: Lab, api: Client) -> No
         summary = await asyncio.to_thread(loop.finish)
     finally:
         loop.kill()
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"}))
     assert summary["failures"] == [], summary
     new_pods = {p.metadata.name for p in await pods(api, "web")}
     assert {k.removeprefix("web:") for k in summary["served"] if k.startswith("web:")} & new_pods
