@@ -175,6 +175,12 @@ async def test_wait_for_first_consumer_provisions_on_the_selected_node(api: Clie
     # No consumer scheduled yet: nothing bound, nothing provisioned.
     assert (await api.persistent_volume_claims.get("db-data", NS)).status.phase == "Pending"
     assert not (await api.persistent_volumes.list()).items
+
+    async def told() -> bool:
+        events = await api.events.list(NS, field_selector="involvedObject.name=db-data")
+        return any(e.reason == "WaitForFirstConsumer" for e in events.items)
+
+    await eventually(told)
     # The scheduler chose node-a for the claim's pod.
     pvc = clone(created)
     pvc.metadata.annotations[st.SELECTED_NODE_ANNOTATION] = "node-a"

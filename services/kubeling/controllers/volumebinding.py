@@ -205,7 +205,13 @@ class VolumeBindingController:
         mode = st.binding_mode(sc) if sc is not None else st.IMMEDIATE
         selected = pvc.metadata.annotations.get(st.SELECTED_NODE_ANNOTATION, "")
         if mode == st.WAIT_FOR_FIRST_CONSUMER and not selected:
-            return  # the scheduler picks the node with the claim's first pod
+            # The scheduler picks the node with the claim's first pod.
+            if pvc.status.phase != st.CLAIM_BOUND:
+                self.recorder.record(
+                    pvc, "Normal", "WaitForFirstConsumer",
+                    "waiting for first consumer to be created before binding",
+                )  # fmt: skip
+            return
         node = self.nodes.get("", selected) if selected else None
         pv = find_volume(pvc, self.volumes.list(), node, need_node=bool(selected))
         if pv is not None:
