@@ -27,7 +27,7 @@ import grpc
 from kubeling.cli.context import Context
 from kubeling.v1 import core_pb2
 
-__all__ = ["raw_terminal", "run_session", "terminal_size"]
+__all__ = ["call_status", "raw_terminal", "run_session", "stdin_is_terminal", "terminal_size"]
 
 _READ = 32 * 1024
 
@@ -56,7 +56,8 @@ def raw_terminal(stream: IO[Any]) -> Iterator[None]:
         yield
         return
     saved = termios.tcgetattr(fd)
-    ttymod.setraw(fd)
+    # TCSANOW, not the default TCSAFLUSH: keys typed ahead are kept, not dropped.
+    ttymod.setraw(fd, termios.TCSANOW)
     try:
         yield
     finally:
@@ -139,6 +140,8 @@ async def run_session(call: Any, ctx: Context, stdin: bool, tty: bool) -> int:
                     exit_code = response.exit.exit_code
                     if response.exit.message:
                         ctx.err(f"error: {response.exit.message}")
+    except grpc.aio.AioRpcError as exc:
+        raise await call_status(call, exc) from None
     finally:
         if winch:
             loop.remove_signal_handler(signal.SIGWINCH)
@@ -148,6 +151,24 @@ async def run_session(call: Any, ctx: Context, stdin: bool, tty: bool) -> int:
                 await pump
         call.cancel()
     return exit_code
+
+
+async def call_status(call: Any, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+    """The call's own final status when a read failed for a racing write (gRPC
+    then reports INTERNAL "Internal error from Core" rather than the server's
+    answer, such as NOT_FOUND)."""
+    if error.code() != grpc.StatusCode.INTERNAL:
+        return error
+    with contextlib.suppress(Exception):
+        code = await call.code()
+        if code is not None and code != grpc.StatusCode.INTERNAL:
+            return grpc.aio.AioRpcError(
+                code,
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                details=await call.details(),
+            )
+    return error
 
 
 def stdin_is_terminal(ctx: Context) -> bool:

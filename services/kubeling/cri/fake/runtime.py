@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -48,6 +48,7 @@ from kubeling.cri.fake.state import (
     repository,
     state_name,
 )
+from kubeling.cri.fake.streaming import FakeStreamingServer, Session
 from kubeling.cri.runtime import ExecResult
 
 if TYPE_CHECKING:
@@ -77,7 +78,11 @@ class FakeRuntime:
         images: Iterable[str] = (),
         missing_images: Iterable[str] = (),
         delays: Mapping[str, float] | None = None,
+        streaming: bool = False,
     ) -> None:
+        """`streaming`: answer Exec/Attach/PortForward with URLs of a fake streaming
+        server (close it with `close_streaming`)."""
+        self.streaming = FakeStreamingServer() if streaming else None
         self._ips = IPPool(pod_cidr)
         self._sandboxes: dict[str, Sandbox] = {}
         self._containers: dict[str, Container] = {}
@@ -92,6 +97,10 @@ class FakeRuntime:
         self.runtime_ready = True
         for image in images:
             self._add_image(normalize_image(image), pulled=False)
+
+    async def close_streaming(self) -> None:
+        if self.streaming is not None:
+            await self.streaming.close()
 
     # -- test hooks ----------------------------------------------------------
 
@@ -468,20 +477,35 @@ class FakeRuntime:
             code = b.exec_exit_code
         return ExecResult(stdout, b.exec_stderr, code)
 
-    # Streaming sessions need a streaming server, which the fake does not run.
+    # Streaming sessions: URLs of a fake streaming server (cri/fake/streaming.py),
+    # started on first use when `streaming` is on, else UNIMPLEMENTED.
     async def exec(self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool) -> str:
         await self._enter("exec")
-        self._container(container_id)
-        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+        container = self._running(container_id)
+        code = container.behaviour.exec_exit_code or 0
+        return await self._stream_url(Session("exec", list(cmd), tty, stdin, code))
 
     async def attach(self, container_id: str, *, tty: bool, stdin: bool) -> str:
         await self._enter("attach")
-        self._container(container_id)
-        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+        self._running(container_id)
+        return await self._stream_url(Session("attach", [], tty, stdin))
 
     async def port_forward(self, pod_sandbox_id: str, port: int) -> str:
         await self._enter("port_forward")
-        raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+        if pod_sandbox_id not in self._sandboxes:
+            raise CRIError(_CODE.NOT_FOUND, f"sandbox {pod_sandbox_id} not found")
+        return await self._stream_url(Session("portforward", port=port))
+
+    def _running(self, container_id: str) -> Any:
+        container = self._container(container_id)
+        if container.state != pb.CONTAINER_RUNNING:
+            raise CRIError(_CODE.UNKNOWN, f"container is in {state_name(container.state)} state")
+        return container
+
+    async def _stream_url(self, session: Session) -> str:
+        if self.streaming is None:
+            raise CRIError(_CODE.UNIMPLEMENTED, "the fake runtime has no streaming server")
+        return await self.streaming.url(session)
 
     def _stats(self, container: Container) -> pb.ContainerStats:
         stats = pb.ContainerStats(
