@@ -7,6 +7,8 @@ handling are all exercised here, on loopback, in a second."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -150,3 +152,30 @@ async def test_cli_exec_errors(cluster: tuple[Client, FakeNode]) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert b'pods "nope" in namespace "default" not found' in err
+
+
+async def test_grpcurl_calls_the_session_and_top_rpcs(cluster: tuple[Client, FakeNode]) -> None:
+    api, _ = cluster
+    grpcurl = str(Path(sys.executable).parent / "grpcurl")
+
+    async def call(data: str, method: str) -> list[Any]:
+        proc = await asyncio.create_subprocess_exec(
+            grpcurl, "-plaintext", "-d", data, api.target, method,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        decoder, text, found = json.JSONDecoder(), out.decode().strip(), []
+        while text:
+            value, end = decoder.raw_decode(text)
+            found.append(value)
+            text = text[end:].strip()
+        return found
+
+    messages = await call(
+        '{"start":{"name":"box","command":["echo","hi"]}}', "kubeling.v1.Pods/ExecStream"
+    )
+    assert messages[0] == {"stdout": base64.b64encode(b"hi\n").decode()}
+    assert messages[-1] == {"exit": {}}  # exit code 0, no message
+    (top,) = await call('{"namespace":"default"}', "kubeling.v1.Pods/Top")
+    assert isinstance(top, dict)
