@@ -3,7 +3,8 @@
 # StatefulSet on a local-path claim, a Python REST API, a front-end on NodePort 30090)
 # on the lab `make up` starts (started here when none is up). Builds the two images it
 # runs if the cache has none (python:3.11-slim, redis:7; cached by their inputs, so a
-# second run takes a second), applies the manifest, waits for every rollout, then
+# second run takes a second) and pushes them to the lab's registry if it lacks them,
+# applies the manifest, waits for every rollout, then
 # writes an item and reads it back through the NodePort from the lab network (the
 # master's namespace, outside every node), and prints what to try next.
 # deploy/examples/README.md walks through it. Needs root, as `make up`.
@@ -24,26 +25,24 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-# Before the lab starts, which pushes every built image to its registry.
-step "the images the demo runs (python:3.11-slim, redis:7): built unless cached"
-[[ -x $KUBELING ]] || make --no-print-directory install proto >/dev/null
-"$KUBELING" image build --provided python:3.11-slim redis:7
-
 if status=$("$KUBELING" lab status 2>/dev/null) && ! grep -q DOWN <<<"$status"; then
   step "a lab is up"
-  # Started before the images existed? Then its registry lacks them: push them now
-  # (from the master's namespace, where the registry listens).
-  held=$("$KUBELING" lab exec master -- "$KUBELING" image list --registry 10.99.0.1:5000)
-  for image in python:3.11-slim redis:7; do
-    repo=${image%%:*}
-    if ! grep -q "library/$repo" <<<"$held"; then
-      "$KUBELING" lab exec master -- "$KUBELING" image push "$image" --registry 10.99.0.1:5000
-    fi
-  done
 else
+  # Installs what is missing (mmdebstrap among it), starts the lab, applies its demo.
   step "no lab is up: make up"
   bash deploy/local/up.sh
 fi
+
+# A lab pushes the images built when it started; these two may be newer than it.
+step "the images the demo runs (python:3.11-slim, redis:7): built unless cached"
+"$KUBELING" image build --provided python:3.11-slim redis:7
+# The registry listens in the master's namespace: list and push from there.
+held=$("$KUBELING" lab exec master -- "$KUBELING" image list --registry 10.99.0.1:5000)
+for image in python:3.11-slim redis:7; do
+  if ! grep -qx "10.99.0.1:5000/library/$image" <<<"$held"; then
+    "$KUBELING" lab exec master -- "$KUBELING" image push "$image" --registry 10.99.0.1:5000
+  fi
+done
 export KUBELING_CONFIG="$LAB_DIR/admin.conf"
 
 step "applying $MANIFEST"
