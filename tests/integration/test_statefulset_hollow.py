@@ -7,7 +7,8 @@ What this adds to the unit tests: the whole chain (claim from the template ->
 scheduler's selected node -> local-path PV on that node -> the kubelet makes the
 directory and bind-mounts it), the data surviving the pod's deletion (a file the
 test writes into the PV directory is there when the StatefulSet recreates pod -0,
-on the same node, mounted from the same directory), and reclaim: the claim
+on the same node, mounted from the same directory), the pod's stable DNS name
+through a headless Service's EndpointSlice, and reclaim: the claim
 deleted, the PV goes and the kubelet removes the directory before the PV's
 finalizer is dropped."""
 
@@ -21,10 +22,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from dnslib import QTYPE
 
 from kubeling.api import storage as st
 from kubeling.api.kinds import pv_node
+from kubeling.api.wellknown import SERVICE_NAME_LABEL
 from kubeling.client import Client
+from kubeling.dns.records import ClusterIndex
 from kubeling.v1 import apps_pb2, core_pb2
 from tests.support import hollow, waiting
 from tests.support.hollow import HollowNode, hollow_node
@@ -44,6 +48,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Client]:
         "persistentvolume-binder",
         "pvc-protection",
         "garbagecollector",
+        "endpointslice",
     }
     async with in_process_master(tmp_path / "master", controllers, bookmark_interval=1) as client:
         yield client
@@ -116,6 +121,25 @@ async def test_data_survives_the_pod_and_follows_it_to_its_node(
     assert await eventually(lambda: mount_source(node, first)) == str(directory)
     # The "database" writes a row.
     (directory / "rows").write_text("1,alice\n")
+
+    # The headless Service gives the pod its stable DNS name.
+    svc = core_pb2.Service(api_version="v1", kind="Service")
+    svc.metadata.name, svc.metadata.namespace = "db", NS
+    svc.spec.cluster_ip = "None"
+    svc.spec.selector["app"] = "db"
+    svc.spec.ports.add(name="pg", port=5432, protocol="TCP")
+    svc = await api.services.create(svc)
+
+    async def resolves() -> str:
+        index = ClusterIndex()
+        index.put_service(svc)
+        for piece in (await api.endpoint_slices.list(NS, f"{SERVICE_NAME_LABEL}=db")).items:
+            index.put_slice(piece)
+        answer = index.resolve(f"db-0.db.{NS}.svc.cluster.local", QTYPE.A)
+        assert answer is not None and answer.answers
+        return str(answer.answers[0].rdata)
+
+    assert await eventually(resolves) == first.status.pod_ip
 
     await api.pods.delete("db-0", NS)
     second = await eventually(lambda: running(api, "db-0", not_uid=first.metadata.uid))
