@@ -17,6 +17,7 @@ import pytest
 from kubeling.api import storage as st
 from kubeling.api.kinds import HOSTNAME_LABEL
 from kubeling.client import Client
+from kubeling.controllers.manager import ControllerSettings
 from kubeling.scheduler.framework import REASON_AFFINITY, PodInfo
 from kubeling.scheduler.volumebinding import (
     NO_VOLUME,
@@ -219,3 +220,26 @@ async def test_missing_claim_leaves_the_pod_pending_with_the_reason(api: Client)
         return bool((await api.pods.get("orphan", "default")).spec.node_name)
 
     await eventually(scheduled)
+
+
+async def test_pod_is_bound_only_once_its_claim_is(tmp_path: Path) -> None:
+    """No binder runs: the claim gets its selected node but is never bound, so
+    the pod is never bound either (PreBind waits, times out, retries)."""
+    settings = ControllerSettings(extra={"scheduler.volumeBindTimeout": "0.3"})
+    async with in_process_master(tmp_path, {"scheduler"}, settings) as api:
+        await api.nodes.create(make_node("node-1", labels={HOSTNAME_LABEL: "node-1"}))
+        claim = storage_pb2.PersistentVolumeClaim()
+        claim.metadata.name, claim.metadata.namespace = "data", "default"
+        claim.spec.access_modes.append("ReadWriteOnce")
+        claim.spec.resources.requests["storage"] = "1Gi"
+        await api.persistent_volume_claims.create(claim)
+        await asyncio.sleep(0.2)
+        await api.pods.create(pod_with_claim("waits", "data"))
+
+        async def selected() -> bool:
+            got = await api.persistent_volume_claims.get("data", "default")
+            return got.metadata.annotations.get(st.SELECTED_NODE_ANNOTATION) == "node-1"
+
+        await eventually(selected)
+        await asyncio.sleep(1.0)  # several timeouts and retries
+        assert not (await api.pods.get("waits", "default")).spec.node_name

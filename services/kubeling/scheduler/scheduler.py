@@ -13,7 +13,11 @@ A pod with PersistentVolumeClaims goes through the VolumeBinding step first
 unschedulable, a bound local volume's nodeAffinity joins its node affinity, and
 the claims of WaitForFirstConsumer classes get the chosen node in their
 `volume.kubernetes.io/selected-node` annotation before the pod is bound. Claim,
-volume and StorageClass changes wake unschedulable pods.
+volume and StorageClass changes wake unschedulable pods. As kube-scheduler's
+PreBind, the pod is bound only once those claims are bound (the volume made on
+that node), so its kubelet never sees it before its volume; a claim still
+unbound after scheduler.volumeBindTimeout seconds (30) sends the pod back to
+the queue.
 
 A pod that fits nowhere gets PodScheduled=False/Unschedulable and a
 FailedScheduling event, and waits in the unschedulable set until something that
@@ -22,7 +26,7 @@ pod deleted or finished) or the periodic retry comes round.
 
 Settings (ControllerSettings.extra): scheduler.percentageOfNodesToScore (5; 0 for
 Kubernetes' adaptive value), scheduler.parallelBinds (32),
-scheduler.retryInterval (seconds, 5).
+scheduler.retryInterval (seconds, 5), scheduler.volumeBindTimeout (seconds, 30).
 
 Metrics, as kube-scheduler's: `scheduler_schedule_attempts_total{result}`
 (scheduled, unschedulable, error) and `scheduler_scheduling_attempt_duration_seconds`
@@ -98,6 +102,7 @@ class Scheduler:
         percentage = int(_setting(context, "percentageOfNodesToScore", DEFAULT_PERCENTAGE))
         self.algorithm = Algorithm(self.cache, percentage)
         self.retry_interval = _setting(context, "retryInterval", 5.0)
+        self.volume_bind_timeout = _setting(context, "volumeBindTimeout", 30.0)
         self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 32)))
         self.nodes: Informer[core_pb2.Node] = Informer(context.api.nodes)
         self.pods: Informer[core_pb2.Pod] = Informer(context.api.pods)
@@ -264,6 +269,19 @@ class Scheduler:
             updated.metadata.annotations[st.SELECTED_NODE_ANNOTATION] = node
             await self.api.persistent_volume_claims.update(updated)
 
+    async def _claims_bound(self, claims: list[storage_pb2.PersistentVolumeClaim]) -> None:
+        """Wait until every claim is bound (TimeoutError after volumeBindTimeout)."""
+        async with asyncio.timeout(self.volume_bind_timeout):
+            while True:
+                pending = []
+                for pvc in claims:
+                    seen = self.claims.get(pvc.metadata.namespace, pvc.metadata.name)
+                    if seen is None or not seen.spec.volume_name or seen.status.phase != "Bound":
+                        pending.append(pvc)
+                if not pending:
+                    return
+                await asyncio.sleep(0.05)
+
     async def _bind(
         self,
         pod: core_pb2.Pod,
@@ -276,13 +294,15 @@ class Scheduler:
         if to_select:
             try:
                 await self._select_node(to_select, node)
+                await self._claims_bound(to_select)
             except Exception as exc:
                 # A claim changed meanwhile (or the API failed): decide again.
                 _attempt("error", started)
                 self.cache.forget(info.key, info.uid)
                 self._binding.discard(info.key)
                 self._binds.release()
-                log.info("selected-node not written; retrying", pod=info.key, error=str(exc))
+                why = "claims not bound in time" if isinstance(exc, TimeoutError) else str(exc)
+                log.info("volumes not ready for the pod; retrying", pod=info.key, error=why)
                 self.queue.retry(info.key)
                 return
         try:
