@@ -392,6 +392,13 @@ async def test_logs_follow_a_deployment_and_a_new_pod(
         await api.pods.create(logger(2))
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert line == b"[pod/logger-2/main] line-from-2\n"
+        # exec takes a workload too: one of its pods (the oldest ready one).
+        picked = await asyncio.create_subprocess_exec(
+            str(KUBELING), "--server", master.address, "exec", "deploy/logger", "--",
+            "hostname", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        host, err = await asyncio.wait_for(picked.communicate(), 30)
+        assert (picked.returncode, host) == (0, b"logger-1\n"), err
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)

@@ -17,7 +17,9 @@ from kubeling.cli.commands.logs import kubelet_error, pod_name
 from kubeling.cli.context import Context
 from kubeling.cli.errors import CliError
 from kubeling.cli.options import namespace_for
+from kubeling.cli.podselect import pick_pod, split_reference
 from kubeling.cli.terminal import run_session, stdin_is_terminal, terminal_size
+from kubeling.client import Client
 from kubeling.client.pods import open_exec, pod_exec
 
 
@@ -73,15 +75,23 @@ def _parse_words(args: argparse.Namespace) -> tuple[str, list[str]]:
     return pod, command
 
 
+async def _pod(api: Client, reference: str, namespace: str) -> str:
+    """The pod NAME, pod/NAME, deploy/NAME, svc/NAME ... means (one of a workload's
+    ready pods, as kubectl picks)."""
+    if split_reference(reference)[0] is POD:
+        return pod_name(reference)
+    return str((await pick_pod(api, reference, namespace)).metadata.name)
+
+
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     pod, command = _parse_words(args)
     if args.stdin or args.tty:
-        return await _interactive(args, ctx, pod_name(pod), command)
+        return await _interactive(args, ctx, pod, command)
     async with ctx.client() as api:
         try:
             result = await pod_exec(
                 api,
-                pod_name(pod),
+                await _pod(api, pod, namespace_for(POD, args)),
                 command,
                 namespace=namespace_for(POD, args),
                 container=args.container,
@@ -108,7 +118,7 @@ async def _interactive(args: argparse.Namespace, ctx: Context, pod: str, command
         try:
             call = await open_exec(
                 api,
-                pod,
+                await _pod(api, pod, namespace_for(POD, args)),
                 command,
                 namespace=namespace_for(POD, args),
                 container=args.container,
