@@ -194,3 +194,17 @@ async def test_cleanup_removes_only_its_own_directories(
     # Nor the local-path directory itself.
     assert await clean.clean(local_pv("pvc-7", manager.local_path_dir))
     assert manager.local_path_dir.is_dir()
+
+
+async def test_local_path_dir_may_be_elsewhere(storage: Storage, tmp_path: Path) -> None:
+    """--local-path-dir: volumes made (and only removed) there, not under ROOT."""
+    disk = tmp_path / "big-disk"
+    manager = VolumeManager(
+        tmp_path / "root", storage, tmpfs=False, node_name=NODE, local_path_dir=disk
+    )  # type: ignore[arg-type]
+    directory = disk / "pvc-8_default_data"
+    storage.bind("data", local_pv("pvc-8", directory))
+    assert (await manager.setup(pod()))[0] == {"data": directory}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o777
+    assert manager.owns_local_path(directory)
+    assert not manager.owns_local_path(tmp_path / "root" / "storage" / "pvc-8_default_data")

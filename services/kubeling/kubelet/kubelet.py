@@ -105,6 +105,8 @@ class KubeletConfig:
     dns: DNSSettings = field(default_factory=DNSSettings)
     # Per-pod state (volumes) under ROOT/pods/UID (--root-dir).
     root_dir: Path = field(default_factory=lambda: Path("/var/lib/kubeling/kubelet"))
+    # Where local-path volumes live on this node (--local-path-dir; None: ROOT/storage).
+    local_path_dir: Path | None = None
     # How often pods with configMap/secret/downwardAPI/projected volumes are
     # synced to refresh their files (a changed ConfigMap reaches them within it).
     volume_refresh_period: float = 10.0
@@ -150,7 +152,12 @@ class Kubelet:
         )
         self.probes = ProbeManager(runtime, on_change=self._probe_changed)
         self.objects = ApiObjects(api)
-        self.volumes = VolumeManager(config.root_dir, self.objects, node_name=config.node_name)
+        self.volumes = VolumeManager(
+            config.root_dir,
+            self.objects,
+            node_name=config.node_name,
+            local_path_dir=config.local_path_dir,
+        )
         self.syncer = PodSyncer(
             runtime=runtime,
             log_root=config.pod_log_dir,

@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=default_cert_dir("kubelet").parent,
         help="per-pod state (volumes) under ROOT/pods/UID",
     )
+    p.add_argument(
+        "--local-path-dir",
+        type=Path,
+        default=None,
+        help="where this node keeps local-path volumes (default ROOT/storage); announced "
+        "on its Node for the local-path provisioner",
+    )
     p.add_argument("--image-dir", default="", help="import the image tarballs found here")
     p.add_argument("--pod-log-dir", type=Path, default=Path("/var/log/pods"))
     p.add_argument("--relist-period", type=float, default=1.0)
@@ -142,6 +149,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         backoff_reset=args.backoff_reset,
         dns=dns_settings(args),
         root_dir=args.root_dir,
+        local_path_dir=args.local_path_dir,
     )
 
 
