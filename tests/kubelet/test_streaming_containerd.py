@@ -63,7 +63,10 @@ async def running(
                 "mkdir -p /www && echo hello-through-port-forward > /www/index.html && "
                 "exec httpd -f -p 8080 -h /www",
             )
-            await api.pods.create(pod("web", web))
+            web.ports.add(name="http", container_port=8080)
+            web_pod = pod("web", web)
+            web_pod.metadata.labels["app"] = "web"
+            await api.pods.create(web_pod)
             ticker = sh("ticker", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done")
             await api.pods.create(pod("ticker", ticker))
             reader = sh("reader", "while read line; do echo got:$line; done; echo stdin-ended")
@@ -251,6 +254,37 @@ async def test_cli_port_forward_serves_a_request(running: tuple[Client, MasterPr
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_cli_port_forward_to_a_service_port(running: tuple[Client, MasterProcess]) -> None:
+    """svc/NAME: a pod of its selector, the service port mapped to its (named) targetPort."""
+    api, master = running
+    service = core_pb2.Service()
+    service.metadata.name = "web"
+    service.metadata.namespace = "default"
+    service.spec.selector["app"] = "web"
+    service.spec.ports.add(name="http", port=80).target_port.string_value = "http"
+    await api.services.create(service)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBELING), "--server", master.address, "port-forward", "svc/web", f"{port}:80",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert line == f"Forwarding from 127.0.0.1:{port} -> 8080\n".encode()
+
+        def fetch() -> bytes:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+                return bytes(r.read())
+
+        assert await asyncio.to_thread(fetch) == b"hello-through-port-forward\n"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await api.services.delete("web", "default")
 
 
 async def test_exec_still_works_unary(running: tuple[Client, MasterProcess]) -> None:

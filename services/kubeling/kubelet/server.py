@@ -330,11 +330,13 @@ class KubeletService:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
+        # The latest size asked for (the pump updates it), resent once below.
+        size = [b""]
         if start.tty and start.size.width and start.size.height:
-            await ws.send_channel(
-                streaming.RESIZE, streaming.resize_message(start.size.width, start.size.height)
-            )
-        pump = asyncio.create_task(_pump_input(requests, ws, start.stdin))
+            size[0] = streaming.resize_message(start.size.width, start.size.height)
+            await ws.send_channel(streaming.RESIZE, size[0])
+        resend = start.tty
+        pump = asyncio.create_task(_pump_input(requests, ws, start.stdin, size))
         exit_code, message = 0, ""
         ended_with_status = False
         try:
@@ -344,6 +346,11 @@ class KubeletService:
                     break
                 channel, data = got
                 if channel == streaming.STDOUT and data:
+                    if resend and size[0]:
+                        # containerd may drop a resize sent before the process had
+                        # its tty; once it writes, the tty exists: send it again.
+                        await ws.send_channel(streaming.RESIZE, size[0])
+                    resend = False
                     yield core_pb2.ExecStreamResponse(stdout=data)
                 elif channel == streaming.STDERR and data:
                     yield core_pb2.ExecStreamResponse(stderr=data)
@@ -464,9 +471,12 @@ class KubeletService:
         return kubelet_pb2.StatsResponse(node_name=self.directory.node_name, containers=entries)
 
 
-async def _pump_input(requests: AsyncIterator[Any], ws: streaming.WebSocket, stdin: bool) -> None:
+async def _pump_input(
+    requests: AsyncIterator[Any], ws: streaming.WebSocket, stdin: bool, size: list[bytes]
+) -> None:
     """Caller -> runtime: stdin and resizes, one message at a time (the gRPC
-    stream is only read as fast as the websocket takes it)."""
+    stream is only read as fast as the websocket takes it); `size[0]` keeps the
+    latest resize."""
     async for request in requests:
         if isinstance(request, handlers.Malformed):
             continue
@@ -474,9 +484,8 @@ async def _pump_input(requests: AsyncIterator[Any], ws: streaming.WebSocket, std
         if kind == "stdin" and stdin:
             await ws.send_channel(streaming.STDIN, request.stdin)
         elif kind == "resize":
-            size = request.resize
-            resize = streaming.resize_message(size.width, size.height)
-            await ws.send_channel(streaming.RESIZE, resize)
+            size[0] = streaming.resize_message(request.resize.width, request.resize.height)
+            await ws.send_channel(streaming.RESIZE, size[0])
         # stdin_close: v4.channel.k8s.io cannot half-close stdin (see cri/streaming.py).
 
 
