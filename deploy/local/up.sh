@@ -117,5 +117,6 @@ Try next:
   $KUBELING lab stop worker-2                  (node loss: NotReady after 50 s, pods move 5 min later)
   $KUBELING user add alice --role view -o .kubeling/users   (a read-only credential)
   $KUBELING --config .kubeling/users/alice.conf get pods -A
+  make demo                                    (the three-tier shop: deploy/examples/README.md)
   make down                                    (removes the whole lab)
 NEXT
