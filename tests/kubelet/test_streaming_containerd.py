@@ -376,6 +376,10 @@ async def test_cp_both_ways(running: tuple[Client, MasterProcess], tmp_path: Pat
 
     size, digest = reply.stdout.split()[:2]
     assert (int(size), digest) == (len(payload), hashlib.md5(payload).hexdigest())
+    # POD:DIR/ copies into the directory under the local name.
+    assert await cli("cp", str(local), "shell:/tmp/") == (0, "")
+    listed = await pod_exec(api, "shell", ["wc", "-c", "/tmp/data.bin"])
+    assert listed.stdout.split()[0] == str(len(payload))
     back = tmp_path / "back.bin"
     assert await cli("cp", "default/shell:/tmp/copied.bin", str(back)) == (0, "")
     assert back.read_bytes() == payload

@@ -1,4 +1,11 @@
-"""The kubelet's own API (kubeling.v1.Kubelet, port 10250): pods, logs, exec, stats.
+"""The kubelet's own API (kubeling.v1.Kubelet, port 10250): pods, logs, exec, stats,
+and the interactive sessions (ExecStream, Attach, PortForward).
+
+A session is a bidirectional gRPC stream whose first message names the pod; the
+kubelet asks CRI for a streaming URL (Exec/Attach/PortForward) and speaks
+websocket v4.channel.k8s.io to the runtime's streaming server (cri/streaming.py),
+dialled in `stream_netns` when the runtime lives in another network namespace.
+One message is in flight each way, and when either side ends both do.
 
 It knows pods only through a `PodDirectory` and containers only through the CRI
 `Runtime`, so it can be served by the real kubelet or, in tests, over a fake.

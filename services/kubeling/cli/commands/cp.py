@@ -123,7 +123,11 @@ def _archive(local: Path, base: str) -> bytes:
 
 async def _to_pod(api: Client, local: Path, remote: tuple[str, str, str], container: str) -> None:
     ns, pod, path = remote
-    parent, base = posixpath.split(path.rstrip("/") or "/")
+    if path.endswith("/"):
+        # POD:DIR/ names a directory to copy into, under the local name.
+        parent, base = path.rstrip("/") or "/", local.name
+    else:
+        parent, base = posixpath.split(path.rstrip("/") or "/")
     data = _archive(local, base)
     script = 'head -c "$0" | tar -xmf - -C "$1"'
     command = ["sh", "-c", script, str(len(data)), parent or "/"]
