@@ -254,6 +254,7 @@ async def test_cli_port_forward_serves_a_request(running: tuple[Client, MasterPr
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+    assert proc.returncode == 0  # Ctrl-C is how it ends
 
 
 async def test_cli_port_forward_to_a_service_port(running: tuple[Client, MasterProcess]) -> None:

@@ -160,6 +160,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                     shown = f"[{address}]" if ":" in address else address
                     ctx.out(f"Forwarding from {shown}:{bound} -> {remote}")
             await asyncio.Event().wait()  # until Ctrl-C
+        except asyncio.CancelledError:
+            return 0  # Ctrl-C (asyncio.run cancels us) is how forwarding ends
         finally:
             for server in servers:
                 server.close()
