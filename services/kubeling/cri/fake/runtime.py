@@ -28,7 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -496,7 +496,7 @@ class FakeRuntime:
             raise CRIError(_CODE.NOT_FOUND, f"sandbox {pod_sandbox_id} not found")
         return await self._stream_url(Session("portforward", port=port))
 
-    def _running(self, container_id: str) -> Any:
+    def _running(self, container_id: str) -> Container:
         container = self._container(container_id)
         if container.state != pb.CONTAINER_RUNNING:
             raise CRIError(_CODE.UNKNOWN, f"container is in {state_name(container.state)} state")
