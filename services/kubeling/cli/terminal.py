@@ -121,6 +121,9 @@ async def run_session(call: Any, ctx: Context, stdin: bool, tty: bool) -> int:
         if size is not None:
             resizes.put_nowait(size)
 
+    # Input only once the session is open: a write racing a refusal would turn
+    # the refusal (NOT_FOUND, PERMISSION_DENIED) into gRPC's INTERNAL.
+    await call.initial_metadata()
     if stdin:
         threading.Thread(target=_reader, args=(ctx.stdin, loop, queue), daemon=True).start()
     winch = tty and terminal_size(ctx.stdin) is not None

@@ -343,6 +343,8 @@ class KubeletService:
             size[0] = streaming.resize_message(start.size.width, start.size.height)
             await ws.send_channel(streaming.RESIZE, size[0])
         resend = start.tty
+        # Headers now: the caller learns the session is open (and only then writes).
+        await context.send_initial_metadata(())
         pump = asyncio.create_task(_pump_input(requests, ws, start.stdin, size))
         exit_code, message = 0, ""
         ended_with_status = False
@@ -399,6 +401,7 @@ class KubeletService:
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
             return
+        await context.send_initial_metadata(())  # the session is open
         pump = asyncio.create_task(_pump_forwarded(requests, ws))
         # The first message on each channel names the port: not data.
         port_seen = {0: False, 1: False}

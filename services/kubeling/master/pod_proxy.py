@@ -327,6 +327,12 @@ class PodProxy:
 
             pump = asyncio.create_task(forward())
             try:
+                # The kubelet's headers say its session is open: pass that on, so the
+                # caller starts writing only then (a write racing a refusal would
+                # hide the refusal's status behind gRPC's "Internal error from Core").
+                await call.initial_metadata()
+                if not call.done():
+                    await context.send_initial_metadata(())
                 async for data in call:
                     yield data
             except grpc.aio.AioRpcError as exc:

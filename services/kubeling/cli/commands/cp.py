@@ -57,7 +57,8 @@ async def _exec(
 ) -> tuple[bytes, bytes, int]:
     call = await open_exec(api, pod, command, ns, container, stdin=stdin is not None)
     out, err, code = io.BytesIO(), io.BytesIO(), 1
-    if stdin is not None:
+    await call.initial_metadata()  # the session is open (or refused): then write
+    if stdin is not None and not call.done():
         for offset in range(0, len(stdin), _CHUNK):
             await call.write(core_pb2.ExecStreamRequest(stdin=stdin[offset : offset + _CHUNK]))
     async for message in call:

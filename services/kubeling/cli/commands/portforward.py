@@ -100,6 +100,7 @@ async def _relay(
     call = None
     try:
         call = await open_port_forward(api, pod, port, namespace)
+        await call.initial_metadata()  # write only once the session is open
 
         async def upstream() -> None:
             while data := await reader.read(_READ):
