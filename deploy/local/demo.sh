@@ -74,9 +74,8 @@ done
 [[ -n $answer ]] || { echo "the application did not answer; see $LAB_DIR/logs and 'kubeling get pods -n $NS'" >&2; exit 1; }
 
 step "POST $url {\"name\": \"apple\"}  (front-end -> api -> redis)"
-# Retried on a network error: right after a rollout a new pod may get a just-freed
-# IP that a node still has the old pod's MAC for (deploy/examples/README.md, known
-# issue), which times out for up to half a minute.
+# Retried on a network error: the front-end answers GET before the API pods behind
+# it are all ready (readiness is per tier).
 for try in $(seq 1 10); do
   "$KUBELING" lab exec master -- python3 -c "$request" "$url" '{"name": "apple"}' 2>/dev/null && break
   [[ $try -lt 10 ]] || { echo "the POST failed; see $LAB_DIR/logs" >&2; exit 1; }

@@ -38,6 +38,7 @@ def kubelet_config(
         name,
         pod_cidr,
         cni_conf_dir=tmp_path / "net.d",
+        cni_ipam_dir=tmp_path / "ipam",
         cluster_cidr=CLUSTER_CIDR,
         service_cidr=SERVICE_CIDR,
     )
@@ -142,6 +143,8 @@ async def test_a_pod_cidr_from_the_flag_or_the_node_means_ready_at_once(
         ipam = json.loads(conflist(tmp_path).read_text())["plugins"][0]["ipam"]
         assert ipam["ranges"][0][0]["subnet"] == "10.244.3.0/24"
         assert [r["dst"] for r in ipam["routes"]] == [CLUSTER_CIDR, SERVICE_CIDR]
+        # This node's own lease folder (--cni-ipam-dir), not the machine-wide one.
+        assert ipam["dataDir"] == str(tmp_path / "ipam")
         since = ready_condition(first).last_transition_time
 
     # A restarted kubelet whose Node already has a CIDR (and no flag) never

@@ -106,3 +106,10 @@ async def test_a_node_without_certificate_or_token_is_told_which_flags_to_give(
     assert "--token-file" in message and "--discovery-token-ca-cert-hash" in message
     insecure = kubelet_main.parse_args(["--master", "127.0.0.1:1", "--insecure"])
     assert kubelet_main.config_from(insecure).credentials is None
+
+
+def test_the_kubelet_keeps_address_leases_where_told() -> None:
+    base = ["--master", "127.0.0.1:1", "--insecure", "--cni-conf-dir", "/n/net.d"]
+    assert kubelet_main.config_from(kubelet_main.parse_args(base)).cni_ipam_dir is None
+    told = kubelet_main.parse_args([*base, "--cni-ipam-dir", "/n/ipam"])
+    assert kubelet_main.config_from(told).cni_ipam_dir == Path("/n/ipam")

@@ -88,6 +88,9 @@ class KubeletConfig:
     # (the Node's spec.podCIDR, else --pod-cidr); None: managed elsewhere. Until
     # it is written the node is not Ready and pods get no sandbox.
     cni_conf_dir: Path | None = None
+    # host-local's lease files; its "last reserved" pointer is per network name, so
+    # nodes on one filesystem sharing it would hand out just-freed addresses again.
+    cni_ipam_dir: Path | None = None
     cluster_cidr: str = "10.244.0.0/16"
     # Routed from pods through their gateway (the node), where kube-proxy DNATs.
     service_cidr: str = "10.96.0.0/12"
@@ -251,6 +254,9 @@ class Kubelet:
                 conf_dir,
                 pod_cidr=pod_cidr,
                 routes=[self.config.cluster_cidr, self.config.service_cidr],
+                ipam_data_dir=(
+                    str(self.config.cni_ipam_dir) if self.config.cni_ipam_dir is not None else None
+                ),
             )
         except (OSError, ValueError) as exc:
             log.error("CNI config not written", pod_cidr=pod_cidr, error=str(exc))

@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="write this node's bridge CNI config here once the pod CIDR is known",
     )
+    p.add_argument(
+        "--cni-ipam-dir",
+        default="",
+        help="where host-local IPAM keeps this node's address leases (default: its own, "
+        "/var/lib/cni/networks); nodes sharing one filesystem, as in the lab, need one each",
+    )
     p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="all nodes' pod CIDRs")
     p.add_argument(
         "--service-cidr", default="10.96.0.0/12", help="ClusterIPs, routed from pods via the node"
@@ -137,6 +143,7 @@ def config_from(args: argparse.Namespace) -> KubeletConfig:
         pod_cidr=args.pod_cidr,
         pod_log_dir=args.pod_log_dir,
         cni_conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
+        cni_ipam_dir=Path(args.cni_ipam_dir) if args.cni_ipam_dir else None,
         cluster_cidr=args.cluster_cidr,
         sync_pod_routes=args.sync_pod_routes,
         service_cidr=args.service_cidr,

@@ -1210,6 +1210,8 @@ class Lab:
                 "--listen", "0.0.0.0:10250",
                 "--node-ip", node.ip,
                 "--cni-conf-dir", str(base / "net.d"),
+                # Address leases per node: the lab's nodes share one filesystem.
+                "--cni-ipam-dir", str(base / "ipam"),
                 "--cluster-cidr", CLUSTER_CIDR,
                 "--service-cidr", SERVICE_CIDR,
                 "--sync-pod-routes",
