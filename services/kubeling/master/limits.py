@@ -7,7 +7,11 @@
   (a runaway script, a hostile node) cannot take every slot from the others;
 - at most `max_watches` Watch streams are open per client; the next one is refused
   the same way. Long-running calls (watches, log streams, exec) do not count as in
-  flight, as in Kubernetes.
+  flight, as in Kubernetes;
+- at most `max_sessions` pod sessions (Logs, Exec, ExecStream, Attach, PortForward:
+  each holds a call to a kubelet and its buffers) are open per client — beyond
+  Kubernetes, which bounds them only by connection limits, so that one client
+  cannot pile up kubelet streams without end.
 
 A client is keyed by the identity in its certificate (`identity_key`) when the
 master serves TLS, by its peer host (`peer_host`) when it does not. 0 disables a
@@ -16,6 +20,7 @@ limit. Everything runs on the server's one event loop, so plain counters suffice
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,11 +33,15 @@ from kubeling.common import identity, peer
 DEFAULT_MAX_REQUESTS_INFLIGHT = 400
 DEFAULT_MAX_WATCHES_PER_CLIENT = 100
 DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT = 200
+DEFAULT_MAX_SESSIONS_PER_CLIENT = 64
 
 # Unary methods that may legitimately run for minutes.
 LONG_RUNNING_UNARY = frozenset({"Exec"})
+# The Pods service's calls that go on to a kubelet and stay open.
+POD_SESSIONS = frozenset({"Logs", "Exec", "ExecStream", "Attach", "PortForward"})
 
 ClientKey = Callable[[Any], str]
+Slot = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
 
 
 def peer_host(context: Any) -> str:
@@ -53,6 +62,7 @@ class RequestLimits:
         max_watches: int = DEFAULT_MAX_WATCHES_PER_CLIENT,
         client_key: ClientKey = peer_host,
         max_inflight_per_client: int = 0,
+        max_sessions: int = DEFAULT_MAX_SESSIONS_PER_CLIENT,
     ) -> None:
         self.max_inflight = max_inflight
         self.max_watches = max_watches
@@ -60,7 +70,9 @@ class RequestLimits:
         self.max_inflight_per_client = max_inflight_per_client
         self.inflight = 0
         self.inflight_by_client: Counter[str] = Counter()
+        self.max_sessions = max_sessions
         self.watches: Counter[str] = Counter()
+        self.sessions: Counter[str] = Counter()
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """`handler` (gRPC method `method`) with the limit that applies to it."""
@@ -72,10 +84,29 @@ class RequestLimits:
             )
         if handler.unary_stream is not None and method == "Watch":
             return grpc.unary_stream_rpc_method_handler(
-                self._per_client(handler.unary_stream),
+                self._per_client(handler.unary_stream, self._watch_slot),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if method in POD_SESSIONS and self.max_sessions:
+            if handler.unary_unary is not None:
+                return grpc.unary_unary_rpc_method_handler(
+                    self._one_session(handler.unary_unary),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+            if handler.unary_stream is not None:
+                return grpc.unary_stream_rpc_method_handler(
+                    self._per_client(handler.unary_stream, self._session_slot),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+            if handler.stream_stream is not None:
+                return grpc.stream_stream_rpc_method_handler(
+                    self._per_client(handler.stream_stream, self._session_slot),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler
 
     def _counted(
@@ -108,25 +139,57 @@ class RequestLimits:
 
         return call
 
+    @contextlib.asynccontextmanager
+    async def _watch_slot(self, context: Any) -> AsyncIterator[None]:
+        async with self._slot(
+            context, self.watches, self.max_watches, "watches", "close some and retry"
+        ):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _session_slot(self, context: Any) -> AsyncIterator[None]:
+        async with self._slot(
+            context, self.sessions, self.max_sessions, "pod sessions (logs, exec, "
+            "attach, port-forward)", "end some and retry"
+        ):  # fmt: skip
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _slot(
+        self, context: Any, open_now: Counter[str], limit: int, what: str, advice: str
+    ) -> AsyncIterator[None]:
+        """One of `limit` slots of this client in `open_now`, held while the call runs."""
+        key = self.client_key(context)
+        if limit and open_now[key] >= limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many {what} open from {key} (limit {limit}); {advice}",
+            )
+        open_now[key] += 1
+        try:
+            yield
+        finally:
+            open_now[key] -= 1
+            if not open_now[key]:
+                del open_now[key]
+
     def _per_client(
-        self, fn: Callable[[Any, Any], AsyncIterator[Any]]
+        self, fn: Callable[[Any, Any], AsyncIterator[Any]], slot: Slot
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         @functools.wraps(fn)
         async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-            key = self.client_key(context)
-            if self.max_watches and self.watches[key] >= self.max_watches:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"too many watches open from {key} (limit {self.max_watches}); "
-                    "close some and retry",
-                )
-            self.watches[key] += 1
-            try:
+            async with slot(context):
                 async for item in fn(request, context):
                     yield item
-            finally:
-                self.watches[key] -= 1
-                if not self.watches[key]:
-                    del self.watches[key]
+
+        return call
+
+    def _one_session(
+        self, fn: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def call(request: Any, context: Any) -> Any:
+            async with self._session_slot(context):
+                return await fn(request, context)
 
         return call

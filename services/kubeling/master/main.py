@@ -28,6 +28,7 @@ from kubeling.master.event_ttl import DEFAULT_EVENT_TTL
 from kubeling.master.limits import (
     DEFAULT_MAX_REQUESTS_INFLIGHT,
     DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT,
+    DEFAULT_MAX_SESSIONS_PER_CLIENT,
     DEFAULT_MAX_WATCHES_PER_CLIENT,
 )
 from kubeling.master.server import DEFAULT_METRICS_PORT, Master, MasterConfig
@@ -224,6 +225,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Watch streams one client (by certificate identity; with --insecure by peer "
         "address) may hold open (0: no limit)",
     )
+    parser.add_argument(
+        "--max-pod-sessions-per-client",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS_PER_CLIENT,
+        help="pod logs, exec, attach and port-forward calls one client may hold open (0: no limit)",
+    )
     add_store_arguments(parser)
     parser.add_argument("--log-level", default=os.environ.get("KUBELING_LOG_LEVEL", "info"))
     args = parser.parse_args(argv)
@@ -339,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         loop_crash_limit=args.loop_crash_limit,
         max_requests_inflight=args.max_requests_inflight,
         max_watches_per_client=args.max_watches_per_client,
+        max_sessions_per_client=args.max_pod_sessions_per_client,
         max_requests_inflight_per_client=args.max_requests_inflight_per_client,
         listen=args.listen,
         store=args.store,

@@ -76,6 +76,10 @@ METHOD_VERBS: dict[str, tuple[str, str]] = {
     "Bind": ("create", "binding"),
     "Logs": ("get", "log"),
     "Exec": ("create", "exec"),
+    "ExecStream": ("create", "exec"),
+    "Attach": ("create", "attach"),
+    "PortForward": ("create", "portforward"),
+    "Top": ("get", "metrics"),
 }
 
 
@@ -95,7 +99,7 @@ def _code(context: Any, error: BaseException | None) -> str:
 
 
 def instrument(handler: grpc.RpcMethodHandler, method: str, resource: str) -> grpc.RpcMethodHandler:
-    """`handler` (unary or server-streaming) with its calls counted and timed as
+    """`handler` (unary, server- or bidi-streaming) with its calls counted and timed as
     `method` (a gRPC method name, see METHOD_VERBS) on `resource` (a plural kind)."""
     verb, subresource = METHOD_VERBS.get(method, (method.lower(), ""))
     if handler.unary_unary is not None:
@@ -107,6 +111,12 @@ def instrument(handler: grpc.RpcMethodHandler, method: str, resource: str) -> gr
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             _counted_stream(handler.unary_stream, verb, resource, subresource),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:  # exec -it, attach, port-forward sessions
+        return grpc.stream_stream_rpc_method_handler(
+            _counted_stream(handler.stream_stream, verb, resource, subresource),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

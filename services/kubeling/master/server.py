@@ -54,6 +54,7 @@ from kubeling.master.event_ttl import DEFAULT_EVENT_TTL, EventExpiry
 from kubeling.master.limits import (
     DEFAULT_MAX_REQUESTS_INFLIGHT,
     DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT,
+    DEFAULT_MAX_SESSIONS_PER_CLIENT,
     DEFAULT_MAX_WATCHES_PER_CLIENT,
     RequestLimits,
     identity_key,
@@ -118,6 +119,8 @@ class MasterConfig:
     max_requests_inflight: int = DEFAULT_MAX_REQUESTS_INFLIGHT
     max_watches_per_client: int = DEFAULT_MAX_WATCHES_PER_CLIENT
     max_requests_inflight_per_client: int = DEFAULT_MAX_REQUESTS_INFLIGHT_PER_CLIENT
+    # Pod logs/exec/attach/port-forward calls open per client (each holds a kubelet call).
+    max_sessions_per_client: int = DEFAULT_MAX_SESSIONS_PER_CLIENT
     # Where the cluster's state lives: "sqlite" (DATA_DIR/state.db, this master
     # alone) or "etcd://HOST:PORT,..." (shared by every master given the same list).
     store: str = "sqlite"
@@ -240,6 +243,7 @@ class Master:
             # Clients are who their certificate says; without TLS, where they call from.
             identity_key if config.tls else peer_host,
             config.max_requests_inflight_per_client,
+            config.max_sessions_per_client,
         )
         self.server: Server | None = None
         self.elector: LeaderElector | None = None
