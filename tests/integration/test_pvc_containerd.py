@@ -11,7 +11,6 @@ directory is on the node's disk, under the kubelet's ROOT/storage.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,11 +19,11 @@ import pytest
 from kubeling.client import Client
 from kubeling.client.pods import pod_exec
 from kubeling.cri.client import RuntimeClient
-from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
-from kubeling.node.containerd import mounts_under
+from kubeling.kubelet.kubelet import Kubelet
 from kubeling.v1 import core_pb2, storage_pb2
-from tests.support.containerd import POD_CIDR, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
 from tests.support.processes import MasterProcess, running_master
+from tests.support.real_kubelet import kubelet_config, remove_node_pods, unmount_all
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow
@@ -45,44 +44,18 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MasterProcess]:
 async def kubelet(
     master: MasterProcess, containerd: PrivateContainerd, api: Client, tmp_path: Path
 ) -> AsyncIterator[Kubelet]:
-    config = KubeletConfig(
-        master=master.address,
-        node_name=NODE,
-        runtime_endpoint=containerd.endpoint,
-        listen="127.0.0.1:0",
-        node_ip="127.0.0.1",
-        pod_cidr=POD_CIDR,
-        pod_log_dir=containerd.base / "pods",
-        relist_period=0.2,
-        status_interval=2.0,
-        lease_renew_interval=1.0,
-        backoff_initial=1.0,
-        backoff_max=4.0,
-        root_dir=tmp_path / "kubelet",
-    )
+    config = kubelet_config(master.address, NODE, containerd, root_dir=tmp_path / "kubelet")
     runtime = RuntimeClient(containerd.endpoint)
     kubelet = Kubelet(config, runtime, api)
     await kubelet.start()
     try:
         yield kubelet
     finally:
-        for pod in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
-            await api.pods.delete(pod.metadata.name, pod.metadata.namespace, 1)
-
-        async def none_left() -> bool:
-            listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
-            return not listed.items
-
-        await eventually_passes(none_left, 60)
+        await remove_node_pods(api, NODE)
         await kubelet.stop()
         await runtime.close()
         await api.nodes.delete(NODE)
         unmount_all(tmp_path)  # a failed test must leave no mount behind
-
-
-def unmount_all(path: Path) -> None:
-    for point in mounts_under(str(path)):
-        subprocess.run(["umount", "-l", point], check=False)
 
 
 def pod_with_claim(name: str, script: str) -> core_pb2.Pod:

@@ -23,8 +23,9 @@ from kubeling.kubelet import labels
 from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 from kubeling.v1 import core_pb2
 from tests.kubelet.test_kubelet_fake import phase_of
-from tests.support.containerd import POD_CIDR, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
 from tests.support.processes import MasterProcess, stop_process
+from tests.support.real_kubelet import kubelet_config, remove_node_pods
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow  # asyncio tests run on the session loop (pyproject)
@@ -33,20 +34,7 @@ NODE = "node-real"
 
 
 def config(master: MasterProcess, node: PrivateContainerd) -> KubeletConfig:
-    return KubeletConfig(
-        master=master.address,
-        node_name=NODE,
-        runtime_endpoint=node.endpoint,
-        listen="127.0.0.1:0",
-        node_ip="127.0.0.1",
-        pod_cidr=POD_CIDR,
-        pod_log_dir=node.base / "pods",
-        relist_period=0.2,
-        status_interval=2.0,
-        lease_renew_interval=1.0,
-        backoff_initial=1.0,
-        backoff_max=4.0,
-    )
+    return kubelet_config(master.address, NODE, node)
 
 
 class RealNode:
@@ -70,14 +58,7 @@ async def node(
     try:
         yield real
     finally:
-        for pod in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
-            await api.pods.delete(pod.metadata.name, pod.metadata.namespace, 1)
-
-        async def none_left() -> bool:
-            listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
-            return not listed.items
-
-        await eventually_passes(none_left, 60)
+        await remove_node_pods(api, NODE)
         await real.kubelet.stop()
         await real.runtime.close()
 

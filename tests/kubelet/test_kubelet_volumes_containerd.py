@@ -9,7 +9,6 @@ sees is read with `exec` in its containers.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ from kubeling.client.client import ResourceClient
 from kubeling.client.pods import pod_exec
 from kubeling.cri.client import RuntimeClient
 from kubeling.kubelet.dns import DNSSettings
-from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
+from kubeling.kubelet.kubelet import Kubelet
 from kubeling.node.containerd import mounts_under
 from kubeling.v1 import core_pb2
 from tests.kubelet.test_kubelet_fake import phase_of
-from tests.support.containerd import POD_CIDR, PrivateContainerd
+from tests.support.containerd import PrivateContainerd
 from tests.support.processes import MasterProcess
+from tests.support.real_kubelet import kubelet_config, remove_node_pods, unmount_all
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow
@@ -53,19 +53,10 @@ async def node(
 ) -> AsyncIterator[VolumeNode]:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.1\nsearch corp.example\n")
-    config = KubeletConfig(
-        master=master.address,
-        node_name=NODE,
-        runtime_endpoint=containerd.endpoint,
-        listen="127.0.0.1:0",
-        node_ip="127.0.0.1",
-        pod_cidr=POD_CIDR,
-        pod_log_dir=containerd.base / "pods",
-        relist_period=0.2,
-        status_interval=2.0,
-        lease_renew_interval=1.0,
-        backoff_initial=1.0,
-        backoff_max=4.0,
+    config = kubelet_config(
+        master.address,
+        NODE,
+        containerd,
         dns=DNSSettings(["10.96.0.10"], "cluster.local", resolv),
         root_dir=tmp_path / "kubelet",
         volume_refresh_period=1.0,
@@ -77,14 +68,7 @@ async def node(
     try:
         yield real
     finally:
-        for pod in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
-            await api.pods.delete(pod.metadata.name, pod.metadata.namespace, 1)
-
-        async def none_left() -> bool:
-            listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
-            return not listed.items
-
-        await eventually_passes(none_left, 60)
+        await remove_node_pods(api, NODE)
         await kubelet.stop()
         await runtime.close()
         for name in ("conf", "creds"):
@@ -92,11 +76,6 @@ async def node(
                 with contextlib.suppress(grpc.aio.AioRpcError):  # absent is fine
                     await client.delete(name, "default")
         unmount_all(tmp_path)  # a failed test must leave no tmpfs behind
-
-
-def unmount_all(path: Path) -> None:
-    for point in mounts_under(str(path)):
-        subprocess.run(["umount", "-l", point], check=False)
 
 
 def make_pod(name: str, *containers: core_pb2.Container, **spec: object) -> core_pb2.Pod:

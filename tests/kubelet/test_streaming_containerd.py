@@ -36,6 +36,7 @@ from tests.kubelet.test_kubelet_containerd import NODE, config, pod, sh
 from tests.kubelet.test_kubelet_fake import phase_of
 from tests.support.containerd import PrivateContainerd
 from tests.support.processes import MasterProcess, free_port
+from tests.support.real_kubelet import remove_node_pods
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow
@@ -76,14 +77,7 @@ async def running(
                 await eventually_passes(lambda n=name: phase_of(api, n, "Running"), 60)
             yield api, master
         finally:
-            for item in (await api.pods.list("", field_selector=f"spec.nodeName={NODE}")).items:
-                await api.pods.delete(item.metadata.name, item.metadata.namespace, 1)
-
-            async def none_left() -> bool:
-                listed = await api.pods.list("", field_selector=f"spec.nodeName={NODE}")
-                return not listed.items
-
-            await eventually_passes(none_left, 60)
+            await remove_node_pods(api, NODE)
             await kubelet.stop()
             await runtime.close()
 
