@@ -6,7 +6,7 @@ INTERNAL while the server carries on."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,25 @@ class Malformed:
             grpc.StatusCode.INVALID_ARGUMENT,
             f"request is not a valid {self.message_name}: {self.error}",
         )
+
+
+async def start_message(requests: AsyncIterator[Any]) -> Any:
+    """A session stream's first message (exec, attach, port-forward: master and
+    kubelet alike), which must parse and be `start`."""
+    try:
+        first = await anext(requests)
+    except StopAsyncIteration:
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT, "start: the stream ended before it"
+        ) from None
+    if isinstance(first, Malformed):
+        raise first.to_error()
+    if first.WhichOneof("kind") != "start":
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"start: Required value: the first {type(first).__name__} must be start",
+        )
+    return first
 
 
 def parser(message: type[Message]) -> Callable[[bytes], Message | Malformed]:

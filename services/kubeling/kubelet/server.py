@@ -313,26 +313,12 @@ class KubeletService:
         except (streaming.StreamingError, ValueError) as exc:
             raise ApiError(_CODE.INTERNAL, f"unable to {doing} the container: {exc}") from None
 
-    async def _first(self, requests: AsyncIterator[Any], kind: str) -> Any:
-        """The stream's first message: it must be parseable and a `start`."""
-        try:
-            first = await anext(requests)
-        except StopAsyncIteration:
-            raise ApiError(_CODE.INVALID_ARGUMENT, "start: the stream ended before it") from None
-        if isinstance(first, handlers.Malformed):
-            raise first.to_error()
-        if first.WhichOneof("kind") != "start":
-            raise ApiError(
-                _CODE.INVALID_ARGUMENT, f"start: Required value: the first {kind} must be start"
-            )
-        return first.start
-
     async def _session(
         self, method: str, requests: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[core_pb2.ExecStreamResponse]:
         try:
             self._check(context, method)
-            start = await self._first(requests, "ExecStreamRequest")
+            start = (await handlers.start_message(requests)).start
             ws = await self._open_session(method, start)
         except ApiError as exc:
             await context.abort_with_status(exc.to_status())
@@ -385,7 +371,7 @@ class KubeletService:
     ) -> AsyncIterator[core_pb2.PortForwardResponse]:
         try:
             self._check(context, "PortForward")
-            start = await self._first(requests, "PortForwardRequest")
+            start = (await handlers.start_message(requests)).start
             if not 0 < start.port < 65536:
                 raise ApiError(_CODE.INVALID_ARGUMENT, "start.port: must be 1-65535")
             namespace = start.namespace or "default"

@@ -39,7 +39,6 @@ __all__ = [
     "ChannelCache",
     "PodProxy",
     "kubelet_address",
-    "start_message",
 ]
 
 log = structlog.get_logger(__name__)
@@ -54,21 +53,6 @@ _STATUS_DETAILS = "grpc-status-details-bin"
 
 # Seconds between the two stats samples CPU usage is computed from.
 TOP_WINDOW = 1.0
-
-
-async def start_message(requests: AsyncIterator[Any]) -> Any:
-    """A bidirectional stream's first message, which must parse and be `start`."""
-    try:
-        first = await anext(requests)
-    except StopAsyncIteration:
-        raise ApiError(_CODE.INVALID_ARGUMENT, "start: the stream ended before it") from None
-    if isinstance(first, handlers.Malformed):
-        raise first.to_error()
-    if first.WhichOneof("kind") != "start":
-        raise ApiError(
-            _CODE.INVALID_ARGUMENT, "start: Required value: the first message must be start"
-        )
-    return first
 
 
 def kubelet_address(node: core_pb2.Node) -> str:
@@ -305,7 +289,7 @@ class PodProxy:
     ) -> AsyncIterator[bytes]:
         """Relay a bidirectional session to the kubelet of the pod `start` names."""
         try:
-            first = await start_message(requests)
+            first = await handlers.start_message(requests)
             start = first.start
             start.namespace = start.namespace or "default"
             node, address = self._target(start.namespace, start.name)
