@@ -119,11 +119,7 @@ def job(name: str, ns: str, script: str, **spec: Any) -> batch_pb2.Job:
         "metadata": {"name": name, "namespace": ns},
         "spec": job_template(script, **spec),
     }
-    return parse_dict(body, batch_pb2.Job())
-
-
-def parse_dict(body: dict[str, Any], message: Any) -> Any:
-    return json_format.ParseDict(body, message)
+    return json_format.ParseDict(body, batch_pb2.Job())
 
 
 async def pods_of(api: Client, ns: str, job_name: str) -> list[core_pb2.Pod]:
@@ -179,7 +175,7 @@ async def test_a_failing_job_stops_at_its_backoff_limit(api: Client) -> None:
     await eventually(failed, describe=lambda: snapshot(api, ns))
     j = await api.jobs.get("broken", ns)
     failed_condition = condition(j, batch.FAILED)
-    assert failed_condition.status == "True"
+    assert failed_condition is not None and failed_condition.status == "True"
     assert failed_condition.reason == "BackoffLimitExceeded"
     assert j.status.failed == 2 and j.status.succeeded == 0
     pods = await pods_of(api, ns, "broken")
@@ -203,7 +199,7 @@ def cron_job(name: str, ns: str, *, suspend: bool) -> batch_pb2.CronJob:
             "jobTemplate": {"spec": job_template("echo tick")},
         },
     }
-    return parse_dict(body, batch_pb2.CronJob())
+    return json_format.ParseDict(body, batch_pb2.CronJob())
 
 
 async def test_a_cron_job_fires_on_schedule_and_a_suspended_one_does_not(api: Client) -> None:
@@ -302,12 +298,14 @@ async def test_stateful_pods_start_in_order_and_resolve_by_name(api: Client) -> 
     async def both_ready() -> bool:
         found = {p.metadata.name: p for p in (await api.pods.list(ns, "app=web")).items}
         if "web-1" in found and not ("web-0" in found and ready(found["web-0"])):
-            early.append(str(found.get("web-0")))
+            web0 = found.get("web-0")
+            seen = f"{web0.status.phase}, ready={ready(web0)}" if web0 else "not there"
+            early.append(f"web-1 made while web-0 was {seen}")
         client = await api.pods.get("client", ns)
         return len(found) == 2 and all(ready(p) for p in [*found.values(), client])
 
     await eventually(both_ready, interval=0.2, describe=lambda: snapshot(api, ns))
-    assert early == [], early[0]
+    assert early == [], early[:3]
     pod0, pod1 = [await api.pods.get(f"web-{i}", ns) for i in range(2)]
     ready0 = condition_of(pod0, "Ready")
     assert stamp(pod1.metadata.creation_timestamp) >= stamp(ready0.last_transition_time), (
