@@ -386,8 +386,18 @@ async def test_port_forward_serves_http_from_a_pod(
         assert hashlib.md5(big).hexdigest() == await asyncio.to_thread(
             md5_in, lab, "web", "/www/big"
         )
-        code, err = await asyncio.to_thread(forward.interrupt)
-        assert code == 0, err
+        # Ctrl-C with a (keep-alive) connection open: a clean end that closes it.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as open_one:
+            open_one.sendall(b"GET /index.html HTTP/1.1\r\nHost: web\r\n\r\n")
+            answer = b""
+            while PAGE.encode() not in answer:
+                chunk = await asyncio.to_thread(open_one.recv, 4096)
+                assert chunk, answer
+                answer += chunk
+            code, err = await asyncio.to_thread(forward.interrupt)
+            assert code == 0, err
+            assert "Traceback" not in err, err
+            assert await asyncio.to_thread(open_one.recv, 4096) == b""
         assert gone(forward.proc.pid)
         # Nothing listens any more.
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):

@@ -124,6 +124,11 @@ async def _relay(
         ctx.err(f"error forwarding port {port} to pod {pod}: {exc.details()}")
     except (ConnectionError, OSError):
         pass  # the local side went away
+    except asyncio.CancelledError:
+        # Ctrl-C with the connection open: asyncio.run cancels this handler. Ending
+        # normally (the connection is closed below) keeps asyncio's stream callback
+        # from reporting the cancelled task with a traceback (Python 3.11).
+        pass
     finally:
         if call is not None:
             call.cancel()
