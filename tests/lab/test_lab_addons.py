@@ -9,26 +9,30 @@ import asyncio
 import functools
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 import yaml
-from google.protobuf import json_format
 
 from kubeling.client import Client
-from kubeling.client.pods import pod_exec
 from kubeling.lab import addons
 from kubeling.lab.lab import Lab, LabError, LabOptions, running_lab
 from kubeling.v1 import apps_pb2, core_pb2
 from tests.support import waiting
 from tests.support.containerd import skip_reason
+from tests.support.lab_pods import (
+    client_pod,
+    create_once,
+    nslookup,
+    parse,
+    ready,
+    resolve,
+    run_in,
+)
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -79,19 +83,6 @@ spec:
 """
 
 
-def client_pod(namespace: str) -> core_pb2.Pod:
-    text = f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {namespace}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - {{name: main, image: busybox, command: ["sleep", "100000"]}}
-"""
-    return parse(text, core_pb2.Pod())
-
-
 # N HTTP GETs from inside a namespace, the answers counted.
 FETCH = """
 import collections, json, sys, urllib.request
@@ -104,10 +95,6 @@ for _ in range(count):
         answers["error: " + type(exc).__name__] += 1
 print(json.dumps(answers))
 """
-
-
-def parse(text: str, message: Any) -> Any:
-    return json_format.ParseDict(yaml.safe_load(text), message)
 
 
 def processes_under(directory: Path) -> list[str]:
@@ -146,12 +133,6 @@ async def api(lab: Lab) -> AsyncIterator[Client]:
         yield client
 
 
-def ready(pod: core_pb2.Pod) -> bool:
-    return pod.status.phase == "Running" and any(
-        c.type == "Ready" and c.status == "True" for c in pod.status.conditions
-    )
-
-
 async def live_pods(api: Client, namespace: str, selector: str) -> list[core_pb2.Pod]:
     listed = await api.pods.list(namespace, label_selector=selector)
     return [p for p in listed.items if not p.metadata.HasField("deletion_timestamp")]
@@ -178,48 +159,6 @@ def fetch(lab: Lab, where: str, url: str, count: int) -> dict[str, int]:
     )  # fmt: skip
     answers: dict[str, int] = json.loads(done.stdout)
     return answers
-
-
-async def run_in(api: Client, pod: str, namespace: str, command: list[str]) -> str:
-    reply = await pod_exec(api, pod, command, namespace, timeout_seconds=30)
-    assert reply.exit_code == 0, (command, reply)
-    return str(reply.stdout)
-
-
-def addresses(nslookup_output: str) -> set[str]:
-    """The answer's IPv4 addresses in busybox nslookup's output (not the server's,
-    which comes first, before the first "Name:")."""
-    _, _, answer = nslookup_output.partition("Name:")
-    return set(re.findall(r"Address(?: \d+)?:\s*(\d+\.\d+\.\d+\.\d+)", answer))
-
-
-async def nslookup(api: Client, namespace: str, name: str) -> set[str]:
-    """The IPv4 addresses `name` resolves to in the client pod of `namespace`, asked
-    of the cluster DNS with busybox's nslookup. It asks with every search domain and
-    exits 1 when any of them is NXDOMAIN, even after an answer: the answers are what
-    counts. (It applies the search list only to names without a dot.)"""
-    reply = await pod_exec(api, "client", ["nslookup", name], namespace, timeout_seconds=30)
-    assert "10.96.0.10" in reply.stdout, reply  # the cluster DNS answered
-    return addresses(reply.stdout)
-
-
-async def resolve(api: Client, namespace: str, name: str) -> str:
-    """The address the C library's resolver (resolv.conf's search list and ndots,
-    as applications see it) gives `name` in the client pod of `namespace`: busybox
-    ping prints it before it sends ("" when the name does not resolve)."""
-    reply = await pod_exec(
-        api, "client", ["ping", "-c", "1", "-W", "1", name], namespace, timeout_seconds=30
-    )
-    found = re.match(r"PING \S+ \((\d+\.\d+\.\d+\.\d+)\)", reply.stdout)
-    return found.group(1) if found else ""
-
-
-async def create_once(resource: Any, obj: Any) -> None:
-    try:
-        await resource.create(obj)
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
 
 
 @pytest.fixture

@@ -23,11 +23,8 @@ import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from google.protobuf import json_format
 
 from kubeling.client import Client
 from kubeling.client.pods import pod_exec
@@ -35,6 +32,7 @@ from kubeling.lab.lab import Lab, LabOptions, running_lab
 from kubeling.v1 import apps_pb2, core_pb2
 from tests.support import waiting
 from tests.support.containerd import skip_reason
+from tests.support.lab_pods import parse, ready
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -234,10 +232,6 @@ spec:
 """
 
 
-def parse(text: str, message: Any) -> Any:
-    return json_format.ParseDict(yaml.safe_load(text), message)
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     # A short folder: unix socket paths are limited to 108 bytes.
@@ -251,12 +245,6 @@ def lab() -> Iterator[Lab]:
 async def api(lab: Lab) -> AsyncIterator[Client]:
     async with lab.client(timeout=20) as client:
         yield client
-
-
-def ready(pod: core_pb2.Pod) -> bool:
-    return pod.status.phase == "Running" and any(
-        c.type == "Ready" and c.status == "True" for c in pod.status.conditions
-    )
 
 
 def container_state(status: core_pb2.ContainerStatus) -> str:

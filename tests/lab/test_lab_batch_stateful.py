@@ -34,9 +34,9 @@ from kubeling.api import batch
 from kubeling.client import Client
 from kubeling.lab.lab import Lab, LabOptions, running_lab
 from kubeling.v1 import apps_pb2, batch_pb2, core_pb2
-from tests.lab.test_lab_addons import client_pod, create_once, nslookup, parse, ready
 from tests.support import waiting
 from tests.support.containerd import skip_reason
+from tests.support.lab_pods import client_pod, create_once, nslookup, parse, ready
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
