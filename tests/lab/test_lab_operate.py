@@ -355,9 +355,14 @@ async def test_exec_it_runs_an_interactive_shell_on_a_real_terminal(
         # A resize of the local terminal reaches the remote one.
         set_size(term.master_fd, 40, 120)
         os.kill(term.proc.pid, signal.SIGWINCH)
-        await asyncio.sleep(1.0)
-        term.write(b"stty size\n")
-        await term.read_until(b"40 120\r\n")
+
+        async def resized() -> bool:
+            # (Asked again until the resize has gone through master and kubelet.)
+            term.write(b"stty size\n")
+            await term.read_until(b"40 120\r\n", within=3)
+            return True
+
+        await eventually(resized, within=60, retry_on=(AssertionError,))
         # ^C is a byte for the remote terminal (raw mode here): it stops the
         # remote command, not the CLI.
         term.write(b"sleep 100; echo not-interrupted\n")
