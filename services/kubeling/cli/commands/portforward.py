@@ -5,7 +5,9 @@ connection to the pod's port over its own Pods/PortForward stream.
 A Service picks one ready pod of its selector and maps the service port to its
 targetPort (a named one through the pod's container ports), as kubectl does. A
 connection ends when either side ends: the pod's end closes the local socket, the
-local end ends the stream.
+local end ends the stream. Forwarding ends, with "lost connection to pod" and
+status 1, when the pod is deleted or replaced by another of its name (kubectl does
+the same), rather than failing every later connection.
 """
 
 from __future__ import annotations
@@ -137,6 +139,21 @@ async def _relay(
             await writer.wait_closed()
 
 
+async def until_gone(api: Client, pod: core_pb2.Pod) -> None:
+    """Returns once the pod is deleted or another pod has its name (a new uid)."""
+    name, namespace, uid = pod.metadata.name, pod.metadata.namespace, pod.metadata.uid
+    while True:
+        try:
+            async for event in api.pods.watch(namespace, field_selector=f"metadata.name={name}"):
+                if event.type == "DELETED" or (
+                    event.type in ("ADDED", "MODIFIED") and event.object.metadata.uid != uid
+                ):
+                    return
+        except grpc.aio.AioRpcError:
+            pass  # the master went away for a moment: watch again (the list says)
+        await asyncio.sleep(1)
+
+
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     namespace = namespace_for(POD, args)
     mappings = [parse_port(text) for text in args.ports]
@@ -165,7 +182,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                     bound = server.sockets[0].getsockname()[1]
                     shown = f"[{address}]" if ":" in address else address
                     ctx.out(f"Forwarding from {shown}:{bound} -> {remote}")
-            await asyncio.Event().wait()  # until Ctrl-C
+            await until_gone(api, pod)  # or Ctrl-C
+            raise CliError(f"error: lost connection to pod {name}: it was deleted")
         except asyncio.CancelledError:
             return 0  # Ctrl-C (asyncio.run cancels us) is how forwarding ends
         finally:
