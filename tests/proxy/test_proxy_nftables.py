@@ -363,15 +363,22 @@ async def test_cli_explain_reads_the_kernel(
     assert done.returncode == 0, done.stderr
     assert f"{vip}:80/TCP: ClusterIP of service default/explained:http" in done.stdout
     assert f"{Lab.pod_ip(1)}:8080" in done.stdout and f"{Lab.pod_ip(2)}:8080" in done.stdout
-    assert "dnat to" in done.stdout
-    # What it read is what the kernel has: nft itself lists the same chain.
+    # Two endpoints: the shared chain lb-2 picks one of two endpoint-map elements.
+    assert "(chain lb-2)" in done.stdout
+    assert "numgen random mod 2 map @service-endpoints" in done.stdout
+    # What it read is what the kernel has: nft itself lists the same elements.
     listing = (
         await asyncio.to_thread(
         subprocess.run,
         ["ip", "netns", "exec", lab.node, "nft", "list", "table", "ip", "kubeling"],
         capture_output=True, text=True, check=True,
     )).stdout  # fmt: skip
-    assert f"dnat to {Lab.pod_ip(1)}:8080" in listing
+    shown = {line.strip() for line in done.stdout.splitlines()}
+    for index in (0, 1):
+        element = f"{vip} . tcp . 80 . {index} : "
+        (line,) = [s for s in shown if s.startswith(f"service-endpoints: {element}")]
+        assert line.removeprefix("service-endpoints: ") in listing
+    assert f'{vip} . tcp . 80 comment "default/explained:http" : goto lb-2' in listing
 
 
 async def test_grpcurl_sees_the_proxy_api(proxy: ProxyProcess, bin_path: Path) -> None:

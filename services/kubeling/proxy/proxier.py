@@ -51,11 +51,11 @@ class SyncResult:
     stale_flows: list[StaleFlow] = field(default_factory=list)
 
 
-def _merge(ports: Iterable[ServicePort], cluster_cidr: str) -> r.ServiceRules:
+def _merge(ports: Iterable[ServicePort], cluster_cidr: str, lb_max: int) -> r.ServiceRules:
     merged = r.ServiceRules(elements={name: {} for name in r.MAPS})
     hairpin: set[str] = set()
     for sp in ports:
-        part = r.service_rules(sp, cluster_cidr)
+        part = r.service_rules(sp, cluster_cidr, lb_max)
         merged.chains.update(part.chains)
         for name, elements in part.elements.items():
             merged.elements[name].update(elements)
@@ -92,9 +92,12 @@ def _stale_flows(old: list[ServicePort], new: list[ServicePort]) -> list[StaleFl
 
 
 class Proxier:
-    def __init__(self, backend: NftBackend, cluster_cidr: str = "") -> None:
+    def __init__(self, backend: NftBackend, cluster_cidr: str = "", lb_max: int = r.LB_MAX) -> None:
+        """`lb_max`: services with up to this many endpoints share the `lb-N`
+        chains (rules.py); 0 gives each service port a chain of its own."""
         self.backend = backend
         self.cluster_cidr = cluster_cidr
+        self.lb_max = lb_max
         self._applied: dict[str, _Applied] = {}
         self._hairpin: Counter[str] = Counter()
         self._table_replaced = False  # the first full sync replaces the table
@@ -112,11 +115,12 @@ class Proxier:
 
     @property
     def chains(self) -> int:
-        return len(r.fixed_chains()) + sum(len(a.rules.chains) for a in self._applied.values())
+        fixed = len(r.fixed_chains(self._applied_cidr, self.lb_max))
+        return fixed + sum(len(a.rules.chains) for a in self._applied.values())
 
     @property
     def rules(self) -> int:
-        fixed = sum(len(c.rules) for c in r.fixed_chains())
+        fixed = sum(len(c.rules) for c in r.fixed_chains(self._applied_cidr, self.lb_max))
         return fixed + sum(a.rules.rule_count for a in self._applied.values())
 
     def applied_ports(self, key: str) -> list[ServicePort]:
@@ -130,12 +134,14 @@ class Proxier:
         start = time.perf_counter()
         cidr = self.cluster_cidr  # may change meanwhile (the node's podCIDR)
         new = self._plan(desired, cidr, reuse=True)
-        replacing = not self._table_replaced
+        # A new cluster CIDR changes the shared chains' rules, which nft 1.0.6 can
+        # only write into a new table (rules.add_skeleton).
+        replacing = not self._table_replaced or cidr != self._applied_cidr
         tx = Transaction()
         if replacing:
             tx.add_table()
             tx.delete_table()
-        r.add_skeleton(tx)
+        r.add_skeleton(tx, cidr, self.lb_max, new_table=replacing)
         for name in r.MAPS:
             tx.flush_map(name)
         tx.flush_set(r.HAIRPIN)
@@ -289,7 +295,7 @@ class Proxier:
             if before is not None and before.ports == wanted:
                 out[key] = before
             else:
-                out[key] = _Applied(wanted, _merge(wanted, cidr))
+                out[key] = _Applied(wanted, _merge(wanted, cidr, self.lb_max))
         return out
 
     @staticmethod
