@@ -185,6 +185,46 @@ async def test_cluster_ip_spreads_over_all_endpoints_from_pods_and_node(
         assert set(result["answers"]) == {"pod1", "pod2", "pod3"}, result
 
 
+SPREAD_SENDER = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"x", (sys.argv[1], 80))  # a new source port: a new flow
+"""
+
+
+async def test_ten_endpoints_each_get_a_tenth_of_new_flows(
+    lab: Lab, proxy: ProxyProcess, api: Client
+) -> None:
+    """The shared chain lb-10 draws an endpoint element per new flow. Counted in
+    conntrack (the DNAT of each flow), so the ten endpoints need not exist: UDP
+    datagrams from the node to addresses nobody holds in the pod network."""
+    pods = list(range(190, 200))  # 10.244.0.200 .. .209: no such pods
+    vip = await make_service(api, "spread10", pods, protocol="UDP")
+    proxy.wait_endpoints(vip, 80, ips(pods), "UDP")
+    assert proxy.explain(vip, 80, "UDP").chain == "lb-10"
+    flows = 10_000
+    await asyncio.to_thread(
+        subprocess.run,
+        ["ip", "netns", "exec", lab.node, sys.executable, "-c", SPREAD_SENDER, vip, str(flows)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        ["ip", "netns", "exec", lab.node, "conntrack", "-L", "-p", "udp", "--orig-dst", vip],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    counts: dict[str, int] = {}
+    for line in listing.stdout.splitlines():
+        # orig: src=NODE dst=VIP ...; reply: src=ENDPOINT dst=NODE ...
+        reply_source = line.split("src=")[2].split()[0]
+        counts[reply_source] = counts.get(reply_source, 0) + 1
+    assert sum(counts.values()) == flows, counts
+    assert counts.keys() == ips(pods), counts
+    for endpoint, count in counts.items():
+        assert 700 <= count <= 1300, (endpoint, counts)  # 10% +- 3%
+
+
 async def test_node_port_from_another_namespace(lab: Lab, proxy: ProxyProcess, api: Client) -> None:
     vip = await make_service(api, "nodeport", [2, 3], node_port=30080)
     proxy.wait_endpoints(vip, 80, ips([2, 3]))
