@@ -185,11 +185,14 @@ async def test_cluster_ip_spreads_over_all_endpoints_from_pods_and_node(
         assert set(result["answers"]) == {"pod1", "pod2", "pod3"}, result
 
 
+# Each datagram from its own source port, a new flow (random ephemeral ports would
+# repeat: 10,000 draws from ~28,000 ports give ~8,400 distinct flows).
 SPREAD_SENDER = """
 import socket, sys
-for _ in range(int(sys.argv[2])):
+for port in range(40000, 40000 + int(sys.argv[2])):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"x", (sys.argv[1], 80))  # a new source port: a new flow
+        sock.bind(("0.0.0.0", port))
+        sock.sendto(b"x", (sys.argv[1], 80))
 """
 
 
