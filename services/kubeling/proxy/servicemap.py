@@ -70,11 +70,26 @@ def _protocol(port: core_pb2.ServicePort) -> str:
 
 
 def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
-    """Which service (by key) answers on each address, protocol and port: every
-    ClusterIP's own, then external addresses to the oldest Service naming them
-    (creation time, then namespace/name), so the answer does not depend on order."""
-    proxied = sorted(
-        (s for s in services if is_ipv4(s.spec.cluster_ip)),
+    """Which service (by key) answers on each external address, protocol and port: a
+    ClusterIP's own service first, then the oldest Service naming it (creation time,
+    then namespace/name), so the answer does not depend on order.
+
+    Only claims on addresses that some Service names as external are listed (they
+    are all that `service_ports` asks about). This runs at every sync over every
+    service, so the common Service, without external addresses, costs two field
+    reads and one set lookup."""
+    services = list(services)
+    named = [s for s in services if _names_external(s.spec) and is_ipv4(s.spec.cluster_ip)]
+    if not named:
+        return {}
+    addresses = {ip for svc in named for ip in external_addresses(svc)}
+    owners: dict[Claim, str] = {}
+    for svc in services:
+        if svc.spec.cluster_ip in addresses:
+            key = service_key(svc.metadata.namespace, svc.metadata.name)
+            for port in svc.spec.ports:
+                owners[(svc.spec.cluster_ip, _protocol(port), port.port)] = key
+    named.sort(
         key=lambda s: (
             s.metadata.creation_timestamp.seconds,
             s.metadata.creation_timestamp.nanos,
@@ -82,17 +97,18 @@ def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
             s.metadata.name,
         ),
     )
-    owners: dict[Claim, str] = {}
-    for svc in proxied:
-        key = service_key(svc.metadata.namespace, svc.metadata.name)
-        for port in svc.spec.ports:
-            owners[(svc.spec.cluster_ip, _protocol(port), port.port)] = key
-    for svc in proxied:
+    for svc in named:
         key = service_key(svc.metadata.namespace, svc.metadata.name)
         for ip in external_addresses(svc):
             for port in svc.spec.ports:
                 owners.setdefault((ip, _protocol(port), port.port), key)
     return owners
+
+
+def _names_external(spec: core_pb2.ServiceSpec) -> bool:
+    """Whether a service may have addresses besides its ClusterIP (a cheap test,
+    before `external_addresses`)."""
+    return bool(spec.external_ips) or spec.type == "LoadBalancer"
 
 
 def external_addresses(service: core_pb2.Service) -> tuple[str, ...]:

@@ -234,3 +234,19 @@ def test_services_kept_apart_by_owners_sync_without_a_clash() -> None:
         "goto ext-lb-1",
         "default/a:http",
     )
+
+
+def test_external_owners_lists_only_claims_on_external_addresses() -> None:
+    """service_ports asks owners only about external addresses; the common services
+    without any make an empty answer (it is computed at every sync)."""
+    plain = [service(f"s{i}", cluster_ip=f"10.96.1.{i}") for i in range(50)]
+    assert external_owners(plain) == {}
+    lb = service("lb", cluster_ip="10.96.2.1", type_="LoadBalancer")
+    lb.status.load_balancer.ingress.add(ip="10.96.1.7")  # another service's ClusterIP
+    lb.status.load_balancer.ingress.add(ip="192.168.1.10")
+    owners = external_owners([*plain, lb])
+    assert owners == {
+        ("10.96.1.7", "tcp", 80): "default/s7",
+        ("192.168.1.10", "tcp", 80): "default/lb",
+    }
+    assert only(service_ports(lb, [], owners)).external_ips == ("192.168.1.10",)
