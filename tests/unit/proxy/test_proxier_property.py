@@ -116,6 +116,17 @@ class World:
         return key
 
 
+def fresh(desired: dict[str, list[ServicePort]], lb_max: int) -> Proxier:
+    proxier = Proxier(FakeNftables(), lb_max=lb_max)
+    proxier.sync_full(desired)
+    return proxier
+
+
+def counters(proxier: Proxier) -> tuple[int, int, int, int]:
+    """What Status and the metrics report (kept up to date by each sync)."""
+    return (proxier.service_ports, proxier.endpoints, proxier.chains, proxier.rules)
+
+
 # The shared lb-N chains (default), a chain per service (0), and a mix: with 2, a
 # service moves between the layouts as its endpoints come and go (up to 4).
 LAYOUTS = [r.LB_MAX, 0, 2]
@@ -149,6 +160,7 @@ def test_partial_syncs_match_a_fresh_full_sync(seed: int, lb_max: int) -> None:
             assert f'"{key}:' not in script, (seed, step, key)  # an element's comment
         for key in touched:
             assert proxier.applied_ports(key) == world.desired.get(key, [])
+        assert counters(proxier) == counters(fresh(world.desired, lb_max)), (seed, step)
 
 
 @pytest.mark.parametrize("lb_max", LAYOUTS)
@@ -175,3 +187,4 @@ def test_partial_syncs_survive_failed_transactions(seed: int, lb_max: int) -> No
         proxier.sync_partial({key: world.desired.get(key, []) for key in pending})
         pending.clear()
         assert backend.dump() == full_dump(world.desired, lb_max=lb_max), f"seed {seed} step {step}"
+        assert counters(proxier) == counters(fresh(world.desired, lb_max)), (seed, step)
