@@ -17,7 +17,7 @@ own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from kubeling.api.endpoints import endpoint_ready, is_ipv4
@@ -69,16 +69,39 @@ def _protocol(port: core_pb2.ServicePort) -> str:
     return (port.protocol or "TCP").lower()
 
 
-def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
+def external_owners(services: Iterable[core_pb2.Service]) -> Mapping[Claim, str]:
     """Which service (by key) answers on each external address, protocol and port: a
     ClusterIP's own service first, then the oldest Service naming it (creation time,
     then namespace/name), so the answer does not depend on order.
 
     Only claims on addresses that some Service names as external are listed (they
-    are all that `service_ports` asks about). This runs at every sync over every
-    service, so the common Service, without external addresses, costs two field
-    reads and one set lookup."""
-    services = list(services)
+    are all that `service_ports` asks about). The proxy asks at every sync, over every
+    service, and mostly for services without external addresses, which never look:
+    the answer is worked out on its first read (a few field reads per service)."""
+    return _LazyOwners(list(services))
+
+
+class _LazyOwners(Mapping[Claim, str]):
+    def __init__(self, services: list[core_pb2.Service]) -> None:
+        self._services = services
+        self._owners: dict[Claim, str] | None = None
+
+    def _get(self) -> dict[Claim, str]:
+        if self._owners is None:
+            self._owners = _external_owners(self._services)
+        return self._owners
+
+    def __getitem__(self, claim: Claim) -> str:
+        return self._get()[claim]
+
+    def __iter__(self) -> Iterator[Claim]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _external_owners(services: list[core_pb2.Service]) -> dict[Claim, str]:
     named = [s for s in services if _names_external(s.spec) and is_ipv4(s.spec.cluster_ip)]
     if not named:
         return {}
