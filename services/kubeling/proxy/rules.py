@@ -209,7 +209,7 @@ def fixed_chains(cluster_cidr: str = "", lb_max: int = LB_MAX) -> list[BaseChain
     ]
 
 
-@dataclass
+@dataclass(slots=True)
 class ServiceRules:
     """What one service port puts in the table."""
 

@@ -27,13 +27,14 @@ from kubeling.v1 import core_pb2, discovery_pb2
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity (3 h)
 
 
-@dataclass(frozen=True, order=True)
+# slots: the proxy keeps one per endpoint of every service (~100 bytes less each).
+@dataclass(frozen=True, order=True, slots=True)
 class Endpoint:
     ip: str
     port: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     namespace: str
     name: str
