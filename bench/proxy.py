@@ -1,6 +1,11 @@
 """kube-proxy (nftables mode) benchmark, on the real kernel in a private network namespace.
 
-For each service count N (N service ports x E endpoints, built directly as ServicePorts):
+Two layouts side by side (proxy/rules.py): `shared`, the default (services with up to
+64 endpoints share the chains lb-1..lb-64 and are elements of one endpoint map), and
+`chains`, the layout before it (a chain per service port: Proxier(lb_max=0)).
+
+For each service count N (N service ports x E endpoints, built directly as ServicePorts)
+and each layout:
 - the first full sync (replaces the table) and a second full resync, through
   `Proxier(LibNftables())`, and how long libnftables itself took of each;
 - one endpoint of one service replaced, applied by a partial sync (20 services);
@@ -8,9 +13,12 @@ For each service count N (N service ports x E endpoints, built directly as Servi
   namespace, and our first full sync as a multiple of it;
 - network programming latency (trigger-time annotation -> rules applied) of an
   in-process KubeProxy with a 0 s minimum sync interval against a real master holding
-  N services (at most --latency-services) with slices, over 200 slice updates 20 ms apart.
+  N services (at most --latency-services) with slices, over 200 slice updates 20 ms apart;
+- the resident memory of a `kubeling-proxy` process (default layout) once it has synced
+  the N services of that master.
 
-    python bench/proxy.py [--services 1000,5000,10000] [--endpoints 10] [--latency-services MAX]
+    python bench/proxy.py [--services 1000,10000,30000] [--endpoints 10]
+                          [--latency-services MAX] [--layouts chains,shared]
 
 Needs root (CAP_NET_ADMIN). It re-executes itself under `unshare --net`: every nft
 command and the master's loopback listener live in a namespace that vanishes with the
@@ -28,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,6 +56,7 @@ from kubeling.client import Client
 from kubeling.common.logging import setup_logging
 from kubeling.proxy import rules as r
 from kubeling.proxy.conntrack import RecordingConntrack
+from kubeling.proxy.explain import explain
 from kubeling.proxy.kubeproxy import KubeProxy, ProxyConfig
 from kubeling.proxy.nft import FAMILY, TABLE, LibNftables, Transaction
 from kubeling.proxy.proxier import Proxier
@@ -54,6 +64,7 @@ from kubeling.proxy.servicemap import Endpoint, ServicePort, service_key
 from kubeling.v1 import core_pb2, discovery_pb2
 
 NETNS_ENV = "KUBELING_BENCH_NETNS"
+LAYOUTS = {"chains": 0, "shared": r.LB_MAX}  # name -> Proxier(lb_max=...)
 
 
 def own_netns() -> str:
@@ -141,6 +152,9 @@ class RecordingBackend:
     def map_value(self, map_name: str, key: str) -> str | None:
         return self.real.map_value(map_name, key)
 
+    def map_element(self, map_name: str, key: str) -> tuple[str, str] | None:
+        return self.real.map_element(map_name, key)
+
     def chain_rules(self, chain: str) -> list[str] | None:
         return self.real.chain_rules(chain)
 
@@ -170,20 +184,19 @@ def build_desired(services: int, endpoints: int) -> dict[str, list[ServicePort]]
 
 
 def check_installed(backend: RecordingBackend, sp: ServicePort) -> None:
-    """The kernel has the service's chain with one DNAT per endpoint (a spot check
-    that the sync did what it said, read back through nft)."""
-    installed = backend.chain_rules(r.service_chain(sp))
-    if installed is None:
-        raise RuntimeError(f"chain {r.service_chain(sp)} missing after sync")
-    for ep in sp.endpoints:
-        if not any(f"{ep.ip}:{ep.port}" in rule for rule in installed):
-            raise RuntimeError(f"{sp.service}: no rule DNATs to {ep.ip}:{ep.port}: {installed}")
+    """The kernel sends the service's ClusterIP to exactly its endpoints (a spot check
+    that the sync did what it said, read back through nft by `proxy explain`)."""
+    found = explain(backend, sp.cluster_ip, sp.port, sp.protocol, is_local=lambda a: False)
+    wanted = [(ep.ip, ep.port) for ep in sp.endpoints]
+    if found.service != sp.service or found.endpoints != wanted:
+        raise RuntimeError(f"{sp.service}: the kernel has {found}, not {wanted}")
 
 
 @dataclass
 class SyncBench:
     services: int
     endpoints: int
+    layout: str
     chains: int = 0
     rules: int = 0
     operations: int = 0
@@ -198,12 +211,14 @@ class SyncBench:
     raw: float = 0.0
 
 
-def sync_bench(services: int, endpoints: int, work: Path, console: Console) -> SyncBench:
-    out = SyncBench(services, endpoints)
+def sync_bench(
+    services: int, endpoints: int, layout: str, work: Path, console: Console
+) -> SyncBench:
+    out = SyncBench(services, endpoints, layout)
     desired = build_desired(services, endpoints)
     delete_table()
     backend = RecordingBackend()
-    proxier = Proxier(backend, CLUSTER_CIDR)
+    proxier = Proxier(backend, CLUSTER_CIDR, lb_max=LAYOUTS[layout])
 
     start = time.perf_counter()
     result = proxier.sync_full(desired)
@@ -217,7 +232,7 @@ def sync_bench(services: int, endpoints: int, work: Path, console: Console) -> S
     keys = list(desired)
     for key in (keys[0], keys[len(keys) // 2], keys[-1]):
         check_installed(backend, desired[key][0])
-    console.print(f"[{services:,} services] first full sync {out.full:.2f} s", end="; ")
+    console.print(f"[{services:,} services, {layout}] first full sync {out.full:.2f} s", end="; ")
 
     start = time.perf_counter()
     proxier.sync_full(desired)
@@ -241,7 +256,7 @@ def sync_bench(services: int, endpoints: int, work: Path, console: Console) -> S
         check_installed(backend, changed)
     console.print(f"partial p50 {statistics.median(out.partial) * 1000:.1f} ms", end="; ")
 
-    path = work / f"full-{services}.nft"
+    path = work / f"full-{services}-{layout}.nft"
     path.write_text(script)
     nft("delete", "table", FAMILY, TABLE)
     start = time.perf_counter()
@@ -311,10 +326,12 @@ async def populate(
 class LatencyBench:
     services: int
     populate: float = 0.0
-    first_sync: float = 0.0
-    changes: int = 0
-    syncs: int = 0
-    latencies: list[float] = field(default_factory=list)
+    first_sync: dict[str, float] = field(default_factory=dict)  # by layout
+    changes: dict[str, int] = field(default_factory=dict)
+    syncs: dict[str, int] = field(default_factory=dict)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    rss_mb: float = 0.0  # a kubeling-proxy process, default layout, after its first sync
+    rss_peak_mb: float = 0.0
 
 
 async def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
@@ -326,7 +343,13 @@ async def wait_for(condition: Callable[[], bool], within: float, what: str) -> N
 
 
 async def latency_bench(
-    services: int, endpoints: int, changes: int, spacing: float, work: Path, console: Console
+    services: int,
+    endpoints: int,
+    changes: int,
+    spacing: float,
+    layouts: list[str],
+    work: Path,
+    console: Console,
 ) -> LatencyBench:
     out = LatencyBench(services)
     delete_table()
@@ -338,77 +361,18 @@ async def latency_bench(
         slices = await populate(master.address, services, endpoints)
         out.populate = time.monotonic() - start
         console.print(
-            f"(latency part, {services:,} services) created through the API "
-            f"in {out.populate:.1f} s",
-            end="; ",
+            f"(latency part, {services:,} services) created through the API in {out.populate:.1f} s"
         )
-
-        api = Client(master.address, timeout=60)
-        writer = Client(master.address, timeout=60)
-        config = ProxyConfig(
-            node_name="bench",
-            cluster_cidr=CLUSTER_CIDR,
-            min_sync_interval=0.0,
-            sync_period=3600,
+        for layout in layouts:
+            delete_table()
+            await programming_latency(
+                master.address, layout, slices, changes, spacing, endpoints, out, console
+            )
+        delete_table()
+        out.rss_mb, out.rss_peak_mb = await asyncio.to_thread(
+            proxy_process_rss, master.address, data
         )
-        proxy = KubeProxy(config, api, LibNftables(), RecordingConntrack())
-        try:
-            start = time.monotonic()
-            await proxy.start()
-            try:
-                await asyncio.wait_for(proxy.synced.wait(), 300)
-            except TimeoutError:
-                raise RuntimeError(f"proxy never synced: {proxy.state.last_error!r}") from None
-            out.first_sync = time.monotonic() - start
-            if proxy.proxier.service_ports != services:
-                raise RuntimeError(
-                    f"proxy programmed {proxy.proxier.service_ports} of {services} service ports"
-                )
-
-            proxy.state.latencies.clear()
-            syncs_before = proxy.state.syncs
-            names = sorted(slices)
-            targets = [names[k * len(names) // changes] for k in range(changes)]
-            if len(names) < changes:
-                targets = [names[k % len(names)] for k in range(changes)]
-            expected: dict[str, set[str]] = {}
-            begin = time.monotonic()
-            for k, name in enumerate(targets):
-                await asyncio.sleep(max(0.0, begin + k * spacing - time.monotonic()))
-                endpoint_slice = slices[name]
-                ips = slice_ips(endpoint_slice)
-                new_ip = fresh_ip(set(ips), POD_ADDRESSES - 1 - k * endpoints)
-                endpoint_slice.endpoints[k % len(ips)].addresses[0] = new_ip
-                stamp = format_trigger_time(time.time())
-                endpoint_slice.metadata.annotations[TRIGGER_TIME_ANNOTATION] = stamp
-                slices[name] = await writer.endpoint_slices.update(endpoint_slice)
-                expected[service_key(NAMESPACE, name)] = set(slice_ips(slices[name]))
-            out.changes = len(targets)
-
-            def applied() -> bool:
-                if proxy.state.queued_since is not None:
-                    return False
-                if len(proxy.state.latencies) < len(expected):
-                    return False
-                return all(
-                    {ep.ip for sp in proxy.proxier.applied_ports(key) for ep in sp.endpoints} == ips
-                    for key, ips in expected.items()
-                )
-
-            await wait_for(applied, 120, "all endpoint changes applied")
-            await asyncio.sleep(0.1)  # let a sync that is finishing record its latencies
-            out.syncs = proxy.state.syncs - syncs_before
-            out.latencies = list(proxy.state.latencies)
-            if proxy.state.failures:
-                raise RuntimeError(f"proxy sync failures: {proxy.state.last_error}")
-        finally:
-            await proxy.stop()
-            await api.close()
-            await writer.close()
-        console.print(
-            f"{out.changes} changes in {out.syncs} syncs, "
-            f"p50 {statistics.median(out.latencies) * 1000:.1f} ms"
-        )
+        console.print(f"  kubeling-proxy process: {out.rss_mb:.0f} MB resident")
         return out
     except BaseException:
         tail = master.log().splitlines()[-40:]
@@ -417,6 +381,139 @@ async def latency_bench(
         raise
     finally:
         master.stop()
+
+
+async def programming_latency(
+    address: str,
+    layout: str,
+    slices: dict[str, discovery_pb2.EndpointSlice],
+    changes: int,
+    spacing: float,
+    endpoints: int,
+    out: LatencyBench,
+    console: Console,
+) -> None:
+    """An in-process KubeProxy with the given layout: its first sync, then `changes`
+    slice updates (`slices` is updated to what was written)."""
+    api = Client(address, timeout=60)
+    writer = Client(address, timeout=60)
+    config = ProxyConfig(
+        node_name="bench",
+        cluster_cidr=CLUSTER_CIDR,
+        min_sync_interval=0.0,
+        sync_period=3600,
+    )
+    proxy = KubeProxy(config, api, LibNftables(), RecordingConntrack())
+    proxy.proxier.lb_max = LAYOUTS[layout]
+    services = len(slices)
+    try:
+        start = time.monotonic()
+        await proxy.start()
+        try:
+            await asyncio.wait_for(proxy.synced.wait(), 300)
+        except TimeoutError:
+            raise RuntimeError(f"proxy never synced: {proxy.state.last_error!r}") from None
+        out.first_sync[layout] = time.monotonic() - start
+        if proxy.proxier.service_ports != services:
+            raise RuntimeError(
+                f"proxy programmed {proxy.proxier.service_ports} of {services} service ports"
+            )
+
+        proxy.state.latencies.clear()
+        syncs_before = proxy.state.syncs
+        names = sorted(slices)
+        targets = [names[k * len(names) // changes] for k in range(changes)]
+        if len(names) < changes:
+            targets = [names[k % len(names)] for k in range(changes)]
+        expected: dict[str, set[str]] = {}
+        # Fresh addresses, different from those of an earlier layout's run.
+        offset = changes * endpoints * list(LAYOUTS).index(layout)
+        begin = time.monotonic()
+        for k, name in enumerate(targets):
+            await asyncio.sleep(max(0.0, begin + k * spacing - time.monotonic()))
+            endpoint_slice = slices[name]
+            ips = slice_ips(endpoint_slice)
+            new_ip = fresh_ip(set(ips), POD_ADDRESSES - 1 - offset - k * endpoints)
+            endpoint_slice.endpoints[k % len(ips)].addresses[0] = new_ip
+            stamp = format_trigger_time(time.time())
+            endpoint_slice.metadata.annotations[TRIGGER_TIME_ANNOTATION] = stamp
+            slices[name] = await writer.endpoint_slices.update(endpoint_slice)
+            expected[service_key(NAMESPACE, name)] = set(slice_ips(slices[name]))
+        out.changes[layout] = len(targets)
+
+        def applied() -> bool:
+            if proxy.state.queued_since is not None:
+                return False
+            if len(proxy.state.latencies) < len(expected):
+                return False
+            return all(
+                {ep.ip for sp in proxy.proxier.applied_ports(key) for ep in sp.endpoints} == ips
+                for key, ips in expected.items()
+            )
+
+        await wait_for(applied, 120, "all endpoint changes applied")
+        await asyncio.sleep(0.1)  # let a sync that is finishing record its latencies
+        out.syncs[layout] = proxy.state.syncs - syncs_before
+        out.latencies[layout] = list(proxy.state.latencies)
+        if proxy.state.failures:
+            raise RuntimeError(f"proxy sync failures: {proxy.state.last_error}")
+    finally:
+        await proxy.stop()
+        await api.close()
+        await writer.close()
+    console.print(
+        f"  {layout}: first sync {out.first_sync[layout]:.1f} s; "
+        f"{out.changes[layout]} changes in {out.syncs[layout]} syncs, "
+        f"p50 {statistics.median(out.latencies[layout]) * 1000:.1f} ms"
+    )
+
+
+def proxy_process_rss(address: str, data: Path) -> tuple[float, float]:
+    """Start `kubeling-proxy` against the master, wait for its first full sync, and
+    read its resident memory (now, and the peak), in MB."""
+    log = data / "proxy.log"
+    command = [
+        sys.executable, "-m", "kubeling.proxy.main",
+        "--master", address, "--node-name", "bench", "--insecure",
+        "--cluster-cidr", CLUSTER_CIDR, "--sync-period", "3600",
+        "--listen", f"unix:{data / 'proxy.sock'}",
+        "--healthz-bind-address", "127.0.0.1:10256", "--log-level", "warning",
+    ]  # fmt: skip
+    # This checkout's kubeling, installed or not.
+    services_dir = str(Path(__file__).resolve().parent.parent / "services")
+    path = os.pathsep.join(p for p in (services_dir, os.environ.get("PYTHONPATH", "")) if p)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path}
+        )
+    try:
+
+        def full_syncs() -> int:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:10256/metrics", timeout=5) as reply:
+                    text = reply.read().decode()
+            except OSError:
+                return 0
+            for line in text.splitlines():
+                if line.startswith("kubeproxy_sync_full_proxy_rules_duration_seconds_count"):
+                    return int(float(line.split()[-1]))
+            return 0
+
+        deadline = time.monotonic() + 300
+        while full_syncs() < 1:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kubeling-proxy did not sync:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        fields = {k: v for k, _, v in (line.partition(":") for line in status.splitlines())}
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # -- the table ------------------------------------------------------------------------
@@ -434,7 +531,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--services", default="1000,5000,10000", help="comma list of counts")
+    parser.add_argument("--services", default="1000,10000,30000", help="comma list of counts")
     parser.add_argument("--endpoints", type=int, default=10, help="endpoints per service")
     parser.add_argument(
         "--latency-services",
@@ -444,73 +541,90 @@ def main() -> None:
     )
     parser.add_argument("--latency-changes", type=int, default=200)
     parser.add_argument("--latency-spacing", type=float, default=0.02, help="seconds")
+    parser.add_argument(
+        "--layouts", default=",".join(LAYOUTS), help=f"comma list of {', '.join(LAYOUTS)}"
+    )
     args = parser.parse_args()
+    layouts = [name for name in args.layouts.split(",") if name]
+    unknown = set(layouts) - set(LAYOUTS)
+    if unknown:
+        raise SystemExit(f"--layouts: unknown {', '.join(sorted(unknown))}")
     enter_private_netns()
     setup_logging("warning")
 
-    # Wide enough for four columns when the output is not a terminal (80 by default).
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    # Wide enough for six columns when the output is not a terminal (80 by default).
+    console = Console() if sys.stdout.isatty() else Console(width=170)
     counts = [int(n) for n in args.services.split(",")]
-    syncs: list[SyncBench] = []
-    latencies: list[LatencyBench] = []
+    syncs: dict[tuple[int, str], SyncBench] = {}
+    latencies: dict[int, LatencyBench] = {}
     with tempfile.TemporaryDirectory(prefix="kubeling-bench-proxy-") as tmp:
         work = Path(tmp)
         for count in counts:
-            syncs.append(sync_bench(count, args.endpoints, work, console))
-            latencies.append(
-                asyncio.run(
-                    latency_bench(
-                        min(count, args.latency_services),
-                        args.endpoints,
-                        args.latency_changes,
-                        args.latency_spacing,
-                        work,
-                        console,
-                    )
+            for layout in layouts:
+                syncs[count, layout] = sync_bench(count, args.endpoints, layout, work, console)
+            latencies[count] = asyncio.run(
+                latency_bench(
+                    min(count, args.latency_services),
+                    args.endpoints,
+                    args.latency_changes,
+                    args.latency_spacing,
+                    layouts,
+                    work,
+                    console,
                 )
             )
 
     table = Table(
         title=f"kube-proxy (nftables), {args.endpoints} endpoints per service, "
-        f"private netns, nft {nft_version()}"
+        f"private netns, nft {nft_version()}, {os.cpu_count()} CPUs"
     )
     table.add_column("measure")
-    for count in counts:
-        table.add_column(f"{count:,} services", justify="right")
-    rows: tuple[tuple[str, Callable[[SyncBench, LatencyBench], str]], ...] = (
-        ("chains / rules in the table", lambda s, t: f"{s.chains:,} / {s.rules:,}"),
+    columns = [(count, layout) for count in counts for layout in layouts]
+    for count, layout in columns:
+        table.add_column(f"{count:,} services\n{layout}", justify="right")
+    Cell = Callable[[SyncBench, LatencyBench, str], str]
+    rows: tuple[tuple[str, Cell], ...] = (
+        ("chains / rules in the table", lambda s, t, k: f"{s.chains:,} / {s.rules:,}"),
         (
             "first full sync: commands / script size",
-            lambda s, t: f"{s.operations:,} / {s.script_bytes / 1e6:.1f} MB",
+            lambda s, t, k: f"{s.operations:,} / {s.script_bytes / 1e6:.1f} MB",
         ),
-        ("first full sync (replaces the table)", lambda s, t: secs(s.full)),
-        ("  of which libnftables", lambda s, t: secs(s.full_nft)),
-        ("second full sync (resync)", lambda s, t: secs(s.resync)),
-        ("  of which libnftables", lambda s, t: secs(s.resync_nft)),
+        ("first full sync (replaces the table)", lambda s, t, k: secs(s.full)),
+        ("  of which libnftables", lambda s, t, k: secs(s.full_nft)),
+        ("second full sync (resync)", lambda s, t, k: secs(s.resync)),
+        ("  of which libnftables", lambda s, t, k: secs(s.resync_nft)),
         (
             "one endpoint replaced: partial sync p50",
-            lambda s, t: ms(statistics.median(s.partial)),
+            lambda s, t, k: ms(statistics.median(s.partial)),
         ),
-        ("  of which libnftables (p50)", lambda s, t: ms(statistics.median(s.partial_nft))),
-        ("one endpoint replaced: partial sync max", lambda s, t: ms(max(s.partial))),
-        ("one endpoint replaced: nft commands", lambda s, t: f"{s.partial_operations}"),
-        ("raw `nft -f` of the first sync's script", lambda s, t: secs(s.raw)),
-        ("first full sync / raw nft", lambda s, t: f"{s.full / s.raw:.2f}x"),
-        ("latency part: services in the master", lambda s, t: f"{t.services:,}"),
-        ("  created through the API in", lambda s, t: secs(t.populate)),
-        ("  KubeProxy start -> first sync", lambda s, t: secs(t.first_sync)),
-        ("  slice updates -> syncs", lambda s, t: f"{t.changes} -> {t.syncs}"),
-        ("  network programming latency p50", lambda s, t: ms(statistics.median(t.latencies))),
-        ("  network programming latency p99", lambda s, t: ms(pct(t.latencies, 0.99))),
+        ("  of which libnftables (p50)", lambda s, t, k: ms(statistics.median(s.partial_nft))),
+        ("one endpoint replaced: partial sync max", lambda s, t, k: ms(max(s.partial))),
+        ("one endpoint replaced: nft commands", lambda s, t, k: f"{s.partial_operations}"),
+        ("raw `nft -f` of the first sync's script", lambda s, t, k: secs(s.raw)),
+        ("first full sync / raw nft", lambda s, t, k: f"{s.full / s.raw:.2f}x"),
+        ("latency part: services in the master", lambda s, t, k: f"{t.services:,}"),
+        ("  created through the API in", lambda s, t, k: secs(t.populate)),
+        ("  KubeProxy start -> first sync", lambda s, t, k: secs(t.first_sync[k])),
+        ("  slice updates -> syncs", lambda s, t, k: f"{t.changes[k]} -> {t.syncs[k]}"),
+        (
+            "  network programming latency p50",
+            lambda s, t, k: ms(statistics.median(t.latencies[k])),
+        ),
+        ("  network programming latency p99", lambda s, t, k: ms(pct(t.latencies[k], 0.99))),
+        (
+            "kubeling-proxy RSS after its first sync (peak)",
+            lambda s, t, k: f"{t.rss_mb:.0f} MB ({t.rss_peak_mb:.0f} MB)" if k == "shared" else "",
+        ),
     )
     for label, cell in rows:
-        table.add_row(label, *(cell(s, lat) for s, lat in zip(syncs, latencies, strict=True)))
+        table.add_row(label, *(cell(syncs[c, k], latencies[c], k) for c, k in columns))
     console.print(table)
     console.print(
         f"partial sync: {PARTIAL_CHANGES} services, one at a time, after the two full syncs. "
         f"latency: an in-process KubeProxy (min sync interval 0 s) against a real master; "
         f"{args.latency_changes} slice updates {args.latency_spacing * 1000:.0f} ms apart, "
-        "each stamped with the trigger-time annotation just before the write"
+        "each stamped with the trigger-time annotation just before the write. "
+        "RSS: a kubeling-proxy process (default layout, shared) against the same master"
     )
 
 

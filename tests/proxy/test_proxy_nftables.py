@@ -185,6 +185,49 @@ async def test_cluster_ip_spreads_over_all_endpoints_from_pods_and_node(
         assert set(result["answers"]) == {"pod1", "pod2", "pod3"}, result
 
 
+# Each datagram from its own source port, a new flow (random ephemeral ports would
+# repeat: 10,000 draws from ~28,000 ports give ~8,400 distinct flows).
+SPREAD_SENDER = """
+import socket, sys
+for port in range(40000, 40000 + int(sys.argv[2])):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", port))
+        sock.sendto(b"x", (sys.argv[1], 80))
+"""
+
+
+async def test_ten_endpoints_each_get_a_tenth_of_new_flows(
+    lab: Lab, proxy: ProxyProcess, api: Client
+) -> None:
+    """The shared chain lb-10 draws an endpoint element per new flow. Counted in
+    conntrack (the DNAT of each flow), so the ten endpoints need not exist: UDP
+    datagrams from the node to addresses nobody holds in the pod network."""
+    pods = list(range(190, 200))  # 10.244.0.200 .. .209: no such pods
+    vip = await make_service(api, "spread10", pods, protocol="UDP")
+    proxy.wait_endpoints(vip, 80, ips(pods), "UDP")
+    assert proxy.explain(vip, 80, "UDP").chain == "lb-10"
+    flows = 10_000
+    await asyncio.to_thread(
+        subprocess.run,
+        ["ip", "netns", "exec", lab.node, sys.executable, "-c", SPREAD_SENDER, vip, str(flows)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        ["ip", "netns", "exec", lab.node, "conntrack", "-L", "-p", "udp", "--orig-dst", vip],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    counts: dict[str, int] = {}
+    for line in listing.stdout.splitlines():
+        # orig: src=NODE dst=VIP ...; reply: src=ENDPOINT dst=NODE ...
+        reply_source = line.split("src=")[2].split()[0]
+        counts[reply_source] = counts.get(reply_source, 0) + 1
+    assert sum(counts.values()) == flows, counts
+    assert counts.keys() == ips(pods), counts
+    for endpoint, count in counts.items():
+        assert 700 <= count <= 1300, (endpoint, counts)  # 10% +- 3%
+
+
 async def test_node_port_from_another_namespace(lab: Lab, proxy: ProxyProcess, api: Client) -> None:
     vip = await make_service(api, "nodeport", [2, 3], node_port=30080)
     proxy.wait_endpoints(vip, 80, ips([2, 3]))
@@ -363,15 +406,22 @@ async def test_cli_explain_reads_the_kernel(
     assert done.returncode == 0, done.stderr
     assert f"{vip}:80/TCP: ClusterIP of service default/explained:http" in done.stdout
     assert f"{Lab.pod_ip(1)}:8080" in done.stdout and f"{Lab.pod_ip(2)}:8080" in done.stdout
-    assert "dnat to" in done.stdout
-    # What it read is what the kernel has: nft itself lists the same chain.
+    # Two endpoints: the shared chain lb-2 picks one of two endpoint-map elements.
+    assert "(chain lb-2)" in done.stdout
+    assert "numgen random mod 2 map @service-endpoints" in done.stdout
+    # What it read is what the kernel has: nft itself lists the same elements.
     listing = (
         await asyncio.to_thread(
         subprocess.run,
         ["ip", "netns", "exec", lab.node, "nft", "list", "table", "ip", "kubeling"],
         capture_output=True, text=True, check=True,
     )).stdout  # fmt: skip
-    assert f"dnat to {Lab.pod_ip(1)}:8080" in listing
+    shown = {line.strip() for line in done.stdout.splitlines()}
+    for index in (0, 1):
+        element = f"{vip} . tcp . 80 . {index} : "
+        (line,) = [s for s in shown if s.startswith(f"service-endpoints: {element}")]
+        assert line.removeprefix("service-endpoints: ") in listing
+    assert f'{vip} . tcp . 80 comment "default/explained:http" : goto lb-2' in listing
 
 
 async def test_grpcurl_sees_the_proxy_api(proxy: ProxyProcess, bin_path: Path) -> None:

@@ -1,6 +1,11 @@
 """Explain: where a new connection to address:port/protocol goes, read from the rules
 installed in the kernel (through the backend), not from the proxier's memory, so it
-shows what packets actually meet."""
+shows what packets actually meet.
+
+A service on the shared `lb-N` chains (rules.py) is named by the comment of its
+`service-ips` / `service-nodeports` element, and its endpoints are the N elements
+`KEY . 0` .. `KEY . N-1` of the endpoint map that its chain looks up; a service with a
+chain of its own is named by the chain, and its endpoints are the chain's DNATs."""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from kubeling.proxy.nft import NftBackend
 _DNAT = re.compile(r"dnat to (\d+\.\d+\.\d+\.\d+):(\d+)")
 _GOTO = re.compile(r"^goto (\S+)$")
 _CHAIN_NAME = re.compile(r"^(?:svc|ext)-[0-9a-f]{8}-([^/]+)/([^/]+)/[^/]+/(.+)$")
+_LB_CHAIN = re.compile(r"^(lb|ext-lb|nodeport-lb)-(\d+)$")
+_ENDPOINT = re.compile(r"^(\d+\.\d+\.\d+\.\d+) \. (\d+)$")
 
 
 @dataclass
@@ -55,13 +62,39 @@ def _target(value: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def _lookup(backend: NftBackend, map_name: str, key: str) -> tuple[str | None, str]:
+    """The chain an element of a verdict map goes to, and the element's comment."""
+    element = backend.map_element(map_name, key)
+    return (_target(element[0]), element[1]) if element else (None, "")
+
+
 def _follow_external(backend: NftBackend, external: str, out: Explanation) -> str | None:
-    """Record an external chain's rules in `out`; the service chain it goes to."""
+    """Record an external chain's rules in `out`; the chain it goes to."""
     ext_rules = backend.chain_rules(external) or []
     out.rules.extend(f"{external}: {rule}" for rule in ext_rules)
     out.masquerade = f"jump {r.MARK_FOR_MASQUERADE}" in ext_rules
-    out.service = _service_name(external)
+    out.service = out.service or _service_name(external)
     return next((t for t in map(_target, ext_rules) if t), None)
+
+
+def _shared_endpoints(
+    backend: NftBackend, chain: str, count: int, key: str, out: Explanation
+) -> None:
+    """The endpoints of a service on a shared chain: elements `key . 0` .. `key .
+    count-1` of the endpoint map that the chain looks up."""
+    chain_rules = backend.chain_rules(chain) or []
+    out.rules.extend(f"{chain}: {rule}" for rule in chain_rules)
+    if f"jump {r.MARK_FOR_MASQUERADE}" in chain_rules:
+        out.masquerade = True
+    map_name = r.NODEPORT_ENDPOINTS if chain.startswith("nodeport-") else r.ENDPOINTS
+    for index in range(count):
+        value = backend.map_value(map_name, f"{key} . {index}")
+        out.rules.append(f"{map_name}: {key} . {index} : {value or '(missing)'}")
+        match = _ENDPOINT.match(value or "")
+        if match:
+            endpoint = (match.group(1), int(match.group(2)))
+            if endpoint not in out.endpoints:
+                out.endpoints.append(endpoint)
 
 
 def explain(
@@ -77,12 +110,12 @@ def explain(
     service_key = f"{address} . {proto} . {port}"
     nodeport_key = f"{proto} . {port}"
     out = Explanation("none")
-    chain = _target(backend.map_value(r.SERVICE_IPS, service_key))
+    lookup_key = service_key
+    chain, out.service = _lookup(backend, r.SERVICE_IPS, service_key)
     if chain and chain.startswith("ext-"):
-        # An externalIP or LoadBalancer ingress IP: through the external chain.
+        # An externalIP or LoadBalancer ingress IP: through an external chain.
         out.verdict = "external-ip"
         out.rules.append(f"{r.SERVICE_IPS}: {service_key} : goto {chain}")
-        chain = _follow_external(backend, chain, out)
     elif chain:
         out.verdict = "cluster-ip"
         out.rules.append(f"{r.SERVICE_IPS}: {service_key} : goto {chain}")
@@ -91,17 +124,29 @@ def explain(
         out.rules.append(f"{r.NO_ENDPOINT_SERVICES}: {service_key} : goto {r.REJECT_CHAIN}")
         return out
     elif is_local(address) and not address.startswith("127."):
-        external = _target(backend.map_value(r.SERVICE_NODEPORTS, nodeport_key))
-        if external:
+        chain, out.service = _lookup(backend, r.SERVICE_NODEPORTS, nodeport_key)
+        if chain:
             out.verdict = "node-port"
-            out.rules.append(f"{r.SERVICE_NODEPORTS}: {nodeport_key} : goto {external}")
-            chain = _follow_external(backend, external, out)
+            out.rules.append(f"{r.SERVICE_NODEPORTS}: {nodeport_key} : goto {chain}")
+            lookup_key = nodeport_key
         elif backend.map_value(r.NO_ENDPOINT_NODEPORTS, nodeport_key):
             out.verdict = "no-endpoints"
             out.rules.append(f"{r.NO_ENDPOINT_NODEPORTS}: {nodeport_key} : goto {r.REJECT_CHAIN}")
             return out
     if not chain:
         return out
+    shared = _LB_CHAIN.match(chain)
+    if shared:
+        kind, count = shared.group(1), int(shared.group(2))
+        if kind == "ext-lb":
+            chain = _follow_external(backend, chain, out) or r.lb_chain(count)
+        out.chain = chain
+        _shared_endpoints(backend, chain, count, lookup_key, out)
+        return out
+    if chain.startswith("ext-"):
+        chain = _follow_external(backend, chain, out)
+        if not chain:
+            return out
     out.chain = chain
     svc_rules = backend.chain_rules(chain) or []
     out.rules.extend(f"{chain}: {rule}" for rule in svc_rules)

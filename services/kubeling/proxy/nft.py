@@ -9,14 +9,41 @@ it as sorted nft text: unit tests of rule generation read like the ruleset.
 from __future__ import annotations
 
 import copy
+import ctypes
 import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from kubeling.proxy import nftnl
+
 FAMILY = "ip"
 TABLE = "kubeling"
+# The elements of one `add element` command: 300,000 in one took nft longer than in
+# chunks (measured), and smaller netlink messages stay far from any buffer limit.
+ELEMENTS_PER_COMMAND = 10_000
+
+
+# libnftables takes ~3.5 KB of C heap per element or rule it parses (a full sync of
+# 10,000 services x 10 endpoints: ~370 MB) and frees it after the command, but glibc
+# keeps the freed pages: after a big transaction, hand them back to the kernel.
+TRIM_AFTER_BYTES = 1_000_000
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the kernel (a few ms)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _libc = False  # not glibc: nothing to do
+    if isinstance(_libc, ctypes.CDLL):
+        _libc.malloc_trim(0)
+
+
+_libc: ctypes.CDLL | bool | None = None
 
 
 class NftError(Exception):
@@ -101,7 +128,7 @@ class Transaction:
 
     def script(self) -> str:
         """The transaction as an nft script (one command per line; the elements of
-        one batch in one command, which nft parses much faster)."""
+        one batch in few commands, which nft parses much faster than one each)."""
         return "\n".join(_render(op) for op in self.ops) + "\n"
 
 
@@ -120,8 +147,18 @@ def _render(op: Op) -> str:
         if op.verb == "add":
             return f"add {op.kind} {table} {op.name} {{ {op.spec} ; }}"
         return f"{op.verb} {op.kind} {table} {op.name}"
-    elements = ", ".join(f"{key} : {value}" if value else key for key, value in op.items)
-    return f"{op.verb} element {table} {op.name} {{ {elements} }}"
+    lines = []
+    for start in range(0, len(op.items), ELEMENTS_PER_COMMAND):
+        chunk = op.items[start : start + ELEMENTS_PER_COMMAND]
+        elements = ", ".join(f"{key} : {value}" if value else key for key, value in chunk)
+        lines.append(f"{op.verb} element {table} {op.name} {{ {elements} }}")
+    return "\n".join(lines)
+
+
+def split_comment(key: str) -> tuple[str, str]:
+    """`KEY comment "TEXT"` -> (KEY, TEXT); a key without a comment -> (key, "")."""
+    key, _, comment = key.partition(' comment "')
+    return key, comment.removesuffix('"')
 
 
 class NftBackend(Protocol):
@@ -132,6 +169,10 @@ class NftBackend(Protocol):
 
     def map_value(self, map_name: str, key: str) -> str | None:
         """The value of one element of a map in the installed table, or None."""
+        ...
+
+    def map_element(self, map_name: str, key: str) -> tuple[str, str] | None:
+        """(value, comment) of one element of a map in the installed table, or None."""
         ...
 
     def chain_rules(self, chain: str) -> list[str] | None:
@@ -164,6 +205,7 @@ class LibNftables:
         self._reader = nftables.Nftables()
         self._reader.set_stateless_output(True)
         self._read_lock = threading.Lock()
+        self._map_codecs: dict[str, nftnl.Codec] | None = None
 
     def _cmd(self, script: str, read: bool = False) -> str:
         nft, lock = (self._reader, self._read_lock) if read else (self._nft, self._lock)
@@ -175,9 +217,21 @@ class LibNftables:
 
     def apply(self, tx: Transaction) -> None:
         if tx.ops:
-            self._cmd(tx.script())
+            script = tx.script()
+            self._cmd(script)
+            if len(script) >= TRIM_AFTER_BYTES:
+                release_free_memory()
 
     def map_value(self, map_name: str, key: str) -> str | None:
+        element = self.map_element(map_name, key)
+        return element[0] if element else None
+
+    def map_element(self, map_name: str, key: str) -> tuple[str, str] | None:
+        codec = self._codecs().get(map_name)
+        if codec is not None:
+            # Straight from the kernel: nft 1.0.6 would first fetch every element of
+            # the table (seconds with 10,000 services).
+            return nftnl.get_element(TABLE, map_name, codec, key)
         try:
             text = self._cmd(f"get element {FAMILY} {TABLE} {map_name} {{ {key} }}", read=True)
         except NftError:
@@ -185,7 +239,20 @@ class LibNftables:
         match = _ELEMENT.search(text)
         if not match or " : " not in match.group(1):
             return None
-        return match.group(1).split(" : ", 1)[1].strip()
+        printed, value = match.group(1).split(" : ", 1)
+        return value.strip(), split_comment(printed.strip())[1]
+
+    def _codecs(self) -> dict[str, nftnl.Codec]:
+        """The netlink codecs of the table's maps, from their declarations."""
+        if self._map_codecs is None:
+            from kubeling.proxy import rules  # (rules uses this module's Transaction)
+
+            self._map_codecs = {
+                name: nftnl.Codec.from_declaration(declaration)
+                for name, (kind, declaration) in rules.sets().items()
+                if kind == "map"
+            }
+        return self._map_codecs
 
     def chain_rules(self, chain: str) -> list[str] | None:
         try:
@@ -229,6 +296,7 @@ class _Set:
     kind: str  # set | map
     declaration: str
     elements: dict[str, str] = field(default_factory=dict)
+    comments: dict[str, str] = field(default_factory=dict)  # key -> element comment
 
 
 @dataclass
@@ -266,6 +334,13 @@ class FakeNftables:
             return None
         return self.table.sets[map_name].elements.get(key) or None
 
+    def map_element(self, map_name: str, key: str) -> tuple[str, str] | None:
+        # Through map_value: tests that slow down or count reads override that one.
+        value = self.map_value(map_name, key)
+        if value is None or self.table is None:
+            return None
+        return value, self.table.sets[map_name].comments.get(key, "")
+
     def chain_rules(self, chain: str) -> list[str] | None:
         if self.table is None or chain not in self.table.chains:
             return None
@@ -280,7 +355,10 @@ class FakeNftables:
             out.append(f"\t{s.kind} {name} {{")
             out.extend(f"\t\t{part.strip()}" for part in s.declaration.split(";"))
             if s.elements:
-                items = sorted(f"{k} : {v}" if v else k for k, v in s.elements.items())
+                items = sorted(
+                    _printed(k, s.comments.get(k, "")) + (f" : {v}" if v else "")
+                    for k, v in s.elements.items()
+                )
                 out.append(f"\t\telements = {{ {', '.join(items)} }}")
             out.append("\t}")
         for name in sorted(self.table.chains):
@@ -368,14 +446,21 @@ def _set_op(table: _Table, op: Op) -> None:
     del table.sets[op.name]
 
 
+def _printed(key: str, comment: str) -> str:
+    return f'{key} comment "{comment}"' if comment else key
+
+
 def _element_op(table: _Table, verb: str, name: str, key: str, value: str) -> None:
     s = table.sets.get(name)
     if s is None:
         raise NftError(f"{verb} element {name}: No such file or directory")
+    # The comment is no part of the element's identity (nft ignores it in a delete).
+    key, comment = split_comment(key)
     if verb == "delete":
         if key not in s.elements:
             raise NftError(f"delete element {name} {key}: No such file or directory")
         del s.elements[key]
+        s.comments.pop(key, None)
         return
     if s.kind == "map" and not value:
         raise NftError(f"add element {name}: a map element needs a value")
@@ -385,4 +470,6 @@ def _element_op(table: _Table, verb: str, name: str, key: str, value: str) -> No
     old = s.elements.get(key)
     if old is not None and old != value:
         raise NftError(f"add element {name} {key}: File exists")
+    if old is None and comment:
+        s.comments[key] = comment  # an element added again keeps its comment, as in nft
     s.elements[key] = value

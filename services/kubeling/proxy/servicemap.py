@@ -17,7 +17,7 @@ own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from kubeling.api.endpoints import endpoint_ready, is_ipv4
@@ -27,13 +27,14 @@ from kubeling.v1 import core_pb2, discovery_pb2
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity (3 h)
 
 
-@dataclass(frozen=True, order=True)
+# slots: the proxy keeps one per endpoint of every service (~100 bytes less each).
+@dataclass(frozen=True, order=True, slots=True)
 class Endpoint:
     ip: str
     port: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     namespace: str
     name: str
@@ -69,12 +70,50 @@ def _protocol(port: core_pb2.ServicePort) -> str:
     return (port.protocol or "TCP").lower()
 
 
-def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
-    """Which service (by key) answers on each address, protocol and port: every
-    ClusterIP's own, then external addresses to the oldest Service naming them
-    (creation time, then namespace/name), so the answer does not depend on order."""
-    proxied = sorted(
-        (s for s in services if is_ipv4(s.spec.cluster_ip)),
+def external_owners(services: Iterable[core_pb2.Service]) -> Mapping[Claim, str]:
+    """Which service (by key) answers on each external address, protocol and port: a
+    ClusterIP's own service first, then the oldest Service naming it (creation time,
+    then namespace/name), so the answer does not depend on order.
+
+    Only claims on addresses that some Service names as external are listed (they
+    are all that `service_ports` asks about). The proxy asks at every sync, over every
+    service, and mostly for services without external addresses, which never look:
+    the answer is worked out on its first read (a few field reads per service)."""
+    return _LazyOwners(list(services))
+
+
+class _LazyOwners(Mapping[Claim, str]):
+    def __init__(self, services: list[core_pb2.Service]) -> None:
+        self._services = services
+        self._owners: dict[Claim, str] | None = None
+
+    def _get(self) -> dict[Claim, str]:
+        if self._owners is None:
+            self._owners = _external_owners(self._services)
+        return self._owners
+
+    def __getitem__(self, claim: Claim) -> str:
+        return self._get()[claim]
+
+    def __iter__(self) -> Iterator[Claim]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _external_owners(services: list[core_pb2.Service]) -> dict[Claim, str]:
+    named = [s for s in services if _names_external(s.spec) and is_ipv4(s.spec.cluster_ip)]
+    if not named:
+        return {}
+    addresses = {ip for svc in named for ip in external_addresses(svc)}
+    owners: dict[Claim, str] = {}
+    for svc in services:
+        if svc.spec.cluster_ip in addresses:
+            key = service_key(svc.metadata.namespace, svc.metadata.name)
+            for port in svc.spec.ports:
+                owners[(svc.spec.cluster_ip, _protocol(port), port.port)] = key
+    named.sort(
         key=lambda s: (
             s.metadata.creation_timestamp.seconds,
             s.metadata.creation_timestamp.nanos,
@@ -82,17 +121,18 @@ def external_owners(services: Iterable[core_pb2.Service]) -> dict[Claim, str]:
             s.metadata.name,
         ),
     )
-    owners: dict[Claim, str] = {}
-    for svc in proxied:
-        key = service_key(svc.metadata.namespace, svc.metadata.name)
-        for port in svc.spec.ports:
-            owners[(svc.spec.cluster_ip, _protocol(port), port.port)] = key
-    for svc in proxied:
+    for svc in named:
         key = service_key(svc.metadata.namespace, svc.metadata.name)
         for ip in external_addresses(svc):
             for port in svc.spec.ports:
                 owners.setdefault((ip, _protocol(port), port.port), key)
     return owners
+
+
+def _names_external(spec: core_pb2.ServiceSpec) -> bool:
+    """Whether a service may have addresses besides its ClusterIP (a cheap test,
+    before `external_addresses`)."""
+    return bool(spec.external_ips) or spec.type == "LoadBalancer"
 
 
 def external_addresses(service: core_pb2.Service) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 
 from kubeling.api.wellknown import SERVICE_NAME_LABEL
+from kubeling.proxy import rules as r
 from kubeling.proxy.conntrack import RecordingConntrack
 from kubeling.proxy.kubeproxy import KubeProxy, ProxyConfig
 from kubeling.proxy.nft import FakeNftables, Transaction
@@ -107,10 +108,12 @@ class CapturingNftables(FakeNftables):
         super().apply(tx)
 
 
-def full_dump(desired: Mapping[str, list[ServicePort]], cluster_cidr: str = "") -> str:
+def full_dump(
+    desired: Mapping[str, list[ServicePort]], cluster_cidr: str = "", lb_max: int = r.LB_MAX
+) -> str:
     """The table a brand-new proxier writes for `desired`."""
     backend = FakeNftables()
-    Proxier(backend, cluster_cidr).sync_full(desired)
+    Proxier(backend, cluster_cidr, lb_max).sync_full(desired)
     return backend.dump()
 
 

@@ -10,7 +10,7 @@ import pytest
 from kubeling.api.errors import ApiError
 from kubeling.proxy import rules as r
 from kubeling.proxy.explain import explain
-from kubeling.proxy.nft import FakeNftables
+from kubeling.proxy.nft import FakeNftables, Transaction
 from kubeling.proxy.proxier import Proxier
 from kubeling.proxy.server import ProxyService
 from kubeling.proxy.servicemap import ServicePort
@@ -21,12 +21,12 @@ WEB = sp(endpoints=["10.244.0.5", "10.244.0.6"], node_port=30080)
 DB = sp("db", "10.96.0.11", [], port=5432, node_port=30001)
 
 
-def installed(*ports: ServicePort, cluster_cidr: str = "") -> FakeNftables:
+def installed(*ports: ServicePort, cluster_cidr: str = "", lb_max: int = r.LB_MAX) -> FakeNftables:
     backend = FakeNftables()
     desired: dict[str, list[ServicePort]] = {}
     for port in ports:
         desired.setdefault(f"{port.namespace}/{port.name}", []).append(port)
-    Proxier(backend, cluster_cidr).sync_full(desired)
+    Proxier(backend, cluster_cidr, lb_max).sync_full(desired)
     return backend
 
 
@@ -35,7 +35,7 @@ def never_local(address: str) -> bool:
 
 
 def test_cluster_ip_lists_endpoints_service_and_rules() -> None:
-    backend = installed(WEB, DB)
+    backend = installed(WEB, DB, lb_max=0)
     found = explain(backend, "10.96.0.10", 80, "TCP", is_local=never_local)
     assert found.verdict == "cluster-ip"
     assert found.service == "default/web:http"
@@ -83,7 +83,9 @@ def test_no_endpoints_for_cluster_ip() -> None:
 
 
 def test_node_port_goes_through_the_external_chain() -> None:
-    found = explain(installed(WEB, DB), "192.168.1.10", 30080, "tcp", is_local=lambda a: True)
+    found = explain(
+        installed(WEB, DB, lb_max=0), "192.168.1.10", 30080, "tcp", is_local=lambda a: True
+    )
     assert found.verdict == "node-port"
     assert found.service == "default/web:http"
     assert found.chain == r.service_chain(WEB)
@@ -192,7 +194,7 @@ async def test_explain_rpc_answers_from_the_backend() -> None:
 
 def test_external_ip_goes_through_the_external_chain_without_being_local() -> None:
     lb = replace(WEB, external_ips=("192.168.1.10", "203.0.113.9"))
-    found = explain(installed(lb, DB), "203.0.113.9", 80, "tcp", is_local=never_local)
+    found = explain(installed(lb, DB, lb_max=0), "203.0.113.9", 80, "tcp", is_local=never_local)
     assert found.verdict == "external-ip"
     assert found.service == "default/web:http"
     assert found.chain == r.service_chain(lb)
@@ -215,3 +217,63 @@ def test_external_ip_without_endpoints() -> None:
     found = explain(installed(db), "203.0.113.9", 5432, "tcp", is_local=never_local)
     assert found.verdict == "no-endpoints"
     assert found.rules == ["no-endpoint-services: 203.0.113.9 . tcp . 5432 : goto reject-chain"]
+
+
+# -- the shared lb-N chains ----------------------------------------------------------
+
+
+def test_shared_chain_cluster_ip_reads_the_endpoint_elements() -> None:
+    backend = installed(WEB, DB, cluster_cidr="10.244.0.0/16")
+    found = explain(backend, "10.96.0.10", 80, "tcp", is_local=never_local)
+    assert found.verdict == "cluster-ip"
+    assert found.service == "default/web:http"  # from the element's comment
+    assert found.chain == "lb-2"
+    assert found.endpoints == [("10.244.0.5", 8080), ("10.244.0.6", 8080)]
+    assert not found.masquerade and not found.session_affinity
+    assert found.rules == [
+        "service-ips: 10.96.0.10 . tcp . 80 : goto lb-2",
+        "lb-2: ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+        "lb-2: dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 "
+        "map @service-endpoints",
+        "service-endpoints: 10.96.0.10 . tcp . 80 . 0 : 10.244.0.5 . 8080",
+        "service-endpoints: 10.96.0.10 . tcp . 80 . 1 : 10.244.0.6 . 8080",
+    ]
+
+
+def test_shared_chain_node_port_uses_the_node_port_map() -> None:
+    found = explain(installed(WEB, DB), "192.168.1.10", 30080, "tcp", is_local=lambda a: True)
+    assert found.verdict == "node-port"
+    assert found.service == "default/web:http"
+    assert found.chain == "nodeport-lb-2"
+    assert found.masquerade
+    assert found.endpoints == [("10.244.0.5", 8080), ("10.244.0.6", 8080)]
+    assert found.rules[0] == "service-nodeports: tcp . 30080 : goto nodeport-lb-2"
+    assert found.rules[-1] == "nodeport-endpoints: tcp . 30080 . 1 : 10.244.0.6 . 8080"
+
+
+def test_shared_chain_external_ip_goes_through_ext_lb() -> None:
+    lb = replace(WEB, external_ips=("203.0.113.9",))
+    found = explain(installed(lb), "203.0.113.9", 80, "tcp", is_local=never_local)
+    assert found.verdict == "external-ip"
+    assert found.service == "default/web:http"
+    assert found.chain == "lb-2"
+    assert found.masquerade
+    assert found.endpoints == [("10.244.0.5", 8080), ("10.244.0.6", 8080)]
+    assert found.rules[:3] == [
+        "service-ips: 203.0.113.9 . tcp . 80 : goto ext-lb-2",
+        "ext-lb-2: jump mark-for-masquerade",
+        "ext-lb-2: goto lb-2",
+    ]
+    assert "service-endpoints: 203.0.113.9 . tcp . 80 . 1 : 10.244.0.6 . 8080" in found.rules
+
+
+def test_shared_chain_with_a_missing_endpoint_element_says_so() -> None:
+    """What the kernel holds is shown, also when it is broken (an element deleted
+    behind the proxy's back)."""
+    backend = installed(WEB)
+    tx = Transaction()
+    tx.delete_element(r.ENDPOINTS, "10.96.0.10 . tcp . 80 . 1")
+    backend.apply(tx)
+    found = explain(backend, "10.96.0.10", 80, "tcp", is_local=never_local)
+    assert found.endpoints == [("10.244.0.5", 8080)]
+    assert found.rules[-1] == "service-endpoints: 10.96.0.10 . tcp . 80 . 1 : (missing)"

@@ -197,8 +197,8 @@ async def test_service_and_slice_end_up_in_the_table() -> None:
     add_slice(proxy, first)
     assert await proxy.sync_once(full=True)
     assert backend.dump() == expected((svc, [first]))
-    assert "dnat to 10.244.0.6:8080" in backend.dump()
-    assert "tcp . 30080 : goto ext-" in backend.dump()
+    assert "10.96.0.10 . tcp . 80 . 1 : 10.244.0.6 . 8080" in backend.dump()
+    assert 'tcp . 30080 comment "default/web:http" : goto nodeport-lb-2' in backend.dump()
     assert proxy.state.syncs == 1 and proxy.state.last_result is not None
     assert proxy.state.last_result.full
     assert proxy.state.queued_since is None and proxy._dirty == {}
@@ -371,10 +371,11 @@ async def test_a_shared_external_ip_goes_to_the_older_service_and_moves_when_it_
     assert await proxy.sync_once(full=True)
     backend = proxy.proxier.backend
     key = "203.0.113.9 . tcp . 80"
-    old_ext = r.external_chain(service_ports(old, [])[0])
-    new_ext = r.external_chain(service_ports(new, [])[0])
-    assert backend.map_value(r.SERVICE_IPS, key) == f"goto {old_ext}"  # type: ignore[attr-defined]
+    # (Both have one endpoint: the same chain, ext-lb-1; the comment names the owner.)
+    owner = ("goto ext-lb-1", "default/old:http")
+    assert backend.map_element(r.SERVICE_IPS, key) == owner  # type: ignore[attr-defined]
     delete_service(proxy, old)
     assert proxy._needs_full
     assert await proxy.sync_once(full=proxy._needs_full)
-    assert backend.map_value(r.SERVICE_IPS, key) == f"goto {new_ext}"  # type: ignore[attr-defined]
+    owner = ("goto ext-lb-1", "default/new:http")
+    assert backend.map_element(r.SERVICE_IPS, key) == owner  # type: ignore[attr-defined]

@@ -1,4 +1,7 @@
-"""Rule generation and the proxier's full and partial syncs, on the fake nftables."""
+"""Rule generation and the proxier's full and partial syncs, on the fake nftables, in
+the layout with a chain per service port (`lb_max=0`): what services with ClientIP
+affinity or more than rules.LB_MAX endpoints get. The shared `lb-N` chains, the
+default for the others, are tested in test_lb_layout.py."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def hairpin_ips(backend: FakeNftables) -> set[str]:
 def test_full_sync_programs_service_chain_map_element_and_node_port() -> None:
     backend = FakeNftables()
     web = sp(endpoints=["10.244.0.5", "10.244.0.6", "10.244.1.7"], node_port=30080)
-    result = Proxier(backend).sync_full({WEB: [web]})
+    result = Proxier(backend, lb_max=0).sync_full({WEB: [web]})
     assert result.full and result.services == [WEB] and result.operations > 0
     svc, ext = r.service_chain(web), r.external_chain(web)
     assert svc.startswith("svc-") and svc.endswith("-default/web/tcp/http")
@@ -59,14 +62,14 @@ def test_full_sync_programs_service_chain_map_element_and_node_port() -> None:
 def test_single_endpoint_has_no_numgen() -> None:
     backend = FakeNftables()
     web = sp(endpoints=["10.244.0.5"], protocol="udp", port=53, target_port=5353)
-    Proxier(backend).sync_full({WEB: [web]})
+    Proxier(backend, lb_max=0).sync_full({WEB: [web]})
     assert backend.chain_rules(r.service_chain(web)) == ["meta l4proto udp dnat to 10.244.0.5:5353"]
     assert backend.map_value(r.SERVICE_IPS, "10.96.0.10 . udp . 53") is not None
 
 
 def test_numgen_rules_for_many_endpoints() -> None:
     ips = [f"10.244.0.{i}" for i in range(1, 8)]
-    chain_rules = r.service_rules(sp(endpoints=ips)).chains
+    chain_rules = r.service_rules(sp(endpoints=ips), lb_max=0).chains
     (rules,) = chain_rules.values()
     for index, (rule, ip) in enumerate(zip(rules, ips, strict=True)):
         prefix = f"numgen random mod {len(ips) - index} 0 " if index < len(ips) - 1 else ""
@@ -76,7 +79,7 @@ def test_numgen_rules_for_many_endpoints() -> None:
 def test_service_without_endpoints_rejects_and_has_no_chain() -> None:
     backend = FakeNftables()
     db = sp("db", "10.96.0.11", [], port=5432, node_port=30001)
-    Proxier(backend).sync_full({DB: [db]})
+    Proxier(backend, lb_max=0).sync_full({DB: [db]})
     assert backend.map_value(r.NO_ENDPOINT_SERVICES, "10.96.0.11 . tcp . 5432") == (
         "goto reject-chain"
     )
@@ -91,7 +94,7 @@ def test_service_without_endpoints_rejects_and_has_no_chain() -> None:
 
 def test_cluster_ip_service_without_endpoints_has_no_node_port_reject() -> None:
     backend = FakeNftables()
-    Proxier(backend).sync_full({DB: [sp("db", "10.96.0.11", [])]})
+    Proxier(backend, lb_max=0).sync_full({DB: [sp("db", "10.96.0.11", [])]})
     assert backend.table is not None
     assert backend.table.sets[r.NO_ENDPOINT_NODEPORTS].elements == {}
 
@@ -99,7 +102,7 @@ def test_cluster_ip_service_without_endpoints_has_no_node_port_reject() -> None:
 def test_cluster_cidr_marks_traffic_from_outside_for_masquerade() -> None:
     backend = FakeNftables()
     web = sp(endpoints=["10.244.0.5"])
-    Proxier(backend, cluster_cidr="10.244.0.0/16").sync_full({WEB: [web]})
+    Proxier(backend, cluster_cidr="10.244.0.0/16", lb_max=0).sync_full({WEB: [web]})
     assert backend.chain_rules(r.service_chain(web)) == [
         "ip daddr 10.96.0.10 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
         "meta l4proto tcp dnat to 10.244.0.5:8080",
@@ -109,7 +112,7 @@ def test_cluster_cidr_marks_traffic_from_outside_for_masquerade() -> None:
 def test_client_ip_affinity_sets_and_rules() -> None:
     backend = FakeNftables()
     web = sp(endpoints=["10.244.0.5", "10.244.0.6"], affinity_timeout=60)
-    Proxier(backend).sync_full({WEB: [web]})
+    Proxier(backend, lb_max=0).sync_full({WEB: [web]})
     a5, a6 = (r.affinity_set(web, ep) for ep in web.endpoints)
     assert a5 != a6
     assert backend.chain_rules(r.service_chain(web)) == [
@@ -129,7 +132,7 @@ def test_multi_port_service_gets_a_chain_per_port() -> None:
     backend = FakeNftables()
     http = sp(endpoints=["10.244.0.5"])
     dns = sp(endpoints=["10.244.0.5"], port_name="dns", protocol="udp", port=53, target_port=53)
-    Proxier(backend).sync_full({WEB: [http, dns]})
+    Proxier(backend, lb_max=0).sync_full({WEB: [http, dns]})
     assert r.service_chain(http) != r.service_chain(dns)
     assert backend.chain_rules(r.service_chain(dns)) == ["meta l4proto udp dnat to 10.244.0.5:53"]
     assert backend.map_value(r.SERVICE_IPS, "10.96.0.10 . udp . 53") is not None
@@ -148,7 +151,7 @@ def two_services() -> dict[str, list[ServicePort]]:
 
 def test_partial_sync_touches_only_the_changed_service() -> None:
     backend = CapturingNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     full = proxier.sync_full(desired)
     desired[WEB] = [sp(endpoints=["10.244.0.5", "10.244.0.7"], node_port=30080)]
@@ -162,12 +165,12 @@ def test_partial_sync_touches_only_the_changed_service() -> None:
     assert {op.name for op in tx.ops if op.kind == "chain"} == {r.service_chain(desired[WEB][0])}
     assert ("delete", "elements", r.HAIRPIN) in {(op.verb, op.kind, op.name) for op in tx.ops}
     assert result.operations == len(tx) < full.operations / 5
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 def test_partial_sync_of_an_unchanged_service_sends_nothing() -> None:
     backend = CapturingNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full(desired)
     result = proxier.sync_partial({WEB: desired[WEB]})
@@ -177,17 +180,17 @@ def test_partial_sync_of_an_unchanged_service_sends_nothing() -> None:
 
 def test_partial_sync_adds_a_new_service() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full({WEB: desired[WEB]})
     proxier.sync_partial({DB: desired[DB]})
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
     assert proxier.applied_ports(DB) == desired[DB]
 
 
 def test_deleting_a_service_removes_its_chains_sets_and_elements() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     web = sp(endpoints=["10.244.0.5", "10.244.0.6"], node_port=30080, affinity_timeout=60)
     desired = {WEB: [web], DB: two_services()[DB]}
     proxier.sync_full(desired)
@@ -199,12 +202,12 @@ def test_deleting_a_service_removes_its_chains_sets_and_elements() -> None:
         assert gone not in dump
     assert hairpin_ips(backend) == {"10.244.1.5"}
     assert proxier.applied_ports(WEB) == []
-    assert dump == full_dump({DB: desired[DB]})
+    assert dump == full_dump({DB: desired[DB]}, lb_max=0)
 
 
 def test_last_endpoint_gone_moves_service_to_no_endpoint_maps_and_back() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     web = sp(endpoints=["10.244.0.5"], node_port=30080)
     proxier.sync_full({WEB: [web]})
     empty = sp(endpoints=[], node_port=30080)
@@ -212,15 +215,15 @@ def test_last_endpoint_gone_moves_service_to_no_endpoint_maps_and_back() -> None
     assert backend.map_value(r.NO_ENDPOINT_SERVICES, "10.96.0.10 . tcp . 80") == "goto reject-chain"
     assert backend.map_value(r.NO_ENDPOINT_NODEPORTS, "tcp . 30080") == "goto reject-chain"
     assert backend.chain_rules(r.service_chain(web)) is None
-    assert backend.dump() == full_dump({WEB: [empty]})
+    assert backend.dump() == full_dump({WEB: [empty]}, lb_max=0)
     proxier.sync_partial({WEB: [web]})
     assert backend.map_value(r.NO_ENDPOINT_SERVICES, "10.96.0.10 . tcp . 80") is None
-    assert backend.dump() == full_dump({WEB: [web]})
+    assert backend.dump() == full_dump({WEB: [web]}, lb_max=0)
 
 
 def test_hairpin_set_holds_a_shared_endpoint_once_until_its_last_user_goes() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     shared = "10.244.0.5"
     a = sp("a", "10.96.0.20", [shared, "10.244.0.6"])
     b = sp("b", "10.96.0.21", [shared])
@@ -238,7 +241,7 @@ def test_hairpin_set_holds_a_shared_endpoint_once_until_its_last_user_goes() -> 
 
 def test_hairpin_shared_between_two_ports_of_one_service() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     http = sp(endpoints=["10.244.0.5"])
     https = sp(endpoints=["10.244.0.5"], port_name="https", port=443, target_port=8443)
     proxier.sync_full({WEB: [http, https]})
@@ -251,7 +254,7 @@ def test_hairpin_shared_between_two_ports_of_one_service() -> None:
 def test_hairpin_changes_in_one_partial_sync_of_two_services() -> None:
     """One service drops an IP while another takes it up, in the same sync."""
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = {"default/a": [sp("a", "10.96.0.20", ["10.244.0.5"])]}
     proxier.sync_full(desired)
     desired = {
@@ -260,7 +263,7 @@ def test_hairpin_changes_in_one_partial_sync_of_two_services() -> None:
     }
     proxier.sync_partial(desired)
     assert hairpin_ips(backend) == {"10.244.0.5", "10.244.0.6"}
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 # -- full syncs over an existing table ----------------------------------------------
@@ -279,25 +282,25 @@ def test_first_full_sync_replaces_a_preexisting_table() -> None:
     junk.add_element(r.HAIRPIN, "10.1.1.1 . 10.1.1.1")
     backend.apply(junk)
     desired = two_services()
-    Proxier(backend).sync_full(desired)
+    Proxier(backend, lb_max=0).sync_full(desired)
     dump = backend.dump()
     assert "junk" not in dump and "10.96.0.99" not in dump and "10.1.1.1" not in dump
-    assert dump == full_dump(desired)
+    assert dump == full_dump(desired, lb_max=0)
 
 
 def test_restarted_proxier_replaces_the_table_of_its_predecessor() -> None:
     backend = FakeNftables()
     desired = two_services()
-    Proxier(backend).sync_full(desired)
+    Proxier(backend, lb_max=0).sync_full(desired)
     # The service web was deleted while no proxy ran.
     del desired[WEB]
-    Proxier(backend).sync_full(desired)
-    assert backend.dump() == full_dump(desired)
+    Proxier(backend, lb_max=0).sync_full(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 def test_later_full_sync_updates_in_place_and_removes_stale_objects() -> None:
     backend = CapturingNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     desired[WEB] = [sp(endpoints=["10.244.0.5"], node_port=30080, affinity_timeout=60)]
     proxier.sync_full(desired)
@@ -306,33 +309,33 @@ def test_later_full_sync_updates_in_place_and_removes_stale_objects() -> None:
     proxier.sync_full(desired)
     tx = backend.seen[-1]
     assert ("delete", "table") not in {(op.verb, op.kind) for op in tx.ops}
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
     # And once more with nothing changed: same table.
     proxier.sync_full(desired)
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 def test_full_sync_after_cluster_cidr_change_rewrites_every_chain() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full(desired)
     proxier.cluster_cidr = "10.244.0.0/16"
     proxier.sync_full(desired)
-    assert backend.dump() == full_dump(desired, cluster_cidr="10.244.0.0/16")
+    assert backend.dump() == full_dump(desired, cluster_cidr="10.244.0.0/16", lb_max=0)
     assert "ip saddr != 10.244.0.0/16 jump mark-for-masquerade" in backend.dump()
 
 
 def test_counters_of_what_is_programmed() -> None:
-    proxier = Proxier(FakeNftables())
+    proxier = Proxier(FakeNftables(), lb_max=0)
     desired = two_services()
     desired["default/empty"] = [sp("empty", "10.96.0.12", [])]
     proxier.sync_full(desired)
     assert proxier.service_ports == 3
     assert proxier.endpoints == 3
-    fixed = len(r.fixed_chains())
+    fixed = len(r.fixed_chains(lb_max=0))
     assert proxier.chains == fixed + 3  # web: svc + ext, db: svc
-    assert proxier.rules == sum(len(c.rules) for c in r.fixed_chains()) + 2 + 2 + 1
+    assert proxier.rules == sum(len(c.rules) for c in r.fixed_chains(lb_max=0)) + 2 + 2 + 1
 
 
 # -- failures ----------------------------------------------------------------------
@@ -340,7 +343,7 @@ def test_counters_of_what_is_programmed() -> None:
 
 def test_failed_partial_sync_leaves_table_and_memory_as_before() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full(desired)
     before = backend.dump()
@@ -355,15 +358,15 @@ def test_failed_partial_sync_leaves_table_and_memory_as_before() -> None:
     # the table, so the diffs are right.
     proxier.sync_partial({WEB: changed})
     desired[WEB] = changed
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
     proxier.sync_partial({WEB: []})
     del desired[WEB]
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 def test_failed_partial_sync_then_a_different_change() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full(desired)
     backend.fail_next = "boom"
@@ -371,13 +374,13 @@ def test_failed_partial_sync_then_a_different_change() -> None:
         proxier.sync_partial({WEB: []})
     desired[WEB] = [sp(endpoints=["10.244.0.5"], node_port=30081)]
     proxier.sync_partial({WEB: desired[WEB]})
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
     assert hairpin_ips(backend) == {"10.244.0.5", "10.244.1.5"}
 
 
 def test_failed_full_sync_leaves_table_and_memory_as_before() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     proxier.sync_full(desired)
     before = backend.dump()
@@ -389,18 +392,18 @@ def test_failed_full_sync_leaves_table_and_memory_as_before() -> None:
     assert proxier.applied_ports(DB) == desired[DB]
     proxier.sync_partial({DB: []})
     del desired[DB]
-    assert backend.dump() == full_dump(desired)
+    assert backend.dump() == full_dump(desired, lb_max=0)
 
 
 def test_failed_first_full_sync_still_replaces_the_table_next_time() -> None:
     backend = with_leftover_table("junk")
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     backend.fail_next = "boom"
     with pytest.raises(NftError):
         proxier.sync_full(two_services())
     assert backend.chain_rules("junk") == []
     proxier.sync_full(two_services())
-    assert backend.dump() == full_dump(two_services())
+    assert backend.dump() == full_dump(two_services(), lb_max=0)
 
 
 # -- known bugs --------------------------------------------------------------------
@@ -408,27 +411,27 @@ def test_failed_first_full_sync_still_replaces_the_table_next_time() -> None:
 
 def test_partial_sync_applies_a_changed_affinity_timeout() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     proxier.sync_full({WEB: [sp(affinity_timeout=10800)]})
     changed = {WEB: [sp(affinity_timeout=60)]}
     proxier.sync_partial(changed)
     assert "timeout 60s" in backend.dump()
-    assert backend.dump() == full_dump(changed)
+    assert backend.dump() == full_dump(changed, lb_max=0)
 
 
 def test_full_sync_applies_a_changed_affinity_timeout() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     proxier.sync_full({WEB: [sp(affinity_timeout=10800)]})
     changed = {WEB: [sp(affinity_timeout=60)]}
     proxier.sync_full(changed)
-    assert backend.dump() == full_dump(changed)
+    assert backend.dump() == full_dump(changed, lb_max=0)
 
 
 def test_external_addresses_are_service_ips_elements_to_the_external_chain() -> None:
     backend = FakeNftables()
     web = replace(sp(endpoints=["10.244.0.5"]), external_ips=("192.168.1.10", "203.0.113.9"))
-    Proxier(backend, "10.244.0.0/16").sync_full({WEB: [web]})
+    Proxier(backend, "10.244.0.0/16", lb_max=0).sync_full({WEB: [web]})
     svc, ext = r.service_chain(web), r.external_chain(web)
     assert backend.map_value(r.SERVICE_IPS, "10.96.0.10 . tcp . 80") == f"goto {svc}"
     for ip in web.external_ips:
@@ -436,14 +439,14 @@ def test_external_addresses_are_service_ips_elements_to_the_external_chain() -> 
     assert backend.chain_rules(ext) == ["jump mark-for-masquerade", f"goto {svc}"]
     # No rule of their own: the service chain is the ClusterIP's, unchanged.
     plain = FakeNftables()
-    Proxier(plain, "10.244.0.0/16").sync_full({WEB: [sp(endpoints=["10.244.0.5"])]})
+    Proxier(plain, "10.244.0.0/16", lb_max=0).sync_full({WEB: [sp(endpoints=["10.244.0.5"])]})
     assert backend.chain_rules(svc) == plain.chain_rules(svc)
 
 
 def test_external_addresses_without_endpoints_are_rejected() -> None:
     backend = FakeNftables()
     web = replace(sp(endpoints=[]), external_ips=("203.0.113.9",))
-    Proxier(backend).sync_full({WEB: [web]})
+    Proxier(backend, lb_max=0).sync_full({WEB: [web]})
     assert backend.map_value(r.NO_ENDPOINT_SERVICES, "203.0.113.9 . tcp . 80") == (
         "goto reject-chain"
     )
@@ -452,7 +455,7 @@ def test_external_addresses_without_endpoints_are_rejected() -> None:
 
 def test_partial_sync_of_an_added_load_balancer_ip_adds_one_element() -> None:
     backend = CapturingNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     desired = two_services()
     web = replace(desired[WEB][0], external_ips=("192.168.1.10",))
     proxier.sync_full({**desired, WEB: [web]})
@@ -460,21 +463,21 @@ def test_partial_sync_of_an_added_load_balancer_ip_adds_one_element() -> None:
     proxier.sync_partial({WEB: [grown]})
     ops = [(op.verb, op.kind, op.name) for op in backend.seen[-1].ops]
     assert ops == [("add", "elements", r.SERVICE_IPS)]
-    assert backend.dump() == full_dump({**desired, WEB: [grown]})
+    assert backend.dump() == full_dump({**desired, WEB: [grown]}, lb_max=0)
     # Gone again (the type changed): the elements go, and the external chain stays
     # only because of the node port.
     bare = replace(web, external_ips=())
     proxier.sync_partial({WEB: [bare]})
     assert backend.map_value(r.SERVICE_IPS, "192.168.1.10 . tcp . 80") is None
-    assert backend.dump() == full_dump({**desired, WEB: [bare]})
+    assert backend.dump() == full_dump({**desired, WEB: [bare]}, lb_max=0)
 
 
 def test_external_chain_goes_with_the_last_external_address_of_a_cluster_ip_service() -> None:
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=0)
     web = replace(sp(endpoints=["10.244.0.5"]), external_ips=("203.0.113.9",))
     proxier.sync_full({WEB: [web]})
     assert backend.chain_rules(r.external_chain(web)) is not None
     proxier.sync_partial({WEB: [replace(web, external_ips=())]})
     assert backend.chain_rules(r.external_chain(web)) is None
-    assert backend.dump() == full_dump({WEB: [replace(web, external_ips=())]})
+    assert backend.dump() == full_dump({WEB: [replace(web, external_ips=())]}, lb_max=0)

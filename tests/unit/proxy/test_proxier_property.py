@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from kubeling.proxy import rules as r
 from kubeling.proxy.nft import FakeNftables
 from kubeling.proxy.proxier import Proxier
 from kubeling.proxy.servicemap import Endpoint, ServicePort
@@ -38,6 +39,10 @@ class World:
         name = f"svc{self.next_ip}"
         cluster_ip = f"10.96.{self.next_ip // 250}.{self.next_ip % 250}"
         affinity = self.rng.choice([0, 0, 60, 10800])
+        # An external address of its own (no two services share one: servicemap's
+        # owners see to that).
+        external = (f"203.0.{self.next_ip // 250}.{self.next_ip % 250}",)
+        has_external = self.rng.random() < 0.3
         ports = []
         for index in range(self.rng.randint(1, 2)):
             protocol = self.rng.choice(["tcp", "udp"])
@@ -57,6 +62,7 @@ class World:
                         affinity_timeout=affinity,
                     ),
                     endpoints=self._endpoints(target),
+                    external_ips=external if has_external else (),
                 )
             )
         key = f"default/{name}"
@@ -71,7 +77,7 @@ class World:
         ports = self.desired[key]
         what = self.rng.choice(
             ["remove", "add-ep", "add-ep", "remove-ep", "remove-ep", "endpoints", "nodeport",
-             "affinity", "drop-port"]
+             "affinity", "drop-port", "external"]
         )  # fmt: skip
         index = self.rng.randrange(len(ports))
         port = ports[index]
@@ -96,6 +102,13 @@ class World:
             timeout = 0 if port.affinity_timeout else self.rng.choice([60, 10800])
             ports = [dataclasses.replace(p, affinity_timeout=timeout) for p in ports]
             port = ports[index]
+        elif what == "external":
+            address = f"203.0.{port.cluster_ip.split('.')[2]}.{port.cluster_ip.split('.')[3]}"
+            ports = [
+                dataclasses.replace(p, external_ips=() if p.external_ips else (address,))
+                for p in ports
+            ]
+            port = ports[index]
         elif what == "drop-port" and len(ports) > 1:
             self.desired[key] = [p for i, p in enumerate(ports) if i != index]
             return key
@@ -103,43 +116,63 @@ class World:
         return key
 
 
+def fresh(desired: dict[str, list[ServicePort]], lb_max: int) -> Proxier:
+    proxier = Proxier(FakeNftables(), lb_max=lb_max)
+    proxier.sync_full(desired)
+    return proxier
+
+
+def counters(proxier: Proxier) -> tuple[int, int, int, int]:
+    """What Status and the metrics report (kept up to date by each sync)."""
+    return (proxier.service_ports, proxier.endpoints, proxier.chains, proxier.rules)
+
+
+# The shared lb-N chains (default), a chain per service (0), and a mix: with 2, a
+# service moves between the layouts as its endpoints come and go (up to 4).
+LAYOUTS = [r.LB_MAX, 0, 2]
+
+
+@pytest.mark.parametrize("lb_max", LAYOUTS)
 @pytest.mark.parametrize("seed", range(8))
-def test_partial_syncs_match_a_fresh_full_sync(seed: int) -> None:
+def test_partial_syncs_match_a_fresh_full_sync(seed: int, lb_max: int) -> None:
     rng = random.Random(seed)
     world = World(rng)
     for _ in range(6):
         world.add_service()
     backend = CapturingNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=lb_max)
     proxier.sync_full(world.desired)
-    assert backend.dump() == full_dump(world.desired)
+    assert backend.dump() == full_dump(world.desired, lb_max=lb_max)
     for step in range(60):
         if rng.random() < 0.08:
             proxier.sync_full(dict(world.desired))
-            assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step} (full)"
+            assert backend.dump() == full_dump(world.desired, lb_max=lb_max), (seed, step, "full")
             continue
         touched = {world.change() for _ in range(rng.randint(1, 3))}
         changed = {key: world.desired.get(key, []) for key in touched}
         result = proxier.sync_partial(changed)
-        assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step}"
+        assert backend.dump() == full_dump(world.desired, lb_max=lb_max), f"seed {seed} step {step}"
         assert result.services == sorted(touched)
         # What the partial sync sent names no service it was not told about.
         script = backend.seen[-1].script()
         for key in world.desired.keys() - touched:
-            assert f"-{key}/" not in script, (seed, step, key)
+            assert f"-{key}/" not in script, (seed, step, key)  # a chain
+            assert f'"{key}:' not in script, (seed, step, key)  # an element's comment
         for key in touched:
             assert proxier.applied_ports(key) == world.desired.get(key, [])
+        assert counters(proxier) == counters(fresh(world.desired, lb_max)), (seed, step)
 
 
+@pytest.mark.parametrize("lb_max", LAYOUTS)
 @pytest.mark.parametrize("seed", range(3))
-def test_partial_syncs_survive_failed_transactions(seed: int) -> None:
+def test_partial_syncs_survive_failed_transactions(seed: int, lb_max: int) -> None:
     """Random failures of apply: the proxier's memory never drifts from the table."""
     rng = random.Random(1000 + seed)
     world = World(rng)
     for _ in range(5):
         world.add_service()
     backend = FakeNftables()
-    proxier = Proxier(backend)
+    proxier = Proxier(backend, lb_max=lb_max)
     proxier.sync_full(world.desired)
     pending: set[str] = set()
     for step in range(40):
@@ -153,4 +186,5 @@ def test_partial_syncs_survive_failed_transactions(seed: int) -> None:
             continue  # the changes stay pending, as KubeProxy re-queues them
         proxier.sync_partial({key: world.desired.get(key, []) for key in pending})
         pending.clear()
-        assert backend.dump() == full_dump(world.desired), f"seed {seed} step {step}"
+        assert backend.dump() == full_dump(world.desired, lb_max=lb_max), f"seed {seed} step {step}"
+        assert counters(proxier) == counters(fresh(world.desired, lb_max)), (seed, step)

@@ -87,7 +87,7 @@ async def test_crashed_sync_loop_and_watches_recover(tmp_path: Path) -> None:
         # Changes made after the crashes reach the table: the watches resumed and
         # the sync loop runs again.
         ip = await add_web_service(api, "after", "10.244.0.9")
-        await eventually(lambda: ip in backend.dump() and "10.244.0.9:8080" in backend.dump())
+        await eventually(lambda: ip in backend.dump() and ": 10.244.0.9 . 8080" in backend.dump())
         await api.services.delete("before", "default")
         await eventually(lambda: first_ip not in backend.dump())
         assert proxy.healthy() and not proxy.supervisor.failed.is_set()
