@@ -26,8 +26,8 @@ from kubeling.master.server import Master, MasterConfig
 from kubeling.v1 import core_pb2
 from tests.integration.test_kubelet_api import FakeNode, make_pod
 from tests.integration.test_logs_exec import node_object
-from tests.kubelet.test_streaming_containerd import Pty
 from tests.support.inprocess import serving
+from tests.support.terminal import Pty
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -129,7 +129,9 @@ async def test_port_forward_relays_bytes_both_ways(cluster: tuple[Client, FakeNo
 
 async def test_cli_exec_it_through_a_pty(cluster: tuple[Client, FakeNode]) -> None:
     api, _ = cluster
-    term = Pty("--server", api.target, "exec", "-it", "box", "--", "sh", rows=12, cols=34)
+    term = Pty(
+        [str(KUBELING), "--server", api.target, "exec", "-it", "box", "--", "sh"], rows=12, cols=34
+    )
     try:
         term.write(b"stty size\r")
         await term.read_until(b"12 34\r\n")

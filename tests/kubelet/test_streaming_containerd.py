@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import hashlib
 import os
-import select
 import signal
-import struct
-import subprocess
 import sys
-import termios
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +31,7 @@ from tests.kubelet.test_kubelet_fake import phase_of
 from tests.support.containerd import PrivateContainerd
 from tests.support.processes import MasterProcess, free_port
 from tests.support.real_kubelet import remove_node_pods
+from tests.support.terminal import Pty, set_size
 from tests.support.waiting import eventually_passes
 
 pytestmark = pytest.mark.slow
@@ -118,74 +113,15 @@ async def test_exec_stdin_without_tty(running: tuple[Client, MasterProcess]) -> 
     assert b"command terminated with exit code 4" in err
 
 
-def _set_size(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-class Pty:
-    """The CLI run on a pseudo-terminal, as a user's shell would run it."""
-
-    def __init__(self, *args: str, rows: int = 24, cols: int = 80) -> None:
-        self.master_fd, slave = os.openpty()
-        _set_size(slave, rows, cols)
-        # Its own session; the terminal is its stdin/stdout/stderr (no controlling
-        # terminal is needed: resizes are signalled here by hand).
-        self.proc = subprocess.Popen(
-            [str(KUBELING), *args], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
-        )
-        self.pid = self.proc.pid
-        os.close(slave)
-        self.output = b""
-        self.status: int | None = None
-
-    def write(self, data: bytes) -> None:
-        os.write(self.master_fd, data)
-
-    async def read_until(self, wanted: bytes, within: float = 20.0) -> bytes:
-        deadline = time.monotonic() + within
-        while wanted not in self.output:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{wanted!r} not seen; output so far: {self.output!r}")
-            chunk = await asyncio.to_thread(self._read_some)
-            if chunk is None:
-                continue
-            if not chunk:
-                raise AssertionError(f"{wanted!r} not seen before EOF: {self.output!r}")
-            self.output += chunk
-        return self.output
-
-    def _read_some(self) -> bytes | None:
-        """Some output; None if none came within half a second; b"" at the end."""
-        ready, _, _ = select.select([self.master_fd], [], [], 0.5)
-        if not ready:
-            return None
-        try:
-            return os.read(self.master_fd, 4096)
-        except OSError:  # EIO: the CLI closed the terminal
-            return b""
-
-    async def wait(self, within: float = 20.0) -> int:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                self.status = code
-                return code
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the CLI did not exit; output: {self.output!r}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master_fd)
-
-
 async def test_exec_it_interactive_shell_resize_and_exit_code(
     running: tuple[Client, MasterProcess],
 ) -> None:
     _, master = running
-    term = Pty("--server", master.address, "exec", "-it", "shell", "--", "sh", rows=31, cols=97)
+    term = Pty(
+        [str(KUBELING), "--server", master.address, "exec", "-it", "shell", "--", "sh"],
+        rows=31,
+        cols=97,
+    )
     try:
         # busybox sh asks where the cursor is (ESC[6n) before its prompt: answer
         # as a terminal would, then type.
@@ -196,7 +132,7 @@ async def test_exec_it_interactive_shell_resize_and_exit_code(
         await term.read_until(b"31 97")
         await term.read_until(b"hi\r\n")
         # A resize of the local terminal reaches the remote one.
-        _set_size(term.master_fd, 40, 120)
+        set_size(term.master_fd, 40, 120)
         os.kill(term.pid, signal.SIGWINCH)
         await asyncio.sleep(0.5)
         term.write(b"stty size\n")
