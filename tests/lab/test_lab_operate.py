@@ -39,14 +39,13 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
-from google.protobuf import json_format
 
 from kubeling.client import Client
 from kubeling.lab.lab import Lab, LabOptions, running_lab
 from kubeling.v1 import apps_pb2, core_pb2
 from tests.support import waiting
 from tests.support.containerd import skip_reason
+from tests.support.lab_pods import parse
 from tests.support.terminal import Pty, set_size
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
@@ -124,10 +123,6 @@ spec:
           env: [{name: VERSION, value: v1}]
           command: ["sh", "-c", "while true; do echo tick $(hostname) $VERSION; sleep 0.5; done"]
 """
-
-
-def parse(text: str, message: Any) -> Any:
-    return json_format.ParseDict(yaml.safe_load(text), message)
 
 
 @pytest.fixture(scope="module")
