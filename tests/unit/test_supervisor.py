@@ -156,3 +156,37 @@ async def test_a_loop_raising_cancelled_error_by_itself_is_a_crash() -> None:
     await asyncio.wait_for(back.wait(), 5)
     assert runs == 2 and crashes("t-stray") - before == 1
     await supervisor.stop()
+
+
+async def test_a_loop_that_swallows_its_cancellation_is_cancelled_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a loop that retries an RPC error raised at the moment of its cancel: the
+    # first cancellation is consumed; the supervisor's stop must not wait forever.
+    monkeypatch.setattr("kubeling.common.supervisor.CANCEL_GRACE", 0.05)
+    inside = asyncio.Event()
+    cancels = 0
+
+    async def loop() -> None:
+        nonlocal cancels
+        inside.set()
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels == 1:
+                    continue  # swallowed
+                raise
+
+    supervisor = Supervisor("test")
+    supervisor.start("t-stubborn", loop)
+    await asyncio.wait_for(inside.wait(), 5)
+    stopping = asyncio.create_task(supervisor.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    while not stopping.done():  # (the failure case: free the test's loop)
+        stopping.cancel()
+        await asyncio.wait({stopping}, timeout=0.1)
+    assert stopping in done, "the supervisor still waits for the loop"
+    assert cancels == 2
+    assert supervisor.restarts("t-stubborn") == 0

@@ -31,6 +31,11 @@ from prometheus_client import Counter, Gauge
 
 log = structlog.get_logger(__name__)
 
+# A cancelled loop that has not ended after this long is cancelled again: code that
+# consumed one cancellation (an RPC error retried at the moment of the cancel) must
+# not keep its supervisor, and so a whole process's stop, waiting forever.
+CANCEL_GRACE = 5.0
+
 LOOP_CRASHES = Counter(
     "kubeling_loop_crashes_total", "Crashes of supervised loops (each one restarted)", ["loop"]
 )
@@ -161,8 +166,7 @@ class Supervisor:
             injected = state.inject
             state.inject = False
             run.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run
+            await _until_ended(run, name)
             current = asyncio.current_task()
             if injected and current is not None and current.uncancel() == 0:
                 raise _InjectedCrash("crash injected by a test") from None
@@ -209,3 +213,19 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError, LoopFailed):
                 await task
         self._tasks.clear()
+
+
+async def _until_ended(run: asyncio.Future[None], name: str) -> None:
+    """Wait for a cancelled loop to end, cancelling it again every CANCEL_GRACE
+    seconds while it goes on. Our own cancellation meanwhile does not cut the wait
+    short (the caller checks `cancelling()` afterwards), as awaiting it would not."""
+    while not run.done():
+        try:
+            await asyncio.wait({run}, timeout=CANCEL_GRACE)
+        except asyncio.CancelledError:
+            continue
+        if not run.done():
+            log.error("loop did not end when cancelled; cancelling it again", loop=name)
+            run.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        run.result()
