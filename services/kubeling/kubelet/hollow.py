@@ -40,6 +40,9 @@ class HollowSettings:
     # Slower loops than a real kubelet: thousands of nodes share one process.
     relist_period: float = 5.0
     status_interval: float = 60.0
+    # The fake runtime never turns unhealthy: a check per node per second would be
+    # 5,000 checks a second at 5,000 nodes.
+    runtime_check_interval: float = 30.0
     lease_renew_interval: float = 10.0
     cluster_cidr: str = "10.128.0.0/9"
     log_dir: Path = field(default_factory=lambda: Path("/tmp/kubeling-hollow"))
@@ -76,6 +79,7 @@ class HollowCluster:
                 root_dir=s.log_dir / f"{name}.root",
                 relist_period=s.relist_period,
                 status_interval=s.status_interval,
+                runtime_check_interval=s.runtime_check_interval,
                 lease_renew_interval=s.lease_renew_interval,
             )
             runtime = FakeRuntime(pod_cidr=cidr, images=[BUSYBOX])

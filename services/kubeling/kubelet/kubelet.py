@@ -78,6 +78,7 @@ class KubeletConfig:
     pod_log_dir: Path = field(default_factory=lambda: Path("/var/log/pods"))
     relist_period: float = 1.0
     status_interval: float = 10.0
+    runtime_check_interval: float = 1.0  # between runtime health checks (node.py)
     lease_duration: int = 40
     lease_renew_interval: float = 10.0
     backoff_initial: float = 10.0
@@ -205,6 +206,7 @@ class Kubelet:
             lease_duration=self.config.lease_duration,
             lease_renew_interval=self.config.lease_renew_interval,
             status_interval=self.config.status_interval,
+            runtime_check_interval=self.config.runtime_check_interval,
             max_pods=self.config.max_pods,
             nodefs=self.config.pod_log_dir,
             # Where the local-path provisioner puts this node's volumes.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain, islice
 
 from kubeling.scheduler.cache import NodeCache
 from kubeling.scheduler.framework import (
@@ -28,8 +29,6 @@ from kubeling.scheduler.framework import (
     REASON_PORTS,
     PodInfo,
     failure_message,
-    resource_scores,
-    spread_score,
     static_reason,
 )
 
@@ -102,9 +101,10 @@ class Algorithm:
         found: list[int] = []
         start = self._next_start % count if count else 0
         scanned = 0
-        # The hot loop: plain list lookups only.
-        for scanned in range(1, count + 1):
-            slot = candidates[(start + scanned - 1) % count]
+        # The hot loop: plain list lookups only, in turn from where the last search
+        # stopped (two slices rather than a modulo per node).
+        for slot in chain(islice(candidates, start, None), islice(candidates, 0, start)):
+            scanned += 1
             if pod_count[slot] >= alloc_pods[slot]:
                 continue
             if cpu and cpu > alloc_cpu[slot] - req_cpu[slot]:
@@ -124,27 +124,38 @@ class Algorithm:
         return cache.names[self._best(pod, found)]
 
     def _best(self, pod: PodInfo, found: list[int]) -> int:
+        """The highest-scoring node: LeastAllocated + BalancedAllocation (framework.
+        resource_scores, inlined here: this runs for every sampled node) plus owner
+        spreading."""
         if len(found) == 1:
             return found[0]
         cache = self.cache
         alloc_cpu, alloc_mem = cache.alloc_cpu, cache.alloc_mem
         nz_cpu, nz_mem = cache.nz_cpu, cache.nz_mem
+        pod_cpu, pod_mem = pod.nz_cpu, pod.nz_memory
         owned = cache.owners.get(pod.owner, {}) if pod.owner else {}
         most = max((owned.get(slot, 0) for slot in found), default=0) if owned else 0
+        # Without replicas of its owner anywhere, every node spreads equally well.
+        flat_spread = SPREAD_WEIGHT * 100.0 if most <= 0 else 0.0
+        spread_unit = SPREAD_WEIGHT * 100.0 / most if most > 0 else 0.0
         best_score = -1.0
         best: list[int] = []
         for slot in found:
-            least, balanced = resource_scores(
-                alloc_cpu[slot],
-                alloc_mem[slot],
-                nz_cpu[slot] + pod.nz_cpu,
-                nz_mem[slot] + pod.nz_memory,
-            )
-            score = least + balanced
-            if owned:
-                score += SPREAD_WEIGHT * spread_score(owned.get(slot, 0), most)
+            cap_cpu = alloc_cpu[slot]
+            cap_mem = alloc_mem[slot]
+            frac_cpu = (nz_cpu[slot] + pod_cpu) / cap_cpu if cap_cpu > 0 else 1.0
+            frac_mem = (nz_mem[slot] + pod_mem) / cap_mem if cap_mem > 0 else 1.0
+            if frac_cpu > 1.0:
+                frac_cpu = 1.0
+            if frac_mem > 1.0:
+                frac_mem = 1.0
+            gap = frac_cpu - frac_mem if frac_cpu > frac_mem else frac_mem - frac_cpu
+            # least = (2 - cpu - mem) * 50; balanced = (1 - gap / 2) * 100
+            score = 200.0 - (frac_cpu + frac_mem) * 50.0 - gap * 50.0
+            if most > 0:
+                score += (most - owned.get(slot, 0)) * spread_unit
             else:
-                score += SPREAD_WEIGHT * 100.0
+                score += flat_spread
             if score > best_score + 1e-9:
                 best_score = score
                 best = [slot]

@@ -10,6 +10,7 @@ Kubernetes' wording so `describe` output reads the same.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,16 +48,21 @@ def _quantity(text: str) -> Fraction:
         return Fraction(0)  # the master validates; a bad value must not stop the loop
 
 
-def container_requests(container: core_pb2.Container) -> tuple[int, int, int, int]:
-    """(cpu millis, memory bytes, and the same with scoring defaults for absent ones)."""
-    requests = container.resources.requests
-    cpu_text = requests.get("cpu")
-    mem_text = requests.get("memory")
+@functools.lru_cache(maxsize=4096)
+def _requests(cpu_text: str | None, mem_text: str | None) -> tuple[int, int, int, int]:
+    # Cached: replicas repeat the same few request strings, and parsing them into
+    # Fractions costs more than the rest of a scheduling decision's pod work.
     cpu = cpu_millis(_quantity(cpu_text)) if cpu_text is not None else 0
     mem = as_int_bytes(_quantity(mem_text)) if mem_text is not None else 0
     nz_cpu = cpu if cpu_text is not None else DEFAULT_CPU_MILLIS
     nz_mem = mem if mem_text is not None else DEFAULT_MEMORY_BYTES
     return cpu, mem, nz_cpu, nz_mem
+
+
+def container_requests(container: core_pb2.Container) -> tuple[int, int, int, int]:
+    """(cpu millis, memory bytes, and the same with scoring defaults for absent ones)."""
+    requests = container.resources.requests
+    return _requests(requests.get("cpu"), requests.get("memory"))
 
 
 def pod_requests(spec: core_pb2.PodSpec) -> tuple[int, int, int, int]:
