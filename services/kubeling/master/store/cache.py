@@ -114,21 +114,31 @@ class CacheWatch:
         self._max_pending = max_pending
         self._pending = 0
         self._batches: deque[list[Event]] = deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed_reason: str | None = None
 
     def offer(self, events: list[Event]) -> None:
+        """Queue the events this watcher wants (its prefix, its trigger)."""
         if self._closed_reason is not None:
             return
         mine = [e for e in events if e.key.startswith(self.prefix) and self._wants(e)]
-        if not mine:
+        if mine:
+            self.push(mine)
+
+    def push(self, mine: list[Event]) -> None:
+        """Queue `mine`, already filtered for this watcher. The list may be shared
+        with every other watcher of the same prefix: it is never modified here,
+        and next_batch hands out a copy."""
+        if self._closed_reason is not None:
             return
         self._pending += len(mine)
         if self._pending > self._max_pending:
             self._close("watcher fell too far behind; re-watch from the last revision seen")
             return
         self._batches.append(mine)
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _wants(self, event: Event) -> bool:
         if self.trigger is None:
@@ -146,11 +156,16 @@ class CacheWatch:
         while not self._batches:
             if self._closed_reason is not None:
                 raise WatchClosedError(self._closed_reason)
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            # A bare future, not an asyncio.Event: one wake-up per watcher per
+            # write is the fan-out's hot path.
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         batch = self._batches.popleft()
         self._pending -= len(batch)
-        return batch
+        return list(batch)  # the queued list may be shared (push)
 
     def _close(self, reason: str) -> None:
         if self._closed_reason is None:
@@ -158,7 +173,9 @@ class CacheWatch:
             self._batches.clear()
             self._pending = 0
             self._cache.unregister(self)
-            self._wakeup.set()
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def close(self) -> None:
         self._close("watch closed")
@@ -210,8 +227,8 @@ class WatchCache:
                 self._window_start = self._history[0].rev
             self._history.append(event)
             self.revision = max(self.revision, event.rev)  # never back past advance()
-        for watcher in list(self._watchers):
-            watcher.offer(events)
+        if self._watchers:
+            self._fan_out(events)
         if self._triggered:
             for watcher in self._triggered_for(events):
                 watcher.offer(events)
@@ -271,6 +288,23 @@ class WatchCache:
         return found
 
     # -------------------------------------------------------------- watches
+
+    def _fan_out(self, events: list[Event]) -> None:
+        """Hand `events` to every watcher without a trigger. The events under one
+        prefix are picked once and the same list is queued for every watcher of
+        that prefix (a thousand watchers of one namespace cost a thousand appends
+        and wake-ups, not a thousand filters)."""
+        picked: dict[str, list[Event]] = {}
+        for watcher in list(self._watchers):  # a push may close and unregister one
+            if watcher.trigger is not None:  # its index came after it: filter alone
+                watcher.offer(events)
+                continue
+            prefix = watcher.prefix
+            mine = picked.get(prefix)
+            if mine is None:
+                mine = picked[prefix] = [e for e in events if e.key.startswith(prefix)]
+            if mine:
+                watcher.push(mine)
 
     def _triggered_for(self, events: list[Event]) -> set[CacheWatch]:
         found: set[CacheWatch] = set()
