@@ -241,6 +241,11 @@ def scrape_writes(metrics: str) -> Counter[str]:
         text = response.read().decode()
     counts: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
+        if family.name == "kubeling_events_dropped":
+            # The master's own recorders (the scheduler's): Events not written.
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[f"dropped events {sample.labels['reason']}"] += int(sample.value)
         if family.name != "apiserver_request":
             continue
         for sample in family.samples:
@@ -543,7 +548,15 @@ def main() -> None:
     table.add_row("node + lease writes in the window (heartbeats)",
                   *(f"{sum(n for k, n in w.items() if k.startswith(('nodes', 'leases'))):,}"
                     for w in writes), "", "")  # fmt: skip
-    failed = [f"{k}: {n}" for w in writes for k, n in w.items() if k.count(" ") > 1]
+    table.add_row("events dropped by the scheduler's recorder, per pod",
+                  *(per_pod(w, pods, "dropped events") for w in writes), "0",
+                  "client-go: drops when its queue (1,000) is full")  # fmt: skip
+    failed = [
+        f"{k}: {n}"
+        for w in writes
+        for k, n in w.items()
+        if k.count(" ") > 1 and not k.startswith("dropped")
+    ]
     console.print(table)
     if failed:
         console.print("writes that failed: " + ", ".join(failed))

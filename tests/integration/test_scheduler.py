@@ -173,3 +173,37 @@ async def test_pods_for_other_schedulers_are_left_alone(api: Client) -> None:
     # The barrier: "mine", queued after "other", is bound, so "other" was seen first.
     assert await node_of(api, "mine") == "n1"
     assert not (await api.pods.get("other", "default")).spec.node_name
+
+
+async def test_binds_in_flight_never_overfill_a_node(api: Client) -> None:
+    """A burst larger than the room: the scheduler binds many pods at once
+    (parallelBinds), deciding each against the pods still being bound, so the
+    nodes fill up exactly, no pod is bound twice, and the rest wait Unschedulable."""
+    await add_nodes(api, make_node("fill-1", cpu="1"), make_node("fill-2", cpu="1"))
+    names = [f"burst-{i:02d}" for i in range(30)]
+    await asyncio.gather(*(api.pods.create(make_pod(name, cpu="100m")) for name in names))
+
+    async def settled() -> bool:
+        pods = (await api.pods.list("default")).items
+        mine = [p for p in pods if p.metadata.name.startswith("burst-")]
+        bound = [p for p in mine if p.spec.node_name]
+        waiting = [
+            p
+            for p in mine
+            if any(
+                c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+                for c in p.status.conditions
+            )
+        ]
+        return len(bound) == 20 and len(waiting) == 10
+
+    await eventually(settled, within=30)
+    pods = [p for p in (await api.pods.list("default")).items if p.metadata.name in names]
+    per_node = Counter(p.spec.node_name for p in pods if p.spec.node_name)
+    assert per_node == Counter({"fill-1": 10, "fill-2": 10})  # 10 x 100m = 1 CPU each
+    # Every bind went through once: one Scheduled event per bound pod at most, and
+    # none for a pod that is still pending.
+    events = (await api.events.list("default")).items
+    scheduled = Counter(e.involved_object.name for e in events if e.reason == "Scheduled")
+    assert all(n == 1 for n in scheduled.values())
+    assert set(scheduled) <= {p.metadata.name for p in pods if p.spec.node_name}

@@ -25,7 +25,10 @@ could make room happens (a node added or changed in a way that matters, a bound
 pod deleted or finished) or the periodic retry comes round.
 
 Settings (ControllerSettings.extra): scheduler.percentageOfNodesToScore (5; 0 for
-Kubernetes' adaptive value), scheduler.parallelBinds (32),
+Kubernetes' adaptive value), scheduler.parallelBinds (128: a bind waits for the
+store's commit, and under a burst of creates the binds must hold as many calls
+in flight as the creators do, or the master serves them a smaller share and
+pending pods pile up; kube-scheduler bounds them only by its client's QPS),
 scheduler.retryInterval (seconds, 5), scheduler.volumeBindTimeout (seconds, 30).
 
 Metrics, as kube-scheduler's: `scheduler_schedule_attempts_total{result}`
@@ -103,7 +106,7 @@ class Scheduler:
         self.algorithm = Algorithm(self.cache, percentage)
         self.retry_interval = _setting(context, "retryInterval", 5.0)
         self.volume_bind_timeout = _setting(context, "volumeBindTimeout", 30.0)
-        self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 32)))
+        self._binds = asyncio.Semaphore(int(_setting(context, "parallelBinds", 128)))
         self.nodes: Informer[core_pb2.Node] = Informer(context.api.nodes)
         self.pods: Informer[core_pb2.Pod] = Informer(context.api.pods)
         self.claims: Informer[storage_pb2.PersistentVolumeClaim] = Informer(
