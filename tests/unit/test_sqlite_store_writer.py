@@ -1,0 +1,115 @@
+"""The SQLite store's writer: writes are planned on the event loop against what is
+committed plus what is planned before them, and committed in groups on a thread.
+What happens when a commit fails while later writes are already planned on it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeling.master.codec import ProtoCodec
+from kubeling.master.store.base import ConflictError, StoreUnavailableError
+from kubeling.master.store.sqlite import SqliteStore
+from kubeling.v1 import core_pb2
+
+
+def pod(name: str) -> core_pb2.Pod:
+    obj = core_pb2.Pod()
+    obj.metadata.name = name
+    obj.metadata.namespace = "default"
+    obj.spec.containers.add(name="c", image="busybox")
+    return obj
+
+
+def key(name: str) -> str:
+    return f"/pods/default/{name}"
+
+
+class FailingDisk:
+    """Stands in for the store's commit: a group holding `boom` waits until
+    released, then fails as a full disk would; every other group commits."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.real = store._commit_sync
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, group: list[Any]) -> None:
+        if any(write.event.key == key("boom") for write in group):
+            self.reached.set()
+            assert self.release.wait(10)
+            raise sqlite3.OperationalError("database or disk is full")
+        self.real(group)
+
+
+async def test_a_failed_commit_fails_the_writes_planned_on_it_and_the_plan_restarts(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await store.open()
+    try:
+        first = await store.create(key("first"), pod("first"))
+        disk = FailingDisk(store)
+        store._commit_sync = disk  # type: ignore[method-assign]
+        boom = asyncio.ensure_future(store.create(key("boom"), pod("boom")))
+        assert await asyncio.to_thread(disk.reached.wait, 5)
+        # Planned while `boom` is being written, on top of it: an update that
+        # expects first's revision, and a create of a new key.
+        updated = pod("first")
+        updated.spec.containers[0].image = "nginx"
+        update = asyncio.ensure_future(store.update(key("first"), updated, expected_rev=first))
+        after = asyncio.ensure_future(store.create(key("after"), pod("after")))
+        await asyncio.sleep(0.05)
+        disk.release.set()
+        with pytest.raises(StoreUnavailableError, match="disk is full"):
+            await asyncio.wait_for(boom, 5)
+        for planned in (update, after):
+            with pytest.raises(StoreUnavailableError, match="earlier write"):
+                await asyncio.wait_for(planned, 5)
+        store._commit_sync = disk.real  # type: ignore[method-assign]  # the disk has room again
+        # Nothing of them reached readers; the next writes take the next revisions
+        # after what is committed, `boom` included (its create was never staged).
+        assert store.get(key("boom")) is None and store.get(key("after")) is None
+        assert await store.create(key("boom"), pod("boom")) == first + 1
+        assert await store.update(key("first"), updated, expected_rev=first) == first + 2
+        with pytest.raises(ConflictError):
+            await store.update(key("first"), updated, expected_rev=first)
+    finally:
+        await store.close()
+    reopened = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await reopened.open()
+    try:
+        entries, revision = reopened.list_prefix("/pods/")
+        assert [e.key for e in entries] == [key("boom"), key("first")]
+        assert revision == first + 2
+    finally:
+        await reopened.close()
+
+
+async def test_writes_planned_on_one_key_apply_in_order(tmp_path: Path) -> None:
+    """A create, updates and a delete of one key planned before any of them is
+    committed: each is checked against the one before it, not the stale cache."""
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await store.open()
+    try:
+        created = asyncio.ensure_future(store.create(key("p"), pod("p")))
+        update1 = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=1))
+        update2 = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=2))
+        stale = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=1))
+        deleted = asyncio.ensure_future(store.delete(key("p"), expected_rev=3))
+        assert await created == 1
+        assert await update1 == 2
+        assert await update2 == 3
+        with pytest.raises(ConflictError):
+            await stale
+        assert (await deleted)[0] == 4
+        assert store.get(key("p")) is None
+        assert await store.create(key("p"), pod("p")) == 5
+        assert store.get(key("p")) is not None
+    finally:
+        await store.close()
