@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -18,9 +19,9 @@ def clone(obj: M) -> M:
 
 
 def now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+    # From the clock's nanoseconds: Timestamp.GetCurrentTime goes through datetime.
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def to_dict(obj: Message) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Kubernetes v1 / apps/v1 defaulting functions for the fields kubeling supports.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from fractions import Fraction
 from typing import cast
@@ -136,6 +137,9 @@ def _default_volume(volume: core_pb2.Volume) -> None:
                 item.field_ref.api_version = "v1"
 
 
+# Cached: the same few quantities appear in every pod, and Fraction comparisons
+# are slow enough to show in the create path's profile.
+@functools.lru_cache(maxsize=1024)
 def _positive_quantity(text: str) -> Fraction | None:
     try:
         value = parse_quantity(text)
@@ -151,24 +155,33 @@ def qos_class(spec: core_pb2.PodSpec) -> str:
     requests equal the summed limits. BestEffort: no cpu/memory request or
     limit anywhere. Everything else is Burstable.
     """
+    any_set = False
+    guaranteed = True
     requests: dict[str, Fraction] = {}
     limits: dict[str, Fraction] = {}
-    guaranteed = True
     for container in (*spec.containers, *spec.init_containers):
+        resources = container.resources
         for name in _QOS_RESOURCES:
-            request = _positive_quantity(container.resources.requests.get(name, "0"))
-            if request is not None:
-                requests[name] = requests.get(name, Fraction(0)) + request
-            limit = _positive_quantity(container.resources.limits.get(name, "0"))
-            if limit is not None:
-                limits[name] = limits.get(name, Fraction(0)) + limit
-            else:
+            request = _positive_quantity(resources.requests.get(name, "0"))
+            limit = _positive_quantity(resources.limits.get(name, "0"))
+            if request is not None or limit is not None:
+                any_set = True
+            if limit is None:
                 guaranteed = False
-    if not requests and not limits:
+            # Sums only matter while the pod can still be Guaranteed.
+            if guaranteed:
+                assert limit is not None
+                limits[name] = limits.get(name, _ZERO) + limit
+                if request is not None:
+                    requests[name] = requests.get(name, _ZERO) + request
+    if not any_set:
         return "BestEffort"
     if guaranteed and requests == limits:
         return "Guaranteed"
     return "Burstable"
+
+
+_ZERO = Fraction(0)
 
 
 def _pod(obj: Message) -> None:

@@ -127,6 +127,8 @@ def _timed_unary(
     fn: Callable[[Any, Any], Awaitable[Any]], verb: str, resource: str, subresource: str
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     duration = REQUEST_DURATION.labels(verb, resource, subresource)
+    # The counter of each status code, looked up once (labels() is a locked lookup).
+    by_code: dict[str, Any] = {}
 
     @functools.wraps(fn)
     async def call(request: Any, context: Any) -> Any:
@@ -139,7 +141,11 @@ def _timed_unary(
             raise
         finally:
             duration.observe(time.perf_counter() - started)
-            REQUESTS.labels(verb, resource, subresource, _code(context, error)).inc()
+            code = _code(context, error)
+            counter = by_code.get(code)
+            if counter is None:
+                counter = by_code[code] = REQUESTS.labels(verb, resource, subresource, code)
+            counter.inc()
 
     return call
 
