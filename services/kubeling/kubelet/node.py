@@ -109,6 +109,7 @@ class NodeAgent:
         self._runtime_version = ""
         self.ready = False
         self.node: core_pb2.Node | None = None
+        self._lease: coordination_pb2.Lease | None = None  # as last written
         # Non-empty: the pod network is not ready (Ready=False, NetworkPluginNotReady).
         self.network_message = ""
         # Told about the Node whenever it is read (register, status posts), before
@@ -358,6 +359,30 @@ class NodeAgent:
             await asyncio.sleep(s.lease_renew_interval)
 
     async def renew_lease(self) -> coordination_pb2.Lease:
+        """One update from the Lease last written (as upstream's lease controller
+        keeps latestLease): a read first only when there is none yet or the
+        update failed (changed or deleted meanwhile)."""
+        if self._lease is not None:
+            lease = coordination_pb2.Lease()
+            lease.CopyFrom(self._lease)
+            self._lease = None
+            self._renewed(lease)
+            try:
+                self._lease = await self.api.leases.update(lease)
+                return self._lease
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND):
+                    raise
+        self._lease = await self._read_and_renew_lease()
+        return self._lease
+
+    def _renewed(self, lease: coordination_pb2.Lease) -> None:
+        s = self.settings
+        lease.spec.holder_identity = s.name
+        lease.spec.lease_duration_seconds = s.lease_duration
+        lease.spec.renew_time.CopyFrom(now())
+
+    async def _read_and_renew_lease(self) -> coordination_pb2.Lease:
         s = self.settings
         try:
             lease = await self.api.leases.get(s.name, LEASE_NAMESPACE)
@@ -367,9 +392,7 @@ class NodeAgent:
             lease = coordination_pb2.Lease()
             lease.metadata.name = s.name
             lease.metadata.namespace = LEASE_NAMESPACE
-            lease.spec.holder_identity = s.name
-            lease.spec.lease_duration_seconds = s.lease_duration
-            lease.spec.renew_time.CopyFrom(now())
+            self._renewed(lease)
             if self.node is not None:
                 lease.metadata.owner_references.add(
                     api_version="v1", kind="Node", name=s.name, uid=self.node.metadata.uid
@@ -377,7 +400,5 @@ class NodeAgent:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 return await self.api.leases.create(lease)
             lease = await self.api.leases.get(s.name, LEASE_NAMESPACE)
-        lease.spec.holder_identity = s.name
-        lease.spec.lease_duration_seconds = s.lease_duration
-        lease.spec.renew_time.CopyFrom(now())
+        self._renewed(lease)
         return await self.api.leases.update(lease)
