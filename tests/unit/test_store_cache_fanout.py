@@ -102,3 +102,34 @@ async def test_a_waiting_watcher_wakes_for_an_event_and_for_its_close() -> None:
     writer.cache.close_all("store closed")
     with pytest.raises(WatchClosedError, match="store closed"):
         await asyncio.wait_for(waiting, 1)
+
+
+async def test_an_idle_wait_ends_empty_after_its_time_and_not_before_an_event() -> None:
+    writer = Writer()
+    watchers = [writer.cache.watch("/pods/", 0) for _ in range(100)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batches = await asyncio.wait_for(asyncio.gather(*(w.next_batch(idle=0.2) for w in watchers)), 2)
+    waited = loop.time() - started
+    # Nothing came: every wait ended empty, after its time, at most a sweep late.
+    assert batches == [[]] * 100
+    assert 0.2 <= waited < 0.2 * 1.25 + 0.2
+    # An event before the time ends the wait with it; so does one queued before.
+    waiting = [asyncio.create_task(w.next_batch(idle=5)) for w in watchers]
+    await asyncio.sleep(0.01)
+    writer.put("/pods/a/x")
+    for task in waiting:
+        assert [e.key for e in await asyncio.wait_for(task, 1)] == ["/pods/a/x"]
+    writer.put("/pods/a/y")
+    assert [e.key for e in await watchers[0].next_batch(idle=0.01)] == ["/pods/a/y"]
+    # A cancelled idle wait leaves the watcher usable, and the next one times out anew.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(watchers[0].next_batch(idle=5), 0.05)
+    assert await watchers[0].next_batch(idle=0.05) == []
+    # A close ends an idle wait too.
+    assert [e.key for e in await watchers[1].next_batch()] == ["/pods/a/y"]
+    waiting_one = asyncio.create_task(watchers[1].next_batch(idle=5))
+    await asyncio.sleep(0.01)
+    watchers[1].close()
+    with pytest.raises(WatchClosedError):
+        await asyncio.wait_for(waiting_one, 1)

@@ -115,6 +115,10 @@ class CacheWatch:
         self._pending = 0
         self._batches: deque[list[Event]] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        # next_batch(idle=...): when the wait gives up, and whether the cache's
+        # sweep found it past that (see WatchCache._sweep_idle).
+        self.idle_deadline = 0.0
+        self.idle_expired = False
         self._closed_reason: str | None = None
 
     def offer(self, events: list[Event]) -> None:
@@ -136,9 +140,7 @@ class CacheWatch:
             self._close("watcher fell too far behind; re-watch from the last revision seen")
             return
         self._batches.append(mine)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake()
 
     def _wants(self, event: Event) -> bool:
         if self.trigger is None:
@@ -152,20 +154,40 @@ class CacheWatch:
             event.prev is not None and index(event.prev) == wanted
         )
 
-    async def next_batch(self) -> list[Event]:
-        while not self._batches:
-            if self._closed_reason is not None:
-                raise WatchClosedError(self._closed_reason)
-            # A bare future, not an asyncio.Event: one wake-up per watcher per
-            # write is the fan-out's hot path.
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+    async def next_batch(self, idle: float | None = None) -> list[Event]:
+        """The next batch of events (never empty), or with `idle`, [] once none came
+        for `idle` seconds (when a watch owes its client a bookmark). The idle
+        waits share one timer, the cache's sweep every `idle`/4 s, so a wait costs
+        no timer of its own (asyncio.timeout per wait is a timer armed and
+        cancelled per watcher per event); [] comes up to `idle`/4 s late."""
+        if idle is not None and not self._batches:
+            self.idle_deadline = asyncio.get_running_loop().time() + idle
+            self.idle_expired = False
+            self._cache.idle_waiting(self, idle)
+        try:
+            while not self._batches:
+                if self._closed_reason is not None:
+                    raise WatchClosedError(self._closed_reason)
+                if idle is not None and self.idle_expired:
+                    return []
+                # A bare future, not an asyncio.Event: one wake-up per watcher per
+                # write is the fan-out's hot path.
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            if idle is not None:
+                self._cache.idle_done(self)
         batch = self._batches.popleft()
         self._pending -= len(batch)
         return list(batch)  # the queued list may be shared (push)
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _close(self, reason: str) -> None:
         if self._closed_reason is None:
@@ -173,9 +195,7 @@ class CacheWatch:
             self._batches.clear()
             self._pending = 0
             self._cache.unregister(self)
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self.wake()
 
     def close(self) -> None:
         self._close("watch closed")
@@ -200,6 +220,10 @@ class WatchCache:
         self.indexes: dict[str, tuple[str, Callable[[Any], str]]] = {}
         self._triggered: dict[tuple[str, str], set[CacheWatch]] = {}
         self._max_pending = max_pending
+        # Watchers in next_batch(idle=...), and the one timer that sweeps them.
+        self._idle: set[CacheWatch] = set()
+        self._idle_sweep: asyncio.TimerHandle | None = None
+        self._idle_tick = 0.0
 
     # -------------------------------------------------------------- loading
 
@@ -340,6 +364,32 @@ class WatchCache:
         watcher = CacheWatch(self, prefix, self._max_pending, trigger)
         self._register(watcher)
         return items, rev, watcher
+
+    def idle_waiting(self, watcher: CacheWatch, idle: float) -> None:
+        """`watcher` waits for events at most `idle` s: sweep at least every idle/4."""
+        self._idle.add(watcher)
+        tick = idle / 4
+        if self._idle_sweep is None or tick < self._idle_tick:
+            if self._idle_sweep is not None:
+                self._idle_sweep.cancel()
+            self._idle_tick = tick
+            self._idle_sweep = asyncio.get_running_loop().call_later(tick, self._sweep_idle)
+
+    def idle_done(self, watcher: CacheWatch) -> None:
+        self._idle.discard(watcher)
+
+    def _sweep_idle(self) -> None:
+        """Wake every idle waiter past its deadline; go on while any is waiting."""
+        self._idle_sweep = None
+        if not self._idle:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for watcher in list(self._idle):
+            if watcher.idle_deadline <= now:
+                watcher.idle_expired = True
+                watcher.wake()
+        self._idle_sweep = loop.call_later(self._idle_tick, self._sweep_idle)
 
     def unregister(self, watcher: CacheWatch) -> None:
         self._watchers.discard(watcher)
