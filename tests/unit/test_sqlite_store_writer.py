@@ -113,3 +113,38 @@ async def test_writes_planned_on_one_key_apply_in_order(tmp_path: Path) -> None:
         assert store.get(key("p")) is not None
     finally:
         await store.close()
+
+
+async def test_large_groups_with_creates_and_deletes_of_one_key_reach_the_disk(
+    tmp_path: Path,
+) -> None:
+    """More writes at once than fit in one statement, and keys created and deleted
+    (or deleted and created again) inside one group: the disk ends as the cache."""
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await store.open()
+    try:
+        names = [f"p{i}" for i in range(700)]
+        await asyncio.gather(*(store.create(key(n), pod(n)) for n in names))
+        writes = []
+        for n in names[:100]:  # deleted
+            writes.append(store.delete(key(n)))
+        for n in names[100:150]:  # deleted, then created again
+            writes.append(store.delete(key(n)))
+            writes.append(store.create(key(n), pod(n)))
+        for i in range(300):  # new, some deleted at once
+            writes.append(store.create(key(f"q{i}"), pod(f"q{i}")))
+            if i % 3 == 0:
+                writes.append(store.delete(key(f"q{i}")))
+        await asyncio.gather(*writes)
+        expected, revision = store.list_prefix("/pods/")
+    finally:
+        await store.close()
+    reopened = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await reopened.open()
+    try:
+        entries, reopened_revision = reopened.list_prefix("/pods/")
+        assert [(e.key, e.mod_rev) for e in entries] == [(e.key, e.mod_rev) for e in expected]
+        assert len(entries) == 600 + 200
+        assert reopened_revision == revision == 700 + 100 + 100 + 300 + 100
+    finally:
+        await reopened.close()
