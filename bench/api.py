@@ -127,7 +127,9 @@ async def make_namespace(addresses: list[str], namespace: str) -> None:
     """Create `namespace` through the first master and wait until every master
     reads it (a create through another master checks that its namespace exists)."""
     async with Client(addresses[0]) as api:
-        await api.namespaces.create(core_pb2.Namespace(metadata={"name": namespace}))
+        await api.namespaces.create(
+            core_pb2.Namespace(metadata=meta_pb2.ObjectMeta(name=namespace))
+        )
     for address in addresses[1:]:
         async with Client(address) as api:
             for _ in range(100):
@@ -287,11 +289,11 @@ async def watcher_groups(
         await asyncio.gather(*(_reply(conn, "ready") for _, conn in groups))
         yield [conn for _, conn in groups]
     finally:
-        for child, conn in groups:
+        for process, conn in groups:
             conn.close()
-            if child.is_alive():
-                child.terminate()
-            child.join(10)
+            if process.is_alive():
+                process.terminate()
+            process.join(10)
 
 
 async def _paced(writes: int, rate: float, write: Callable[[int], Awaitable[None]]) -> float:
@@ -944,7 +946,7 @@ async def profile(args: argparse.Namespace, root: Path) -> None:
 
     from tests.support.inprocess import in_process_master
 
-    async def profiled(**config: str) -> None:
+    async def profiled(**config: Any) -> None:
         async with in_process_master(root / "profiled", **config) as api:
             profiler = cProfile.Profile()
             profiler.enable()
