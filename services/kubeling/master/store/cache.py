@@ -8,6 +8,13 @@ updates the state, appends to the ring and hands the events to every watcher
 without waiting on any of them: a watcher whose backlog passes its limit is closed
 (its client re-watches from its last revision), so slow readers cannot stall
 writers or each other.
+
+The fan-out is the hot path with many watchers (1,000 watchers of a namespace at 50
+writes/s is 50k deliveries/s): the events under a prefix are picked once per
+commit and the same list is queued for every watcher of that prefix, a waiting
+watcher is woken through a bare future, and a watch that must hear "nothing for
+N seconds" (a bookmark is due) waits with next_batch(idle=N), swept by one timer
+of the cache rather than a timer armed and cancelled per watcher per event.
 """
 
 from __future__ import annotations
