@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -437,6 +438,12 @@ async def run(
             rss_end, rss_peak = rss_mib(master_pid)
             result.update(registered=registered, rss_before=rss_before, rss_end=rss_end,
                           rss_peak=rss_peak)  # fmt: skip
+            for name in ("master/master.log", "hollow.log"):
+                problems = log_problems(data / name)
+                if problems:
+                    console.print(f"[{nodes:,} nodes] warnings and errors in {name}:")
+                    for line, count in problems.most_common(8):
+                        console.print(f"  {count:>7,} x {line}", markup=False, highlight=False)
             return result, +writes
         except BaseException:
             for name in ("master/master.log", "hollow.log"):
@@ -449,6 +456,24 @@ async def run(
             if hollow is not None:
                 stop_process(hollow, grace=60)
             master.stop()
+
+
+# structlog's console lines: "<time> [warning  ] the message     key=value ...".
+_PROBLEM = re.compile(r"\[(warning|error|critical)\s*\]\s+(.*?)(?:\s{2,}|\s\w+=|$)")
+
+
+def log_problems(path: Path) -> Counter[str]:
+    """Warning and error lines of a log by their message (what went wrong during
+    a run: timeouts, retries), with the values after the message left out."""
+    found: Counter[str] = Counter()
+    if not path.exists():
+        return found
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            match = _PROBLEM.search(line)
+            if match:
+                found[match.group(2)[:100]] += 1
+    return found
 
 
 def per_pod(writes: Counter[str], pods: int, *prefixes: str) -> str:
