@@ -748,6 +748,10 @@ def us(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds * 1e6:.1f} µs"
 
 
+def per_cpu_second(cpu_per_event: float | None) -> str:
+    return "" if not cpu_per_event else f"{1 / cpu_per_event:,.0f}"
+
+
 def share(ours: float | None, floor: float | None) -> str:
     return "" if ours is None or floor is None else f"{ours / floor:.2f}"
 
@@ -830,7 +834,8 @@ def print_tables(
         "PodWatchEvent to as many streams from the same client processes, one queue "
         "per stream; raw etcd watch: one watch on a prefix, puts at the same rate; "
         "CPU per event: the server process's user+system CPU while the writes ran, "
-        "per message delivered to one watcher",
+        "per message delivered to one watcher; events/CPU-s: its inverse, what one "
+        "CPU-second of that server delivers (an asyncio server uses one core)",
     )
     for name in (
         "",
@@ -868,6 +873,18 @@ def print_tables(
         "",
         "",
         "",
+    )
+    # What one CPU-second delivers, against what the run asks: whether a server
+    # could keep up at all, whatever the load around it.
+    watch.add_row(
+        "events/CPU-s",
+        per_cpu_second(sqlite_cpu),
+        per_cpu_second(fanout_cpu),
+        "",
+        per_cpu_second(one.ours.watch.cpu_per_event),
+        "",
+        "",
+        f"needed: {args.watchers * args.watch_rate:,.0f}/s",
     )
     watch.add_row(
         "writes/s kept",
