@@ -318,7 +318,9 @@ async def measure(
     retries = 0
     created: dict[str, float] = {}
     bound: dict[str, float] = {}
+    running: dict[str, float] = {}
     all_bound = asyncio.Event()
+    all_running = asyncio.Event()
     async with Client(address, timeout=120) as api:
         # List, then watch from the list's version: nothing is missed in between.
         listed = await api.pods.list(NAMESPACE)
@@ -331,10 +333,17 @@ async def measure(
                 pod = event.object
                 if event.type == "BOOKMARK" or not pod.spec.node_name:
                     continue
-                if pod.metadata.name not in bound:
-                    bound[pod.metadata.name] = time.monotonic()
+                name = pod.metadata.name
+                if name not in bound:
+                    bound[name] = time.monotonic()
                     if len(bound) == pods:
                         all_bound.set()
+                        if hollow_pid is None:
+                            return  # bare nodes: nothing runs the pods
+                if pod.status.phase == "Running" and name not in running:
+                    running[name] = time.monotonic()
+                    if len(running) == pods:
+                        all_running.set()
                         return
 
         watcher = asyncio.create_task(watch())
@@ -366,6 +375,11 @@ async def measure(
             cpu = cpu_seconds(master_pid) - cpu_before
             hollow_cpu = cpu_seconds(hollow_pid) - hollow_before if hollow_pid else 0.0
             load = os.getloadavg()[0]
+            if hollow_pid is not None:
+                # Pod start-up as the kubelets report it (their status writes).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_running.wait(), 180)
+                all_running_in = time.monotonic() - start
         finally:
             profilers.close()
             watcher.cancel()
@@ -375,7 +389,16 @@ async def measure(
                 await client.close()
     latencies = [bound[n] - created[n] for n in created]
     binds = sorted(bound.values())
-    return {
+    started = [running[n] - created[n] for n in running]
+    startup: dict[str, float] = {}
+    if hollow_pid is not None:
+        startup = {
+            "running": len(running),
+            "running_p50": pct(started, 0.5) if started else float("nan"),
+            "running_p99": pct(started, 0.99) if started else float("nan"),
+            "all_running_in": all_running_in,
+        }
+    return startup | {
         "create_rate": pods / created_in,
         "created_in": created_in,
         "total": total,
@@ -406,6 +429,10 @@ async def run(
             # Every hollow kubelet connects from this machine's one address.
             "--max-watches-per-client", "0", "--max-requests-inflight", "0",
             "--max-requests-inflight-per-client", "0",
+            # kube-apiserver sends a watcher a bookmark about once a minute; the
+            # master's 10 s default is 1,000 bookmarks a second to the 10,000
+            # watches of 5,000 hollow kubelets (pods and volumes of their node).
+            "--bookmark-interval", "60",
         )  # fmt: skip
         master.start()
         assert master.process is not None
@@ -462,6 +489,10 @@ async def run(
 _PROBLEM = re.compile(r"\[(warning|error|critical)\s*\]\s+(.*?)(?:\s{2,}|\s\w+=|$)")
 
 
+_STATUS = re.compile(r"status = StatusCode\.(\w+)")
+_ERROR = re.compile(r"\berror=['\"]?([^'\"]*)")
+
+
 def log_problems(path: Path) -> Counter[str]:
     """Warning and error lines of a log by their message (what went wrong during
     a run: timeouts, retries), with the values after the message left out."""
@@ -469,11 +500,20 @@ def log_problems(path: Path) -> Counter[str]:
     if not path.exists():
         return found
     with path.open(errors="replace") as lines:
+        last = ""  # a problem logged with a traceback: its status code comes later
         for line in lines:
             match = _PROBLEM.search(line)
             if match:
-                found[match.group(2)[:100]] += 1
-    return found
+                error = _ERROR.search(line)
+                last = "" if error else match.group(2)[:80]
+                found[match.group(2)[:80] + (f" ({error.group(1)[:70]})" if error else "")] += 1
+                continue
+            status = _STATUS.search(line)
+            if status and last:
+                found[last] -= 1
+                found[f"{last} ({status.group(1)})"] += 1
+                last = ""
+    return +found
 
 
 def per_pod(writes: Counter[str], pods: int, *prefixes: str) -> str:
@@ -539,13 +579,21 @@ def main() -> None:
          "", ""),
         ("create → bound p50", lambda r: f"{r['p50']:.2f} s", "", ""),
         ("create → bound p99", lambda r: f"{r['p99']:.2f} s",
-         "≤ 2 s" if args.bare_nodes else "", "Kubernetes SLO: pod startup p99 ≤ 5 s"),
+         "≤ 2 s" if args.bare_nodes else "",
+         "issue 16 measured 8.3 s (bare nodes)" if args.bare_nodes else ""),
         ("create retries (CANCELLED/UNAVAILABLE)", lambda r: f"{r['retries']:,.0f}", "0", ""),
         ("master CPU per pod (create → all bound)", lambda r: f"{r['cpu_ms_per_pod']:.2f} ms",
          "≤ 1 ms (2 cores: master + clients)" if args.bare_nodes else "",
          "one grpc.aio process: ~7 to 8k trivial calls per CPU-s"),
     ]  # fmt: skip
     if not args.bare_nodes:
+        rows += [
+            ("pods Running (within 180 s of the last bind)",
+             lambda r: f"{r['running']:,.0f} in {r['all_running_in']:.1f} s", f"{pods:,}", ""),
+            ("create → Running p50", lambda r: f"{r['running_p50']:.2f} s", "", ""),
+            ("create → Running p99", lambda r: f"{r['running_p99']:.2f} s", "",
+             "Kubernetes SLO: pod startup p99 ≤ 5 s"),
+        ]  # fmt: skip
         rows.append(("hollow nodes CPU per pod", lambda r: f"{r['hollow_cpu_ms_per_pod']:.2f} ms",
                      "", ""))  # fmt: skip
     rows += [
