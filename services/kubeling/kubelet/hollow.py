@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 import structlog
 
 from kubeling.client import Client
+from kubeling.client.client import READ_RETRY
 from kubeling.common.lifecycle import until_terminated
 from kubeling.common.logging import setup_logging
+from kubeling.common.rpc import channel
 from kubeling.common.supervisor import LoopFailed, Supervisor
 from kubeling.common.targets import TargetError, is_list, parse_list
 from kubeling.cri.fake import FakeRuntime
@@ -32,6 +35,24 @@ from kubeling.kubelet.kubelet import Kubelet, KubeletConfig
 log = structlog.get_logger(__name__)
 
 BUSYBOX = "docker.io/library/busybox:latest"
+# At most this many nodes share one connection to the master (each node holds
+# two watches open on it: its pods and its local volumes).
+NODES_PER_CONNECTION = 250
+
+
+async def own_connection(client: Client) -> Client:
+    """`client`, moved to a channel with a subchannel pool of its own, so it gets a
+    TCP connection no other channel shares."""
+    old = client.channel
+    client.channel = channel(
+        client.target,
+        options=[("grpc.use_local_subchannel_pool", 1)],
+        method_config=[READ_RETRY],
+    )
+    for resource in client._resources():
+        resource.connect(client.channel)
+    await old.close()  # never used: it holds no connection yet
+    return client
 
 
 @dataclass
@@ -64,9 +85,16 @@ class HollowCluster:
     async def start(self, parallel: int = 64) -> None:
         s = self.settings
         subnets = ipaddress.IPv4Network(s.cluster_cidr).subnets(new_prefix=24)
-        # A few channels shared by all nodes: one per node would mean thousands of
-        # TCP connections for no gain.
-        self._clients = [Client(self.master) for _ in range(8)]
+        # A few connections shared by all nodes (one per node would be thousands of
+        # TCP connections for no gain), but each its own: gRPC gives channels with
+        # the same target and options one shared connection, and 5,000 nodes'
+        # 10,000 watches on one HTTP/2 connection reach the master's
+        # max_concurrent_streams (10,000), after which every call waits for a free
+        # stream and fails with DEADLINE_EXCEEDED (no pod ever started).
+        self._clients = [
+            await own_connection(Client(self.master))
+            for _ in range(max(8, math.ceil(self.count / NODES_PER_CONNECTION)))
+        ]
         for i, name in enumerate(self.node_names()):
             cidr = str(next(subnets))
             config = KubeletConfig(
