@@ -148,3 +148,66 @@ async def test_large_groups_with_creates_and_deletes_of_one_key_reach_the_disk(
         assert reopened_revision == revision == 700 + 100 + 100 + 300 + 100
     finally:
         await reopened.close()
+
+
+async def test_a_retry_after_a_conflict_sees_the_write_that_beat_it(tmp_path: Path) -> None:
+    """A read-modify-write retried while the write that beat it is still on its way:
+    the retry waits for that write, so re-reading once is enough (a check against
+    the write in flight would refuse every retry until it commits)."""
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await store.open()
+    try:
+        first = await store.create(key("p"), pod("p"))
+        slow = threading.Event()
+        real = store._commit_sync
+
+        def slow_commit(group: list[Any]) -> None:
+            assert slow.wait(10)
+            real(group)
+
+        store._commit_sync = slow_commit  # type: ignore[method-assign]
+        winner = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
+        await asyncio.sleep(0.01)  # planned, held on the disk
+        entry = store.get(key("p"))
+        assert entry is not None and entry.mod_rev == first  # readers see the committed one
+        loser = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
+        await asyncio.sleep(0.05)
+        assert not loser.done()  # waiting for the winner, not refused against it
+        slow.set()
+        assert await asyncio.wait_for(winner, 5) == first + 1
+        with pytest.raises(ConflictError):
+            await asyncio.wait_for(loser, 5)
+        reread = store.get(key("p"))
+        assert reread is not None
+        assert await store.update(key("p"), pod("p"), expected_rev=reread.mod_rev) == first + 2
+    finally:
+        await store.close()
+
+
+async def test_a_writer_that_gives_up_does_not_release_the_key_early(tmp_path: Path) -> None:
+    """A caller cancelled while its write is on its way: the write still commits,
+    and the next write to the key is checked against it."""
+    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
+    await store.open()
+    try:
+        first = await store.create(key("p"), pod("p"))
+        held = threading.Event()
+        real = store._commit_sync
+
+        def held_commit(group: list[Any]) -> None:
+            assert held.wait(10)
+            real(group)
+
+        store._commit_sync = held_commit  # type: ignore[method-assign]
+        gave_up = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
+        await asyncio.sleep(0.01)
+        gave_up.cancel()
+        same_base = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
+        await asyncio.sleep(0.05)
+        held.set()
+        with pytest.raises(ConflictError):  # the cancelled caller's write won
+            await asyncio.wait_for(same_base, 5)
+        entry = store.get(key("p"))
+        assert entry is not None and entry.mod_rev == first + 1
+    finally:
+        await store.close()

@@ -9,7 +9,6 @@ allocation, deletion rules).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import bisect
 import itertools
@@ -572,11 +571,10 @@ class Registry:
             if list_first:
                 yield WatchItem("BOOKMARK", self._bookmark(start_rev, initial_end=True))
             while True:
-                try:
-                    # Not wait_for: on 3.11 it can swallow the stream's cancellation.
-                    async with asyncio.timeout(self._bookmark_interval):
-                        batch = await watch.next_batch()
-                except TimeoutError:
+                # An idle watch answers [] (one cache timer for every idle watch,
+                # not a timer armed and cancelled per watch per event).
+                batch = await watch.next_batch(idle=self._bookmark_interval)
+                if not batch:
                     # Nothing pending for us: every event up to now was delivered.
                     yield WatchItem("BOOKMARK", self._bookmark(self.store.revision))
                     continue

@@ -90,7 +90,9 @@ class Codec(Protocol):
 class Watch(Protocol):
     """A stream of events after a revision; ends with WatchClosedError."""
 
-    async def next_batch(self) -> list[Event]: ...
+    async def next_batch(self, idle: float | None = None) -> list[Event]:
+        """The next events; [] after `idle` seconds without any (if given)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -107,9 +107,9 @@ class SqliteStore(CachedReads):
     A write costs the event loop one plan (check, revision, encode) and the
     writer thread one share of a group commit; the thread hands each committed
     group back with one wakeup of the loop, which applies it to the watch cache
-    and answers its writers. Writes are planned against what is committed plus
-    what is planned and not yet committed (`_staged`), so a group can commit on
-    the thread while the next one is being planned."""
+    and answers its writers. A group commits on the thread while the next one is
+    being planned; a write to a key that has a write on its way (`_staged`) waits
+    for it and is checked against what it left."""
 
     def __init__(
         self,
@@ -129,10 +129,10 @@ class SqliteStore(CachedReads):
         self._writer_running = False
         self._supervisor = supervisor
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Planned, not yet in the cache: key -> (its entry, None if deleted; the
-        # revision that staged it), the last revision given, and the plan's
-        # generation (bumped by a failed commit).
-        self._staged: dict[str, tuple[Entry | None, int]] = {}
+        # Keys with a write planned and not yet in the cache: its revision and its
+        # future; the last revision given; the plan's generation (bumped by a
+        # failed commit).
+        self._staged: dict[str, tuple[int, asyncio.Future[Event]]] = {}
         self._planned_rev = 0
         self._generation = 0
         # Written by the thread only: the newest generation a failed commit ended.
@@ -226,17 +226,26 @@ class SqliteStore(CachedReads):
     ) -> Event:
         if self._writer is None:
             raise StoreUnavailableError("store is not open")
+        # A write to a key with a write on its way waits for that one, then checks
+        # against what it left: a client's read-modify-write retry then sees what
+        # beat it (checking against the write in flight would refuse the retry again
+        # until that write commits, however often it is retried).
+        while (pending := self._staged.get(key)) is not None:
+            await asyncio.wait([pending[1]])  # how it ended is its own writer's to see
+            if self._staged.get(key) is pending:  # answered, still staged: a bug; no spin
+                raise StoreUnavailableError(f"{key}: a write on its way was never unstaged")
         if not self._writer_running:
             raise StoreUnavailableError("the store's writer is not running (restarting or stopped)")
         write = self._plan(type_, key, value, expected_rev)
         self._writes.put(write)
-        return await write.future
+        # Shielded: a caller that gives up must not cancel the future that later
+        # writes to the key wait for; only the commit (or its failure) ends it.
+        return await asyncio.shield(write.future)
 
     def _plan(self, type_: EventType, key: str, value: Any, expected_rev: int | None) -> _Write:
-        """Check one write against the committed state and the writes planned
-        before it, give it the next revision and encode it (raises: nothing planned)."""
-        staged_now = self._staged.get(key)
-        current = staged_now[0] if staged_now is not None else self._cache.get(key)
+        """Check one write against the committed state (no other write to its key is
+        on its way), give it the next revision and encode it (raises: nothing planned)."""
+        current = self._cache.get(key)
         error = _check(type_, key, expected_rev, current)
         if error is not None:
             raise error
@@ -246,19 +255,17 @@ class SqliteStore(CachedReads):
                 assert current is not None
                 event = Event(EventType.DELETED, key, rev, current.value, current.value)
                 value_bytes = None
-                staged: Entry | None = None
             else:
                 self._codec.stamp(value, rev)
                 event = Event(type_, key, rev, value, current.value if current else None)
                 value_bytes = self._codec.encode(value)
-                staged = Entry(key, value, rev)
             prev_bytes = self._codec.encode(current.value) if current is not None else None
         except Exception as exc:  # a bug in encoding: this write is refused, no revision used
             log.exception("store write could not be planned; refused", key=key)
             raise StoreUnavailableError(f"store write failed: {exc!r}") from exc
         self._planned_rev = rev
-        self._staged[key] = (staged, rev)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._staged[key] = (rev, future)
         return _Write(event, value_bytes, prev_bytes, future, self._generation)
 
     async def _run_writer(self) -> None:
@@ -346,7 +353,7 @@ class SqliteStore(CachedReads):
         for event in events:
             # Unstaged unless a later planned write has staged the key again.
             staged_now = staged.get(event.key)
-            if staged_now is not None and staged_now[1] == event.rev:
+            if staged_now is not None and staged_now[0] == event.rev:
                 del staged[event.key]
         try:
             self._cache.apply(events)
