@@ -1,11 +1,10 @@
-"""The SQLite store's writer: writes are planned on the event loop against what is
-committed plus what is planned before them, and committed in groups on a thread.
-What happens when a commit fails while later writes are already planned on it."""
+"""The SQLite store's writer: writes queued while a group is being committed are
+checked, in order, against what the writes before them left; what reaches the
+disk is what readers see; a caller that gives up does not undo its write."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from kubeling.master.codec import ProtoCodec
-from kubeling.master.store.base import ConflictError, StoreUnavailableError
+from kubeling.master.store.base import ConflictError
 from kubeling.master.store.sqlite import SqliteStore
 from kubeling.v1 import core_pb2
 
@@ -30,69 +29,8 @@ def key(name: str) -> str:
     return f"/pods/default/{name}"
 
 
-class FailingDisk:
-    """Stands in for the store's commit: a group holding `boom` waits until
-    released, then fails as a full disk would; every other group commits."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.real = store._commit_sync
-        self.reached = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, group: list[Any]) -> None:
-        if any(write.event.key == key("boom") for write in group):
-            self.reached.set()
-            assert self.release.wait(10)
-            raise sqlite3.OperationalError("database or disk is full")
-        self.real(group)
-
-
-async def test_a_failed_commit_fails_the_writes_planned_on_it_and_the_plan_restarts(
-    tmp_path: Path,
-) -> None:
-    store = SqliteStore(tmp_path / "state.db", ProtoCodec())
-    await store.open()
-    try:
-        first = await store.create(key("first"), pod("first"))
-        disk = FailingDisk(store)
-        store._commit_sync = disk  # type: ignore[method-assign]
-        boom = asyncio.ensure_future(store.create(key("boom"), pod("boom")))
-        assert await asyncio.to_thread(disk.reached.wait, 5)
-        # Planned while `boom` is being written, on top of it: an update that
-        # expects first's revision, and a create of a new key.
-        updated = pod("first")
-        updated.spec.containers[0].image = "nginx"
-        update = asyncio.ensure_future(store.update(key("first"), updated, expected_rev=first))
-        after = asyncio.ensure_future(store.create(key("after"), pod("after")))
-        await asyncio.sleep(0.05)
-        disk.release.set()
-        with pytest.raises(StoreUnavailableError, match="disk is full"):
-            await asyncio.wait_for(boom, 5)
-        for planned in (update, after):
-            with pytest.raises(StoreUnavailableError, match="earlier write"):
-                await asyncio.wait_for(planned, 5)
-        store._commit_sync = disk.real  # type: ignore[method-assign]  # the disk has room again
-        # Nothing of them reached readers; the next writes take the next revisions
-        # after what is committed, `boom` included (its create was never staged).
-        assert store.get(key("boom")) is None and store.get(key("after")) is None
-        assert await store.create(key("boom"), pod("boom")) == first + 1
-        assert await store.update(key("first"), updated, expected_rev=first) == first + 2
-        with pytest.raises(ConflictError):
-            await store.update(key("first"), updated, expected_rev=first)
-    finally:
-        await store.close()
-    reopened = SqliteStore(tmp_path / "state.db", ProtoCodec())
-    await reopened.open()
-    try:
-        entries, revision = reopened.list_prefix("/pods/")
-        assert [e.key for e in entries] == [key("boom"), key("first")]
-        assert revision == first + 2
-    finally:
-        await reopened.close()
-
-
 async def test_writes_planned_on_one_key_apply_in_order(tmp_path: Path) -> None:
-    """A create, updates and a delete of one key planned before any of them is
+    """A create, updates and a delete of one key queued before any of them is
     committed: each is checked against the one before it, not the stale cache."""
     store = SqliteStore(tmp_path / "state.db", ProtoCodec())
     await store.open()
@@ -153,7 +91,8 @@ async def test_large_groups_with_creates_and_deletes_of_one_key_reach_the_disk(
 async def test_a_retry_after_a_conflict_sees_the_write_that_beat_it(tmp_path: Path) -> None:
     """A read-modify-write retried while the write that beat it is still on its way:
     the retry waits for that write, so re-reading once is enough (a check against
-    the write in flight would refuse every retry until it commits)."""
+    the state before it would let both through; against the write in flight, refuse
+    every retry until it commits)."""
     store = SqliteStore(tmp_path / "state.db", ProtoCodec())
     await store.open()
     try:

@@ -1,33 +1,26 @@
 """SQLite backend: the embedded default store.
 
-One writer owns the database connection on its own thread. A write is planned on
-the event loop (checked against what is committed plus what is planned before it,
-given the next revision, encoded) and queued to the writer thread, which commits
-whatever is queued as one group (one transaction, one fsync for everything that
-arrived while the previous group was being written) and hands the group back to the
-loop with one wakeup: that is what lets many concurrent clients write quickly while
-every acknowledged write is durable (WAL, synchronous=FULL). The loop applies a
-committed group to the watch cache before it answers the group's writers.
+One writer owns the database connection on its own thread. Writes queue up and are
+committed in groups (one transaction, one fsync for everything that arrived while
+the previous group was being written), which is what lets many concurrent clients
+write quickly while every acknowledged write is durable (WAL, synchronous=FULL).
 
 On disk: `objects` holds the current value of each key, `log` the last `history`
 changes (compacted as it grows) so that watches can resume across a restart, and
 `meta` the global revision.
 
-The writer never stops on a bad write: a write that cannot be planned (an encoding
-bug) is refused alone, with no revision used; a group that fails to commit (disk
-full, I/O error) fails its writes with a StoreUnavailableError, and so do the writes
-planned after it (they were checked against it); the plan then starts again from
-what is committed. A group being written always finishes and reaches the watch
-cache, even when the writer is being stopped, so the cache never falls behind the
-database. While the writer is not running (stopped, or restarting after a crash
-under a supervisor) writes fail at once instead of waiting.
+The writer never stops on a bad group: an exception while planning or committing
+a group fails that group's writes with a StoreUnavailableError (the callers see it) and the
+writer goes on with the next group. A commit in flight always finishes and reaches
+the watch cache, even when the writer is being stopped, so the cache never falls
+behind the database. While the writer is not running (stopped, or restarting after
+a crash under a supervisor) writes fail at once instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,32 +77,17 @@ def write_database(path: Path, objects: list[tuple[str, bytes, int]], revision: 
 
 
 @dataclass(slots=True)
-class _Write:
-    """A write planned on the event loop (checked, revision given, encoded), on its
-    way to the writer thread. `generation` ties it to the plan it was checked
-    against: when a commit fails, the writes planned after it fail too."""
-
-    event: Event
-    value: bytes | None
-    prev: bytes | None
+class _Op:
+    type: EventType
+    key: str
+    value: Any
+    expected_rev: int | None
     future: asyncio.Future[Event] = field(repr=False)
-    generation: int
-
-
-# Put on the writer thread's queue to end it once everything before it is written.
-_STOP = None
 
 
 class SqliteStore(CachedReads):
     """`supervisor`: run the writer as its supervised loop `store-writer` (restarted
-    after a crash; giving up makes the process unhealthy) instead of a plain task.
-
-    A write costs the event loop one plan (check, revision, encode) and the
-    writer thread one share of a group commit; the thread hands each committed
-    group back with one wakeup of the loop, which applies it to the watch cache
-    and answers its writers. A group commits on the thread while the next one is
-    being planned; a write to a key that has a write on its way (`_staged`) waits
-    for it and is checked against what it left."""
+    after a crash; giving up makes the process unhealthy) instead of a plain task."""
 
     def __init__(
         self,
@@ -124,19 +102,10 @@ class SqliteStore(CachedReads):
         self._cache = WatchCache(history, codec.revision_of)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
-        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._writer_running = False
         self._supervisor = supervisor
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Keys with a write planned and not yet in the cache: its revision and its
-        # future; the last revision given; the plan's generation (bumped by a
-        # failed commit).
-        self._staged: dict[str, tuple[int, asyncio.Future[Event]]] = {}
-        self._planned_rev = 0
-        self._generation = 0
-        # Written by the thread only: the newest generation a failed commit ended.
-        self._failed_generation = -1
         self._writes_since_compaction = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -145,8 +114,6 @@ class SqliteStore(CachedReads):
         loop = asyncio.get_running_loop()
         entries, revision, history = await loop.run_in_executor(self._thread, self._open_sync)
         self._cache.load(entries, revision, history)
-        self._loop = loop
-        self._planned_rev = revision
         self._writer_running = True  # writes may queue before the task first runs
         if self._supervisor is not None:
             self._writer = self._supervisor.start("store-writer", self._run_writer)
@@ -226,184 +193,132 @@ class SqliteStore(CachedReads):
     ) -> Event:
         if self._writer is None:
             raise StoreUnavailableError("store is not open")
-        # A write to a key with a write on its way waits for that one, then checks
-        # against what it left: a client's read-modify-write retry then sees what
-        # beat it (checking against the write in flight would refuse the retry again
-        # until that write commits, however often it is retried).
-        while (pending := self._staged.get(key)) is not None:
-            await asyncio.wait([pending[1]])  # how it ended is its own writer's to see
-            if self._staged.get(key) is pending:  # answered, still staged: a bug; no spin
-                raise StoreUnavailableError(f"{key}: a write on its way was never unstaged")
         if not self._writer_running:
             raise StoreUnavailableError("the store's writer is not running (restarting or stopped)")
-        write = self._plan(type_, key, value, expected_rev)
-        self._writes.put(write)
-        # Shielded: a caller that gives up must not cancel the future that later
-        # writes to the key wait for; only the commit (or its failure) ends it.
-        return await asyncio.shield(write.future)
-
-    def _plan(self, type_: EventType, key: str, value: Any, expected_rev: int | None) -> _Write:
-        """Check one write against the committed state (no other write to its key is
-        on its way), give it the next revision and encode it (raises: nothing planned)."""
-        current = self._cache.get(key)
-        error = _check(type_, key, expected_rev, current)
-        if error is not None:
-            raise error
-        rev = self._planned_rev + 1
-        try:
-            if type_ is EventType.DELETED:
-                assert current is not None
-                event = Event(EventType.DELETED, key, rev, current.value, current.value)
-                value_bytes = None
-            else:
-                self._codec.stamp(value, rev)
-                event = Event(type_, key, rev, value, current.value if current else None)
-                value_bytes = self._codec.encode(value)
-            prev_bytes = self._codec.encode(current.value) if current is not None else None
-        except Exception as exc:  # a bug in encoding: this write is refused, no revision used
-            log.exception("store write could not be planned; refused", key=key)
-            raise StoreUnavailableError(f"store write failed: {exc!r}") from exc
-        self._planned_rev = rev
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._staged[key] = (rev, future)
-        return _Write(event, value_bytes, prev_bytes, future, self._generation)
+        self._queue.put_nowait(_Op(type_, key, value, expected_rev, future))
+        return await future
 
     async def _run_writer(self) -> None:
-        """The writer: the thread that commits groups, for as long as this runs. When
-        it is stopped (or crashes), what was queued before is still committed and
-        acknowledged; writes fail at once until it runs again."""
-        loop = asyncio.get_running_loop()
+        """The writer: groups writes until cancelled. However it ends, writes still
+        waiting in the queue fail at once rather than hang."""
         self._writer_running = True
-        thread = loop.run_in_executor(self._thread, self._write_on_thread)
+        reason = "the store's writer stopped"
         try:
-            await asyncio.shield(thread)
-            raise RuntimeError("the store's writer thread ended")
+            await self._write_loop()
+        except Exception as exc:
+            reason = f"store writer stopped: {exc!r}"
+            raise
         finally:
             self._writer_running = False
-            self._writes.put(_STOP)
-            with contextlib.suppress(BaseException):
-                await thread  # the thread has handed back every group it wrote
-            # Only if the thread died: whatever it left behind fails, rather than hang.
-            while True:
-                try:
-                    write = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if write is not None and not write.future.done():
-                    write.future.set_exception(StoreUnavailableError("the store's writer stopped"))
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if not op.future.done():
+                    op.future.set_exception(StoreUnavailableError(reason))
 
-    def _write_on_thread(self) -> None:
-        """On the store's thread: commit whatever is queued as one group, hand it
-        back to the loop, repeat until _STOP."""
-        assert self._loop is not None
-        loop = self._loop
+    async def _write_loop(self) -> None:
         while True:
-            first = self._writes.get()
-            if first is None:
-                return
-            group = [first]
-            stop = False
-            while len(group) < _MAX_BATCH:
-                try:
-                    write = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if write is None:
-                    stop = True
-                    break
-                group.append(write)
-            self._commit_group(loop, group)
-            if stop:
-                return
+            ops = [await self._queue.get()]
+            while len(ops) < _MAX_BATCH and not self._queue.empty():
+                ops.append(self._queue.get_nowait())
+            # Shielded: a group under way is finished even if the writer is stopped,
+            # so what was committed is in the cache and acknowledged.
+            group = asyncio.ensure_future(self._write_group(ops))
+            try:
+                await asyncio.shield(group)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await group
+                raise
 
-    def _commit_group(self, loop: asyncio.AbstractEventLoop, group: list[_Write]) -> None:
-        # Planned against a commit that failed: refused without touching the disk.
-        stale = [w for w in group if w.generation <= self._failed_generation]
-        if stale:
-            loop.call_soon_threadsafe(
-                self._refused, stale, "an earlier write it was checked against failed"
-            )
-            group = [w for w in group if w.generation > self._failed_generation]
-            if not group:
-                return
-        started = time.monotonic()
+    async def _write_group(self, ops: list[_Op]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self._commit_sync(group)
-        except Exception as exc:  # disk full, I/O error: nothing of the group applied
-            self._failed_generation = group[-1].generation
-            log.error("store write failed; the group's writes are refused", writes=len(group),
-                      error=repr(exc))  # fmt: skip
-            loop.call_soon_threadsafe(self._commit_failed, group, f"store write failed: {exc!r}")
+            accepted, rows = self._plan(ops)
+            if not accepted:
+                return
+            started = time.monotonic()
+            await loop.run_in_executor(self._thread, self._commit_sync, rows)
+        except Exception as exc:  # a bug in planning, disk full, I/O error: nothing applied
+            log.exception("store write failed; the group's writes are refused", writes=len(ops))
+            for op in ops:
+                if not op.future.done():
+                    op.future.set_exception(StoreUnavailableError(f"store write failed: {exc!r}"))
             return
         STORAGE_COMMIT_DURATION.observe(time.monotonic() - started)
-        STORAGE_GROUP_SIZE.observe(len(group))
-        loop.call_soon_threadsafe(self._committed, group)
-        self._writes_since_compaction += len(group)
-        if self._writes_since_compaction >= max(self._history // 10, 1):
-            self._writes_since_compaction = 0
-            try:
-                self._compact_sync(group[-1].event.rev)
-            except Exception:
-                log.exception("store log compaction failed; retried later")
-
-    def _committed(self, group: list[_Write]) -> None:
-        """On the loop: a group is on disk; show it to readers and watchers, answer."""
-        events = [w.event for w in group]
-        staged = self._staged
-        for event in events:
-            # Unstaged unless a later planned write has staged the key again.
-            staged_now = staged.get(event.key)
-            if staged_now is not None and staged_now[0] == event.rev:
-                del staged[event.key]
+        STORAGE_GROUP_SIZE.observe(len(rows))
+        events = [event for _, event in accepted]
         try:
             self._cache.apply(events)
         except Exception:
             # Committed but not shown to watchers: a bug, not a reason to stop
             # writing (every later write would hang).
             log.exception("watch cache update failed")
-        for write in group:
-            if not write.future.done():
-                write.future.set_result(write.event)
+        for op, event in accepted:
+            if not op.future.done():
+                op.future.set_result(event)
+        self._writes_since_compaction += len(events)
+        if self._writes_since_compaction >= max(self._history // 10, 1):
+            self._writes_since_compaction = 0
+            try:
+                await loop.run_in_executor(self._thread, self._compact_sync, self.revision)
+            except Exception:
+                log.exception("store log compaction failed; retried later")
 
-    def _commit_failed(self, group: list[_Write], reason: str) -> None:
-        """On the loop: a group did not commit. Everything planned since was checked
-        against it, so the plan starts again from what is committed."""
-        if group[-1].generation == self._generation:
-            self._generation += 1
-            self._staged.clear()
-            self._planned_rev = self._cache.revision
-        self._refused(group, reason)
+    def _plan(
+        self, ops: list[_Op]
+    ) -> tuple[list[tuple[_Op, Event]], list[tuple[Event, bytes | None, bytes | None]]]:
+        """Check each op against the state (and the ops before it in this group)."""
+        staged: dict[str, Entry | None] = {}
+        rev = self._cache.revision
+        accepted: list[tuple[_Op, Event]] = []
+        rows: list[tuple[Event, bytes | None, bytes | None]] = []
+        for op in ops:
+            current = staged[op.key] if op.key in staged else self._cache.get(op.key)
+            error = _check(op, current)
+            if error is not None:
+                op.future.set_exception(error)
+                continue
+            rev += 1
+            if op.type is EventType.DELETED:
+                assert current is not None
+                event = Event(EventType.DELETED, op.key, rev, current.value, current.value)
+                staged[op.key] = None
+                value_bytes = None
+            else:
+                self._codec.stamp(op.value, rev)
+                prev = current.value if current is not None else None
+                event = Event(op.type, op.key, rev, op.value, prev)
+                staged[op.key] = Entry(op.key, op.value, rev)
+                value_bytes = self._codec.encode(op.value)
+            prev_bytes = self._codec.encode(current.value) if current is not None else None
+            accepted.append((op, event))
+            rows.append((event, value_bytes, prev_bytes))
+        return accepted, rows
 
-    def _refused(self, group: list[_Write], reason: str) -> None:
-        for write in group:
-            if not write.future.done():
-                write.future.set_exception(StoreUnavailableError(reason))
-
-    def _commit_sync(self, group: list[_Write]) -> None:
+    def _commit_sync(self, rows: list[tuple[Event, bytes | None, bytes | None]]) -> None:
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            for write in group:
-                event = write.event
+            for event, value, prev in rows:
                 if event.type is EventType.DELETED:
                     db.execute("DELETE FROM objects WHERE key = ?", (event.key,))
                     db.execute(
                         "INSERT INTO log (rev, type, key, value, prev) VALUES (?, ?, ?, ?, ?)",
-                        (event.rev, int(event.type), event.key, write.prev, write.prev),
+                        (event.rev, int(event.type), event.key, prev, prev),
                     )
                 else:
                     db.execute(
                         "INSERT OR REPLACE INTO objects (key, mod_rev, value) VALUES (?, ?, ?)",
-                        (event.key, event.rev, write.value),
+                        (event.key, event.rev, value),
                     )
                     db.execute(
                         "INSERT INTO log (rev, type, key, value, prev) VALUES (?, ?, ?, ?, ?)",
-                        (event.rev, int(event.type), event.key, write.value, write.prev),
+                        (event.rev, int(event.type), event.key, value, prev),
                     )
             db.execute(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES ('rev', ?)",
-                (group[-1].event.rev,),
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('rev', ?)", (rows[-1][0].rev,)
             )
             db.execute("COMMIT")
         except BaseException:
@@ -416,16 +331,14 @@ class SqliteStore(CachedReads):
         db.execute("DELETE FROM log WHERE rev <= ?", (revision - self._history,))
 
 
-def _check(
-    type_: EventType, key: str, expected_rev: int | None, current: Entry | None
-) -> StoreError | None:
-    if type_ is EventType.ADDED:
-        return KeyExistsError(key) if current is not None else None
+def _check(op: _Op, current: Entry | None) -> StoreError | None:
+    if op.type is EventType.ADDED:
+        return KeyExistsError(op.key) if current is not None else None
     if current is None:
-        return KeyNotFoundError(key)
-    if expected_rev is not None and expected_rev != current.mod_rev:
+        return KeyNotFoundError(op.key)
+    if op.expected_rev is not None and op.expected_rev != current.mod_rev:
         return ConflictError(
-            f"{key}: the object has been modified (resourceVersion {expected_rev} "
+            f"{op.key}: the object has been modified (resourceVersion {op.expected_rev} "
             f"is not the current {current.mod_rev})"
         )
     return None
