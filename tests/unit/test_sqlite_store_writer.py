@@ -29,6 +29,19 @@ def key(name: str) -> str:
     return f"/pods/default/{name}"
 
 
+def hold_commits(store: SqliteStore) -> threading.Event:
+    """From now on the store's commits wait (on its thread) until the event is set."""
+    release = threading.Event()
+    real = store._commit_sync
+
+    def held(group: list[Any]) -> None:
+        assert release.wait(10)
+        real(group)
+
+    store._commit_sync = held  # type: ignore[method-assign]
+    return release
+
+
 async def test_writes_planned_on_one_key_apply_in_order(tmp_path: Path) -> None:
     """A create, updates and a delete of one key queued before any of them is
     committed: each is checked against the one before it, not the stale cache."""
@@ -97,14 +110,7 @@ async def test_a_retry_after_a_conflict_sees_the_write_that_beat_it(tmp_path: Pa
     await store.open()
     try:
         first = await store.create(key("p"), pod("p"))
-        slow = threading.Event()
-        real = store._commit_sync
-
-        def slow_commit(group: list[Any]) -> None:
-            assert slow.wait(10)
-            real(group)
-
-        store._commit_sync = slow_commit  # type: ignore[method-assign]
+        slow = hold_commits(store)
         winner = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
         await asyncio.sleep(0.01)  # planned, held on the disk
         entry = store.get(key("p"))
@@ -130,14 +136,7 @@ async def test_a_writer_that_gives_up_does_not_release_the_key_early(tmp_path: P
     await store.open()
     try:
         first = await store.create(key("p"), pod("p"))
-        held = threading.Event()
-        real = store._commit_sync
-
-        def held_commit(group: list[Any]) -> None:
-            assert held.wait(10)
-            real(group)
-
-        store._commit_sync = held_commit  # type: ignore[method-assign]
+        held = hold_commits(store)
         gave_up = asyncio.ensure_future(store.update(key("p"), pod("p"), expected_rev=first))
         await asyncio.sleep(0.01)
         gave_up.cancel()
