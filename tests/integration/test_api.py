@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -377,3 +378,32 @@ async def test_orphan_and_foreground_deletion_leave_it_to_the_collector(api: Cli
         grpc.StatusCode.INVALID_ARGUMENT,
         api.pods.delete("orphaning", "default", propagation_policy="Sometimes"),
     )
+
+
+async def test_a_watch_of_one_node_by_name_hears_only_that_node(api: Client) -> None:
+    """As every kubelet watches its Node (an indexed field): the named node's
+    changes, its deletion included, and nothing of the other nodes."""
+    for name in ("watched-1", "watched-10", "other"):
+        await api.nodes.create(core_pb2.Node(metadata={"name": name}))
+    events = api.nodes.watch(field_selector="metadata.name=watched-1")
+    seen: list[tuple[str, str]] = []
+    try:
+        while (event := await asyncio.wait_for(anext(events), 5)).type != "BOOKMARK":
+            seen.append((event.type, event.object.metadata.name))
+        assert seen == [("ADDED", "watched-1")]
+        for name in ("watched-10", "other", "watched-1"):
+            node = await api.nodes.get(name)
+            node.metadata.labels["touched"] = "yes"
+            await api.nodes.update(node)
+        await api.nodes.delete("watched-10")
+        await api.nodes.delete("watched-1")
+        for expected in ("MODIFIED", "DELETED"):
+            event = await asyncio.wait_for(anext(events), 5)
+            while event.type == "BOOKMARK":
+                event = await asyncio.wait_for(anext(events), 5)
+            assert (event.type, event.object.metadata.name) == (expected, "watched-1")
+    finally:
+        await events.aclose()
+        for name in ("other", "watched-10", "watched-1"):
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await api.nodes.delete(name)
