@@ -108,19 +108,38 @@ async def pod_exec(
     return response
 
 
+class Binder:
+    """Binds pending pods to nodes (what the scheduler does) with the Bind call
+    made once per channel (the client may swap its channel when its credentials
+    change). The reply, the bound pod, comes back as the master encoded it: a
+    scheduler learns bindings from its pod watch and need not parse it."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._channel: Any = None
+        self._call: Any = None
+
+    async def bind(
+        self, name: str, node_name: str, namespace: str = "default", uid: str = ""
+    ) -> bytes:
+        """Fails with FAILED_PRECONDITION when the pod is already bound."""
+        channel = self._client.channel
+        if self._channel is not channel:
+            self._channel = channel
+            self._call = channel.unary_unary(
+                _BASE + "Bind", request_serializer=_serialize, response_deserializer=None
+            )
+        request = core_pb2.BindRequest(namespace=namespace, name=name, node_name=node_name, uid=uid)
+        reply: bytes = await self._call(request, timeout=30)
+        return reply
+
+
 async def pod_bind(
     client: Client, name: str, node_name: str, namespace: str = "default", uid: str = ""
 ) -> core_pb2.Pod:
-    """Assign a pending pod to a node (what the scheduler does); fails with
-    FAILED_PRECONDITION when the pod is already bound."""
-    bind_call = client.channel.unary_unary(
-        _BASE + "Bind",
-        request_serializer=_serialize,
-        response_deserializer=core_pb2.Pod.FromString,
-    )
-    request = core_pb2.BindRequest(namespace=namespace, name=name, node_name=node_name, uid=uid)
-    pod: core_pb2.Pod = await bind_call(request, timeout=30)
-    return pod
+    """Assign a pending pod to a node; fails with FAILED_PRECONDITION when the pod
+    is already bound."""
+    return core_pb2.Pod.FromString(await Binder(client).bind(name, node_name, namespace, uid))
 
 
 async def _open(client: Client, method: str, response: type[Message], first: Message) -> Any:

@@ -49,10 +49,10 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from kubeling.api import storage as st
-from kubeling.api.kinds import POD
 from kubeling.api.objects import clone, now
 from kubeling.client.events import EventRecorder
 from kubeling.client.informer import Informer, WorkQueue, key_of, run_workers, start_informer
+from kubeling.client.pods import Binder
 from kubeling.controllers.context import ControllerContext
 from kubeling.scheduler.algorithm import DEFAULT_PERCENTAGE, Algorithm
 from kubeling.scheduler.cache import NodeCache
@@ -122,8 +122,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake_handle: asyncio.TimerHandle | None = None
         self.scheduled = 0  # successful binds, for benchmarks and tests
-        self._bind_channel: grpc.aio.Channel | None = None
-        self._bind_method: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self._binder = Binder(context.api)
 
     async def run(self) -> None:
         self.nodes.add_handler(self._on_node)
@@ -311,12 +310,7 @@ class Scheduler:
                 self.queue.retry(info.key)
                 return
         try:
-            await self._bind_call()(
-                core_pb2.BindRequest(
-                    namespace=meta.namespace, name=meta.name, node_name=node, uid=meta.uid
-                ),
-                timeout=30,
-            )
+            await self._binder.bind(meta.name, node, meta.namespace, meta.uid)
         except grpc.aio.AioRpcError as exc:
             _attempt("error", started)
             self.cache.forget(info.key, info.uid)
@@ -345,21 +339,6 @@ class Scheduler:
         self.recorder.record(
             pod, "Normal", "Scheduled", f"Successfully assigned {info.key} to {node}"
         )
-
-    def _bind_call(self) -> grpc.aio.UnaryUnaryMultiCallable:
-        """The Bind method, made once per channel (the client may swap its channel
-        when its credentials change). Its reply, the bound pod, is left unparsed:
-        the scheduler learns the binding from its pod watch like everyone else."""
-        channel = self.api.channel
-        if self._bind_channel is not channel:
-            self._bind_channel = channel
-            self._bind_method = channel.unary_unary(
-                f"/{POD.service}/Bind",
-                request_serializer=core_pb2.BindRequest.SerializeToString,
-                response_deserializer=None,  # the raw bytes
-            )
-        assert self._bind_method is not None
-        return self._bind_method
 
     async def _report_unschedulable(self, pod: core_pb2.Pod, message: str) -> None:
         self.recorder.record(pod, "Warning", "FailedScheduling", message)
